@@ -1,0 +1,74 @@
+# ObjectFS developer entry points.  Everything installs what it needs first
+# (Debian packages via apt, then a .venv with the package and its test extras),
+# so each target works on a fresh Debian 12 machine as root.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# fuse3 + headers to build pyfuse3; s3fs for the interop tests.
+APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv s3fs
+# OpenStack Swift's s3api, for benchmarks against a production S3 implementation.
+SWIFT_PKGS := swift swift-proxy swift-object swift-container swift-account memcached python3-swift curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv demo test unit integration soak posix-score bench bench-deps swift-deps clean
+
+help:
+	@echo "make demo   - set up, start a local S3 server, mount a bucket and show it working"
+	@echo "make test   - set up, then run the whole test suite (about 15 minutes)"
+	@echo "make venv   - build .venv alone"
+	@echo "make soak   - long randomized and fault-injection runs"
+	@echo "make bench  - side-by-side benchmarks (ObjectFS, s3fs, rclone, boto3)"
+	@echo "make posix-score - run posix_suite against every available filesystem"
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@[ -e /dev/fuse ] || { echo "/dev/fuse is missing: FUSE is not available on this machine" >&2; exit 1; }
+
+swift-deps:
+	@missing=""; for p in $(SWIFT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml | deps
+	[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(VPY) -m objectfs.demo
+
+test: venv
+	$(VPY) -m pytest tests $(PYTEST_ARGS)
+
+unit: venv
+	$(VPY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
+
+soak: venv
+	OBJECTFS_SOAK=1 $(VPY) -m pytest -m slow tests $(PYTEST_ARGS)
+
+posix-score: venv
+	$(VPY) posix_suite/score.py
+
+bench-deps: venv swift-deps
+	$(VPY) -m pip install -q -e '.[test,bench]'
+
+bench: bench-deps
+	$(VPY) benchmarks/run.py --server swift
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
