@@ -1,0 +1,1 @@
+"""ObjectFS side-by-side benchmarks (see README.md); run with python benchmarks/run.py."""

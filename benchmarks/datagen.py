@@ -1,0 +1,106 @@
+"""Deterministic, incompressible benchmark data.
+
+A ``Data(seed)`` is an endless byte stream built from a 64 MiB random pool:
+1 MiB chunk ``i`` of the stream is a page-aligned slice of the pool at an
+offset that depends on ``i`` (the first 1024 chunks, i.e. 1 GiB, are all
+different slices).  Producing a chunk is a zero-copy memoryview slice, so the
+writer spends its time in write(), not in generating data, and any byte range
+of the stream can be recomputed to verify what a filesystem returns.
+
+The same seed gives the same bytes in every process that runs the same
+Python (``random.Random(seed).randbytes`` is deterministic).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zlib
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = MiB
+POOL = 64 * MiB
+_PAGES = (POOL - CHUNK) // 4096
+_MULT = 40503  # odd, coprime with _PAGES: chunk offsets 0..1023 are distinct
+
+allocated = 0  # bytes of pools made in this process (harness memory, see child.Timer)
+
+
+class Data:
+    def __init__(self, seed: int):
+        global allocated
+        allocated += POOL
+        self.seed = seed
+        self.pool = memoryview(random.Random(seed).randbytes(POOL))
+
+    def chunk(self, i: int) -> memoryview:
+        off = ((i * _MULT + 7) % _PAGES) * 4096
+        return self.pool[off:off + CHUNK]
+
+    def pieces(self, start: int, size: int, piece: int = CHUNK):
+        """Yield memoryviews covering stream bytes [start, start+size), each
+        at most ``piece`` bytes and never crossing a chunk boundary."""
+        pos, end = start, start + size
+        while pos < end:
+            i, within = divmod(pos, CHUNK)
+            n = min(CHUNK - within, end - pos, piece)
+            yield self.chunk(i)[within:within + n]
+            pos += n
+
+    def read(self, start: int, size: int) -> bytes:
+        return b"".join(bytes(p) for p in self.pieces(start, size))
+
+    def crc(self, start: int, size: int) -> int:
+        c = 0
+        for p in self.pieces(start, size):
+            c = zlib.crc32(p, c)
+        return c
+
+    def reader(self, start: int, size: int) -> "StreamReader":
+        return StreamReader(self, start, size)
+
+
+class StreamReader(io.RawIOBase):
+    """A read-only, non-seekable file object over a range of a ``Data`` stream
+    (for boto3's upload_fileobj)."""
+
+    def __init__(self, data: Data, start: int, size: int):
+        self._it = data.pieces(start, size)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if not self._pending:
+            self._pending = next(self._it, memoryview(b""))
+            if not self._pending:
+                return 0
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class CrcSink(io.RawIOBase):
+    """A write-only file object that only keeps a running CRC-32 and a count."""
+
+    def __init__(self):
+        self.crc = 0
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.crc = zlib.crc32(b, self.crc)
+        n = len(b)
+        self.size += n
+        return n
+
+
+def small_file_content(data: Data, i: int, size: int = 4 * KiB) -> bytes:
+    """Content of the i-th small file: consecutive, distinct slices of the stream."""
+    return data.read(i * size, size)

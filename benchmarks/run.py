@@ -1,0 +1,865 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks: ObjectFS vs s3fs-fuse vs rclone mount vs raw boto3.
+
+    python benchmarks/run.py [--server moto|swift|URL] [--repeat N]
+                             [--only WORKLOADS] [--fs objectfs,s3fs,...]
+                             [--scale small|full]
+
+Every filesystem runs the same workloads against the same S3 endpoint, in one
+run, interleaved, repeated; the report gives medians and ratios (see
+benchmarks/README.md).  The orchestrator never touches a mountpoint itself:
+every filesystem operation runs in a child process (benchmarks/child.py) with a
+timeout, under the mount's watchdog.  Mounts and servers are stopped in
+finally blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import ipaddress
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_PY = REPO / ".venv" / "bin" / "python"
+
+try:
+    import boto3  # noqa: F401
+except ImportError:  # re-run under the project's venv, which has boto3/moto/rclone
+    if VENV_PY.exists() and Path(sys.executable).resolve() != VENV_PY.resolve():
+        os.execv(str(VENV_PY), [str(VENV_PY), *sys.argv])
+    sys.exit("boto3 is not importable: run `make bench-deps` or use .venv/bin/python")
+
+sys.path.insert(0, str(REPO))
+
+from benchmarks import procstat  # noqa: E402
+from benchmarks import report as rpt  # noqa: E402
+from benchmarks.datagen import KiB, MiB, GiB, CrcSink, Data, small_file_content  # noqa: E402
+from tests.support import mounts as M  # noqa: E402
+from tests.support import s3server as S  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+# seeds of the deterministic data streams (datagen.Data)
+SEED_FIXTURE, SEED_WRITE, SEED_SMALL, SEED_RENAME, SEED_APPEND = 1, 2, 3, 4, 5
+FIXTURE_KEY = "fixture-seq.bin"  # at the bucket root: no directory marker needed
+
+
+@dataclass
+class Scale:
+    file: int            # sequential write/read file size
+    n_random: int        # 4 KiB random preads
+    n_small: int         # small files created/listed/read/deleted
+    n_rename: int        # files in the renamed directory
+    untar_files: int | None  # None: the whole (test-less) stdlib
+    append_base: int
+    append: int
+
+
+SCALES = {
+    "full": Scale(file=GiB, n_random=500, n_small=2000, n_rename=500, untar_files=None,
+                  append_base=10 * MiB, append=MiB),
+    "small": Scale(file=64 * MiB, n_random=200, n_small=200, n_rename=100, untar_files=200,
+                   append_base=10 * MiB, append=MiB),
+}
+
+
+def _size(n: int) -> str:
+    for unit, v in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= v and n % v == 0:
+            return f"{n // v} {unit}"
+    return f"{n} B"
+
+
+def first_line(e: BaseException | str) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+class PhaseError(Exception):
+    """A benchmark phase failed (error, timeout, wrong data); the sample is failed."""
+
+
+class MountError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------- servers
+
+class UrlServer(S._Server):
+    """An already running S3 endpoint; credentials from the environment."""
+
+    def __init__(self, url: str):
+        u = urllib.parse.urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise SystemExit(f"--server: not an http(s) URL: {url}")
+        host = u.hostname
+        try:
+            loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loop = False
+        if not loop:
+            raise SystemExit(f"--server {url}: only loopback endpoints (127.0.0.0/8, ::1, "
+                             "localhost) may be benchmarked here")
+        self.endpoint = url.rstrip("/")
+        try:
+            self.access_key = os.environ["AWS_ACCESS_KEY_ID"]
+            self.secret_key = os.environ["AWS_SECRET_ACCESS_KEY"]
+        except KeyError:
+            raise SystemExit("--server URL needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                             "in the environment") from None
+        self.region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") \
+            or "us-east-1"
+
+    def stop(self) -> None:
+        pass
+
+
+def start_server(kind: str, workdir: Path):
+    if kind == "moto":
+        return S.MotoServer(log_path=str(workdir / "moto.log"))
+    if kind == "swift":
+        return S.SwiftServer()
+    return UrlServer(kind)
+
+
+class NullMount:
+    """Stands in for a mount when the "filesystem" is raw boto3."""
+
+    name = "boto3"
+    proc = None
+    mountpoint = None
+    watchdog_fired = False
+
+    @contextlib.contextmanager
+    def watchdog(self, seconds: float):
+        yield
+
+    def stop(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------- samples
+
+@dataclass
+class Sample:
+    fs: str
+    workload: str
+    rep: int
+    times: dict = field(default_factory=dict)
+    cpu: float = 0.0          # daemon CPU seconds (boto3: the client process)
+    rss_kb: int = 0           # daemon peak RSS (boto3: the client process)
+    app_cpu: float = 0.0      # CPU of the child doing the POSIX calls (fs only)
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, args, server, workdir: Path):
+        self.args = args
+        self.server = server
+        self.workdir = workdir
+        self.sc = SCALES[args.scale]
+        self.s3 = server.client()
+        self.samples: list[Sample] = []
+        self.unavailable: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.buckets: dict[str, str] = {}
+        self._n = 0
+        self._cur: Sample | None = None
+        self._metering = False
+        self._children: list[subprocess.Popen] = []
+        self.tarball: Path | None = None
+        self.tar_files: dict[str, int] = {}
+        self.untar_desc = ""
+        self.data_dir = getattr(server, "data_dir", None)
+        self.op_env = server.env()
+        self.op_env["PYTHONPATH"] = str(REPO)
+        self.s3args = dict(endpoint=server.endpoint, region=server.region,
+                           chunk_mib=args.boto3_chunk_mib, concurrency=args.boto3_concurrency)
+        self.timeout_mult = args.timeout_factor
+
+    # ---------------------------------------------------------- timeouts
+    def t_bytes(self, n: int) -> float:
+        """Time limit for moving n bytes: 60 s + 1 s per 2 MiB."""
+        return (60 + n / (2 * MiB)) * self.timeout_mult
+
+    def t_files(self, n: int) -> float:
+        """Time limit for n per-file operations: 60 s + 0.25 s per file."""
+        return (60 + 0.25 * n) * self.timeout_mult
+
+    # ---------------------------------------------------------- mounts
+    @contextlib.contextmanager
+    def mounted(self, fs: str):
+        if fs == "boto3":
+            yield NullMount()
+            return
+        self._n += 1
+        mp = self.workdir / "mnt" / f"{fs}-{self._n}"
+        mp.mkdir(parents=True)
+        logp = str(self.workdir / "logs" / f"{fs}-{self._n}.log")
+        bucket = self.buckets[fs]
+        try:
+            if fs == "objectfs":
+                h = M.ObjectFSMount(self.server, bucket, str(mp), log_path=logp)
+            elif fs == "s3fs":
+                h = M.S3fsMount(self.server, bucket, str(mp), log_path=logp)
+            elif fs in ("rclone-full", "rclone-off"):
+                h = M.RcloneMount(self.server, bucket, str(mp), cache_mode=fs.split("-")[1],
+                                  log_path=logp)
+            else:
+                raise MountError(f"unknown filesystem {fs}")
+        except MountError:
+            raise
+        except Exception as e:
+            raise MountError(self._mount_error(e, logp)) from None
+        try:
+            yield h
+        finally:
+            self.reap_children()
+            h.stop()
+            if not M.is_mounted(str(mp)):
+                with contextlib.suppress(OSError):
+                    mp.rmdir()
+
+    @staticmethod
+    def _mount_error(e: Exception, logp: str) -> str:
+        msg = first_line(e)
+        try:
+            lines = [ln.strip() for ln in Path(logp).read_text(errors="replace").splitlines()
+                     if ln.strip()]
+        except OSError:
+            lines = []
+        if lines:
+            msg += f" -- {lines[-1][:200]}"
+        return msg
+
+    # ---------------------------------------------------------- children
+    def op(self, m, fs: str, name: str, timeout: float, **a) -> dict:
+        """Run one operation in a child process, under the mount's watchdog."""
+        if fs == "boto3":
+            a.update(mode="s3", bucket=self.buckets[fs], **self.s3args)
+        else:
+            a.update(mode="fs", root=m.mountpoint)
+        argv = [sys.executable, "-m", "benchmarks.child", name, json.dumps(a)]
+        with m.watchdog(timeout):
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.op_env,
+                                 start_new_session=True, text=True)
+            try:
+                line, err = self._result_line(p, timeout + 15)
+            except BaseException:
+                self._kill(p)
+                raise
+            if line is None:
+                self._kill(p)
+                if not m.watchdog_fired:
+                    raise PhaseError(f"{name}: timed out after {timeout:.0f} s")
+            else:
+                # the child has finished its timed work; let it exit while the caller
+                # polls S3 (its exit is reaped in reap_children)
+                self._children.append(p)
+        if m.watchdog_fired:
+            raise PhaseError(f"{name}: hung, watchdog aborted the FUSE connection after "
+                             f"{timeout:.0f} s")
+        if not line:
+            tail = [ln for ln in err.splitlines() if ln.strip()]
+            raise PhaseError(f"{name}: child exited {p.poll()}: "
+                             f"{tail[-1] if tail else 'no output'}")
+        res = json.loads(line)
+        s = self._cur if self._metering else None
+        if s is not None and "cpu" in res:
+            if fs == "boto3":
+                s.cpu += res["cpu"]
+                s.rss_kb = max(s.rss_kb, res["rss_kb"])
+            else:
+                s.app_cpu += res["cpu"]
+        if res.get("error"):
+            raise PhaseError(f"{name}: {res['error']}")
+        return res
+
+    @staticmethod
+    def _result_line(p: subprocess.Popen, timeout: float) -> tuple[str | None, str]:
+        """Wait for the child's JSON result line (the child prints it as soon as its
+        timed work is done).  Returns (line, stderr): line is "" when the child exited
+        without one, None on timeout."""
+        import selectors
+        deadline = time.monotonic() + timeout
+        buf, err = "", []
+        sel = selectors.DefaultSelector()
+        sel.register(p.stdout, selectors.EVENT_READ)
+        sel.register(p.stderr, selectors.EVENT_READ)
+        open_ = 2
+        try:
+            while open_:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None, "".join(err)
+                for key, _ in sel.select(min(left, 1.0)):
+                    chunk = os.read(key.fileobj.fileno(), 65536).decode(errors="replace")
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        open_ -= 1
+                    elif key.fileobj is p.stdout:
+                        buf += chunk
+                        for ln in buf.splitlines():
+                            if ln.startswith("{") and ln.endswith("}"):
+                                return ln, "".join(err)
+                    else:
+                        err.append(chunk)
+            return "", "".join(err)
+        finally:
+            sel.close()
+
+    @staticmethod
+    def _kill(p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=30)
+        for f in (p.stdout, p.stderr):
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def reap_children(self) -> None:
+        """Wait for children that already reported their result to exit."""
+        while self._children:
+            p = self._children.pop()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill(p)
+
+    @contextlib.contextmanager
+    def metered(self, m):
+        """Count the daemon's CPU and peak RSS over the block into the current sample."""
+        s = self._cur
+        pid = m.proc.pid if m.proc is not None else None
+        self._metering = True
+        try:
+            if pid is None or s is None:  # boto3: op() adds the client's own figures
+                yield
+                return
+            procstat.reset_peak(pid)
+            c0 = procstat.cpu_seconds(pid)
+            try:
+                yield
+            finally:
+                s.cpu += procstat.cpu_seconds(pid) - c0
+                s.rss_kb = max(s.rss_kb, procstat.peak_rss_kb(pid))
+        finally:
+            self._metering = False
+
+    # ---------------------------------------------------------- S3 side (no FUSE)
+    def wait_until(self, pred, t0: float, what: str, timeout: float | None = None) -> float:
+        """Poll pred() (S3 calls from this process) until true; seconds since t0."""
+        timeout = timeout or 120 * self.timeout_mult + (300 if self.args.scale == "full" else 0)
+        start = time.monotonic()
+        while True:
+            try:
+                if pred():
+                    return time.monotonic() - t0
+            except Exception:
+                pass
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise PhaseError(f"{what}: not reached in S3 {timeout:.0f} s after the "
+                                 "operation returned")
+            time.sleep(0.02 if waited < 1 else 0.1 if waited < 10 else 0.5)
+
+    def head_size(self, fs: str, key: str) -> int | None:
+        try:
+            return self.s3.head_object(Bucket=self.buckets[fs], Key=key)["ContentLength"]
+        except Exception:
+            return None
+
+    def list_prefix(self, fs: str, prefix: str) -> dict[str, int]:
+        out = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.buckets[fs], Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"]] = o["Size"]
+        return out
+
+    def files_under(self, fs: str, prefix: str) -> dict[str, int]:
+        """Objects under prefix that are files (not directory markers), by relative name."""
+        return {k[len(prefix):]: v for k, v in self.list_prefix(fs, prefix).items()
+                if not k.endswith("/")}
+
+    def s3_crc(self, fs: str, key: str) -> tuple[int, int]:
+        sink = CrcSink()
+        self.s3.download_fileobj(self.buckets[fs], key, sink, Config=self.tconfig())
+        return sink.crc, sink.size
+
+    def s3_get_many(self, fs: str, keys: list[str]) -> list[bytes]:
+        from concurrent.futures import ThreadPoolExecutor
+        b = self.buckets[fs]
+        with ThreadPoolExecutor(8) as ex:
+            return list(ex.map(lambda k: self.s3.get_object(Bucket=b, Key=k)["Body"].read(),
+                               keys))
+
+    def delete_prefix(self, fs: str, prefix: str) -> None:
+        keys = list(self.list_prefix(fs, prefix))
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.buckets[fs], Delete={
+                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+    def tconfig(self):
+        from boto3.s3.transfer import TransferConfig
+        c = self.args.boto3_chunk_mib * MiB
+        return TransferConfig(multipart_threshold=c, multipart_chunksize=c,
+                              max_concurrency=self.args.boto3_concurrency,
+                              preferred_transfer_client="classic")
+
+    def drop_caches(self) -> None:
+        """Drop the kernel page cache (the server's files included): "cold"."""
+        if os.geteuid() != 0:
+            note = "not root: the page cache could not be dropped; cold reads may be warm"
+            if note not in self.notes:
+                self.notes.append(note)
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            # syncfs of the server's data only: a global sync could block on some
+            # other (possibly hung) FUSE mount on this machine
+            if self.data_dir:
+                subprocess.run(["sync", "-f", self.data_dir], timeout=120, check=False)
+            subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], timeout=120,
+                           check=False)
+
+    # ---------------------------------------------------------- setup
+    def probe(self, fs: str) -> None:
+        if fs == "boto3":
+            return
+        try:
+            with self.mounted(fs):
+                pass
+        except MountError as e:
+            self.unavailable[fs] = str(e)
+            log(f"{fs}: UNAVAILABLE: {e}")
+
+    def make_buckets(self, fs_list: list[str]) -> None:
+        run_id = time.strftime("%m%d%H%M%S")
+        for fs in fs_list:
+            self.buckets[fs] = f"objbench-{fs}-{run_id}".lower()
+            self.s3.create_bucket(Bucket=self.buckets[fs])
+
+    def upload_fixture(self, fs: str) -> None:
+        data = Data(SEED_FIXTURE)
+        self.s3.upload_fileobj(data.reader(0, self.sc.file), self.buckets[fs], FIXTURE_KEY,
+                               Config=self.tconfig())
+        if self.head_size(fs, FIXTURE_KEY) != self.sc.file:
+            raise RuntimeError("fixture upload: wrong size in S3")
+
+    def make_tarball(self) -> None:
+        import sysconfig
+        lib = Path(sysconfig.get_paths()["stdlib"])
+        skip = {"__pycache__", "site-packages", "lib-dynload", "test", "tests", "idle_test"}
+        files: list[Path] = []
+        for root, dirs, names in os.walk(lib):
+            dirs[:] = sorted(d for d in dirs if d not in skip and not d.startswith("config-"))
+            for n in sorted(names):
+                p = Path(root) / n
+                if p.is_file() and not p.is_symlink():
+                    files.append(p)
+        files.sort(key=lambda p: p.relative_to(lib).as_posix())
+        if self.sc.untar_files:
+            files = files[:self.sc.untar_files]
+        self.tarball = self.workdir / "stdlib.tar"
+        dirs_added: set[str] = set()
+        with tarfile.open(self.tarball, "w") as tf:
+            for p in files:
+                rel = "Lib/" + p.relative_to(lib).as_posix()
+                parts = rel.split("/")[:-1]
+                for i in range(1, len(parts) + 1):  # directory entries first, like tar
+                    d = "/".join(parts[:i])
+                    if d not in dirs_added:
+                        dirs_added.add(d)
+                        tf.add(str(lib.joinpath(*parts[1:i])), arcname=d, recursive=False)
+                tf.add(str(p), arcname=rel, recursive=False)
+                self.tar_files[rel] = p.stat().st_size
+        total = sum(self.tar_files.values())
+        self.untar_desc = (f"Python {platform.python_version()} Lib/ without tests, "
+                           f"__pycache__, site-packages, lib-dynload, config-*: "
+                           f"{len(self.tar_files)} files in {len(dirs_added)} directories, "
+                           f"{total / MiB:.1f} MiB")
+
+    # ---------------------------------------------------------- workloads
+    def run_workload(self, wl: str, fs: str, rep: int) -> Sample:
+        s = Sample(fs, wl, rep)
+        self._cur = s
+        prefix = f"r{rep}-{wl}"
+        try:
+            getattr(self, "wl_" + wl)(fs, s, prefix)
+        except (PhaseError, MountError) as e:
+            s.error = first_line(e)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            s.error = f"harness: {type(e).__name__}: {first_line(e)}"
+        finally:
+            self._cur = None
+            self.reap_children()
+            try:
+                self.delete_prefix(fs, prefix + "/")
+            except Exception as e:
+                log(f"  cleanup of {prefix}/ in {fs}'s bucket failed: {first_line(e)}")
+        self.samples.append(s)
+        return s
+
+    def wl_seq_write(self, fs, s, prefix):
+        size, key = self.sc.file, f"{prefix}/seq.bin"
+        with self.mounted(fs) as m, self.metered(m):
+            if fs != "boto3":
+                self.op(m, fs, "mkdir", 60, dir=prefix)
+            r = self.op(m, fs, "write_seq", self.t_bytes(size), key=key, size=size,
+                        seed=SEED_WRITE)
+            s.times["close"] = r["t1"] - r["t0"]
+            s.times["durable"] = self.wait_until(
+                lambda: self.head_size(fs, key) == size, r["t0"], "object of full size")
+        crc, got = self.s3_crc(fs, key)
+        if (crc, got) != (Data(SEED_WRITE).crc(0, size), size):
+            raise PhaseError("verify: object in S3 differs from the data written")
+
+    def wl_seq_read(self, fs, s, prefix):
+        size = self.sc.file
+        expect = Data(SEED_FIXTURE).crc(0, size)
+        self.drop_caches()
+        with self.mounted(fs) as m, self.metered(m):
+            for metric in ("cold", "warm"):
+                r = self.op(m, fs, "read_seq", self.t_bytes(size), key=FIXTURE_KEY, size=size,
+                            expect_crc=expect)
+                s.times[metric] = r["t1"] - r["t0"]
+
+    def wl_random_read(self, fs, s, prefix):
+        self.drop_caches()
+        with self.mounted(fs) as m, self.metered(m):
+            r = self.op(m, fs, "pread", self.t_files(self.sc.n_random), key=FIXTURE_KEY,
+                        size=self.sc.file, count=self.sc.n_random, seed=SEED_FIXTURE,
+                        offset_seed=1000 + s.rep)
+            s.times["total"] = r["t1"] - r["t0"]
+
+    def wl_small_files(self, fs, s, prefix):
+        n, d = self.sc.n_small, f"{prefix}/d"
+        tmo = self.t_files(n)
+        args = dict(dir=d, count=n, seed=SEED_SMALL, fsize=4 * KiB)
+        with self.mounted(fs) as m, self.metered(m):
+            if fs != "boto3":
+                self.op(m, fs, "mkdir", 60, dir=d)
+            r = self.op(m, fs, "create_files", tmo, **args)
+            s.times["create"] = r["t1"] - r["t0"]
+
+            def all_there():
+                f = self.files_under(fs, d + "/")
+                return len(f) == n and all(v == 4 * KiB for v in f.values())
+
+            s.times["create_durable"] = self.wait_until(all_there, r["t0"], f"{n} small files")
+        self.drop_caches()
+        with self.mounted(fs) as m, self.metered(m):
+            r = self.op(m, fs, "ls", tmo, dir=d, count=n)
+            s.times["ls"] = r["t1"] - r["t0"]
+            r = self.op(m, fs, "read_files", tmo, **args)
+            s.times["read"] = r["t1"] - r["t0"]
+            r = self.op(m, fs, "delete_files", tmo, dir=d, count=n)
+            s.times["delete"] = r["t1"] - r["t0"]
+            s.times["delete_durable"] = self.wait_until(
+                lambda: not self.list_prefix(fs, d + "/"), r["t0"], "all small files deleted")
+
+    def wl_untar(self, fs, s, prefix):
+        d = f"{prefix}/x"
+        expect = self.tar_files
+        with self.mounted(fs) as m, self.metered(m):
+            r = self.op(m, fs, "untar", self.t_files(len(expect)), tarball=str(self.tarball),
+                        dir=d)
+            s.times["tar"] = r["t1"] - r["t0"]
+            s.times["durable"] = self.wait_until(
+                lambda: self.files_under(fs, d + "/") == expect, r["t0"], "all untarred files")
+        keys = sorted(expect)
+        got = self.s3_get_many(fs, [f"{d}/{k}" for k in keys])
+        with tarfile.open(self.tarball) as tf:
+            bad = sum(1 for k, g in zip(keys, got) if tf.extractfile(k).read() != g)
+        if bad:
+            raise PhaseError(f"verify: {bad} of {len(keys)} untarred files differ in S3")
+
+    def wl_rename_dir(self, fs, s, prefix):
+        n = self.sc.n_rename
+        src, dst = f"{prefix}/src", f"{prefix}/dst"
+        tmo = self.t_files(n)
+        with self.mounted(fs) as m:  # setup, not measured
+            if fs != "boto3":
+                self.op(m, fs, "mkdir", 60, dir=src)
+            r = self.op(m, fs, "create_files", tmo, dir=src, count=n, seed=SEED_RENAME,
+                        fsize=4 * KiB)
+            self.wait_until(lambda: len(self.files_under(fs, src + "/")) == n, r["t0"],
+                            "setup files")
+        self.drop_caches()
+        with self.mounted(fs) as m, self.metered(m):
+            r = self.op(m, fs, "mv", tmo, src=src, dst=dst)
+            s.times["mv"] = r["t1"] - r["t0"]
+
+            def moved():
+                f = self.files_under(fs, dst + "/")
+                return len(f) == n and not self.list_prefix(fs, src + "/")
+
+            s.times["durable"] = self.wait_until(moved, r["t0"], "renamed directory")
+        data = Data(SEED_RENAME)
+        names = sorted(self.files_under(fs, dst + "/"))
+        got = self.s3_get_many(fs, [f"{dst}/{k}" for k in names])
+        bad = sum(1 for i, g in enumerate(got) if g != small_file_content(data, i))
+        if names != [f"f{i:05d}" for i in range(n)] or bad:
+            raise PhaseError(f"verify: renamed directory has wrong content ({bad} files differ)")
+
+    def wl_append(self, fs, s, prefix):
+        base, add, key = self.sc.append_base, self.sc.append, f"{prefix}/log.bin"
+        with self.mounted(fs) as m:  # setup, not measured
+            if fs != "boto3":
+                self.op(m, fs, "mkdir", 60, dir=prefix)
+            r = self.op(m, fs, "write_seq", self.t_bytes(base), key=key, size=base,
+                        seed=SEED_APPEND)
+            self.wait_until(lambda: self.head_size(fs, key) == base, r["t0"], "setup file")
+        self.drop_caches()
+        with self.mounted(fs) as m, self.metered(m):
+            r = self.op(m, fs, "append", self.t_bytes(base + add), key=key, start=base,
+                        size=add, seed=SEED_APPEND)
+            s.times["close"] = r["t1"] - r["t0"]
+            s.times["durable"] = self.wait_until(
+                lambda: self.head_size(fs, key) == base + add, r["t0"], "appended object")
+        crc, got = self.s3_crc(fs, key)
+        if (crc, got) != (Data(SEED_APPEND).crc(0, base + add), base + add):
+            raise PhaseError("verify: appended object in S3 differs from the data written")
+
+    # ---------------------------------------------------------- cleanup
+    def delete_buckets(self) -> None:
+        for fs, b in self.buckets.items():
+            try:
+                for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=b):
+                    for u in page.get("Uploads", []):
+                        self.s3.abort_multipart_upload(Bucket=b, Key=u["Key"],
+                                                       UploadId=u["UploadId"])
+            except Exception:
+                pass
+            try:
+                self.delete_prefix(fs, "")
+                self.s3.delete_bucket(Bucket=b)
+            except Exception as e:
+                log(f"could not delete bucket {b}: {first_line(e)}")
+
+
+# ----------------------------------------------------------------- environment
+
+def _cmd_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        out = (r.stdout or r.stderr).strip().splitlines()
+        return out[0] if out else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def environment(server_kind: str) -> dict:
+    import boto3
+    v = {"python": platform.python_version(), "boto3": boto3.__version__}
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=10)
+        v["objectfs"] = "git " + r.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    v["s3fs"] = _cmd_version(["s3fs", "--version"]).replace("Amazon Simple Storage Service "
+                                                           "File System ", "")
+    rc = M.rclone_binary()
+    v["rclone"] = _cmd_version([rc, "version"]).replace("rclone ", "") if rc else "missing"
+    if server_kind == "moto":
+        import moto
+        v["moto"] = moto.__version__
+    elif server_kind == "swift":
+        v["swift"] = _cmd_version(["dpkg-query", "-W", "-f", "${Version}", "swift"])
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    return {"versions": v,
+            "machine": f"{os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}"}
+
+
+# ----------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", default="swift",
+                   help="moto, swift (started here, on 127.0.0.1) or an http://127.x URL of a "
+                        "running S3 endpoint (credentials: AWS_ACCESS_KEY_ID / "
+                        "AWS_SECRET_ACCESS_KEY). Default: swift")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    p.add_argument("--only", default=",".join(rpt.WORKLOADS),
+                   help="comma-separated workloads (default all): " + ",".join(rpt.WORKLOADS))
+    p.add_argument("--fs", default=",".join(rpt.FS_ORDER),
+                   help="comma-separated filesystems (default all): " + ",".join(rpt.FS_ORDER))
+    p.add_argument("--scale", choices=sorted(SCALES), default="full",
+                   help="full (1 GiB files, 2,000 small files) or small (smoke run)")
+    p.add_argument("--boto3-chunk-mib", type=int, default=16,
+                   help="boto3 baseline multipart chunk size in MiB (default 16)")
+    p.add_argument("--boto3-concurrency", type=int, default=8,
+                   help="boto3 baseline max_concurrency / thread-pool size (default 8)")
+    p.add_argument("--timeout-factor", type=float, default=1.0,
+                   help="multiply every per-operation time limit (default 1)")
+    p.add_argument("--out", default=str(RESULTS), help="results directory")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the work directory (mount logs) for debugging")
+    a = p.parse_args(argv)
+    a.only = [w.strip() for w in a.only.split(",") if w.strip()]
+    a.fs = [f.strip() for f in a.fs.split(",") if f.strip()]
+    for w in a.only:
+        if w not in rpt.WORKLOADS:
+            p.error(f"unknown workload {w!r}; choose from {','.join(rpt.WORKLOADS)}")
+    for f in a.fs:
+        if f not in rpt.FS_ORDER:
+            p.error(f"unknown filesystem {f!r}; choose from {','.join(rpt.FS_ORDER)}")
+    if a.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return a
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def server_label(kind: str) -> str:
+    if kind in ("moto", "swift"):
+        return kind
+    u = urllib.parse.urlparse(kind)
+    return f"url-{u.hostname}-{u.port or 80}".replace(":", "-")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    workloads = [w for w in rpt.WORKLOADS if w in args.only]
+    fs_list = [f for f in rpt.FS_ORDER if f in args.fs]
+    sc = SCALES[args.scale]
+    label = server_label(args.server)
+    started = _dt.datetime.now()
+    workdir = Path(tempfile.mkdtemp(prefix="objectfs-bench-", dir="/var/tmp"))
+    (workdir / "logs").mkdir()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y-%m-%d-%H%M")
+    base = f"{label}-{args.scale}-{stamp}"
+    server = bench = None
+    interrupted = None
+    try:
+        log(f"starting {args.server} server")
+        server = start_server(args.server, workdir)
+        log(f"endpoint {server.endpoint}; scale {args.scale}; repeat {args.repeat}; "
+            f"filesystems {','.join(fs_list)}; workloads {','.join(workloads)}")
+        bench = Bench(args, server, workdir)
+        bench.make_buckets(fs_list)
+        for fs in fs_list:
+            bench.probe(fs)
+        live = [f for f in fs_list if f not in bench.unavailable]
+        if "untar" in workloads:
+            bench.make_tarball()
+            log(f"untar tree: {bench.untar_desc}")
+        if {"seq_read", "random_read"} & set(workloads):
+            for fs in live:
+                log(f"uploading {_size(sc.file)} fixture to {fs}'s bucket")
+                bench.upload_fixture(fs)
+        for rep in range(1, args.repeat + 1):
+            for wl in workloads:
+                k = (rep - 1) % max(1, len(live))
+                for fs in live[k:] + live[:k]:  # rotate the order between repetitions
+                    t = time.monotonic()
+                    smp = bench.run_workload(wl, fs, rep)
+                    times = " ".join(f"{k2} {v:.3g}s" for k2, v in smp.times.items())
+                    status = f"FAILED: {smp.error}" if smp.error else "ok"
+                    log(f"[{rep}/{args.repeat}] {wl:12s} {fs:12s} {times} | cpu {smp.cpu:.2f}s "
+                        f"rss {smp.rss_kb / 1024:.0f}MiB | {time.monotonic() - t:.0f}s {status}")
+    except KeyboardInterrupt as e:
+        interrupted = f"interrupted ({e or 'Ctrl-C'})"
+        log(interrupted)
+    except Exception as e:
+        interrupted = f"aborted: {type(e).__name__}: {first_line(e)}"
+        log(interrupted)
+        import traceback
+        traceback.print_exc()
+    finally:
+        if bench is not None:
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                bench.delete_buckets()
+        if server is not None:
+            log("stopping server")
+            server.stop()
+        if args.keep_work:
+            log(f"work directory kept: {workdir}")
+        else:
+            # never rmtree a directory with something still mounted under it
+            mnts = list((workdir / "mnt").glob("*")) if (workdir / "mnt").exists() else []
+            for p in mnts:
+                M.force_unmount(str(p))
+            if any(M.is_mounted(str(p)) for p in mnts):
+                log(f"something is still mounted under {workdir}; left in place")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    if bench is None or not bench.samples:
+        log("no results")
+        return 1
+    finished = _dt.datetime.now()
+    meta = {
+        "server": label, "endpoint": server.endpoint if server else "?",
+        "scale": args.scale, "repeat": args.repeat, "fs": fs_list, "workloads": workloads,
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished.isoformat(timespec="seconds"),
+        "elapsed_min": (finished - started).total_seconds() / 60,
+        "interrupted": interrupted, "unavailable": bench.unavailable, "notes": bench.notes,
+        "env": environment(args.server if args.server in ("moto", "swift") else "url"),
+        "boto3_config": (f"TransferConfig(multipart_chunksize=multipart_threshold="
+                         f"{args.boto3_chunk_mib} MiB, max_concurrency="
+                         f"{args.boto3_concurrency}); per-object work on a thread pool of "
+                         f"{args.boto3_concurrency}"),
+        "untar_desc": bench.untar_desc or "(not run)",
+        "sizes": asdict(sc),
+        "size_labels": {"file": _size(sc.file), "n_random": sc.n_random,
+                        "n_small": f"{sc.n_small:,}", "n_rename": sc.n_rename,
+                        "untar": f"{len(bench.tar_files)} files" if bench.tar_files else "",
+                        "append_base": _size(sc.append_base), "append": _size(sc.append)},
+        "command": "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in
+                                                          (argv or sys.argv[1:])),
+        "json_name": base + ".json",
+    }
+    summary = rpt.Summary(meta, [asdict(s) for s in bench.samples])
+    png = out / (base + ".png")
+    why = rpt.chart(summary, str(png))
+    if why:
+        meta["notes"].append(why)
+    md = rpt.markdown(summary, None if why else png.name)
+    (out / (base + ".md")).write_text(md)
+    (out / f"latest-{label}.md").write_text(md)
+    (out / (base + ".json")).write_text(json.dumps(
+        {"meta": meta, "summary": summary.to_json(),
+         "samples": [asdict(s) for s in bench.samples]}, indent=1))
+    log(f"wrote {out / (base + '.md')}, .json" + ("" if why else ", .png")
+        + f" and latest-{label}.md")
+    print()
+    print(md)
+    return 0 if not interrupted else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
