@@ -1,0 +1,260 @@
+"""The ``objectfs`` command: argv -> Config -> mount; no filesystem logic.
+
+Exit codes (documented in the README):
+  0  success
+  1  the operation failed (bucket, endpoint, credentials, mountpoint, ...)
+  2  bad usage: unknown option or bad value
+  130  interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import subprocess
+import sys
+import time
+
+from . import __version__, config, procmounts
+from .errors import ConfigError, UserError
+
+EXAMPLES = """\
+examples:
+  objectfs mount s3://my-bucket /mnt/data
+  objectfs mount s3://my-bucket/photos /mnt/photos --profile work -o allow_other
+  objectfs mount s3://test /mnt/t --endpoint-url http://127.0.0.1:9000 -o uid=1000,gid=1000
+  objectfs mount s3://my-bucket /mnt/data --config /etc/objectfs.yaml -f
+  objectfs umount /mnt/data
+
+Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
+"""
+
+# How long "objectfs mount" waits for the daemon to report that the mount
+# answers.  The bucket check itself is bounded to well under this.
+READY_TIMEOUT = 60.0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="objectfs", description="Mount an S3 bucket as a POSIX directory tree.",
+               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"objectfs {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    m = sub.add_parser("mount", help="mount a bucket", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("source", metavar="s3://BUCKET[/PREFIX]")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("--endpoint-url", help="S3 endpoint (e.g. http://127.0.0.1:9000); "
+                   "path-style addressing is used")
+    m.add_argument("--region", help="region for request signing")
+    m.add_argument("--profile", help="AWS profile for credentials")
+    m.add_argument("--config", metavar="FILE", help="YAML file of options")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="options as name=value (see etc/objectfs.example.yaml)")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground and log to stderr")
+
+    u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach now)")
+    u.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the daemon to finish uploading (default 600)")
+    return p
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """'s3://bucket/prefix', 'bucket:/prefix' or 'bucket' -> (bucket, prefix)."""
+    s = source
+    if s.startswith("s3://"):
+        s = s[5:]
+        bucket, _, prefix = s.partition("/")
+    elif ":" in s:
+        bucket, _, prefix = s.partition(":")
+    else:
+        bucket, _, prefix = s.partition("/")
+    if not bucket or any(c in bucket for c in " /\\"):
+        raise ConfigError(f"bad bucket in {source!r}: expected s3://BUCKET[/PREFIX]")
+    from .namespace.keys import normalise_prefix
+
+    try:
+        normalise_prefix(prefix)
+    except Exception:
+        raise ConfigError(f"bad prefix in {source!r}") from None
+    return bucket, prefix.strip("/")
+
+
+def check_mountpoint(path: str) -> str:
+    mp = os.path.realpath(path)
+    entry = procmounts.find(mp)
+    if entry is not None:
+        raise UserError(f"{path} is already mounted ({entry.fstype} {entry.source}); "
+                        f"unmount it first (objectfs umount {path})")
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        raise UserError(f"mountpoint {path} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise UserError(f"{path} is a dead mount; clear it with objectfs umount {path}") \
+                from None
+        raise UserError(f"mountpoint {path}: {e.strerror}") from None
+    import stat as st_mod
+
+    if not st_mod.S_ISDIR(st.st_mode):
+        raise UserError(f"mountpoint {path} is not a directory")
+    return mp
+
+
+def cmd_mount(args) -> int:
+    bucket, prefix = parse_source(args.source)
+    mountpoint = os.path.realpath(args.mountpoint)
+    flags = {"endpoint_url": args.endpoint_url, "region": args.region, "profile": args.profile}
+    cfg = config.build(bucket, prefix, mountpoint, foreground=args.foreground,
+                       yaml_path=args.config, o_options=args.options, flags=flags)
+    check_mountpoint(args.mountpoint)
+    from . import mount
+
+    if args.foreground:
+        return mount.run(cfg)
+    return _daemonize(cfg)
+
+
+def _daemonize(cfg) -> int:
+    """Fork a daemon and wait until it reports the mount usable (or fails)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(r)
+        os.setsid()
+        code = 1
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            if not cfg.log_file:
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+            from . import mount
+
+            code = mount.run(cfg, ready_fd=w, daemon=True)
+        except UserError as e:
+            try:
+                os.write(w, f"ERR {e}\n".encode())
+            except OSError:
+                pass
+            code = e.exit_code
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    message = _wait_ready(r, pid)
+    if message == "OK":
+        return 0
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    raise UserError(message)
+
+
+def _wait_ready(fd: int, pid: int) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            os.kill(pid, 9)
+            return f"the mount did not become ready within {READY_TIMEOUT:.0f} s"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    os.close(fd)
+    line = buf.decode(errors="replace").strip()
+    if line == "OK":
+        return "OK"
+    if line.startswith("ERR "):
+        return line[4:]
+    return "the mount daemon exited before the mount was ready (see the system log)"
+
+
+def cmd_umount(args) -> int:
+    from .mount import read_state, state_path
+
+    mp = os.path.realpath(args.mountpoint)
+    entry = procmounts.find(mp)
+    state = read_state(mp)
+    if entry is None:
+        if state is not None:
+            os.unlink(state_path(mp))
+        raise UserError(f"{args.mountpoint} is not mounted")
+    if entry.fstype != "fuse.objectfs":
+        raise UserError(f"{args.mountpoint} is not an ObjectFS mount ({entry.fstype})")
+    cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [mp]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and procmounts.find(mp) is not None:
+        detail = (res.stderr.strip().splitlines() or ["unmount failed"])[-1]
+        raise UserError(f"cannot unmount {args.mountpoint}: {detail}")
+    pid = state.get("pid") if state else None
+    if pid:
+        _wait_exit(int(pid), args.timeout, args.mountpoint)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_exit(pid: int, timeout: float, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    said = False
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"the ObjectFS daemon (pid {pid}) for {name} is still uploading "
+                            f"after {timeout:.0f} s; it goes on in the background")
+        if not said and time.monotonic() > deadline - timeout + 2:
+            print(f"objectfs: waiting for the daemon (pid {pid}) to finish uploading...",
+                  file=sys.stderr)
+            said = True
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "mount":
+            return cmd_mount(args)
+        if args.command == "umount":
+            return cmd_umount(args)
+        parser.print_help()
+        return 2
+    except UserError as e:
+        print(f"objectfs: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What the data path needs from the mount: the store, limits, and a nursery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import trio
+
+from ..store.base import ObjectStore
+from .budget import ByteBudget
+
+
+@dataclass(frozen=True)
+class ObjectHeaders:
+    """Everything an upload writes besides the bytes."""
+
+    metadata: Mapping[str, str]
+    content_type: str
+    headers: Mapping[str, Any]
+
+
+class DataContext:
+    """Shared by every open file of one mount.
+
+    ``nursery`` runs background part uploads and prefetches; it belongs to
+    the mount's lifecycle, so nothing outlives the mount unaccounted for.
+    ``write_budget`` bounds write-buffer memory (writers wait when it is
+    spent); ``read_budget`` bounds prefetch memory (prefetch shrinks when it
+    is spent; a read never waits for it).  ``upload_slots`` bounds parts in
+    flight for the whole mount.
+    """
+
+    def __init__(self, store: ObjectStore, nursery: trio.Nursery, *, part_size: int,
+                 upload_concurrency: int, write_buffer_memory: int, read_part_size: int,
+                 prefetch_max: int, read_memory: int, staging_dir: str):
+        self.store = store
+        self.nursery = nursery
+        self.part_size = part_size
+        self.read_part_size = read_part_size
+        self.prefetch_max = prefetch_max
+        self.staging_dir = staging_dir
+        self.write_budget = ByteBudget(write_buffer_memory)
+        self.read_budget = ByteBudget(read_memory)
+        self.upload_slots = trio.CapacityLimiter(upload_concurrency)
+        # The whole staged object is uploaded in one PUT up to this size;
+        # above it, as a multipart upload whose untouched parts are copied
+        # server-side.
+        self.single_put_max = part_size

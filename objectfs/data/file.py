@@ -1,0 +1,290 @@
+"""The bytes of one open file: where they are, and how they reach S3.
+
+A file's content is described relative to a *base*: the object version in
+S3 it was opened from (``base_etag``), of which the first ``base_size``
+bytes still apply.  Local changes live in one of two places:
+
+* a ``StreamingUpload``, while the file is written strictly sequentially
+  from offset 0 after being created or truncated to zero (cp, tar, rsync,
+  editors saving a new file).  Full parts go to S3 while the writer goes on.
+* a ``Staging`` file on local disk for everything else (random writes,
+  overwrites and appends to an existing object, reads of what was written).
+  Bytes not staged are fetched from the base on demand; at upload, parts
+  that were never touched are copied server-side.
+
+If a streamed file stops being sequential (a seek, a truncate, a read of
+bytes already sent), the stream is converted to staging: while nothing has
+been sent the buffer is just moved to disk; otherwise the multipart upload
+is completed first (so the object holds what was written so far) and used
+as the new base.
+
+``flush`` uploads if anything changed and returns the new object's info.
+An upload failure raises IOFailure (EIO) to the caller of close/fsync; a
+staged file stays dirty and is retried on the next flush, a failed stream
+has lost its parts and every later operation on the handle fails with EIO.
+
+All mutating methods hold the file's lock, so writes, truncates and uploads
+of one file are applied in arrival order and never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from ..errors import FsError, IOFailure, PreconditionFailed, Stale
+from ..store.base import MiB, ObjectInfo
+from .context import DataContext, ObjectHeaders
+from .staging import Staging
+from .upload import StreamingUpload, upload_staged
+
+log = logging.getLogger(__name__)
+
+# Missing ranges are fetched from S3 in aligned blocks of this size, so a
+# run of small reads does not become a run of tiny GETs.
+FILL_BLOCK = 1 * MiB
+
+
+class FileData:
+    def __init__(self, ctx: DataContext, key_fn: Callable[[], str],
+                 headers_fn: Callable[[], ObjectHeaders], *, base_etag: str | None,
+                 base_size: int):
+        self.ctx = ctx
+        self.key_fn = key_fn
+        self.headers_fn = headers_fn
+        self.base_etag = base_etag
+        self.base_size = base_size if base_etag is not None else 0
+        self.size = self.base_size
+        self.dirty = False
+        self.stream: StreamingUpload | None = None
+        self.staging: Staging | None = None
+        self.lock = trio.Lock()
+        self.broken: str | None = None     # a stream failed: its data is gone
+        self.detached = False              # unlinked: never upload
+        self.version = 0                   # bumped by every local change
+        self.meta_changed = False          # metadata set after a stream started
+
+    @property
+    def local_reads(self) -> bool:
+        """True when reads must come from here rather than a clean prefetch."""
+        return self.dirty or self.stream is not None or self.staging is not None
+
+    def _check(self) -> None:
+        if self.broken:
+            raise IOFailure(self.broken)
+
+    def mark_dirty(self) -> None:
+        self.dirty = True
+        self.version += 1
+
+    # -- writes -----------------------------------------------------------
+
+    async def write(self, off: int, data: bytes) -> int:
+        async with self.lock:
+            self._check()
+            n = len(data)
+            if self.stream is not None and off == self.size and not self.stream.closed:
+                await self._append(data)
+                return n
+            if (self.stream is None and self.staging is None and self.size == 0
+                    and self.base_size == 0 and off == 0):
+                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn())
+                await self._append(data)
+                return n
+            await self._to_staging()
+            assert self.staging is not None
+            self.staging.write(off, data)
+            self.size = max(self.size, off + n)
+            self.mark_dirty()
+            return n
+
+    async def _append(self, data: bytes) -> None:
+        assert self.stream is not None
+        self.mark_dirty()
+        try:
+            await self.stream.append(data)
+        except FsError as e:
+            self._fail_stream(e)
+            raise
+        self.size = self.stream.size
+
+    def _fail_stream(self, e: Exception) -> None:
+        self.broken = f"upload failed, data of this file was lost: {e}"
+        log.error("%s", self.broken)
+
+    async def truncate(self, new_size: int) -> None:
+        async with self.lock:
+            self._check()
+            if new_size == 0:
+                if self.stream is not None:
+                    await self.stream.abort()
+                    self.stream = None
+                if self.staging is not None:
+                    self.staging.truncate(0)
+                self.base_etag, self.base_size, self.size = None, 0, 0
+                self.mark_dirty()
+                return
+            if new_size == self.size:
+                return
+            await self._to_staging()
+            assert self.staging is not None
+            self.staging.truncate(new_size)
+            self.base_size = min(self.base_size, new_size)
+            self.size = new_size
+            self.mark_dirty()
+
+    async def _to_staging(self) -> None:
+        """Move from streaming (or nothing) to a staging file."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            staging = Staging(self.ctx.staging_dir)
+            if not stream.started:
+                staging.write(0, stream.buf)
+                await stream.abort()  # releases the buffer; nothing was sent
+                self.base_etag, self.base_size = None, 0
+            else:
+                try:
+                    info = await stream.finish()
+                except FsError as e:
+                    staging.close()
+                    self._fail_stream(e)
+                    raise
+                self.base_etag, self.base_size = info.etag, stream.size
+                self.dirty = self.meta_changed
+            self.staging = staging
+        elif self.staging is None:
+            self.staging = Staging(self.ctx.staging_dir)
+
+    # -- reads ------------------------------------------------------------
+
+    async def read(self, off: int, n: int) -> bytes:
+        """Read through local state (staging, stream buffer) and the base."""
+        async with self.lock:
+            self._check()
+            end = min(off + n, self.size)
+            if off >= end:
+                return b""
+            if self.stream is not None:
+                tail = self.stream.read_tail(off, end)
+                if tail is not None:
+                    return tail
+            await self._to_staging()
+            await self._fill(off, end)
+            assert self.staging is not None
+            return self.staging.read(off, end - off)
+
+    async def _fill(self, start: int, end: int) -> None:
+        """Fetch the base's bytes of ``[start, end)`` that are not staged."""
+        staging = self.staging
+        assert staging is not None
+        limit = min(end, self.base_size)
+        if start >= limit or self.base_etag is None:
+            return
+        lo = start - start % FILL_BLOCK
+        hi = min(self.base_size, -(-limit // FILL_BLOCK) * FILL_BLOCK)
+        gaps = staging.present.gaps(lo, hi)
+        if not gaps:
+            return
+        key = self.key_fn()
+        chunks: list[tuple[int, int]] = []
+        for gs, ge in gaps:
+            for s in range(gs, ge, self.ctx.read_part_size):
+                chunks.append((s, min(ge, s + self.ctx.read_part_size)))
+
+        async def fetch(s: int, e: int) -> None:
+            try:
+                data = await self.ctx.store.get(key, s, e, etag=self.base_etag)
+            except PreconditionFailed:
+                raise Stale("object changed in S3 while open") from None
+            if len(data) != e - s:
+                raise Stale("object shorter than expected")
+            staging.write(s, data)
+
+        if len(chunks) == 1:
+            await fetch(*chunks[0])
+            return
+        async with trio.open_nursery() as nursery:
+            for s, e in chunks:
+                nursery.start_soon(fetch, s, e)
+
+    async def _read_range(self, start: int, end: int) -> bytes:
+        await self._fill(start, end)
+        assert self.staging is not None
+        return self.staging.read(start, end - start)
+
+    # -- upload -----------------------------------------------------------
+
+    async def flush(self) -> ObjectInfo | None:
+        """Upload local changes; returns the new object's info, or None if
+        there was nothing to upload."""
+        async with self.lock:
+            self._check()
+            if not self.dirty or self.detached:
+                return None
+            key = self.key_fn()
+            if self.stream is not None:
+                stream, self.stream = self.stream, None
+                try:
+                    if stream.started:
+                        info = await stream.finish()
+                    else:
+                        info = await stream.finish(self.headers_fn())
+                except FsError as e:
+                    self._fail_stream(e)
+                    raise
+                if stream.key != key:
+                    # renamed while streaming: the upload went to the old key
+                    info = await self._move(stream.key, key, info)
+                if self.meta_changed and stream.started:
+                    h = self.headers_fn()
+                    info = await self.ctx.store.copy(key, key, size=stream.size,
+                                                     metadata=h.metadata,
+                                                     content_type=h.content_type,
+                                                     headers=h.headers)
+            elif self.staging is not None:
+                base_key = key if self.base_etag is not None and self.base_size else None
+                info = await upload_staged(
+                    self.ctx, key, self.size, self.headers_fn(),
+                    touched=self.staging.present.overlaps, read=self._read_range,
+                    base_key=base_key, base_etag=self.base_etag, base_size=self.base_size)
+            else:
+                h = self.headers_fn()
+                info = await self.ctx.store.put(key, b"", metadata=h.metadata,
+                                                content_type=h.content_type, headers=h.headers)
+            self.base_etag, self.base_size = info.etag, self.size
+            self.dirty = False
+            self.meta_changed = False
+            return info
+
+    async def _move(self, old: str, new: str, info: ObjectInfo) -> ObjectInfo:
+        moved = await self.ctx.store.copy(old, new, size=self.size)
+        await self.ctx.store.delete(old)
+        return ObjectInfo(key=new, size=self.size, etag=moved.etag, mtime_ns=moved.mtime_ns,
+                          metadata=info.metadata, content_type=info.content_type,
+                          headers=info.headers)
+
+    async def materialize(self) -> None:
+        """Bring every byte local, so the object in S3 may go away."""
+        async with self.lock:
+            if self.broken:
+                return
+            await self._to_staging()
+            await self._fill(0, self.size)
+            self.base_etag, self.base_size = None, 0
+
+    def rebase(self, etag: str | None) -> None:
+        """The object was copied to a new key (rename): same bytes, new ETag."""
+        if self.base_etag is not None and etag is not None:
+            self.base_etag = etag
+
+    async def close(self) -> None:
+        """Release memory and disk.  Pending changes are dropped."""
+        async with self.lock:
+            if self.stream is not None:
+                await self.stream.abort()
+                self.stream = None
+            if self.staging is not None:
+                self.staging.close()
+                self.staging = None

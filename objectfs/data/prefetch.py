@@ -1,0 +1,177 @@
+"""Sequential read-ahead with parallel ranged GETs, for one open handle.
+
+The kernel sends reads of at most 128 KiB (its readahead unit), far too
+small to get throughput from S3, so we keep our own window of ranged GETs
+ahead of the reader:
+
+* The first read at offset 0 fetches 1 MiB + 128 KiB: Linux readahead asks
+  for 128 KiB beyond a 1 MiB read, so the second kernel request is served
+  from the first GET and the first byte comes back quickly.
+* While reads stay sequential (within the scheduled window), the window
+  doubles on every read up to ``prefetch_max``; it is cut into segments of
+  at most ``read_part_size`` that are fetched in parallel.
+* A read outside the window is random access: the window is dropped and
+  only the requested bytes (at least 64 KiB) are fetched, so random 4 KiB
+  reads never pull megabytes.  Up to 1 MiB behind the reader is kept for
+  small backward seeks.
+* Prefetch memory is taken from the mount's read budget; when it is spent,
+  read-ahead stops short but reads are still served.
+
+Every GET is pinned to the ETag the file was opened with: if the object is
+replaced in S3 while it is open, the reader gets ESTALE, never a mix of old
+and new bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Callable
+
+import trio
+
+from ..errors import PreconditionFailed, Stale
+from ..store.base import KiB, MiB
+from .context import DataContext
+
+log = logging.getLogger(__name__)
+
+FIRST_WINDOW = 1 * MiB + 128 * KiB
+MIN_RANDOM_FETCH = 64 * KiB
+BACKWARD = 1 * MiB
+
+
+class Segment:
+    __slots__ = ("start", "end", "data", "error", "done", "held", "dropped")
+
+    def __init__(self, start: int, end: int, held: int):
+        self.start, self.end, self.held = start, end, held
+        self.data: bytes = b""
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+        self.dropped = False
+
+
+class Prefetcher:
+    def __init__(self, ctx: DataContext, key_fn: Callable[[], str], etag: str | None, size: int):
+        self.ctx = ctx
+        self.key_fn = key_fn
+        self.etag = etag
+        self.size = size
+        self.segments: deque[Segment] = deque()
+        self.next_fetch = 0          # end of what is scheduled
+        self.window = FIRST_WINDOW
+        self.last_end: int | None = None
+        self.gets = 0                # GETs issued (for tests and stats)
+
+    # -- scheduling -------------------------------------------------------
+
+    def _fetch(self, start: int, end: int, needed: bool) -> bool:
+        """Schedule ``[start, end)``; False if the budget refused a prefetch."""
+        n = end - start
+        held = n if self.ctx.read_budget.try_acquire(n) else 0
+        if not held and not needed:
+            return False
+        seg = Segment(start, end, held)
+        self.segments.append(seg)
+        self.next_fetch = end
+        self.gets += 1
+        self.ctx.nursery.start_soon(self._run, seg)
+        return True
+
+    async def _run(self, seg: Segment) -> None:
+        try:
+            seg.data = await self.ctx.store.get(self.key_fn(), seg.start, seg.end, etag=self.etag)
+        except PreconditionFailed:
+            seg.error = Stale("object changed in S3 while open")
+        except Exception as e:  # handed to the reader that waits for it
+            seg.error = e
+        finally:
+            seg.done.set()
+            if seg.dropped:
+                self._release(seg)
+
+    def _release(self, seg: Segment) -> None:
+        if seg.held:
+            self.ctx.read_budget.release(seg.held)
+            seg.held = 0
+        seg.data = b""
+
+    def _drop(self, seg: Segment) -> None:
+        seg.dropped = True
+        if seg.done.is_set():
+            self._release(seg)
+
+    def _reset(self, off: int, need_end: int) -> None:
+        for seg in self.segments:
+            self._drop(seg)
+        self.segments.clear()
+        self.next_fetch = off
+        if off == 0 and self.last_end is None:
+            self.window = FIRST_WINDOW
+        else:
+            self.window = max(MIN_RANDOM_FETCH, need_end - off)
+
+    def _schedule(self, until: int, need_end: int) -> None:
+        until = min(until, self.size)
+        step = self.ctx.read_part_size
+        while self.next_fetch < until:
+            start = self.next_fetch
+            end = min(until, start + step)
+            if not self._fetch(start, end, needed=start < need_end):
+                break
+
+    # -- reading ----------------------------------------------------------
+
+    def _in_window(self, off: int) -> bool:
+        if not self.segments:
+            return self.last_end is not None and off == self.last_end == self.next_fetch
+        return self.segments[0].start <= off <= self.next_fetch + self.window
+
+    async def read(self, off: int, n: int) -> bytes:
+        end = min(off + n, self.size)
+        if off >= end:
+            return b""
+        sequential = self._in_window(off)
+        if not sequential:
+            self._reset(off, end)
+            self._schedule(off + self.window, end)
+        else:
+            if off >= self.next_fetch:
+                # skipped ahead within the window: drop what lies behind
+                for seg in self.segments:
+                    self._drop(seg)
+                self.segments.clear()
+                self.next_fetch = off
+            self.window = min(self.window * 2, self.ctx.prefetch_max)
+            self._schedule(end + self.window, end)
+        out = []
+        pos = off
+        for seg in list(self.segments):
+            if seg.end <= pos:
+                continue
+            if seg.start >= end:
+                break
+            await seg.done.wait()
+            if seg.error is not None:
+                err = seg.error
+                self._reset(off, end)
+                raise err
+            a, b = pos - seg.start, min(end, seg.end) - seg.start
+            out.append(seg.data[a:b])
+            pos = seg.start + b
+            if pos >= end:
+                break
+        self.last_end = end
+        while self.segments and self.segments[0].end <= off - BACKWARD:
+            self._drop(self.segments.popleft())
+        data = b"".join(out)
+        if len(data) != end - off:
+            # the object is shorter than it was when opened
+            raise Stale("object shorter than expected")
+        return data
+
+    def close(self) -> None:
+        for seg in self.segments:
+            self._drop(seg)
+        self.segments.clear()

@@ -1,0 +1,226 @@
+"""Uploads: a streaming multipart writer, and the upload of a staged file.
+
+``StreamingUpload`` takes the bytes of a file written sequentially from
+offset 0.  Nothing is sent until the first part is full; from then on each
+full part is uploaded in the background while the writer goes on, up to
+``upload_concurrency`` parts in flight for the mount, with the bytes held
+counted against the mount's write budget (so writers wait, memory does not
+grow).  ``finish`` sends the tail and completes the upload, or sends one
+PutObject if the file never filled a part.  A failed part aborts the whole
+upload and the error is raised by ``finish`` (and so reaches close/fsync as
+EIO); it is never dropped.
+
+``upload_staged`` uploads a file whose bytes are partly local (a staging
+file) and partly the unchanged object in S3: parts that were not touched
+locally are copied server-side with UploadPartCopy instead of downloaded and
+re-uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import trio
+
+from ..errors import IOFailure, StoreError
+from ..store.base import MIN_PART_SIZE, ObjectInfo, Part
+from .context import DataContext, ObjectHeaders
+from .parts import layout, part_size
+
+log = logging.getLogger(__name__)
+
+
+class StreamingUpload:
+    def __init__(self, ctx: DataContext, key: str, headers: ObjectHeaders):
+        self.ctx = ctx
+        self.key = key
+        self.headers = headers
+        self.size = 0               # bytes appended so far
+        self.buf = bytearray()      # the part being filled
+        self.buf_start = 0          # file offset of buf[0]
+        self._held = 0              # budget bytes held by buf
+        self.upload_id: str | None = None
+        self.parts: dict[int, Part] = {}
+        self.next_part = 1
+        self.error: BaseException | None = None
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self.closed = False
+
+    @property
+    def started(self) -> bool:
+        """True once a multipart upload exists on the server."""
+        return self.upload_id is not None
+
+    async def append(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            room = part_size(self.next_part, self.ctx.part_size) - len(self.buf)
+            chunk = view[:room]
+            await self.ctx.write_budget.acquire(len(chunk))
+            self._held += len(chunk)
+            self.buf += chunk
+            self.size += len(chunk)
+            view = view[len(chunk):]
+            if len(self.buf) == part_size(self.next_part, self.ctx.part_size):
+                await self._ship()
+        if self.error is not None:
+            raise IOFailure(f"upload of {self.key!r} failed: {self.error}")
+
+    def read_tail(self, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` if they are still in the buffer, else None."""
+        if start < self.buf_start:
+            return None
+        return bytes(self.buf[start - self.buf_start:end - self.buf_start])
+
+    async def _ship(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = await self.ctx.store.create_multipart(
+                self.key, metadata=self.headers.metadata,
+                content_type=self.headers.content_type, headers=self.headers.headers)
+        body, held = self.buf, self._held
+        number = self.next_part
+        self.next_part += 1
+        self.buf_start += len(body)
+        self.buf = bytearray()
+        self._held = 0
+        token = object()  # the part's claim on an upload slot
+        await self.ctx.upload_slots.acquire_on_behalf_of(token)
+        self._inflight += 1
+        self._idle = trio.Event()
+        self.ctx.nursery.start_soon(self._send, number, body, held, token)
+
+    async def _send(self, number: int, body: bytearray, held: int, token: object) -> None:
+        try:
+            if self.error is None:
+                self.parts[number] = await self.ctx.store.upload_part(
+                    self.key, self.upload_id, number, body)
+        except Exception as e:  # recorded; finish() raises it
+            log.warning("part %d of %r failed: %s", number, self.key, e)
+            if self.error is None:
+                self.error = e
+        finally:
+            self.ctx.upload_slots.release_on_behalf_of(token)
+            self.ctx.write_budget.release(held)
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def finish(self, headers: ObjectHeaders | None = None) -> ObjectInfo:
+        """Send what is left and make the object; raises IOFailure on error.
+
+        ``headers`` replaces the metadata given at the start (it can only be
+        used when no multipart upload was started yet).
+        """
+        if headers is not None and self.upload_id is None:
+            self.headers = headers
+        try:
+            if self.upload_id is None:
+                info = await self.ctx.store.put(
+                    self.key, self.buf, metadata=self.headers.metadata,
+                    content_type=self.headers.content_type, headers=self.headers.headers)
+                self._release_buf()
+                self.closed = True
+                return info
+            if self.buf:
+                await self._ship()
+            await self._idle.wait()
+            if self.error is not None:
+                raise self.error
+            parts = [self.parts[n] for n in sorted(self.parts)]
+            info = await self.ctx.store.complete_multipart(self.key, self.upload_id, parts)
+            self.closed = True
+            return ObjectInfo(key=self.key, size=self.size, etag=info.etag,
+                              mtime_ns=info.mtime_ns, metadata=dict(self.headers.metadata),
+                              content_type=self.headers.content_type,
+                              headers=dict(self.headers.headers))
+        except Exception as e:
+            await self.abort()
+            if isinstance(e, IOFailure):
+                raise
+            raise IOFailure(f"upload of {self.key!r} failed: {e}") from e
+
+    def _release_buf(self) -> None:
+        self.ctx.write_budget.release(self._held)
+        self._held = 0
+        self.buf = bytearray()
+
+    async def abort(self) -> None:
+        """Drop everything; abort the server-side upload.  Never raises."""
+        self.closed = True
+        self._release_buf()
+        with trio.CancelScope(shield=True):
+            await self._idle.wait()
+            if self.upload_id is not None:
+                upload_id, self.upload_id = self.upload_id, None
+                try:
+                    await self.ctx.store.abort_multipart(self.key, upload_id)
+                except StoreError as e:
+                    log.error("could not abort multipart upload of %r (%s); "
+                              "it is left on the server", self.key, e)
+
+
+ReadLocal = Callable[[int, int], Awaitable[bytes]]
+
+
+async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHeaders, *,
+                        touched: Callable[[int, int], bool], read: ReadLocal,
+                        base_key: str | None, base_etag: str | None,
+                        base_size: int) -> ObjectInfo:
+    """Upload a file of ``size`` bytes to ``key``.
+
+    ``read(start, end)`` returns the file's bytes (fetching from the base
+    object where needed); ``touched(start, end)`` says whether any byte of
+    the range differs from the base object at ``base_key``/``base_etag``
+    (the first ``base_size`` bytes are the base's).  Untouched whole parts
+    within the base are copied server-side.
+    """
+    if size <= ctx.single_put_max:
+        body = await read(0, size)
+        return await ctx.store.put(key, body, metadata=headers.metadata,
+                                   content_type=headers.content_type, headers=headers.headers)
+    upload_id = await ctx.store.create_multipart(key, metadata=headers.metadata,
+                                                 content_type=headers.content_type,
+                                                 headers=headers.headers)
+    parts: list[Part] = []
+    copied = 0
+    try:
+        async def one(number: int, start: int, end: int) -> None:
+            nonlocal copied
+            async with ctx.upload_slots:
+                can_copy = (base_key is not None and end <= base_size
+                            and not touched(start, end)
+                            and (end - start >= MIN_PART_SIZE or end == size))
+                if can_copy:
+                    parts.append(await ctx.store.upload_part_copy(
+                        key, upload_id, number, base_key, start, end, src_etag=base_etag))
+                    copied += end - start
+                    return
+                await ctx.write_budget.acquire(end - start)
+                try:
+                    body = await read(start, end)
+                    parts.append(await ctx.store.upload_part(key, upload_id, number, body))
+                finally:
+                    ctx.write_budget.release(end - start)
+
+        async with trio.open_nursery() as nursery:
+            for number, start, end in layout(size, ctx.part_size):
+                nursery.start_soon(one, number, start, end)
+        parts.sort(key=lambda p: p.number)
+        info = await ctx.store.complete_multipart(key, upload_id, parts)
+    except BaseException as e:
+        with trio.CancelScope(shield=True):
+            try:
+                await ctx.store.abort_multipart(key, upload_id)
+            except StoreError as e2:
+                log.error("could not abort multipart upload of %r (%s)", key, e2)
+        if isinstance(e, Exception) and not isinstance(e, IOFailure):
+            raise IOFailure(f"upload of {key!r} failed: {e}") from e
+        raise
+    if copied:
+        log.debug("upload of %r: %d of %d bytes copied server-side", key, copied, size)
+    return ObjectInfo(key=key, size=size, etag=info.etag, mtime_ns=info.mtime_ns,
+                      metadata=dict(headers.metadata), content_type=headers.content_type,
+                      headers=dict(headers.headers))

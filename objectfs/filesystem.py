@@ -1,0 +1,922 @@
+"""The filesystem core: every operation, on inode numbers, handles and bytes.
+
+No FUSE import here, so tests drive it directly against the in-memory store.
+The FUSE adapter converts arguments and replies; this module decides what
+each operation means on S3 (see SEMANTICS.md):
+
+* Metadata (mode, owner, times, xattrs) lives in the object's user metadata
+  in s3fs's format.  A change to a stored object is a copy onto itself with
+  MetadataDirective=REPLACE that carries every other metadata key, the
+  Content-Type and the other system headers along.
+* Files are uploaded when they are flushed (close), fsync'd or released;
+  until then a new file exists only in this mount.  mkdir, symlink and mknod
+  are written at once.
+* Rename is a server-side copy then a delete (for a directory, of every key
+  under it); it is not atomic.
+* Unlinking a file that is still open keeps its bytes locally until the last
+  handle closes, so the handles go on reading and writing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from . import metadata as md
+from .data.context import DataContext, ObjectHeaders
+from .data.file import FileData
+from .data.prefetch import Prefetcher
+from .errors import (BadHandle, Exists, FsError, InvalidArgument, IsADirectory, NoData,
+                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, RangeError,
+                     ReadOnly, TooBig)
+from .namespace import keys
+from .namespace.namespace import Namespace, Notifier, clock
+from .namespace.tree import ROOT_INODE, Attr, Inode
+from .store.base import MAX_PARTS, ObjectInfo, ObjectStore
+from .config import default_staging_dir
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# Server-side copies in flight while renaming a directory.
+RENAME_CONCURRENCY = 16
+# What statfs reports: S3 has no capacity limit, so a large round number
+# (1 PiB free) keeps tools that check free space (cp, installers) happy.
+STATFS_BLOCK = 4096
+STATFS_BLOCKS = (1 << 50) // STATFS_BLOCK
+STATFS_FILES = 1 << 32
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking (from the FUSE request)."""
+
+    uid: int = 0
+    gid: int = 0
+    umask: int = 0o022
+
+
+@dataclass
+class SetAttr:
+    """The attributes setattr should change (None: leave alone)."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass
+class FileHandle:
+    fh: int
+    node: Inode
+    flags: int
+    prefetcher: Prefetcher | None = None
+    prefetch_etag: str | None = None
+    prefetch_version: int = -1
+
+
+@dataclass
+class DirHandle:
+    fh: int
+    node: Inode
+    entries: list[tuple[str, Inode]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Statfs:
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    favail: int
+    namemax: int
+
+
+class Filesystem:
+    def __init__(self, store: ObjectStore, cfg, notifier: Notifier | None = None):
+        self.store = store
+        self.cfg = cfg
+        self.ns = Namespace(store, cfg, notifier)
+        self.table = self.ns.table
+        self.handles: dict[int, FileHandle | DirHandle] = {}
+        self._next_fh = 1
+        self.ctx: DataContext | None = None
+        self.read_only = bool(cfg.ro)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Attach the background nursery and read the root's attributes."""
+        cfg = self.cfg
+        self.ctx = DataContext(
+            self.store, nursery, part_size=cfg.part_size,
+            upload_concurrency=cfg.upload_concurrency,
+            write_buffer_memory=cfg.write_buffer_memory, read_part_size=cfg.read_part_size,
+            prefetch_max=cfg.prefetch_max, read_memory=max(cfg.write_buffer_memory,
+                                                           4 * cfg.prefetch_max),
+            staging_dir=cfg.staging_dir or default_staging_dir())
+        root = self.table.root
+        if self.table.root_prefix:
+            try:
+                info = await self.store.head(self.table.root_prefix)
+                self.ns.apply_info(root, info, is_dir=True)
+            except NotFound:
+                pass
+
+    async def flush_all(self) -> list[str]:
+        """Upload every dirty file (unmount, SIGTERM); returns the paths that failed."""
+        failed = []
+        for node in list(self.table.inodes.values()):
+            if node.data is not None and node.data.dirty and not node.data.detached:
+                try:
+                    await self._upload(node)
+                except FsError as e:
+                    path = self.table.path(node)
+                    log.error("could not upload %s at shutdown: %s", path, e)
+                    failed.append(path)
+        return failed
+
+    # -- helpers --------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+
+    def _dir(self, ino: int) -> Inode:
+        node = self.table.get(ino)
+        if not node.is_dir:
+            raise NotADirectory()
+        return node
+
+    def visible_attr(self, node: Inode) -> Attr:
+        """The attributes the kernel sees, with mount overrides applied."""
+        a = node.attr.copy()
+        if node.data is not None:
+            a.size = node.data.size
+        cfg = self.cfg
+        if cfg.uid is not None:
+            a.uid = cfg.uid
+        if cfg.gid is not None:
+            a.gid = cfg.gid
+        if cfg.umask is not None:
+            a.mode = stat.S_IFMT(a.mode) | (0o777 & ~cfg.umask)
+        return a
+
+    def nlink(self, node: Inode) -> int:
+        if node.is_dir and node.children is not None:
+            return 2 + sum(1 for c in node.children.values() if c.is_dir)
+        return 1
+
+    def headers_for(self, node: Inode, *, content_changed: bool) -> ObjectHeaders:
+        a = node.attr
+        ours = md.format_attrs(mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns,
+                               ctime_ns=a.ctime_ns, atime_ns=a.atime_ns,
+                               rdev=a.rdev or None)
+        if node.xattrs:
+            value = md.format_xattrs(node.xattrs)
+            if value:
+                ours[md.XATTR_KEY] = value
+        remote = node.remote
+        existing = dict(remote.metadata or {}) if remote is not None else {}
+        if not node.xattrs:
+            existing.pop(md.XATTR_KEY, None)
+        meta = md.merge_metadata(existing, ours, content_changed=content_changed)
+        if node.is_dir:
+            ctype = "application/x-directory"
+        elif remote is not None and remote.content_type:
+            ctype = remote.content_type
+        else:
+            ctype = md.default_content_type(node.name)
+        headers = dict(remote.headers) if remote is not None else {}
+        return ObjectHeaders(meta, ctype, headers)
+
+    def _new_attr(self, parent: Inode, mode: int, caller: Caller, size: int = 0) -> Attr:
+        now = time.time_ns()
+        gid = caller.gid
+        if parent.attr.mode & stat.S_ISGID:
+            gid = parent.attr.gid  # BSD group semantics of setgid directories
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return Attr(mode=mode, uid=caller.uid, gid=gid, size=size, mtime_ns=now,
+                    ctime_ns=now, atime_ns=now)
+
+    def _touch_dir(self, d: Inode) -> None:
+        now = time.time_ns()
+        d.attr.mtime_ns = d.attr.ctime_ns = now
+
+    def _key_fn(self, node: Inode):
+        return lambda: self.table.key(node)
+
+    def _file_data(self, node: Inode) -> FileData:
+        if node.data is None:
+            assert self.ctx is not None, "filesystem not started"
+            remote = node.remote
+            node.data = FileData(
+                self.ctx, self._key_fn(node),
+                lambda: self.headers_for(node, content_changed=True),
+                base_etag=remote.etag if remote is not None and not node.local else None,
+                base_size=remote.size if remote is not None and not node.local else 0)
+            if remote is not None and remote.size != node.attr.size and not node.local:
+                node.data.size = node.data.base_size
+        return node.data
+
+    def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
+        node.remote = info
+        node.local = False
+        node.cache_etag = info.etag
+        node.meta_known = True
+        if info.metadata is not None:
+            pa = md.parse_attrs(info.metadata)
+            if pa.mtime_ns is not None:
+                # a streamed upload stores the mtime of its start; show what is stored
+                node.attr.mtime_ns = pa.mtime_ns
+        self.ns.touch(node)
+
+    async def _upload(self, node: Inode) -> None:
+        data = node.data
+        if data is None:
+            return
+        if node.parent is None:
+            data.detached = True
+        info = await data.flush()
+        if info is not None:
+            self._uploaded(node, info)
+
+    async def _release_data(self, node: Inode) -> None:
+        if node.open_count == 0 and node.data is not None and not node.data.dirty:
+            data, node.data = node.data, None
+            await data.close()
+            self.table.maybe_drop(node)
+
+    async def _child(self, parent: Inode, name: str) -> Inode:
+        return await self.ns.lookup(parent, name)
+
+    async def _child_or_none(self, parent: Inode, name: str) -> Inode | None:
+        try:
+            return await self.ns.lookup(parent, name)
+        except NotFound:
+            return None
+
+    def _alloc_fh(self, handle_factory) -> Any:
+        fh = self._next_fh
+        self._next_fh += 1
+        h = handle_factory(fh)
+        self.handles[fh] = h
+        return h
+
+    def _file_handle(self, fh: int) -> FileHandle:
+        h = self.handles.get(fh)
+        if not isinstance(h, FileHandle):
+            raise BadHandle()
+        return h
+
+    # -- lookup and attributes --------------------------------------------------
+
+    async def lookup(self, parent_ino: int, name: bytes) -> Inode:
+        """Resolve a name and count one kernel reference to the result."""
+        parent = self._dir(parent_ino)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = parent.parent or parent
+        else:
+            node = await self._child(parent, keys.name_from_kernel(name))
+        node.lookups += 1
+        return node
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            self.table.forget(ino, n)
+
+    async def getattr(self, ino: int) -> Inode:
+        node = self.table.get(ino)
+        if not self.ns.fresh(node):
+            await self.ns.revalidate(node)
+        return node
+
+    async def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Inode:
+        node = self.table.get(ino)
+        self._check_writable()
+        now = time.time_ns()
+        if changes.size is not None:
+            if node.is_dir:
+                raise IsADirectory()
+            if not node.is_reg:
+                raise InvalidArgument("cannot truncate this file type")
+            await self._truncate(node, changes.size)
+        meta = False
+        a = node.attr
+        if changes.mode is not None:
+            a.mode = stat.S_IFMT(a.mode) | stat.S_IMODE(changes.mode)
+            meta = True
+        if changes.uid is not None and changes.uid != 0xFFFFFFFF:
+            a.uid = changes.uid
+            meta = True
+        if changes.gid is not None and changes.gid != 0xFFFFFFFF:
+            a.gid = changes.gid
+            meta = True
+        if changes.atime_ns is not None:
+            a.atime_ns = changes.atime_ns
+            meta = True
+        if changes.mtime_ns is not None:
+            a.mtime_ns = changes.mtime_ns
+            meta = True
+        if meta or changes.size is not None:
+            a.ctime_ns = now
+        if meta:
+            await self._persist_meta(node)
+        return node
+
+    async def _truncate(self, node: Inode, size: int) -> None:
+        if size > self.cfg.part_size * MAX_PARTS and size > 5 << 40:
+            raise FsError("file too large for S3", errno=errno.EFBIG)
+        temporary = node.data is None
+        data = self._file_data(node)
+        try:
+            await self.ns.ensure_metadata(node)
+            await data.truncate(size)
+            now = time.time_ns()
+            node.attr.size = size
+            node.attr.mtime_ns = node.attr.ctime_ns = now
+            self.ns.touch(node)
+            if temporary or node.open_count == 0:
+                # truncate(2) on a file nobody has open: persist now
+                await self._upload(node)
+        finally:
+            if temporary:
+                await self._release_data(node)
+
+    async def _persist_meta(self, node: Inode) -> None:
+        """Store ``node``'s attributes (and xattrs) in S3."""
+        self.ns.touch(node)
+        if node.local:
+            return  # the pending upload carries them
+        data = node.data
+        if data is not None and data.dirty:
+            if data.stream is not None and data.stream.started:
+                data.meta_changed = True
+            return
+        if node.is_dir:
+            await self._persist_dir_meta(node)
+            return
+        await self.ns.ensure_metadata(node)
+        h = self.headers_for(node, content_changed=False)
+        key = self.table.key(node)
+        assert node.remote is not None
+        info = await self.store.copy(key, key, size=node.remote.size, metadata=h.metadata,
+                                     content_type=h.content_type, headers=h.headers)
+        node.remote = replace(info, metadata=h.metadata, content_type=h.content_type,
+                              headers=h.headers)
+        if data is not None:
+            data.rebase(info.etag)
+        self.ns.touch(node)
+
+    async def _persist_dir_meta(self, node: Inode) -> None:
+        if node.ino == ROOT_INODE and not self.table.root_prefix:
+            # The bucket itself has no object to hold attributes.
+            raise NotPermitted("the bucket root has no stored attributes")
+        key = self.table.key(node)
+        await self.ns.ensure_metadata(node)
+        h = self.headers_for(node, content_changed=False)
+        if node.remote is not None and node.remote.key == key:
+            info = await self.store.copy(key, key, size=0, metadata=h.metadata,
+                                         content_type=h.content_type, headers=h.headers)
+        else:
+            info = await self.store.put(key, b"", metadata=h.metadata,
+                                        content_type=h.content_type, headers=h.headers)
+            if node.legacy is not None:
+                # s3fs converts a legacy no-slash directory object the same way
+                await self.store.delete(node.legacy)
+                node.legacy = None
+        node.remote = replace(info, metadata=h.metadata, content_type=h.content_type)
+        node.implicit = False
+        self.ns.touch(node)
+
+    async def readlink(self, ino: int) -> bytes:
+        node = self.table.get(ino)
+        if not node.is_symlink:
+            raise InvalidArgument("not a symlink")
+        if node.target is None:
+            body = await self.store.get(self.table.key(node))
+            node.target = os.fsdecode(body)
+        return os.fsencode(node.target)
+
+    # -- creating entries -------------------------------------------------------
+
+    async def _check_new(self, parent: Inode, raw: bytes) -> str:
+        self._check_writable()
+        name = keys.name_from_kernel(raw)
+        if await self._child_or_none(parent, name) is not None:
+            raise Exists(name)
+        keys.check_key(self.table.key(parent) + name + "/")
+        return name
+
+    def _attach(self, parent: Inode, name: str, attr: Attr) -> Inode:
+        node = self.table.new(parent, name, attr)
+        node.meta_known = True
+        self.ns.on_local_change(parent, name)
+        self.ns.touch(node)
+        self._touch_dir(parent)
+        return node
+
+    async def _put_new(self, node: Inode, body: bytes = b"") -> None:
+        h = self.headers_for(node, content_changed=True)
+        info = await self.store.put(self.table.key(node), body, metadata=h.metadata,
+                                    content_type=h.content_type, headers=h.headers)
+        node.remote = info
+        node.local = False
+
+    async def mkdir(self, parent_ino: int, raw: bytes, mode: int, caller: Caller) -> Inode:
+        parent = self._dir(parent_ino)
+        name = await self._check_new(parent, raw)
+        attr = self._new_attr(parent, stat.S_IFDIR | stat.S_IMODE(mode), caller, size=4096)
+        node = self._attach(parent, name, attr)
+        try:
+            await self._put_new(node)
+        except BaseException:
+            self.table.detach(node)
+            raise
+        node.listed_at = clock()  # a new directory is known to be empty
+        node.lookups += 1
+        return node
+
+    async def symlink(self, parent_ino: int, raw: bytes, target: bytes, caller: Caller) -> Inode:
+        parent = self._dir(parent_ino)
+        name = await self._check_new(parent, raw)
+        attr = self._new_attr(parent, stat.S_IFLNK | 0o777, caller, size=len(target))
+        node = self._attach(parent, name, attr)
+        node.target = os.fsdecode(target)
+        try:
+            await self._put_new(node, target)
+        except BaseException:
+            self.table.detach(node)
+            raise
+        node.lookups += 1
+        return node
+
+    async def mknod(self, parent_ino: int, raw: bytes, mode: int, rdev: int,
+                    caller: Caller) -> Inode:
+        parent = self._dir(parent_ino)
+        name = await self._check_new(parent, raw)
+        ftype = stat.S_IFMT(mode) or stat.S_IFREG
+        if ftype == stat.S_IFDIR or ftype == stat.S_IFLNK:
+            raise InvalidArgument("use mkdir or symlink")
+        attr = self._new_attr(parent, ftype | stat.S_IMODE(mode), caller)
+        if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+            attr.rdev = rdev
+        node = self._attach(parent, name, attr)
+        try:
+            await self._put_new(node)
+        except BaseException:
+            self.table.detach(node)
+            raise
+        node.lookups += 1
+        return node
+
+    async def create(self, parent_ino: int, raw: bytes, mode: int, flags: int,
+                     caller: Caller) -> tuple[FileHandle, Inode]:
+        parent = self._dir(parent_ino)
+        self._check_writable()
+        name = keys.name_from_kernel(raw)
+        existing = await self._child_or_none(parent, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise Exists(name)
+            existing.lookups += 1
+            try:
+                handle = await self.open(existing.ino, flags & ~os.O_CREAT)
+            except BaseException:
+                existing.lookups -= 1
+                raise
+            return handle, existing
+        keys.check_key(self.table.key(parent) + name)
+        attr = self._new_attr(parent, stat.S_IFREG | stat.S_IMODE(mode), caller)
+        node = self._attach(parent, name, attr)
+        node.local = True
+        data = self._file_data(node)
+        data.mark_dirty()  # even an empty new file must reach S3 at close
+        node.lookups += 1
+        node.open_count += 1
+        handle = self._alloc_fh(lambda fh: FileHandle(fh, node, flags))
+        return handle, node
+
+    async def link(self, ino: int, new_parent_ino: int, raw: bytes) -> Inode:
+        raise NotSupported("S3 has no hard links")
+
+    # -- removing entries -------------------------------------------------------
+
+    async def _detach_file(self, node: Inode) -> None:
+        """Prepare a file for removal: open handles keep their bytes."""
+        data = node.data
+        if data is not None:
+            if node.open_count:
+                await data.materialize()
+                data.detached = True
+            else:
+                node.data = None
+                await data.close()
+                if data.stream is not None:
+                    pass
+
+    async def unlink(self, parent_ino: int, raw: bytes) -> None:
+        parent = self._dir(parent_ino)
+        self._check_writable()
+        name = keys.name_from_kernel(raw)
+        node = await self._child(parent, name)
+        if node.is_dir:
+            raise IsADirectory(name)
+        await self._detach_file(node)
+        if not node.local:
+            await self.store.delete(self.table.key(node))
+        self._remove(parent, node)
+
+    def _remove(self, parent: Inode, node: Inode) -> None:
+        self.table.detach(node)
+        self.ns.negative[(parent.ino, node.name)] = True
+        self._touch_dir(parent)
+        node.attr.ctime_ns = time.time_ns()
+
+    async def _ensure_empty(self, node: Inode) -> None:
+        if node.children and any(c.local for c in node.children.values()):
+            raise NotEmpty()
+        prefix = self.table.key(node)
+        page = await self.store.list_page(prefix, delimiter=None, max_keys=2)
+        if any(o.key != prefix for o in page.objects):
+            raise NotEmpty()
+
+    async def rmdir(self, parent_ino: int, raw: bytes) -> None:
+        parent = self._dir(parent_ino)
+        self._check_writable()
+        name = keys.name_from_kernel(raw)
+        node = await self._child(parent, name)
+        if not node.is_dir:
+            raise NotADirectory(name)
+        await self._ensure_empty(node)
+        await self._delete_dir_objects(node)
+        self._remove(parent, node)
+
+    async def _delete_dir_objects(self, node: Inode) -> None:
+        prefix = self.table.key(node)
+        doomed = [prefix]
+        if node.legacy:
+            doomed.append(node.legacy)
+        if self.cfg.compat_dir:
+            doomed.append(prefix[:-1] + keys.FOLDER_SUFFIX)
+        if len(doomed) == 1:
+            await self.store.delete(prefix)
+        else:
+            await self.store.delete_many(doomed)
+
+    # -- rename -------------------------------------------------------------------
+
+    async def rename(self, old_parent_ino: int, old_raw: bytes, new_parent_ino: int,
+                     new_raw: bytes, flags: int) -> None:
+        self._check_writable()
+        if flags & RENAME_EXCHANGE:
+            raise InvalidArgument("RENAME_EXCHANGE cannot be done atomically on S3")
+        old_parent = self._dir(old_parent_ino)
+        new_parent = self._dir(new_parent_ino)
+        old_name = keys.name_from_kernel(old_raw)
+        new_name = keys.name_from_kernel(new_raw)
+        src = await self._child(old_parent, old_name)
+        dst = await self._child_or_none(new_parent, new_name)
+        if dst is src:
+            return
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise Exists(new_name)
+        if src.is_dir:
+            n: Inode | None = new_parent
+            while n is not None:
+                if n is src:
+                    raise InvalidArgument("cannot move a directory into itself")
+                n = n.parent
+            if dst is not None:
+                if not dst.is_dir:
+                    raise NotADirectory(new_name)
+                await self._ensure_empty(dst)
+        elif dst is not None and dst.is_dir:
+            raise IsADirectory(new_name)
+        suffix = "/" if src.is_dir else ""
+        keys.check_key(self.table.key(new_parent) + new_name + suffix)
+        if src.is_dir:
+            await self._rename_dir(src, new_parent, new_name, dst)
+        else:
+            await self._rename_file(src, new_parent, new_name, dst)
+        self.ns.on_local_change(new_parent, new_name)
+        self.ns.negative[(old_parent.ino, old_name)] = True
+        self._touch_dir(old_parent)
+        self._touch_dir(new_parent)
+
+    async def _rename_file(self, src: Inode, new_parent: Inode, new_name: str,
+                           dst: Inode | None) -> None:
+        old_key = self.table.key(src)
+        new_key = self.table.key(new_parent) + new_name
+        if dst is not None:
+            await self._detach_file(dst)
+        src.attr.ctime_ns = time.time_ns()
+        if not src.local and src.remote is not None:
+            await self.ns.ensure_metadata(src)
+            remote = src.remote
+            h = self.headers_for(src, content_changed=False)
+            info = await self.store.copy(old_key, new_key, size=remote.size,
+                                         metadata=h.metadata, content_type=h.content_type,
+                                         headers=h.headers)
+            await self.store.delete(old_key)
+            src.remote = replace(info, key=new_key, metadata=h.metadata,
+                                 content_type=h.content_type, headers=h.headers)
+            if src.data is not None:
+                src.data.rebase(info.etag)
+            src.cache_etag = info.etag if src.cache_etag == remote.etag else None
+        self.table.move(src, new_parent, new_name)
+
+    async def _rename_dir(self, src: Inode, new_parent: Inode, new_name: str,
+                          dst: Inode | None) -> None:
+        old_prefix = self.table.key(src)
+        new_prefix = self.table.key(new_parent) + new_name + "/"
+        if dst is not None:
+            await self._delete_dir_objects(dst)
+        objects: list[ObjectInfo] = []
+        token = None
+        while True:
+            page = await self.store.list_page(old_prefix, delimiter=None, token=token)
+            objects.extend(page.objects)
+            token = page.next_token
+            if not token:
+                break
+        new_etags: dict[str, str | None] = {}
+        limiter = trio.CapacityLimiter(RENAME_CONCURRENCY)
+
+        async def copy_one(o: ObjectInfo) -> None:
+            async with limiter:
+                target = new_prefix + o.key[len(old_prefix):]
+                info = await self.store.copy(o.key, target, size=o.size)
+                new_etags[target] = info.etag
+
+        async with trio.open_nursery() as nursery:
+            for o in objects:
+                nursery.start_soon(copy_one, o)
+        if src.legacy is not None and src.remote is not None:
+            h = self.headers_for(src, content_changed=False)
+            await self.store.put(new_prefix, b"", metadata=h.metadata,
+                                 content_type="application/x-directory", headers=h.headers)
+        old_keys = [o.key for o in objects]
+        if src.legacy is not None:
+            old_keys.append(src.legacy)
+            src.legacy = None
+        await self.store.delete_many(old_keys)
+        self.table.move(src, new_parent, new_name)
+        for node in self.table.walk(src):
+            if node.remote is None or node.local:
+                continue
+            new_key = self.table.key(node)
+            etag = new_etags.get(new_key, node.remote.etag)
+            node.remote = replace(node.remote, key=new_key, etag=etag)
+            if node.data is not None:
+                node.data.rebase(etag)
+            node.cache_etag = None
+
+    # -- files ----------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int) -> FileHandle:
+        node = self.table.get(ino)
+        if node.is_dir:
+            raise IsADirectory()
+        if not node.is_reg:
+            raise InvalidArgument("cannot open this file type")
+        accmode = flags & os.O_ACCMODE
+        writing = accmode != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self._check_writable()
+            await self.ns.ensure_metadata(node)
+        data = self._file_data(node)
+        node.open_count += 1
+        try:
+            if flags & os.O_TRUNC and (data.size or data.base_size):
+                await data.truncate(0)
+                now = time.time_ns()
+                node.attr.mtime_ns = node.attr.ctime_ns = now
+                node.attr.size = 0
+            elif flags & os.O_TRUNC and not node.local:
+                data.mark_dirty()
+        except BaseException:
+            node.open_count -= 1
+            await self._release_data(node)
+            raise
+        return self._alloc_fh(lambda fh: FileHandle(fh, node, flags))
+
+    def keep_cache(self, handle: FileHandle) -> bool:
+        """True if the kernel's cached pages of this file are still valid."""
+        node = handle.node
+        current = node.remote.etag if node.remote is not None else None
+        keep = current is not None and node.cache_etag == current and not node.local
+        node.cache_etag = current
+        return keep
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._file_handle(fh)
+        node = h.node
+        data = node.data
+        assert data is not None
+        if data.local_reads or data.base_etag is None:
+            return await data.read(off, size)
+        pf = h.prefetcher
+        if pf is None or h.prefetch_etag != data.base_etag or h.prefetch_version != data.version:
+            if pf is not None:
+                pf.close()
+            assert self.ctx is not None
+            pf = h.prefetcher = Prefetcher(self.ctx, self._key_fn(node), data.base_etag,
+                                           data.size)
+            h.prefetch_etag, h.prefetch_version = data.base_etag, data.version
+        return await pf.read(off, size)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._file_handle(fh)
+        node = h.node
+        data = node.data
+        assert data is not None
+        if h.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise BadHandle("not open for writing")
+        n = await data.write(off, buf)
+        now = time.time_ns()
+        node.attr.mtime_ns = node.attr.ctime_ns = now
+        node.attr.size = data.size
+        self.ns.touch(node)
+        return n
+
+    async def flush(self, fh: int) -> None:
+        """close(2): upload if anything changed; errors reach close()."""
+        h = self._file_handle(fh)
+        await self._upload(h.node)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        """Return only once the data is in S3."""
+        h = self._file_handle(fh)
+        await self._upload(h.node)
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if not isinstance(h, FileHandle):
+            return
+        node = h.node
+        if h.prefetcher is not None:
+            h.prefetcher.close()
+        node.open_count -= 1
+        if node.data is not None and node.data.dirty and not node.data.detached:
+            try:
+                await self._upload(node)
+            except FsError as e:
+                log.error("upload of %s failed after close: %s", self.table.path(node), e)
+        if node.open_count == 0 and node.data is not None:
+            if node.data.dirty and not node.data.detached and not node.data.broken:
+                return  # keep the bytes: a later flush_all retries
+            data, node.data = node.data, None
+            await data.close()
+        self.table.maybe_drop(node)
+
+    # -- directories ----------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> DirHandle:
+        node = self._dir(ino)
+        return self._alloc_fh(lambda fh: DirHandle(fh, node))
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[str, Inode]]:
+        """Entries from index ``start`` on; index 0 takes a fresh snapshot."""
+        h = self.handles.get(fh)
+        if not isinstance(h, DirHandle):
+            raise BadHandle()
+        if start == 0:
+            d = h.node
+            if not self.ns.listing_fresh(d):
+                await self.ns.list_dir(d)
+            elif not self.cfg.trust_listing:
+                await self.ns.fill_metadata(d)
+            assert d.children is not None
+            h.entries = sorted(d.children.items())
+        return h.entries[start:]
+
+    def releasedir(self, fh: int) -> None:
+        self.handles.pop(fh, None)
+
+    # -- xattrs -------------------------------------------------------------------------
+
+    async def _xattr_node(self, ino: int) -> Inode:
+        node = self.table.get(ino)
+        if not node.meta_known:
+            await self.ns.revalidate(node)
+        if not node.local and node.remote is not None and node.remote.metadata is None:
+            await self.ns.ensure_metadata(node)
+        return node
+
+    @staticmethod
+    def _xattr_name(raw: bytes) -> str:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotSupported("xattr names must be UTF-8") from None
+        return name
+
+    async def getxattr(self, ino: int, raw: bytes) -> bytes:
+        name = self._xattr_name(raw)
+        if not name.startswith("user."):
+            raise NoData(name)
+        node = await self._xattr_node(ino)
+        value = (node.xattrs or {}).get(name)
+        if value is None:
+            raise NoData(name)
+        return value
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        node = await self._xattr_node(ino)
+        return [n.encode() for n in sorted(node.xattrs or {})]
+
+    async def setxattr(self, ino: int, raw: bytes, value: bytes, flags: int = 0) -> None:
+        self._check_writable()
+        name = self._xattr_name(raw)
+        if not name.startswith("user."):
+            raise NotSupported("only user.* extended attributes are stored")
+        if not md.valid_xattr_name(name):
+            raise InvalidArgument("xattr name contains , : or \"")
+        node = await self._xattr_node(ino)
+        if node.is_symlink:
+            raise NotPermitted("user xattrs on symlinks")
+        current = dict(node.xattrs or {})
+        if flags & os.XATTR_CREATE and name in current:
+            raise Exists(name)
+        if flags & os.XATTR_REPLACE and name not in current:
+            raise NoData(name)
+        current[name] = bytes(value)
+        self._check_xattr_size(node, current)
+        old = node.xattrs
+        node.xattrs = current
+        node.attr.ctime_ns = time.time_ns()
+        try:
+            await self._persist_meta(node)
+        except BaseException:
+            node.xattrs = old
+            raise
+
+    def _check_xattr_size(self, node: Inode, xattrs: dict[str, bytes]) -> None:
+        value = md.format_xattrs(xattrs) or ""
+        a = node.attr
+        meta = md.format_attrs(mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns,
+                               ctime_ns=a.ctime_ns, atime_ns=a.atime_ns)
+        meta[md.XATTR_KEY] = value
+        if md.metadata_size(meta) > md.METADATA_LIMIT:
+            raise TooBig("extended attributes exceed S3's 2 KB metadata limit",
+                         errno=errno.ENOSPC)
+
+    async def removexattr(self, ino: int, raw: bytes) -> None:
+        self._check_writable()
+        name = self._xattr_name(raw)
+        node = await self._xattr_node(ino)
+        current = dict(node.xattrs or {})
+        if name not in current:
+            raise NoData(name)
+        del current[name]
+        old = node.xattrs
+        node.xattrs = current or None
+        node.attr.ctime_ns = time.time_ns()
+        try:
+            await self._persist_meta(node)
+        except BaseException:
+            node.xattrs = old
+            raise
+
+    # -- misc -----------------------------------------------------------------------------
+
+    def statfs(self) -> Statfs:
+        return Statfs(bsize=STATFS_BLOCK, frsize=STATFS_BLOCK, blocks=STATFS_BLOCKS,
+                      bfree=STATFS_BLOCKS, bavail=STATFS_BLOCKS, files=STATFS_FILES,
+                      ffree=STATFS_FILES, favail=STATFS_FILES, namemax=keys.NAME_MAX)
+
+    def access(self, ino: int, mode: int, caller: Caller) -> bool:
+        """POSIX permission check (used when the kernel does not do it)."""
+        node = self.table.get(ino)
+        a = self.visible_attr(node)
+        if caller.uid == 0:
+            return not (mode & os.X_OK) or bool(a.mode & 0o111) or node.is_dir
+        if caller.uid == a.uid:
+            bits = (a.mode >> 6) & 7
+        elif caller.gid == a.gid:
+            bits = (a.mode >> 3) & 7
+        else:
+            bits = a.mode & 7
+        return (mode & bits) == mode
+
+
+def range_error(n: int) -> RangeError:
+    return RangeError(f"buffer of {n} bytes too small")

@@ -1,0 +1,273 @@
+"""The pyfuse3 binding: converts arguments and replies, nothing else.
+
+This is the only module that knows pyfuse3's types and the only place that
+raises ``FUSEError``.  Every handler runs behind one guard (applied to the
+class below): our ``FsError``s become their errno; any other exception is
+logged with its traceback and becomes EIO, because pyfuse3 only catches
+``FUSEError`` and anything else would end the main loop and the mount.
+trio's ``Cancelled`` is a BaseException and passes through untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import queue
+import threading
+
+import pyfuse3
+
+from .errors import FsError
+from .filesystem import Caller, FileHandle, Filesystem, SetAttr
+from .namespace.keys import name_to_kernel
+from .namespace.namespace import Notifier
+from .namespace.tree import Inode
+
+log = logging.getLogger(__name__)
+
+# st_blksize: the I/O size the kernel reports to programs.  cp, cat and
+# friends read and write in chunks of max(128 KiB, st_blksize), so a larger
+# value means fewer, larger FUSE requests.
+BLKSIZE = 1 << 20
+
+
+def _guard(name: str, fn):
+    @functools.wraps(fn)
+    async def handler(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as e:
+            log.log(e.log_level, "%s failed: %s", name, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s; returning EIO", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return handler
+
+
+HANDLERS = ("lookup", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir",
+            "symlink", "rename", "link", "open", "read", "write", "flush", "release", "fsync",
+            "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "setxattr", "getxattr",
+            "listxattr", "removexattr", "access", "create")
+
+
+def guarded(cls):
+    """Wrap every request handler of ``cls`` in the one error guard."""
+    for name in HANDLERS:
+        setattr(cls, name, _guard(name, getattr(cls, name)))
+    return cls
+
+
+class KernelNotifier(Notifier):
+    """Sends cache invalidations to the kernel from a thread of its own.
+
+    libfuse's notify calls block until the kernel has processed them, and the
+    kernel may need our reply to the request that triggered them to get
+    there, so calling them from a handler could deadlock.
+    """
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fuse-notify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            kind, a, b = item
+            try:
+                if kind == "inode":
+                    pyfuse3.invalidate_inode(a)
+                else:
+                    pyfuse3.invalidate_entry(a, b)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EBADF):
+                    log.debug("kernel invalidation failed: %s", e)
+            except Exception:  # the notifier must never die
+                log.exception("kernel invalidation failed")
+
+    def invalidate_inode(self, ino: int) -> None:
+        self._queue.put(("inode", ino, None))
+
+    def invalidate_entry(self, parent_ino: int, name: str) -> None:
+        self._queue.put(("entry", parent_ino, name_to_kernel(name)))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+
+def _caller(ctx) -> Caller:
+    if ctx is None:
+        return Caller()
+    return Caller(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
+
+
+@guarded
+class FuseOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem):
+        super().__init__()
+        self.fs = fs
+        self.ttl = fs.cfg.metadata_ttl
+        self.negative_ttl = fs.cfg.negative_ttl
+
+    def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = self.fs.visible_attr(node)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = self.ttl
+        e.attr_timeout = self.ttl
+        e.st_mode = a.mode
+        e.st_nlink = self.fs.nlink(node)
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = 0 if node.is_dir else (a.size + 511) // 512
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    # -- namespace ------------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        try:
+            node = await self.fs.lookup(parent_inode, name)
+        except FsError as e:
+            if e.errno != errno.ENOENT or self.negative_ttl <= 0:
+                raise
+            # a zero inode tells the kernel to cache the miss for entry_timeout
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.negative_ttl
+            return neg
+        return self._entry(node)
+
+    async def forget(self, inode_list):
+        try:
+            self.fs.forget(list(inode_list))
+        except Exception:  # forget must never raise
+            log.exception("forget failed")
+
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self.fs.getattr(inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
+        return self._entry(await self.fs.setattr(inode, changes, fh))
+
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(await self.fs.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, name)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(await self.fs.symlink(parent_inode, name, target, _caller(ctx)))
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
+
+    # -- files -----------------------------------------------------------------
+
+    def _file_info(self, h: FileHandle) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=h.fh, keep_cache=self.fs.keep_cache(h))
+
+    async def open(self, inode, flags, ctx):
+        return self._file_info(await self.fs.open(inode, flags))
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        h, node = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
+        return self._file_info(h), self._entry(node)
+
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh, datasync)
+
+    # -- directories -------------------------------------------------------------
+
+    async def opendir(self, inode, ctx):
+        return (await self.fs.opendir(inode)).fh
+
+    async def readdir(self, fh, start_id, token):
+        entries = await self.fs.readdir(fh, start_id)
+        for i, (name, node) in enumerate(entries, start_id + 1):
+            if not pyfuse3.readdir_reply(token, name_to_kernel(name), self._entry(node), i):
+                break
+            node.lookups += 1
+
+    async def releasedir(self, fh):
+        self.fs.releasedir(fh)
+
+    async def fsyncdir(self, fh, datasync):
+        pass  # directory changes are written to S3 when they are made
+
+    # -- misc ------------------------------------------------------------------------
+
+    async def statfs(self, ctx):
+        s = self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.bsize
+        out.f_frsize = s.frsize
+        out.f_blocks = s.blocks
+        out.f_bfree = s.bfree
+        out.f_bavail = s.bavail
+        out.f_files = s.files
+        out.f_ffree = s.ffree
+        out.f_favail = s.favail
+        out.f_namemax = s.namemax
+        return out
+
+    async def setxattr(self, inode, name, value, ctx):
+        await self.fs.setxattr(inode, name, value)
+
+    async def getxattr(self, inode, name, ctx):
+        return await self.fs.getxattr(inode, name)
+
+    async def listxattr(self, inode, ctx):
+        return await self.fs.listxattr(inode)
+
+    async def removexattr(self, inode, name, ctx):
+        await self.fs.removexattr(inode, name)
+
+    async def access(self, inode, mode, ctx):
+        return self.fs.access(inode, mode, _caller(ctx))

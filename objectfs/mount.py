@@ -1,0 +1,281 @@
+"""Mount lifecycle: check the bucket, mount, serve, and shut down cleanly.
+
+Order of events, each failure reported as one line (``UserError``):
+
+1. The bucket is listed once with a short-retry client, so a wrong
+   endpoint, bucket or credential fails in seconds, before anything is
+   mounted.
+2. ``pyfuse3.init`` mounts; the trio main loop starts the filesystem's
+   background nursery and the FUSE loop.
+3. A thread stats the mountpoint; that request is answered by our own loop,
+   so when it returns the mount is usable: only then is readiness reported
+   (to the parent of a daemon through a pipe, and to systemd).
+4. The loop ends when the filesystem is unmounted (``fusermount3 -u``,
+   ``umount``, ``objectfs umount``) or on SIGTERM/SIGINT, which first
+   upload everything pending.  A second SIGINT/SIGTERM stops at once.
+   Anything still dirty when the loop ends is uploaded before the process
+   exits; ``pyfuse3.close`` then makes sure nothing is left mounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import time
+
+import trio
+
+from .config import Config
+from .errors import StoreError, StoreUnavailable, UserError
+from .store.s3 import S3Settings, S3Store, make_client
+
+log = logging.getLogger("objectfs")
+
+# How long the bucket check may take in all (connect timeout x attempts).
+CHECK_CONNECT_TIMEOUT = 5.0
+CHECK_READ_TIMEOUT = 10.0
+CHECK_ATTEMPTS = 2
+
+
+def runtime_dir() -> str:
+    if os.geteuid() == 0:
+        return "/run/objectfs"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return os.path.join(base, "objectfs")
+    return f"/tmp/objectfs-{os.geteuid()}"
+
+
+def state_path(mountpoint: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return os.path.join(runtime_dir(), f"mount-{digest}.json")
+
+
+def read_state(mountpoint: str) -> dict | None:
+    try:
+        with open(state_path(mountpoint)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def setup_logging(cfg: Config, daemon: bool) -> None:
+    level = getattr(logging, cfg.log_level.upper())
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if cfg.log_file:
+        handler: logging.Handler = logging.FileHandler(cfg.log_file)
+    elif daemon and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        fmt = "objectfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    # botocore logs request details (including signed URLs) at DEBUG
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+
+
+def s3_settings(cfg: Config) -> S3Settings:
+    return S3Settings(
+        bucket=cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
+        profile=cfg.profile, max_connections=cfg.max_connections,
+        connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+        max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl)
+
+
+def explain(err: StoreError, cfg: Config) -> str:
+    """One line telling the user what is wrong with the bucket or endpoint."""
+    where = cfg.endpoint_url or "AWS S3"
+    if isinstance(err, StoreUnavailable):
+        return f"cannot reach the S3 endpoint {where}"
+    code = err.code
+    if code in ("NoSuchBucket",) or (code in ("404", "NotFound")):
+        return f"bucket {cfg.bucket!r} does not exist at {where}"
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                "InvalidToken"):
+        return f"the S3 credentials were rejected by {where} ({code})"
+    if "no AWS credentials" in str(err):
+        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "use --profile, or configure ~/.aws/credentials")
+    if err.errno == errno.EACCES:
+        return f"access to bucket {cfg.bucket!r} denied ({code})"
+    if code == "PermanentRedirect":
+        return f"bucket {cfg.bucket!r} is in another region: pass --region"
+    return f"cannot access bucket {cfg.bucket!r} at {where}: {code}"
+
+
+def check_bucket(cfg: Config) -> S3Store:
+    """Build the store and prove the bucket can be listed (UserError if not)."""
+    settings = s3_settings(cfg)
+    checker = S3Store(settings, client=make_client(
+        settings, max_attempts=CHECK_ATTEMPTS, connect_timeout=CHECK_CONNECT_TIMEOUT,
+        read_timeout=CHECK_READ_TIMEOUT))
+    from .namespace.keys import normalise_prefix
+
+    try:
+        trio.run(checker.check_bucket, normalise_prefix(cfg.prefix))
+    except StoreError as e:
+        raise UserError(explain(e, cfg)) from None
+    return S3Store(settings)
+
+
+def fuse_options(cfg: Config) -> set[str]:
+    fsname = cfg.fsname or ("s3://" + cfg.bucket + ("/" + cfg.prefix.strip("/")
+                                                    if cfg.prefix.strip("/") else ""))
+    opts = {f"fsname={fsname}", "subtype=objectfs", "noatime"}
+    for name in ("allow_other", "allow_root", "default_permissions", "ro"):
+        if cfg.values.get(name):
+            opts.add(name)
+    return opts
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("could not notify systemd: %s", e)
+
+
+class Lifecycle:
+    def __init__(self, cfg: Config, fs, ready_fd: int | None):
+        self.cfg = cfg
+        self.fs = fs
+        self.ready_fd = ready_fd
+        self.stopping = False
+        self.abort = False
+
+    def _report(self, text: str) -> None:
+        if self.ready_fd is not None:
+            try:
+                os.write(self.ready_fd, text.encode() + b"\n")
+                os.close(self.ready_fd)
+            except OSError:
+                pass
+            self.ready_fd = None
+
+    async def _probe_ready(self) -> None:
+        try:
+            await trio.to_thread.run_sync(os.stat, self.cfg.mountpoint)
+        except OSError as e:
+            log.error("mount does not answer: %s", e)
+            self._report(f"ERR the mount did not answer: {e.strerror}")
+            import pyfuse3
+            pyfuse3.terminate()
+            return
+        log.info("mounted s3://%s/%s on %s", self.cfg.bucket, self.cfg.prefix,
+                 self.cfg.mountpoint)
+        self._write_state()
+        self._report("OK")
+        sd_notify("READY=1\nSTATUS=mounted")
+
+    def _write_state(self) -> None:
+        try:
+            os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+            tmp = state_path(self.cfg.mountpoint) + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,
+                           "bucket": self.cfg.bucket, "prefix": self.cfg.prefix,
+                           "started": time.time()}, f)
+            os.replace(tmp, state_path(self.cfg.mountpoint))
+        except OSError as e:
+            log.warning("could not write mount state: %s", e)
+
+    def _clear_state(self) -> None:
+        try:
+            os.unlink(state_path(self.cfg.mountpoint))
+        except OSError:
+            pass
+
+    async def _signals(self) -> None:
+        import pyfuse3
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    continue
+                if self.stopping:
+                    log.warning("second signal: stopping without uploading")
+                    self.abort = True
+                    pyfuse3.terminate()
+                    continue
+                self.stopping = True
+                log.info("signal %d: uploading pending data, then unmounting", signum)
+                sd_notify("STOPPING=1")
+                await self.fs.flush_all()
+                pyfuse3.terminate()
+
+    async def main(self) -> None:
+        import pyfuse3
+
+        async with trio.open_nursery() as nursery:
+            await self.fs.start(nursery)
+            nursery.start_soon(self._signals)
+            nursery.start_soon(self._probe_ready)
+            await pyfuse3.main()
+            if not self.abort:
+                failed = await self.fs.flush_all()
+                if failed:
+                    log.error("%d file(s) could not be uploaded before exit", len(failed))
+            nursery.cancel_scope.cancel()
+
+
+def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
+    """Mount and serve until unmounted; returns the process exit code.
+
+    Failures before the mount is up raise UserError (nothing is left
+    mounted); ``ready_fd`` gets "OK" once the mount answers.
+    """
+    setup_logging(cfg, daemon)
+    store = check_bucket(cfg)
+
+    import pyfuse3
+
+    from .filesystem import Filesystem
+    from .fuse_adapter import FuseOperations, KernelNotifier
+
+    notifier = KernelNotifier()
+    fs = Filesystem(store, cfg, notifier)
+    ops = FuseOperations(fs)
+    try:
+        pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
+    except RuntimeError as e:
+        notifier.stop()
+        raise UserError(f"cannot mount on {cfg.mountpoint}: {e} (is FUSE available "
+                        "and the mountpoint usable?)") from None
+    life = Lifecycle(cfg, fs, ready_fd)
+    code = 0
+    try:
+        trio.run(life.main)
+    except BaseException:
+        log.exception("mount loop failed")
+        code = 1
+    finally:
+        notifier.stop()
+        life._clear_state()
+        pyfuse3.close(unmount=True)
+    if life.ready_fd is not None:
+        life._report("ERR the mount stopped before it was ready")
+        code = code or 1
+    log.info("unmounted %s", cfg.mountpoint)
+    return code

@@ -1,0 +1,416 @@
+"""Resolving names against S3 and keeping the inode tree in step with it.
+
+Lookup of ``name`` in directory ``d`` sends, side by side, a HEAD of
+``d/name`` and a one-key ListObjectsV2 of the prefix ``d/name/``: a key and
+a prefix of the same name can both exist, and the directory wins (what
+s3fs's readdir shows and mountpoint-s3 does), so lookup and readdir agree.
+Only when the listing shows a ``d/name/`` marker is it HEADed for its
+attributes.  A fresh full listing of ``d`` answers lookups of missing
+names without a request, as does the negative cache.
+
+Listing a directory pages through ListObjectsV2 with delimiter ``/`` and
+merges the result into the tree: new names get inodes, vanished names are
+detached (the kernel is told), and entries changed or created locally after
+the listing was requested are left alone.  Mode, owner and times are not in
+listings, so entries whose metadata is unknown or changed are HEADed in
+parallel (``stat_concurrency``) unless ``trust_listing`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+import trio
+from cachetools import TTLCache
+
+from .. import metadata as md
+from ..errors import NotFound
+from ..store.base import ObjectInfo, ObjectStore
+from . import keys
+from .tree import Attr, Inode, InodeTable
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_CACHE_ENTRIES = 100_000
+
+
+def clock() -> float:
+    """Monotonic seconds; trio's clock inside trio (virtual in tests)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+class Notifier:
+    """How the namespace tells the kernel to drop what it cached (no-op here;
+    the FUSE adapter supplies the real one)."""
+
+    def invalidate_inode(self, ino: int) -> None:
+        pass
+
+    def invalidate_entry(self, parent_ino: int, name: str) -> None:
+        pass
+
+
+class Namespace:
+    def __init__(self, store: ObjectStore, cfg, notifier: Notifier | None = None):
+        self.store = store
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.mount_time_ns = time.time_ns()
+        root_attr = Attr(mode=stat.S_IFDIR | cfg.dir_mode, uid=self.uid, gid=self.gid,
+                         size=4096, mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns,
+                         atime_ns=self.mount_time_ns)
+        self.table = InodeTable(keys.normalise_prefix(cfg.prefix), root_attr)
+        self.table.root.implicit = True
+        self.negative: TTLCache = TTLCache(NEGATIVE_CACHE_ENTRIES, max(cfg.negative_ttl, 1e-3),
+                                           timer=clock)
+        self._stat_limiter = trio.CapacityLimiter(cfg.stat_concurrency)
+
+    # -- attributes ---------------------------------------------------------
+
+    def default_attr(self, is_dir: bool, mtime_ns: int | None = None, size: int = 0) -> Attr:
+        t = mtime_ns or self.mount_time_ns
+        mode = (stat.S_IFDIR | self.cfg.dir_mode) if is_dir else (stat.S_IFREG | self.cfg.file_mode)
+        return Attr(mode=mode, uid=self.uid, gid=self.gid, size=4096 if is_dir else size,
+                    mtime_ns=t, ctime_ns=t, atime_ns=t)
+
+    def apply_info(self, node: Inode, info: ObjectInfo | None, *, is_dir: bool) -> None:
+        """Set ``node``'s attributes from an object's metadata (or defaults).
+
+        For directories ``info`` is the marker (or legacy object), None when
+        the directory is only a prefix.  The type of an existing inode never
+        changes here: callers replace the inode when the type changes.
+        """
+        node.remote = info
+        node.validated_at = clock()
+        if info is None:
+            node.implicit = is_dir
+            node.meta_known = True
+            return
+        node.implicit = False
+        if info.metadata is None:
+            # from a listing: only size and Last-Modified are known
+            if not is_dir:
+                node.attr.size = info.size
+                if not node.meta_known:
+                    node.attr.mtime_ns = node.attr.ctime_ns = node.attr.atime_ns = info.mtime_ns
+            return
+        pa = md.parse_attrs(info.metadata)
+        ftype = stat.S_IFMT(node.attr.mode)
+        default_perm = self.cfg.dir_mode if is_dir else self.cfg.file_mode
+        perm = stat.S_IMODE(pa.mode) if pa.mode is not None else default_perm
+        lm = info.mtime_ns or self.mount_time_ns
+        node.attr = Attr(
+            mode=ftype | perm,
+            uid=pa.uid if pa.uid is not None else self.uid,
+            gid=pa.gid if pa.gid is not None else self.gid,
+            size=4096 if is_dir else info.size,
+            mtime_ns=pa.mtime_ns if pa.mtime_ns is not None else lm,
+            ctime_ns=pa.ctime_ns if pa.ctime_ns is not None else lm,
+            atime_ns=pa.atime_ns if pa.atime_ns is not None else lm,
+            rdev=pa.rdev or 0)
+        raw = info.metadata.get(md.XATTR_KEY)
+        node.xattrs = md.parse_xattrs(raw) if raw else None
+        if stat.S_ISLNK(node.attr.mode) and pa.symlink_target and not info.size:
+            node.target = pa.symlink_target
+        node.meta_known = True
+
+    @staticmethod
+    def type_of(info: ObjectInfo) -> int:
+        """S_IFMT of an object from a HEAD (key, Content-Type, stored mode)."""
+        pa = md.parse_attrs(info.metadata or {})
+        return md.file_type(info.key, info.content_type, pa.mode)
+
+    def make_child(self, parent: Inode, name: str, ftype: int, info: ObjectInfo | None,
+                   *, is_dir: bool) -> Inode:
+        """Create (or replace) ``parent``'s child ``name`` from S3 data."""
+        old = parent.children.get(name) if parent.children is not None else None
+        if old is not None and stat.S_IFMT(old.attr.mode) == ftype:
+            self.apply_info(old, info, is_dir=is_dir)
+            return old
+        if old is not None:
+            self.notifier.invalidate_entry(parent.ino, name)
+        attr = self.default_attr(is_dir, info.mtime_ns if info else None,
+                                 info.size if info else 0)
+        attr.mode = ftype | stat.S_IMODE(attr.mode)
+        node = self.table.new(parent, name, attr)
+        self.apply_info(node, info, is_dir=is_dir)
+        return node
+
+    # -- freshness ----------------------------------------------------------
+
+    def fresh(self, node: Inode, now: float | None = None) -> bool:
+        """True if ``node``'s attributes need no revalidation now."""
+        if node.local or node.ino == 1 or (node.data is not None and node.data.local_reads):
+            return True
+        now = clock() if now is None else now
+        return now - node.validated_at < self.cfg.metadata_ttl
+
+    def listing_fresh(self, d: Inode, now: float | None = None) -> bool:
+        now = clock() if now is None else now
+        return d.listed_at is not None and now - d.listed_at < self.cfg.metadata_ttl
+
+    def touch(self, node: Inode) -> None:
+        """Record a local change (guards it against older listings)."""
+        node.changed_at = clock()
+        node.validated_at = node.changed_at
+
+    # -- lookup -------------------------------------------------------------
+
+    async def lookup(self, parent: Inode, name: str) -> Inode:
+        """The child ``name`` of directory ``parent``; NotFound if none."""
+        if parent.children is None:
+            raise NotFound("not a directory")
+        now = clock()
+        child = parent.children.get(name)
+        if child is not None and self.fresh(child, now):
+            return child
+        if child is None:
+            if self.listing_fresh(parent, now):
+                raise NotFound(name)
+            if (parent.ino, name) in self.negative:
+                raise NotFound(name)
+        return await self._resolve(parent, name)
+
+    async def _resolve(self, parent: Inode, name: str) -> Inode:
+        key = self.table.key(parent) + name
+        keys.check_key(key)
+        started = clock()
+        head: list[ObjectInfo | None] = [None]
+        folder: list[ObjectInfo | None] = [None]
+        page = [None]
+
+        async def do_head(target: list, k: str) -> None:
+            try:
+                target[0] = await self.store.head(k)
+            except NotFound:
+                pass
+
+        async def do_list() -> None:
+            page[0] = await self.store.list_page(key + "/", delimiter="/", max_keys=1)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(do_head, head, key)
+            n.start_soon(do_list)
+            if self.cfg.compat_dir:
+                n.start_soon(do_head, folder, key + keys.FOLDER_SUFFIX)
+
+        current = parent.children.get(name) if parent.children is not None else None
+        if current is not None and current.changed_at >= started:
+            return current  # changed locally while we asked: ours is newer
+        if parent.removed.get(name, -1.0) >= started:
+            raise NotFound(name)
+
+        listing = page[0]
+        if listing.objects or listing.prefixes:
+            marker = None
+            if listing.objects and listing.objects[0].key == key + "/":
+                try:
+                    marker = await self.store.head(key + "/")
+                except NotFound:
+                    marker = None
+            legacy = None
+            if head[0] is not None and self.type_of(head[0]) == stat.S_IFDIR:
+                legacy = head[0]
+            node = self.make_child(parent, name, stat.S_IFDIR, marker or legacy, is_dir=True)
+            node.legacy = legacy.key if (legacy is not None and marker is None) else None
+            return node
+        info = head[0]
+        if info is not None:
+            ftype = self.type_of(info)
+            is_dir = ftype == stat.S_IFDIR
+            node = self.make_child(parent, name, ftype, info, is_dir=is_dir)
+            node.legacy = info.key if is_dir else None
+            return node
+        if folder[0] is not None:
+            node = self.make_child(parent, name, stat.S_IFDIR, None, is_dir=True)
+            node.legacy = folder[0].key
+            return node
+        # nothing: forget any stale child and cache the miss
+        if current is not None:
+            self.notifier.invalidate_entry(parent.ino, name)
+            self.table.detach(current, remember=False)
+        self.negative[(parent.ino, name)] = True
+        raise NotFound(name)
+
+    def forget_negative(self, parent: Inode, name: str) -> None:
+        self.negative.pop((parent.ino, name), None)
+
+    # -- revalidation -------------------------------------------------------
+
+    async def revalidate(self, node: Inode) -> None:
+        """Refresh a stale inode from S3; NotFound (and detached) if it is gone.
+
+        Open files are never detached here: their handles go on working.
+        """
+        if self.fresh(node):
+            return
+        parent = node.parent
+        if parent is None:
+            if node.open_count:
+                return
+            raise NotFound("deleted")
+        try:
+            fresh = await self._resolve(parent, node.name)
+        except NotFound:
+            if node.open_count or node.data is not None:
+                node.validated_at = clock()
+                return
+            raise
+        if fresh is not node and node.open_count == 0:
+            raise NotFound("replaced")
+
+    # -- listing ------------------------------------------------------------
+
+    async def list_dir(self, d: Inode) -> None:
+        """Bring ``d``'s children up to date with a full listing."""
+        prefix = self.table.key(d)
+        started = clock()
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        legacy: dict[str, str] = {}
+        token = None
+        while True:
+            page = await self.store.list_page(prefix, delimiter="/", token=token)
+            for o in page.objects:
+                ent = keys.entry_from_listing(prefix, o.key)
+                if ent is None:
+                    continue
+                name, is_dir = ent
+                if is_dir:
+                    dirs.add(name)
+                elif self.cfg.compat_dir and name.endswith(keys.FOLDER_SUFFIX) \
+                        and len(name) > len(keys.FOLDER_SUFFIX):
+                    base = name[:-len(keys.FOLDER_SUFFIX)]
+                    dirs.add(base)
+                    legacy[base] = o.key
+                else:
+                    files[name] = o
+            for p in page.prefixes:
+                ent = keys.entry_from_listing(prefix, p)
+                if ent is not None:
+                    dirs.add(ent[0])
+            token = page.next_token
+            if not token:
+                break
+        self._merge(d, started, files, dirs, legacy)
+        if not self.cfg.trust_listing:
+            await self.fill_metadata(d)
+
+    def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
+               dirs: set[str], legacy: dict[str, str]) -> None:
+        assert d.children is not None
+        for name in list(d.removed):
+            if d.removed[name] < started:
+                del d.removed[name]
+        for name, child in list(d.children.items()):
+            if name in dirs or name in files:
+                continue
+            if child.local or child.changed_at >= started or child.data is not None \
+                    or child.open_count:
+                continue
+            if child.is_dir and child.legacy is not None:
+                continue  # a legacy (no-slash) dir object shows as a file in listings
+            self.notifier.invalidate_entry(d.ino, name)
+            self.table.detach(child, remember=False)
+        for name in dirs:
+            if name in d.removed:
+                continue
+            child = d.children.get(name)
+            if child is not None and (child.changed_at >= started or child.local):
+                continue
+            if child is None or not child.is_dir:
+                child = self.make_child(d, name, stat.S_IFDIR, None, is_dir=True)
+                child.meta_known = False  # a marker may hold its attributes
+                if name in legacy:
+                    child.legacy = legacy[name]
+            elif child.implicit or child.remote is None:
+                child.validated_at = clock()
+        for name, info in files.items():
+            if name in dirs or name in d.removed:
+                continue
+            child = d.children.get(name)
+            if child is not None and (child.changed_at >= started or child.local
+                                      or (child.data is not None and child.data.local_reads)):
+                continue
+            if child is not None and child.is_dir:
+                if child.legacy == info.key:
+                    continue
+                child = None
+            if child is None:
+                child = self.make_child(d, name, stat.S_IFREG, info, is_dir=False)
+                child.meta_known = False
+                continue
+            old = child.remote
+            changed = (old is None or old.etag != info.etag or old.size != info.size
+                       or (old.mtime_ns and info.mtime_ns and old.mtime_ns != info.mtime_ns))
+            if changed:
+                if old is not None and old.etag != info.etag:
+                    self.notifier.invalidate_inode(child.ino)
+                child.remote = info
+                child.attr.size = info.size
+                child.meta_known = False
+            else:
+                child.validated_at = clock()
+        d.listed_at = started
+        d.validated_at = clock()
+
+    async def fill_metadata(self, d: Inode) -> None:
+        """HEAD, in parallel, every child whose attributes are unknown."""
+        assert d.children is not None
+        todo = [c for c in d.children.values() if not c.meta_known and not c.local]
+        if not todo:
+            return
+
+        async def one(child: Inode) -> None:
+            async with self._stat_limiter:
+                if child.parent is not d:
+                    return
+                key = self.table.key(child)  # "x/" for directories
+                try:
+                    info = await self.store.head(key)
+                except NotFound:
+                    if child.is_dir:
+                        self.apply_info(child, None, is_dir=True)
+                        return
+                    info = None
+                if child.parent is not d:
+                    return
+                if info is None:
+                    # gone since the listing; the next listing will drop it
+                    child.meta_known = True
+                    return
+                ftype = self.type_of(info) if not child.is_dir else stat.S_IFDIR
+                if ftype != stat.S_IFMT(child.attr.mode):
+                    node = self.make_child(d, child.name, ftype, info,
+                                           is_dir=ftype == stat.S_IFDIR)
+                    if ftype == stat.S_IFDIR:
+                        node.legacy = info.key
+                else:
+                    self.apply_info(child, info, is_dir=child.is_dir)
+
+        async with trio.open_nursery() as n:
+            for child in todo:
+                n.start_soon(one, child)
+
+    async def ensure_metadata(self, node: Inode) -> None:
+        """Make sure ``node.remote.metadata`` is the full set from a HEAD
+        (needed before rewriting an object, to keep foreign keys)."""
+        if node.local:
+            return
+        if node.remote is not None and node.remote.metadata is not None:
+            return
+        if node.is_dir and node.remote is None:
+            return  # implicit directory: nothing stored
+        info = await self.store.head(node.remote.key if node.remote else self.table.key(node))
+        self.apply_info(node, info, is_dir=node.is_dir)
+
+    def on_local_change(self, parent: Inode, name: str) -> None:
+        """A local create/delete in ``parent``: drop a cached miss."""
+        self.forget_negative(parent, name)

@@ -1,0 +1,234 @@
+"""The inode tree: an n-ary tree of inodes mirroring the bucket's key prefixes.
+
+Inode numbers are handed out from a counter and never reused during a
+mount, so an inode number names one file for the life of the mount (a
+rename moves the inode, it keeps its number).  The kernel's lookup count is
+kept per inode: every reply that creates a kernel reference (lookup, create,
+mkdir, mknod, symlink, each readdirplus entry) adds one, ``forget`` removes
+them, and an inode that left the tree (deleted, replaced, gone from S3) is
+dropped from the table only when the kernel has forgotten it and no handle
+has it open.
+
+Attributes are cached on the inode with the monotonic time they were last
+confirmed (``validated_at``); directories remember when they were last fully
+listed (``listed_at``).  A child changed locally after a listing request was
+sent is never overwritten by that listing's (older) answer: ``changed_at``
+and the per-directory ``removed`` map guard both directions.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from ..errors import NotFound
+
+if TYPE_CHECKING:
+    from ..data.file import FileData
+    from ..store.base import ObjectInfo
+
+ROOT_INODE = 1
+
+
+@dataclass(slots=True)
+class Attr:
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    rdev: int = 0
+
+    def copy(self) -> "Attr":
+        return Attr(self.mode, self.uid, self.gid, self.size, self.mtime_ns, self.ctime_ns,
+                    self.atime_ns, self.rdev)
+
+
+class Inode:
+    __slots__ = ("ino", "parent", "name", "attr", "lookups", "children", "listed_at",
+                 "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
+                 "local", "target", "xattrs", "data", "open_count", "meta_known",
+                 "cache_etag", "__weakref__")
+
+    def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.attr = attr
+        self.lookups = 0
+        # directories only: known children, time of the last full listing,
+        # and names removed locally (name -> monotonic time) so that a listing
+        # already in flight cannot bring them back.
+        self.children: dict[str, Inode] | None = {} if stat.S_ISDIR(attr.mode) else None
+        self.listed_at: float | None = None
+        self.removed: dict[str, float] = {}
+        self.validated_at = time.monotonic()
+        self.changed_at = 0.0
+        # the S3 object behind this inode: a file's object, a directory's
+        # "dir/" marker (None when the directory is only a prefix: implicit)
+        self.remote: ObjectInfo | None = None
+        self.implicit = False
+        # a legacy directory object without the trailing slash (s3fs < 1.63)
+        # or a "name_$folder$" placeholder: its key, to delete on rmdir
+        self.legacy: str | None = None
+        # created locally, not yet uploaded
+        self.local = False
+        self.target: str | None = None          # symlinks
+        self.xattrs: dict[str, bytes] | None = None
+        self.data: FileData | None = None       # open-file state (data path)
+        self.open_count = 0
+        # True once mode/uid/gid/times came from a HEAD (or we wrote them);
+        # entries made from a listing alone have default attributes
+        self.meta_known = False
+        # ETag of the content the kernel may hold in its page cache
+        self.cache_etag: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.attr.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.attr.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.attr.mode)
+
+    @property
+    def attached(self) -> bool:
+        """Still reachable from the root."""
+        node = self
+        while node.ino != ROOT_INODE:
+            if node.parent is None:
+                return False
+            node = node.parent
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Inode {self.ino} {self.name!r} {stat.filemode(self.attr.mode)}>"
+
+
+class InodeTable:
+    """All inodes the mount knows, by number, and the tree rooted at ROOT_INODE."""
+
+    def __init__(self, root_prefix: str, root_attr: Attr):
+        self.root_prefix = root_prefix
+        self._next = ROOT_INODE + 1
+        self.inodes: dict[int, Inode] = {}
+        self.root = Inode(ROOT_INODE, None, "", root_attr)
+        self.root.lookups = 1 << 62  # never forgotten
+        self.root.meta_known = True
+        self.inodes[ROOT_INODE] = self.root
+
+    def __len__(self) -> int:
+        return len(self.inodes)
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise NotFound(f"no inode {ino}") from None
+
+    def new(self, parent: Inode, name: str, attr: Attr) -> Inode:
+        """A new inode attached as ``parent``'s child ``name``.
+
+        Any previous child of that name is detached first (see ``detach``).
+        """
+        assert parent.children is not None, "parent is not a directory"
+        old = parent.children.get(name)
+        if old is not None:
+            self.detach(old)
+        ino = self._next
+        self._next += 1
+        node = Inode(ino, parent, name, attr)
+        self.inodes[ino] = node
+        parent.children[name] = node
+        parent.removed.pop(name, None)
+        return node
+
+    def key(self, node: Inode) -> str:
+        """The S3 key of a file, or the key prefix (with '/') of a directory."""
+        parts: list[str] = []
+        n = node
+        while n.ino != ROOT_INODE:
+            if n.parent is None:
+                raise NotFound("inode is no longer in the tree")
+            parts.append(n.name)
+            n = n.parent
+        key = self.root_prefix + "/".join(reversed(parts))
+        if node.is_dir and node.ino != ROOT_INODE:
+            key += "/"
+        return key
+
+    def path(self, node: Inode) -> str:
+        """The path relative to the mount root, for log lines."""
+        try:
+            return "/" + self.key(node)[len(self.root_prefix):]
+        except NotFound:
+            return f"<detached {node.name}>"
+
+    def detach(self, node: Inode, *, remember: bool = True) -> None:
+        """Take ``node`` (and its subtree) out of the tree.
+
+        The inode stays in the table while the kernel or an open handle still
+        refers to it; ``maybe_drop`` removes it once neither does.
+        """
+        parent = node.parent
+        if parent is not None and parent.children is not None \
+                and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            if remember:
+                parent.removed[node.name] = time.monotonic()
+        node.parent = None
+        self._drop_subtree(node)
+
+    def _drop_subtree(self, node: Inode) -> None:
+        if node.children:
+            for child in list(node.children.values()):
+                child.parent = None
+                self._drop_subtree(child)
+            node.children.clear()
+        self.maybe_drop(node)
+
+    def move(self, node: Inode, new_parent: Inode, new_name: str) -> None:
+        """Rename within the tree; replaces whatever held ``new_name``."""
+        assert new_parent.children is not None
+        old_parent = node.parent
+        if old_parent is not None and old_parent.children is not None \
+                and old_parent.children.get(node.name) is node:
+            del old_parent.children[node.name]
+            old_parent.removed[node.name] = time.monotonic()
+        target = new_parent.children.get(new_name)
+        if target is not None and target is not node:
+            self.detach(target, remember=False)
+        node.parent = new_parent
+        node.name = new_name
+        new_parent.children[new_name] = node
+        new_parent.removed.pop(new_name, None)
+        node.changed_at = time.monotonic()
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - n)
+        self.maybe_drop(node)
+
+    def maybe_drop(self, node: Inode) -> None:
+        """Forget ``node`` entirely if it is detached and unreferenced."""
+        if (node.parent is None and node.ino != ROOT_INODE and node.lookups == 0
+                and node.open_count == 0 and node.data is None):
+            self.inodes.pop(node.ino, None)
+
+    def walk(self, node: Inode | None = None) -> Iterator[Inode]:
+        stack = [node or self.root]
+        while stack:
+            n = stack.pop()
+            yield n
+            if n.children:
+                stack.extend(n.children.values())

@@ -1,0 +1,374 @@
+"""The S3 implementation of the object store: boto3 calls run in worker threads.
+
+This is the only module that imports boto3 or starts threads.  Every call
+goes through ``_call``, which runs it under a ``trio.CapacityLimiter`` sized
+to the connection pool, and turns botocore's exceptions into ``StoreError``
+with the S3 error code, so callers see one error vocabulary.  Transient
+failures (5xx, throttling, dropped connections) are retried by botocore's
+"standard" retry mode: bounded exponential back-off with jitter.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import functools
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import trio
+
+from ..errors import StoreError, StoreUnavailable, UserError, store_error
+from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
+                   ObjectInfo, Part, PRESERVED_HEADERS)
+
+log = logging.getLogger(__name__)
+
+# Part size for server-side multipart copies of objects over 5 GiB: large
+# parts mean few requests; the size grows for objects over 5 TiB / 10,000.
+COPY_PART_SIZE = 512 * MiB
+# A short GET body (connection dropped mid-body) is retried this many times
+# before the read fails with EIO; botocore does not retry body reads.
+SHORT_READ_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_connections: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_attempts: int = 5
+    # "when_required" keeps botocore from sending CRC32 trailers / aws-chunked
+    # bodies that several S3-compatible servers reject; we send Content-MD5.
+    checksums: str = "when_required"
+    content_md5: bool = True
+    verify_ssl: bool = True
+    addressing_style: str | None = None
+
+
+def _ms(dt) -> int:
+    return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
+
+
+def _md5_b64(body: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def make_client(settings: S3Settings, *, max_attempts: int | None = None,
+                connect_timeout: float | None = None, read_timeout: float | None = None):
+    """A boto3 S3 client for ``settings`` (credentials from boto3's chain)."""
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
+    try:
+        session = boto3.session.Session(profile_name=settings.profile,
+                                        region_name=settings.region)
+    except botocore.exceptions.ProfileNotFound as e:
+        raise UserError(f"AWS profile not found: {settings.profile} ({e})") from None
+    style = settings.addressing_style or ("path" if settings.endpoint_url else "auto")
+    cfg = Config(
+        s3={"addressing_style": style},
+        max_pool_connections=settings.max_connections,
+        connect_timeout=connect_timeout or settings.connect_timeout,
+        read_timeout=read_timeout or settings.read_timeout,
+        retries={"mode": "standard", "max_attempts": max_attempts or settings.max_attempts},
+        request_checksum_calculation=settings.checksums,
+        response_checksum_validation=settings.checksums,
+        tcp_keepalive=True,
+    )
+    region = settings.region or session.region_name or "us-east-1"
+    client = session.client("s3", endpoint_url=settings.endpoint_url, region_name=region,
+                            config=cfg, verify=settings.verify_ssl)
+    # DeleteObjects must carry an integrity header.  New botocore sends a
+    # CRC32 checksum, which Swift's s3api and older MinIO/Ceph reject with
+    # "Missing required header: Content-MD5".  Content-MD5 is accepted by
+    # every implementation, AWS included, so always add it.
+    client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
+    return client
+
+
+def _add_content_md5(request, **_):
+    body = request.body
+    if isinstance(body, str):
+        body = body.encode()
+    if body is not None and "Content-MD5" not in request.headers:
+        data = body if isinstance(body, (bytes, bytearray)) else body.read()
+        if not isinstance(body, (bytes, bytearray)):
+            body.seek(0)
+        request.headers["Content-MD5"] = _md5_b64(bytes(data))
+
+
+def translate(exc: BaseException, op: str, key: str) -> StoreError:
+    """botocore exception -> StoreError (no credentials or URLs in the text)."""
+    import botocore.exceptions as be
+
+    if isinstance(exc, be.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(err.get("Code") or status or "Unknown")
+        return store_error(code, str(err.get("Message", ""))[:200], op=op, key=key, status=status)
+    if isinstance(exc, (be.EndpointConnectionError, be.ConnectTimeoutError,
+                        be.ReadTimeoutError, be.ConnectionClosedError)):
+        return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
+    if isinstance(exc, be.NoCredentialsError):
+        return StoreError("AccessDenied", "no AWS credentials found", op=op, key=key)
+    if isinstance(exc, be.ParamValidationError):
+        return StoreError("InvalidArgument", "invalid request parameter", op=op, key=key)
+    if isinstance(exc, be.BotoCoreError):
+        return StoreError("ClientError", type(exc).__name__, op=op, key=key)
+    if isinstance(exc, OSError):
+        return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
+    raise exc
+
+
+class S3Store:
+    """ObjectStore over one bucket through boto3."""
+
+    def __init__(self, settings: S3Settings, client=None):
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.client = client or make_client(settings)
+        self.limiter = trio.CapacityLimiter(settings.max_connections)
+        self.stats: dict[str, int] = {}
+
+    # -- plumbing ---------------------------------------------------------
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Any]) -> Any:
+        self.stats[op] = self.stats.get(op, 0) + 1
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+        except Exception as exc:  # translated below; anything unknown re-raises
+            err = translate(exc, op, key)
+            log.log(err.log_level, "S3 %s %r failed: %s", op, key, err.code)
+            raise err from None
+
+    def _common(self, metadata: Mapping[str, str], content_type: str,
+                headers: Mapping[str, Any] | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": content_type}
+        for name in PRESERVED_HEADERS:
+            if headers and headers.get(name):
+                kw[name] = headers[name]
+        return kw
+
+    @staticmethod
+    def _info_from_head(key: str, r: Mapping[str, Any]) -> ObjectInfo:
+        headers = {n: r[n] for n in PRESERVED_HEADERS if r.get(n)}
+        return ObjectInfo(
+            key=key, size=int(r.get("ContentLength", 0)), etag=r.get("ETag"),
+            mtime_ns=_ms(r.get("LastModified")),
+            metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+            content_type=r.get("ContentType"), headers=headers)
+
+    # -- reads ------------------------------------------------------------
+
+    async def check_bucket(self, prefix: str = "") -> None:
+        """Raise StoreError unless the bucket exists and can be listed."""
+        await self._call("ListObjectsV2", prefix, functools.partial(
+            self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
+
+    async def head(self, key: str) -> ObjectInfo:
+        r = await self._call("HeadObject", key, functools.partial(
+            self.client.head_object, Bucket=self.bucket, Key=key))
+        return self._info_from_head(key, r)
+
+    async def list_page(self, prefix: str, *, delimiter: str | None = "/",
+                        token: str | None = None, max_keys: int = 1000) -> ListPage:
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if token:
+            kw["ContinuationToken"] = token
+        r = await self._call("ListObjectsV2", prefix,
+                             functools.partial(self.client.list_objects_v2, **kw))
+        objects = [ObjectInfo(key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag"),
+                              mtime_ns=_ms(o.get("LastModified")))
+                   for o in r.get("Contents", ())]
+        prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", ())]
+        token = r.get("NextContinuationToken") if r.get("IsTruncated") else None
+        return ListPage(objects, prefixes, token)
+
+    async def get(self, key: str, start: int = 0, end: int | None = None, *,
+                  etag: str | None = None) -> bytes:
+        if end is not None and end <= start:
+            return b""
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or end is not None:
+            kw["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        if etag:
+            kw["IfMatch"] = etag
+
+        def fetch():
+            r = self.client.get_object(**kw)
+            with r["Body"] as body:
+                data = body.read()
+            return data, int(r.get("ContentLength", len(data)))
+
+        for attempt in range(SHORT_READ_RETRIES + 1):
+            try:
+                data, expected = await self._call("GetObject", key, fetch)
+            except StoreError as e:
+                if e.code in ("InvalidRange", "416"):
+                    return b""  # range starts at or past the end of the object
+                if e.code == "ClientError" and attempt < SHORT_READ_RETRIES:
+                    continue  # body stream broke mid-read
+                raise
+            if len(data) == expected:
+                return data
+            log.warning("short GET body for %r (%d of %d bytes), retrying", key,
+                        len(data), expected)
+        raise StoreError("IncompleteBody", "short body", op="GetObject", key=key)
+
+    # -- writes -----------------------------------------------------------
+
+    async def put(self, key: str, body: bytes | memoryview, *, metadata: Mapping[str, str],
+                  content_type: str, headers: Mapping[str, Any] | None = None,
+                  if_none_match: bool = False) -> ObjectInfo:
+        body = bytes(body)
+        kw = self._common(metadata, content_type, headers)
+        kw.update(Bucket=self.bucket, Key=key, Body=body)
+        if self.settings.content_md5:
+            kw["ContentMD5"] = _md5_b64(body)
+        if if_none_match:
+            kw["IfNoneMatch"] = "*"
+        r = await self._call("PutObject", key, functools.partial(self.client.put_object, **kw))
+        return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=time.time_ns(),
+                          metadata=dict(metadata), content_type=content_type,
+                          headers=dict(headers or {}))
+
+    async def copy(self, src: str, dst: str, *, size: int,
+                   metadata: Mapping[str, str] | None = None,
+                   content_type: str | None = None,
+                   headers: Mapping[str, Any] | None = None,
+                   src_etag: str | None = None) -> ObjectInfo:
+        if size > MAX_SINGLE_COPY:
+            return await self._multipart_copy(src, dst, size=size, metadata=metadata,
+                                              content_type=content_type, headers=headers,
+                                              src_etag=src_etag)
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": dst,
+                              "CopySource": {"Bucket": self.bucket, "Key": src}}
+        if metadata is None:
+            kw["MetadataDirective"] = "COPY"
+        else:
+            kw.update(self._common(metadata, content_type or "application/octet-stream", headers))
+            kw["MetadataDirective"] = "REPLACE"
+        if src_etag:
+            kw["CopySourceIfMatch"] = src_etag
+        r = await self._call("CopyObject", dst, functools.partial(self.client.copy_object, **kw))
+        res = r.get("CopyObjectResult", {})
+        return ObjectInfo(key=dst, size=size, etag=res.get("ETag"),
+                          mtime_ns=_ms(res.get("LastModified")) or time.time_ns(),
+                          metadata=dict(metadata) if metadata is not None else None,
+                          content_type=content_type, headers=dict(headers or {}))
+
+    async def _multipart_copy(self, src: str, dst: str, *, size: int, metadata, content_type,
+                              headers, src_etag) -> ObjectInfo:
+        if metadata is None:
+            info = await self.head(src)
+            metadata, content_type, headers = info.metadata, info.content_type, info.headers
+        part_size = max(COPY_PART_SIZE, -(-size // MAX_PARTS))
+        upload_id = await self.create_multipart(
+            dst, metadata=metadata or {}, content_type=content_type or "application/octet-stream",
+            headers=headers)
+        parts: list[Part] = []
+        try:
+            async def one(n: int, start: int):
+                parts.append(await self.upload_part_copy(
+                    dst, upload_id, n, src, start, min(start + part_size, size),
+                    src_etag=src_etag))
+
+            async with trio.open_nursery() as nursery:
+                for n, start in enumerate(range(0, size, part_size), 1):
+                    nursery.start_soon(one, n, start)
+            done = await self.complete_multipart(dst, upload_id, sorted(parts, key=lambda p: p.number))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.abort_multipart(dst, upload_id)
+            raise
+        return ObjectInfo(key=dst, size=size, etag=done.etag, mtime_ns=time.time_ns(),
+                          metadata=dict(metadata or {}), content_type=content_type,
+                          headers=dict(headers or {}))
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._call("DeleteObject", key, functools.partial(
+                self.client.delete_object, Bucket=self.bucket, Key=key))
+        except StoreError as e:
+            if e.errno != errno.ENOENT:  # deleting a missing key succeeds
+                raise
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        first_error: StoreError | None = None
+        for i in range(0, len(keys), MAX_DELETE_BATCH):
+            batch = keys[i:i + MAX_DELETE_BATCH]
+            r = await self._call("DeleteObjects", batch[0], functools.partial(
+                self.client.delete_objects, Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}))
+            for err in r.get("Errors", ()):
+                if err.get("Code") in ("NoSuchKey", "NotFound"):
+                    continue
+                e = store_error(err.get("Code", "Unknown"), err.get("Message", ""),
+                                op="DeleteObjects", key=err.get("Key", ""))
+                log.warning("S3 DeleteObjects %r failed: %s", e.key, e.code)
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+
+    async def create_multipart(self, key: str, *, metadata: Mapping[str, str],
+                               content_type: str,
+                               headers: Mapping[str, Any] | None = None) -> str:
+        kw = self._common(metadata, content_type, headers)
+        r = await self._call("CreateMultipartUpload", key, functools.partial(
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw))
+        return r["UploadId"]
+
+    async def upload_part(self, key: str, upload_id: str, number: int,
+                          body: bytes | memoryview) -> Part:
+        kw: dict[str, Any] = dict(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                  PartNumber=number, Body=bytes(body))
+        if self.settings.content_md5:
+            kw["ContentMD5"] = _md5_b64(body)
+        r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw))
+        return Part(number, r["ETag"])
+
+    async def upload_part_copy(self, key: str, upload_id: str, number: int, src: str,
+                               start: int, end: int, *, src_etag: str | None = None) -> Part:
+        kw: dict[str, Any] = dict(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                  PartNumber=number,
+                                  CopySource={"Bucket": self.bucket, "Key": src},
+                                  CopySourceRange=f"bytes={start}-{end - 1}")
+        if src_etag:
+            kw["CopySourceIfMatch"] = src_etag
+        r = await self._call("UploadPartCopy", key,
+                             functools.partial(self.client.upload_part_copy, **kw))
+        return Part(number, r["CopyPartResult"]["ETag"])
+
+    async def complete_multipart(self, key: str, upload_id: str,
+                                 parts: Sequence[Part]) -> ObjectInfo:
+        r = await self._call("CompleteMultipartUpload", key, functools.partial(
+            self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}))
+        return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=time.time_ns())
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            await self._call("AbortMultipartUpload", key, functools.partial(
+                self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
+                UploadId=upload_id))
+        except StoreError as e:
+            if e.code not in ("NoSuchUpload", "404"):
+                raise
+
+    async def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        r = await self._call("ListMultipartUploads", prefix, functools.partial(
+            self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=prefix))
+        return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", ())]
+
