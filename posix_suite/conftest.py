@@ -7,6 +7,9 @@ Each test gets its own new subdirectory of DIR and removes it afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
 import re
 import shutil
@@ -26,6 +29,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("posix_suite")
     group.addoption("--mountpoint", default=os.environ.get("POSIX_SUITE_MOUNTPOINT"),
                     help="directory (usually a mountpoint) to run the POSIX suite in")
+    group.addoption("--posix-report", metavar="FILE", default=None,
+                    help="append one JSON line per test phase to FILE as it finishes "
+                    "(survives a run that is killed half-way; used by score.py)")
 
 
 def pytest_configure(config):
@@ -35,8 +41,38 @@ def pytest_configure(config):
         raise pytest.UsageError("posix_suite needs --mountpoint DIR (or POSIX_SUITE_MOUNTPOINT)")
     if not os.path.isdir(mp):
         raise pytest.UsageError(f"--mountpoint {mp!r} is not a directory")
+    global _report_path
+    _report_path = config.getoption("--posix-report")
     # Modes in the tests assume the usual umask; set it once for the session.
     os.umask(0o022)
+
+
+def _short_message(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return crash.message.splitlines()[0] if crash.message else ""
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:  # skip
+        return str(report.longrepr[2])
+    text = str(report.longrepr or "")
+    lines = [ln[2:].strip() for ln in text.splitlines() if ln.startswith("E ")]
+    if not lines:
+        lines = text.strip().splitlines()[-1:]
+    return lines[0] if lines else ""
+
+
+def pytest_runtest_logreport(report):
+    path = _report_path
+    if path is None:
+        return
+    rec = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+           "duration": round(report.duration, 3)}
+    if report.outcome != "passed":
+        rec["message"] = _short_message(report)[:500]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+_report_path: str | None = None
 
 
 def pytest_report_header(config):
@@ -73,6 +109,22 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
+GONE = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def _mkdir_or_exit(path: str) -> None:
+    """mkdir; when the filesystem is gone (ENOTCONN: its FUSE daemon died or the
+    connection was aborted) stop the whole run, since every later test would
+    only fail the same way.  score.py remounts and resumes with the tests not run."""
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        if e.errno in GONE:
+            pytest.exit(f"the filesystem under {os.path.dirname(path)} is gone "
+                        f"({errname(e.errno)}); stopping the run", returncode=3)
+        raise
+
+
 @pytest.fixture
 def workdir(mountpoint, request) -> str:
     """A new, empty directory under the mountpoint, removed after the test.
@@ -81,7 +133,7 @@ def workdir(mountpoint, request) -> str:
     its own behaviour) but is reported as a CleanupWarning.
     """
     path = os.path.join(mountpoint, f"ps-{_safe(request.node.name)}-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path)
+    _mkdir_or_exit(path)
     yield path
     try:
         _remove_tree(path)
@@ -103,19 +155,26 @@ def other_uid_problem(mountpoint) -> str | None:
     if os.geteuid() != 0:
         return "not running as root, so cannot switch to uid 65534"
     probe = os.path.join(mountpoint, f"ps-probe-{uuid.uuid4().hex[:8]}")
-    os.mkdir(probe, 0o755)
+    _mkdir_or_exit(probe)
     try:
-        f = os.path.join(probe, "f")
-        write_file(f, b"probe", 0o644)
+        try:
+            f = os.path.join(probe, "f")
+            write_file(f, b"probe", 0o644)
 
-        def look():
-            os.stat(probe)
-            os.listdir(probe)
-            return read_file(f).decode()
+            def look():
+                os.stat(probe)
+                os.listdir(probe)
+                return read_file(f).decode()
 
-        res = run_as(look)
-    finally:
-        _remove_tree(probe)
+            res = run_as(look)
+        finally:
+            with contextlib.suppress(OSError):
+                _remove_tree(probe)
+    except OSError as e:
+        if e.errno in GONE:
+            pytest.exit(f"the filesystem under {mountpoint} is gone ({errname(e.errno)}); "
+                        "stopping the run", returncode=3)
+        raise
     if not res.ok:
         return (f"the mount is not usable by uid {NOBODY_UID} ({errname(res.errno)}: {res.msg}); "
                 "mount it with allow_other and make every parent of the mountpoint "

@@ -199,9 +199,14 @@ def run_as(fn, uid: int | None = NOBODY_UID, gid: int | None = NOGROUP_GID,
                 buf += chunk
     finally:
         os.close(r)
-        _reap(pid)
+        status = _reap(pid)
     if not buf:
-        pytest.fail(f"child running as uid {uid} died without reporting")
+        if os.WIFSIGNALED(status):
+            sig = signal.Signals(os.WTERMSIG(status)).name
+            pytest.fail(f"child process (uid {uid}) was killed by {sig}"
+                        + (" (a mapped page could not be read or written)" if sig == "SIGBUS"
+                           else ""))
+        pytest.fail(f"child running as uid {uid} died without reporting (status {status})")
     res = json.loads(buf)
     if "crash" in res:
         pytest.fail(f"child running as uid {uid} crashed: {res['crash']}")
@@ -210,15 +215,16 @@ def run_as(fn, uid: int | None = NOBODY_UID, gid: int | None = NOGROUP_GID,
     return Outcome(False, err=res["errno"], msg=res["msg"])
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int) -> int:
+    """Wait for the child (killing it after 10 s); returns its wait status."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return
+            return status
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    return os.waitpid(pid, 0)[1]
 
 
 # ---------------------------------------------------------------------------

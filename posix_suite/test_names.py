@@ -68,22 +68,25 @@ def test_symlink_name_256_bytes(workdir):
         os.symlink("t", os.path.join(workdir, "l" * 256))
 
 
-@pytest.mark.parametrize("name", [
-    "with space",
-    " leading and trailing ",
-    "percent%20and%2Fslash",
-    "plus+amp&eq=q?hash#",
-    "back\\slash",
-    "colon:star*pipe|lt<gt>quote\"",
-    "apostrophe'tick`tilde~",
-    "ünïcödé-日本語-emoji-😀",
-    "new\nline-and\ttab",
-    "ctl-\x01-\x7f",
-    "dot.",
-    "..dots..",
-    "-dash",
-    "~",
-])
+UNUSUAL = {
+    "space": "with space",
+    "edge-spaces": " leading and trailing ",
+    "percent": "percent%20and%2Fslash",
+    "url-chars": "plus+amp&eq=q?hash#",
+    "backslash": "back\\slash",
+    "shell-chars": "colon:star*pipe|lt<gt>quote\"",
+    "quotes": "apostrophe'tick`tilde~",
+    "unicode": "ünïcödé-日本語-emoji-😀",
+    "newline-tab": "new\nline-and\ttab",
+    "control": "ctl-\x01-\x7f",
+    "trailing-dot": "dot.",
+    "dots": "..dots..",
+    "dash": "-dash",
+    "tilde": "~",
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSUAL.values()), ids=list(UNUSUAL))
 def test_unusual_name(workdir, name):
     _roundtrip(workdir, name)
 
