@@ -135,11 +135,12 @@ def _daemonize(cfg) -> int:
         os.setsid()
         code = 1
         try:
+            # Detach from the caller's terminal or pipes: a caller capturing
+            # our output must see EOF when "objectfs mount" returns.  Logs go
+            # to log_file or syslog.
             devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            if not cfg.log_file:
-                os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
             from . import mount
 
             code = mount.run(cfg, ready_fd=w, daemon=True)

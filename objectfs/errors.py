@@ -133,6 +133,19 @@ def store_error(code: str, message: str = "", **kw) -> StoreError:
     return StoreError(code, message, **kw)
 
 
+# Store errors that tell a writer something useful keep their errno when an
+# upload fails; anything else (a missing bucket, a server error) is EIO.
+_UPLOAD_ERRNOS = frozenset({_errno.EACCES, _errno.EPERM, _errno.EDQUOT, _errno.ENOSPC,
+                            _errno.EFBIG, _errno.ENAMETOOLONG, _errno.EROFS, _errno.E2BIG})
+
+
+def upload_error(err: BaseException, what: str) -> FsError:
+    """The error a failed upload reports to close/fsync."""
+    if isinstance(err, FsError) and (err.errno in _UPLOAD_ERRNOS or err.errno == _errno.EIO):
+        return err
+    return IOFailure(f"{what} failed: {err}")
+
+
 class UserError(Exception):
     """A failure to report to the user as one line, with an exit code."""
 

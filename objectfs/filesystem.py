@@ -39,8 +39,9 @@ from .errors import (BadHandle, Exists, FsError, InvalidArgument, IsADirectory, 
 from .namespace import keys
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
-from .store.base import MAX_PARTS, ObjectInfo, ObjectStore
 from .config import default_staging_dir
+from .store.base import MAX_PARTS, ObjectInfo, ObjectStore
+from .tasks import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +667,7 @@ class Filesystem:
                 info = await self.store.copy(o.key, target, size=o.size)
                 new_etags[target] = info.etag
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for o in objects:
                 nursery.start_soon(copy_one, o)
         if src.legacy is not None and src.remote is not None:

@@ -23,6 +23,7 @@ from .filesystem import Caller, FileHandle, Filesystem, SetAttr
 from .namespace.keys import name_to_kernel
 from .namespace.namespace import Notifier
 from .namespace.tree import Inode
+from .tasks import first_error
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,13 @@ def _guard(name: str, fn):
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except FsError as e:
-            log.log(e.log_level, "%s failed: %s", name, e)
-            raise pyfuse3.FUSEError(e.errno) from None
-        except Exception:
+        except Exception as e:
+            err = e
+            if isinstance(e, ExceptionGroup):  # from a nursery not using tasks.open_nursery
+                err = first_error(e) or e
+            if isinstance(err, FsError):
+                log.log(err.log_level, "%s failed: %s", name, err)
+                raise pyfuse3.FUSEError(err.errno) from None
             log.exception("unexpected error in %s; returning EIO", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return handler

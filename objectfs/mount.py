@@ -26,11 +26,13 @@ import logging.handlers
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
 import trio
 
+from . import procmounts
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
 from .store.s3 import S3Settings, S3Store, make_client
@@ -132,6 +134,16 @@ def check_bucket(cfg: Config) -> S3Store:
     return S3Store(settings)
 
 
+def unmount(mountpoint: str, lazy: bool) -> bool:
+    """fusermount3 -u [-z]; True if ``mountpoint`` is no longer mounted."""
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("%s failed: %s", " ".join(cmd), e)
+    return procmounts.find(mountpoint) is None
+
+
 def fuse_options(cfg: Config) -> set[str]:
     fsname = cfg.fsname or ("s3://" + cfg.bucket + ("/" + cfg.prefix.strip("/")
                                                     if cfg.prefix.strip("/") else ""))
@@ -223,7 +235,12 @@ class Lifecycle:
                 log.info("signal %d: uploading pending data, then unmounting", signum)
                 sd_notify("STOPPING=1")
                 await self.fs.flush_all()
-                pyfuse3.terminate()
+                # Unmount while we still serve requests: the kernel then ends
+                # the session and pyfuse3.main() returns by itself.
+                if not await trio.to_thread.run_sync(unmount, self.cfg.mountpoint, False):
+                    log.warning("%s is busy; open files there will fail with ENOTCONN",
+                                self.cfg.mountpoint)
+                    pyfuse3.terminate()
 
     async def main(self) -> None:
         import pyfuse3
@@ -273,7 +290,13 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     finally:
         notifier.stop()
         life._clear_state()
-        pyfuse3.close(unmount=True)
+        # Closing /dev/fuse aborts the connection if the kernel still has it
+        # (loop stopped by a signal or a crash); only then is it safe to
+        # detach the mount, since nothing would answer a stat of it.
+        still_mounted = procmounts.find(cfg.mountpoint) is not None
+        pyfuse3.close(unmount=False)
+        if still_mounted:
+            unmount(cfg.mountpoint, lazy=True)
     if life.ready_fd is not None:
         life._report("ERR the mount stopped before it was ready")
         code = code or 1

@@ -34,11 +34,12 @@ from typing import Callable
 
 import trio
 
-from ..errors import FsError, IOFailure, PreconditionFailed, Stale
+from ..errors import FsError, IOFailure, PreconditionFailed, Stale, upload_error
 from ..store.base import MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
 from .staging import Staging
 from .upload import StreamingUpload, upload_staged
+from ..tasks import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class FileData:
         if len(chunks) == 1:
             await fetch(*chunks[0])
             return
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for s, e in chunks:
                 nursery.start_soon(fetch, s, e)
 
@@ -224,20 +225,27 @@ class FileData:
             if not self.dirty or self.detached:
                 return None
             key = self.key_fn()
-            if self.stream is not None:
+            if self.stream is not None and not self.stream.started:
+                # small file, all in memory: one PutObject
+                stream = self.stream
+                stream.key = key
+                try:
+                    info = await stream.finish(self.headers_fn())
+                except FsError as e:
+                    await self._to_staging()  # keep the bytes for the next try
+                    raise upload_error(e, f"upload of {key!r}") from e
+                self.stream = None
+            elif self.stream is not None:
                 stream, self.stream = self.stream, None
                 try:
-                    if stream.started:
-                        info = await stream.finish()
-                    else:
-                        info = await stream.finish(self.headers_fn())
+                    info = await stream.finish()
                 except FsError as e:
                     self._fail_stream(e)
                     raise
                 if stream.key != key:
                     # renamed while streaming: the upload went to the old key
                     info = await self._move(stream.key, key, info)
-                if self.meta_changed and stream.started:
+                if self.meta_changed:
                     h = self.headers_fn()
                     info = await self.ctx.store.copy(key, key, size=stream.size,
                                                      metadata=h.metadata,
@@ -251,8 +259,12 @@ class FileData:
                     base_key=base_key, base_etag=self.base_etag, base_size=self.base_size)
             else:
                 h = self.headers_fn()
-                info = await self.ctx.store.put(key, b"", metadata=h.metadata,
-                                                content_type=h.content_type, headers=h.headers)
+                try:
+                    info = await self.ctx.store.put(key, b"", metadata=h.metadata,
+                                                    content_type=h.content_type,
+                                                    headers=h.headers)
+                except FsError as e:
+                    raise upload_error(e, f"upload of {key!r}") from e
             self.base_etag, self.base_size = info.etag, self.size
             self.dirty = False
             self.meta_changed = False

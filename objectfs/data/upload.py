@@ -23,10 +23,11 @@ from typing import Awaitable, Callable
 
 import trio
 
-from ..errors import IOFailure, StoreError
+from ..errors import StoreError, upload_error
 from ..store.base import MIN_PART_SIZE, ObjectInfo, Part
 from .context import DataContext, ObjectHeaders
 from .parts import layout, part_size
+from ..tasks import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class StreamingUpload:
             if len(self.buf) == part_size(self.next_part, self.ctx.part_size):
                 await self._ship()
         if self.error is not None:
-            raise IOFailure(f"upload of {self.key!r} failed: {self.error}")
+            raise upload_error(self.error, f"upload of {self.key!r}")
 
     def read_tail(self, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` if they are still in the buffer, else None."""
@@ -109,21 +110,24 @@ class StreamingUpload:
                 self._idle.set()
 
     async def finish(self, headers: ObjectHeaders | None = None) -> ObjectInfo:
-        """Send what is left and make the object; raises IOFailure on error.
+        """Send what is left and make the object.
 
         ``headers`` replaces the metadata given at the start (it can only be
-        used when no multipart upload was started yet).
+        used when no multipart upload was started yet).  If no multipart
+        upload was started, the file goes up in one PutObject; when that
+        fails, the buffer is kept so the caller can save the bytes.  A failed
+        multipart upload is aborted and its parts are gone.
         """
         if headers is not None and self.upload_id is None:
             self.headers = headers
+        if self.upload_id is None:
+            info = await self.ctx.store.put(
+                self.key, self.buf, metadata=self.headers.metadata,
+                content_type=self.headers.content_type, headers=self.headers.headers)
+            self._release_buf()
+            self.closed = True
+            return info
         try:
-            if self.upload_id is None:
-                info = await self.ctx.store.put(
-                    self.key, self.buf, metadata=self.headers.metadata,
-                    content_type=self.headers.content_type, headers=self.headers.headers)
-                self._release_buf()
-                self.closed = True
-                return info
             if self.buf:
                 await self._ship()
             await self._idle.wait()
@@ -138,9 +142,7 @@ class StreamingUpload:
                               headers=dict(self.headers.headers))
         except Exception as e:
             await self.abort()
-            if isinstance(e, IOFailure):
-                raise
-            raise IOFailure(f"upload of {self.key!r} failed: {e}") from e
+            raise upload_error(e, f"upload of {self.key!r}") from e
 
     def _release_buf(self) -> None:
         self.ctx.write_budget.release(self._held)
@@ -179,8 +181,12 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     """
     if size <= ctx.single_put_max:
         body = await read(0, size)
-        return await ctx.store.put(key, body, metadata=headers.metadata,
-                                   content_type=headers.content_type, headers=headers.headers)
+        try:
+            return await ctx.store.put(key, body, metadata=headers.metadata,
+                                       content_type=headers.content_type,
+                                       headers=headers.headers)
+        except StoreError as e:
+            raise upload_error(e, f"upload of {key!r}") from e
     upload_id = await ctx.store.create_multipart(key, metadata=headers.metadata,
                                                  content_type=headers.content_type,
                                                  headers=headers.headers)
@@ -205,7 +211,7 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                 finally:
                     ctx.write_budget.release(end - start)
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             for number, start, end in layout(size, ctx.part_size):
                 nursery.start_soon(one, number, start, end)
         parts.sort(key=lambda p: p.number)
@@ -216,8 +222,8 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                 await ctx.store.abort_multipart(key, upload_id)
             except StoreError as e2:
                 log.error("could not abort multipart upload of %r (%s)", key, e2)
-        if isinstance(e, Exception) and not isinstance(e, IOFailure):
-            raise IOFailure(f"upload of {key!r} failed: {e}") from e
+        if isinstance(e, Exception):
+            raise upload_error(e, f"upload of {key!r}") from e
         raise
     if copied:
         log.debug("upload of %r: %d of %d bytes copied server-side", key, copied, size)

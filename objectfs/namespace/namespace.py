@@ -30,6 +30,7 @@ from ..errors import NotFound
 from ..store.base import ObjectInfo, ObjectStore
 from . import keys
 from .tree import Attr, Inode, InodeTable
+from ..tasks import open_nursery
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class Namespace:
         async def do_list() -> None:
             page[0] = await self.store.list_page(key + "/", delimiter="/", max_keys=1)
 
-        async with trio.open_nursery() as n:
+        async with open_nursery() as n:
             n.start_soon(do_head, head, key)
             n.start_soon(do_list)
             if self.cfg.compat_dir:
@@ -395,7 +396,7 @@ class Namespace:
                 else:
                     self.apply_info(child, info, is_dir=child.is_dir)
 
-        async with trio.open_nursery() as n:
+        async with open_nursery() as n:
             for child in todo:
                 n.start_soon(one, child)
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import trio
 
 from ..errors import StoreError, StoreUnavailable, UserError, store_error
+from ..tasks import open_nursery
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
 
@@ -284,7 +285,7 @@ class S3Store:
                     dst, upload_id, n, src, start, min(start + part_size, size),
                     src_etag=src_etag))
 
-            async with trio.open_nursery() as nursery:
+            async with open_nursery() as nursery:
                 for n, start in enumerate(range(0, size, part_size), 1):
                     nursery.start_soon(one, n, start)
             done = await self.complete_multipart(dst, upload_id, sorted(parts, key=lambda p: p.number))

@@ -105,27 +105,56 @@ class _Server:
 
 
 class MotoServer(_Server):
-    """moto in server mode as a child process on a free loopback port."""
+    """moto in server mode as a child process on a free loopback port.
+
+    With ``policy`` (an IAM policy document), moto checks credentials and
+    authorises every request: the server starts with authentication off for
+    exactly the bootstrap requests (create a user, its access key, attach
+    the policy), after which only that user's key is accepted and only what
+    the policy allows succeeds.  Buckets are then created by the user.
+    """
 
     access_key = "testing"
     secret_key = "testing"
+    _BOOTSTRAP_REQUESTS = 3
 
-    def __init__(self, port: int | None = None, log_path: str | None = None):
+    def __init__(self, port: int | None = None, log_path: str | None = None,
+                 policy: dict | None = None):
         self.port = port or free_port()
         self.endpoint = f"http://{LOOPBACK}:{self.port}"
         self._log = open(log_path or os.devnull, "ab")
+        env = dict(os.environ)
+        if policy is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self._BOOTSTRAP_REQUESTS)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
         try:
             wait_for_port(self.port, 30, self.proc)
+            if policy is not None:
+                self._bootstrap(policy)
         except Exception:
             self.stop()
             raise
+
+    def _bootstrap(self, policy: dict) -> None:
+        import json
+
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=self.region,
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="objectfs-test")
+        key = iam.create_access_key(UserName="objectfs-test")["AccessKey"]
+        iam.put_user_policy(UserName="objectfs-test", PolicyName="test",
+                            PolicyDocument=json.dumps(policy))
+        self.access_key = key["AccessKeyId"]
+        self.secret_key = key["SecretAccessKey"]
 
     def stop(self) -> None:
         proc = self.proc

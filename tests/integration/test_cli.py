@@ -1,0 +1,330 @@
+"""The objectfs command as users run it: daemon mount, umount, signals, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from objectfs.mount import read_state
+from tests.conftest import REPO, fuse_usable, run_cli
+from tests.support.mounts import force_unmount, is_mounted, wait_mounted
+from tests.support.s3server import MotoServer, free_port
+
+pytestmark = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
+
+
+def daemon_pid(mp) -> int | None:
+    state = read_state(str(mp))
+    return int(state["pid"]) if state else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def objectfs_processes(mp) -> list[int]:
+    """PIDs of objectfs processes whose command line names ``mp``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"objectfs" in b" ".join(argv) and str(mp).encode() in argv and alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+@pytest.fixture
+def mountpoint(workdir):
+    mp = workdir / "mnt-cli"
+    mp.mkdir()
+    yield mp
+    pid = daemon_pid(mp)
+    force_unmount(str(mp))
+    for p in objectfs_processes(mp) + ([pid] if pid else []):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def mount_args(s3, bucket, mp, *extra):
+    return ["mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint, *extra]
+
+
+# -- the normal life of a mount ------------------------------------------------------
+
+def test_daemon_mount_is_usable_at_once_and_umount_waits_for_exit(
+        objectfs_cli, s3, bucket, s3_client, mountpoint, workdir):
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint, "-o", f"log_file={workdir / 'log'}"))
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(mountpoint) == ["f"]  # usable the moment the command returns
+    pid = daemon_pid(mountpoint)
+    assert pid and alive(pid)
+    (mountpoint / "g").write_bytes(b"written")
+    r = objectfs_cli("umount", str(mountpoint))
+    assert r.returncode == 0, r.stderr
+    assert not is_mounted(str(mountpoint))
+    assert not alive(pid), "umount returns only once the daemon has exited"
+    assert s3_client.get_object(Bucket=bucket, Key="g")["Body"].read() == b"written"
+
+
+def test_fusermount_unmount_also_ends_the_daemon(objectfs_cli, s3, bucket, mountpoint):
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint))
+    assert r.returncode == 0, r.stderr
+    pid = daemon_pid(mountpoint)
+    assert pid
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+    assert read_state(str(mountpoint)) is None
+
+
+def test_umount_of_busy_mount_fails_cleanly(objectfs_cli, s3, bucket, mountpoint):
+    assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+    f = open(mountpoint / "busy", "w")
+    try:
+        r = objectfs_cli("umount", str(mountpoint))
+        assert r.returncode == 1
+        assert len(r.stderr.strip().splitlines()) == 1 and "busy" in r.stderr.lower()
+        assert is_mounted(str(mountpoint))
+    finally:
+        f.close()
+    assert objectfs_cli("umount", str(mountpoint)).returncode == 0
+
+
+def test_umount_of_something_not_mounted(objectfs_cli, mountpoint):
+    r = objectfs_cli("umount", str(mountpoint))
+    assert r.returncode == 1 and "not mounted" in r.stderr
+
+
+def test_sigterm_uploads_pending_data_then_exits(s3, bucket, s3_client, mountpoint):
+    env = s3.env()
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "objectfs", *mount_args(s3, bucket, mountpoint),
+                             "-f"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_mounted(str(mountpoint), proc, 30)
+        f = open(mountpoint / "open-file", "wb")
+        f.write(b"not yet closed")
+        f.flush()  # reaches the daemon, not yet uploaded (the file is still open)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not is_mounted(str(mountpoint))
+        assert s3_client.get_object(Bucket=bucket, Key="open-file")["Body"].read() \
+            == b"not yet closed"
+        try:
+            f.close()
+        except OSError:
+            pass  # the mount is gone under it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_yaml_config_and_o_options(objectfs_cli, s3, bucket, s3_client, mountpoint, workdir):
+    cfg = workdir / "objectfs.yaml"
+    cfg.write_text("file_mode: 0600\ndir_mode: 0700\nmetadata_ttl: 2\n")
+    s3_client.put_object(Bucket=bucket, Key="d/f", Body=b"x")
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint, "--config", str(cfg),
+                                 "-o", "dir_mode=0711"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert oct(os.stat(mountpoint / "d" / "f").st_mode & 0o7777) == "0o600"
+        assert oct(os.stat(mountpoint / "d").st_mode & 0o7777) == "0o711"  # -o wins
+    finally:
+        objectfs_cli("umount", str(mountpoint))
+
+
+def test_profile_credentials(s3, bucket, mountpoint, workdir):
+    creds = workdir / "credentials"
+    creds.write_text(f"[p1]\naws_access_key_id = {s3.access_key}\n"
+                     f"aws_secret_access_key = {s3.secret_key}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_CONFIG_FILE=str(workdir / "none"),
+               AWS_EC2_METADATA_DISABLED="true")
+    r = run_cli(mount_args(s3, bucket, mountpoint, "--profile", "p1"), env=env)
+    assert r.returncode == 0, r.stderr
+    run_cli(["umount", str(mountpoint)], env=env)
+    r = run_cli(mount_args(s3, bucket, mountpoint, "--profile", "nope"), env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "profile" in r.stderr
+
+
+def test_help_and_version():
+    r = run_cli(["--help"])
+    assert r.returncode == 0 and "objectfs mount s3://" in r.stdout
+    r = run_cli(["mount", "--help"])
+    assert r.returncode == 0 and "--endpoint-url" in r.stdout and "examples" in r.stdout
+    r = run_cli(["--version"])
+    assert r.returncode == 0 and r.stdout.startswith("objectfs ")
+
+
+# -- bad input: one line, non-zero, fast, nothing left behind ---------------------------
+
+def assert_clean_failure(r: subprocess.CompletedProcess, elapsed: float, mp, code: int,
+                         *words: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert len(lines) == 1, f"expected one line, got: {r.stderr!r}"
+    assert lines[0].startswith("objectfs: ")
+    for w in words:
+        assert w in lines[0].lower(), (w, lines[0])
+    assert "Traceback" not in r.stderr + r.stdout
+    assert elapsed < 30
+    assert not is_mounted(str(mp))
+    time.sleep(0.2)
+    assert objectfs_processes(mp) == [], "a daemon was left running"
+
+
+def timed(fn):
+    t = time.monotonic()
+    r = fn()
+    return r, time.monotonic() - t
+
+
+def test_missing_bucket(objectfs_cli, s3, mountpoint):
+    r, t = timed(lambda: objectfs_cli(*mount_args(s3, "no-such-bucket-xyz", mountpoint)))
+    assert_clean_failure(r, t, mountpoint, 1, "no-such-bucket-xyz", "does not exist")
+
+
+def test_unreachable_endpoint(objectfs_cli, bucket, mountpoint):
+    port = free_port()
+    r, t = timed(lambda: objectfs_cli("mount", f"s3://{bucket}", str(mountpoint),
+                                      "--endpoint-url", f"http://127.0.0.1:{port}"))
+    assert_clean_failure(r, t, mountpoint, 1, "cannot reach", str(port))
+
+
+def test_missing_credentials(s3, bucket, mountpoint, workdir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(workdir / "none"),
+               AWS_CONFIG_FILE=str(workdir / "none"), AWS_EC2_METADATA_DISABLED="true")
+    r, t = timed(lambda: run_cli(mount_args(s3, bucket, mountpoint), env=env))
+    assert_clean_failure(r, t, mountpoint, 1, "credentials")
+
+
+@pytest.mark.parametrize("problem", ["missing", "file", "mounted"])
+def test_bad_mountpoint(objectfs_cli, s3, bucket, workdir, mountpoint, problem):
+    if problem == "missing":
+        mp = workdir / "does-not-exist"
+        words = ("does not exist",)
+    elif problem == "file":
+        mp = workdir / "a-file"
+        mp.write_text("")
+        words = ("not a directory",)
+    else:
+        assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+        mp = mountpoint
+        words = ("already mounted",)
+    r, t = timed(lambda: objectfs_cli(*mount_args(s3, bucket, mp)))
+    if problem == "mounted":
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+        assert "already mounted" in r.stderr and "Traceback" not in r.stderr
+        assert objectfs_cli("umount", str(mountpoint)).returncode == 0
+    else:
+        assert_clean_failure(r, t, mp, 1, *words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-o", "no_such_option=1"], ("unknown option", "no_such_option")),
+    (["-o", "part_size=lots"], ("bad value", "part_size")),
+    (["-o", "part_size=1M"], ("part_size",)),
+    (["-o", "file_mode=0999"], ("file_mode",)),
+    (["-o", "metadata_ttl=-1"], ("metadata_ttl",)),
+    (["--config", "/nonexistent/objectfs.yaml"], ("cannot read config file",)),
+    (["--no-such-flag"], ("unrecognized",)),
+])
+def test_bad_options_exit_2(objectfs_cli, s3, bucket, mountpoint, args, words):
+    r, t = timed(lambda: objectfs_cli(*mount_args(s3, bucket, mountpoint, *args)))
+    assert_clean_failure(r, t, mountpoint, 2, *words)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("part_size: [1, 2\n", ("invalid yaml",)),
+    ("bogus_key: 1\n", ("unknown option", "bogus_key")),
+    ("- a list\n", ("mapping",)),
+    ("retries: zero\n", ("bad value", "retries")),
+])
+def test_bad_config_file_exit_2(objectfs_cli, s3, bucket, mountpoint, workdir, text, words):
+    cfg = workdir / "bad.yaml"
+    cfg.write_text(text)
+    r, t = timed(lambda: objectfs_cli(*mount_args(s3, bucket, mountpoint, "--config", str(cfg))))
+    assert_clean_failure(r, t, mountpoint, 2, *words)
+
+
+def test_bad_source_url(objectfs_cli, mountpoint):
+    r, t = timed(lambda: objectfs_cli("mount", "s3://", str(mountpoint)))
+    assert_clean_failure(r, t, mountpoint, 2, "bucket")
+
+
+# -- credentials and authorisation against a server that checks them --------------------
+
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/secret/*"},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::*/readonly/locked*"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def auth_s3(tmp_path_factory):
+    server = MotoServer(policy=POLICY,
+                        log_path=str(tmp_path_factory.mktemp("moto-auth") / "log"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_rejected_credentials(auth_s3, mountpoint):
+    bucket = auth_s3.new_bucket()
+    env = auth_s3.env()
+    env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
+    r, t = timed(lambda: run_cli(mount_args(auth_s3, bucket, mountpoint), env=env))
+    assert_clean_failure(r, t, mountpoint, 1, "credentials were rejected")
+    env["AWS_ACCESS_KEY_ID"] = "AKIANOSUCHKEY0000000"
+    r, t = timed(lambda: run_cli(mount_args(auth_s3, bucket, mountpoint), env=env))
+    assert_clean_failure(r, t, mountpoint, 1, "credentials were rejected")
+
+
+def test_access_denied_maps_to_eacces(auth_s3, mount):
+    bucket = auth_s3.new_bucket()
+    client = auth_s3.client()
+    client.put_object(Bucket=bucket, Key="secret/plans", Body=b"classified")
+    client.put_object(Bucket=bucket, Key="open/notes", Body=b"public")
+    client.put_object(Bucket=bucket, Key="readonly/", Body=b"")
+    mp = mount(bucket, server=auth_s3).mountpoint
+    with open(os.path.join(mp, "open", "notes"), "rb") as f:
+        assert f.read() == b"public"
+    with pytest.raises(PermissionError):
+        with open(os.path.join(mp, "secret", "plans"), "rb") as f:
+            f.read()
+    # the upload at close is refused, and close() says so
+    f = open(os.path.join(mp, "readonly", "locked.txt"), "wb")
+    f.write(b"denied")
+    with pytest.raises(PermissionError):
+        f.close()
+    # the mount survived all of it
+    assert sorted(os.listdir(mp)) == ["open", "readonly", "secret"]
+    with open(os.path.join(mp, "open", "notes"), "rb") as f:
+        assert f.read() == b"public"
