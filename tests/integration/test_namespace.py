@@ -1,0 +1,591 @@
+"""How S3 keys become a POSIX tree, through a real FUSE mount of ObjectFS.
+
+Every object is created with boto3 directly, as another S3 client would,
+then looked at through the mount: directories from ``dir/`` markers, bare
+prefixes and the legacy forms (interop.md 1.4, 6.2), the file/directory
+clash, keys that cannot be POSIX names (6.3), prefix mounts, ListObjectsV2
+paging, inode stability, kernel lookup counts and changes made behind the
+mount's back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+
+# -- helpers ------------------------------------------------------------------------
+
+def put(s3_client, bucket: str, key: str, body: bytes = b"", **kw) -> None:
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body, **kw)
+
+
+def put_many(s3_client, bucket: str, keys, body: bytes = b"") -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: put(s3_client, bucket, k, body), keys))
+
+
+def all_keys(s3_client, bucket: str) -> set[str]:
+    out: set[str] = set()
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        out.update(o["Key"] for o in page.get("Contents", []))
+    return out
+
+
+def full_log(m) -> str:
+    # m.log() keeps only the tail; a debug log can be long
+    return Path(m.log_path).read_text(errors="replace")
+
+
+def scandir_types(path: str) -> dict[str, str]:
+    out = {}
+    with os.scandir(path) as it:
+        for e in it:
+            out[e.name] = "dir" if e.is_dir(follow_symlinks=False) else (
+                "link" if e.is_symlink() else "file")
+    return out
+
+
+def assert_enoent(path: str) -> None:
+    with pytest.raises(FileNotFoundError):
+        os.stat(path)
+
+
+# -- directories: markers, prefixes, legacy forms --------------------------------------
+
+def test_directory_from_marker_object(mount, bucket, s3_client):
+    put(s3_client, bucket, "d/", ContentType="application/x-directory")
+    put(s3_client, bucket, "d/f", b"inside")
+    put(s3_client, bucket, "empty/", ContentType="application/x-directory")
+    # rclone --s3-directory-markers: octet-stream, still a directory (0 bytes, ends in /)
+    put(s3_client, bucket, "rcl/", ContentType="application/octet-stream")
+    m = mount(bucket)
+    mp = m.mountpoint
+    assert sorted(os.listdir(mp)) == ["d", "empty", "rcl"]
+    assert scandir_types(mp) == {"d": "dir", "empty": "dir", "rcl": "dir"}
+    for name in ("d", "empty", "rcl"):
+        st = os.stat(os.path.join(mp, name))
+        assert stat.S_ISDIR(st.st_mode), name
+        assert stat.S_IMODE(st.st_mode) == 0o755, name
+    assert os.listdir(os.path.join(mp, "d")) == ["f"]
+    assert os.listdir(os.path.join(mp, "empty")) == []
+    assert os.listdir(os.path.join(mp, "rcl")) == []
+    assert Path(mp, "d", "f").read_bytes() == b"inside"
+
+
+def test_directory_from_bare_prefix(mount, bucket, s3_client):
+    put(s3_client, bucket, "a/b/c", b"deep")
+    m = mount(bucket)
+    mp = m.mountpoint
+    # lookup first (fresh mount, no listing yet)
+    st = os.stat(os.path.join(mp, "a", "b"))
+    assert stat.S_ISDIR(st.st_mode)
+    assert os.path.isdir(os.path.join(mp, "a"))
+    assert os.path.isfile(os.path.join(mp, "a", "b", "c"))
+    assert os.listdir(mp) == ["a"]
+    assert os.listdir(os.path.join(mp, "a")) == ["b"]
+    assert os.listdir(os.path.join(mp, "a", "b")) == ["c"]
+    assert Path(mp, "a", "b", "c").read_bytes() == b"deep"
+    assert stat.S_IMODE(os.stat(os.path.join(mp, "a")).st_mode) == 0o755
+    # a file created in an implicit directory lands under the prefix, and no
+    # marker appears for a directory nobody created
+    Path(mp, "a", "b", "new").write_bytes(b"n")
+    assert all_keys(s3_client, bucket) == {"a/b/c", "a/b/new"}
+
+
+def test_listing_first_then_lookup_of_bare_prefix(mount, bucket, s3_client):
+    put(s3_client, bucket, "x/y/z", b"1")
+    put(s3_client, bucket, "top", b"2")
+    m = mount(bucket)
+    mp = m.mountpoint
+    assert scandir_types(mp) == {"x": "dir", "top": "file"}
+    assert scandir_types(os.path.join(mp, "x")) == {"y": "dir"}
+    assert os.path.isdir(os.path.join(mp, "x", "y"))
+    assert os.stat(os.path.join(mp, "x", "y", "z")).st_size == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/x-directory",
+                                          "httpd/unix-directory",
+                                          "application/x-directory; charset=binary"])
+def test_legacy_no_slash_directory_object(mount, bucket, s3_client, content_type):
+    # s3fs < 1.63: the directory is a key without the slash, typed by Content-Type
+    put(s3_client, bucket, "old", ContentType=content_type)
+    put(s3_client, bucket, "old2", ContentType=content_type)
+    put(s3_client, bucket, "old2/child", b"c")
+    m = mount(bucket)
+    mp = m.mountpoint
+    # lookup path first for "old"
+    assert os.path.isdir(os.path.join(mp, "old"))
+    assert sorted(os.listdir(mp)) == ["old", "old2"]
+    assert scandir_types(mp) == {"old": "dir", "old2": "dir"}
+    assert os.listdir(os.path.join(mp, "old")) == []
+    assert os.listdir(os.path.join(mp, "old2")) == ["child"]
+    assert stat.S_ISDIR(os.stat(os.path.join(mp, "old2")).st_mode)
+    # still consistent after a second listing
+    assert sorted(os.listdir(mp)) == ["old", "old2"]
+    assert os.path.isdir(os.path.join(mp, "old"))
+
+
+def test_legacy_no_slash_directory_by_mode(mount, bucket, s3_client):
+    # a no-slash key whose stored mode has S_IFDIR (and no directory Content-Type)
+    put(s3_client, bucket, "bymode", ContentType="application/octet-stream",
+        Metadata={"mode": str(stat.S_IFDIR | 0o750)})
+    m = mount(bucket)
+    mp = m.mountpoint
+    assert scandir_types(mp) == {"bymode": "dir"}
+    st = os.stat(os.path.join(mp, "bymode"))
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+    assert os.listdir(os.path.join(mp, "bymode")) == []
+
+
+def test_compat_dir_folder_objects(mount, bucket, s3_client):
+    put(s3_client, bucket, "x_$folder$")
+    put(s3_client, bucket, "y_$folder$")
+    put(s3_client, bucket, "y/z", b"zz")
+    m = mount(bucket, options=["compat_dir"])
+    mp = m.mountpoint
+    assert os.path.isdir(os.path.join(mp, "x"))       # lookup path
+    assert sorted(os.listdir(mp)) == ["x", "y"]
+    assert scandir_types(mp) == {"x": "dir", "y": "dir"}
+    assert os.listdir(os.path.join(mp, "x")) == []
+    assert os.listdir(os.path.join(mp, "y")) == ["z"]
+    # the placeholder's own name is no entry of its own
+    assert_enoent(os.path.join(mp, "x_$folder$"))
+    # rmdir removes the placeholder (as s3fs does)
+    os.rmdir(os.path.join(mp, "x"))
+    assert "x_$folder$" not in all_keys(s3_client, bucket)
+    assert sorted(os.listdir(mp)) == ["y"]
+
+
+def test_folder_objects_are_plain_files_without_compat_dir(mount, bucket, s3_client):
+    put(s3_client, bucket, "x_$folder$")
+    m = mount(bucket)
+    mp = m.mountpoint
+    assert os.listdir(mp) == ["x_$folder$"]
+    assert os.path.isfile(os.path.join(mp, "x_$folder$"))
+    assert_enoent(os.path.join(mp, "x"))
+
+
+# -- a file and a directory with the same name ----------------------------------------------
+
+@pytest.mark.parametrize("first", ["lookup", "listing"])
+def test_directory_wins_over_file_of_same_name(mount, bucket, s3_client, first):
+    put(s3_client, bucket, "a", b"file a")
+    put(s3_client, bucket, "a/", ContentType="application/x-directory")
+    put(s3_client, bucket, "b", b"file b")
+    put(s3_client, bucket, "b/x", b"child")
+    m = mount(bucket)
+    mp = m.mountpoint
+    if first == "lookup":
+        assert os.path.isdir(os.path.join(mp, "a"))
+        assert os.path.isdir(os.path.join(mp, "b"))
+    names = os.listdir(mp)
+    assert sorted(names) == ["a", "b"]              # each name once
+    assert scandir_types(mp) == {"a": "dir", "b": "dir"}
+    for name in ("a", "b"):
+        p = os.path.join(mp, name)
+        assert stat.S_ISDIR(os.stat(p).st_mode), name
+        assert stat.S_ISDIR(os.lstat(p).st_mode), name
+        assert os.path.isdir(p) and not os.path.isfile(p), name
+        with pytest.raises(IsADirectoryError):
+            open(p, "rb").close()
+    assert os.listdir(os.path.join(mp, "a")) == []
+    assert os.listdir(os.path.join(mp, "b")) == ["x"]
+    assert Path(mp, "b", "x").read_bytes() == b"child"
+    # a second round agrees with the first
+    assert scandir_types(mp) == {"a": "dir", "b": "dir"}
+
+
+# -- keys that cannot be POSIX names ----------------------------------------------------------
+
+LONG = "L" * 300
+
+
+def test_invalid_keys_are_hidden_and_logged(mount, bucket, s3_client):
+    bad = ["a//b", "./x", "../x", "x/./y", "x/../z", LONG, f"deep/{LONG}", f"{'M' * 300}/f"]
+    good = ["good", "deep/ok", "x/fine"]
+    for k in bad:
+        put(s3_client, bucket, k, b"bad")
+    for k in good:
+        put(s3_client, bucket, k, b"good")
+    m = mount(bucket)
+    mp = m.mountpoint
+    seen = []
+    for root, dirs, files in os.walk(mp):
+        for n in dirs + files:
+            assert n not in ("", ".", "..") and len(n.encode()) <= 255, n
+            seen.append(os.path.relpath(os.path.join(root, n), mp))
+    # good entries all there; "a" and "x" exist only as prefixes of hidden keys
+    # or real ones; no hidden key is reachable as a file
+    files = {s for s in seen if os.path.isfile(os.path.join(mp, s))}
+    assert files == {"good", "deep/ok", "x/fine"}
+    assert sorted(os.listdir(os.path.join(mp, "x"))) == ["fine"]
+    if os.path.isdir(os.path.join(mp, "a")):
+        assert os.listdir(os.path.join(mp, "a")) == []
+    # direct lookups of the hidden names fail cleanly
+    with pytest.raises(OSError) as e:
+        os.stat(os.path.join(mp, LONG))
+    assert e.value.errno in (errno.ENAMETOOLONG, errno.ENOENT)
+    with pytest.raises(OSError) as e:
+        os.stat(os.path.join(mp, "deep", LONG))
+    assert e.value.errno in (errno.ENAMETOOLONG, errno.ENOENT)
+    # the mount still works
+    Path(mp, "after").write_bytes(b"ok")
+    assert Path(mp, "after").read_bytes() == b"ok"
+    assert "after" in os.listdir(mp)
+    text = full_log(m)
+    assert "hiding key" in text
+    for k in ["a//", "./", "../", "x/./", "x/../", f"deep/{LONG}"]:
+        assert k in text, f"{k!r} not logged"
+
+
+def test_slash_key_with_data_is_not_a_file(mount, bucket, s3_client):
+    # a key ending in "/" with a body is not a file; the directory is shown
+    put(s3_client, bucket, "sized/", b"some data")
+    put(s3_client, bucket, "plain", b"p")
+    m = mount(bucket)
+    mp = m.mountpoint
+    assert scandir_types(mp) == {"sized": "dir", "plain": "file"}
+    assert os.path.isdir(os.path.join(mp, "sized"))
+    assert os.listdir(os.path.join(mp, "sized")) == []
+    assert os.stat(os.path.join(mp, "sized")).st_size != len(b"some data")
+    with pytest.raises(IsADirectoryError):
+        open(os.path.join(mp, "sized"), "rb").close()
+    # the mount still works and the data object is untouched
+    Path(mp, "after").write_bytes(b"ok")
+    assert s3_client.get_object(Bucket=bucket, Key="sized/")["Body"].read() == b"some data"
+
+
+# -- prefix mounts ---------------------------------------------------------------------------
+
+def test_prefix_mount_shows_subtree_and_writes_under_it(mount, bucket, s3_client):
+    for k in ["outside", "pre2/x", "prefix-sibling", "pre/inside", "pre/sub/f"]:
+        put(s3_client, bucket, k, k.encode())
+    m = mount(bucket, prefix="pre")
+    mp = m.mountpoint
+    assert sorted(os.listdir(mp)) == ["inside", "sub"]
+    assert Path(mp, "inside").read_bytes() == b"pre/inside"
+    assert Path(mp, "sub", "f").read_bytes() == b"pre/sub/f"
+    assert_enoent(os.path.join(mp, "outside"))
+    assert_enoent(os.path.join(mp, "pre"))
+    Path(mp, "new").write_bytes(b"new")
+    os.mkdir(os.path.join(mp, "nd"))
+    Path(mp, "nd", "g").write_bytes(b"g")
+    os.symlink("inside", os.path.join(mp, "ln"))
+    os.rename(os.path.join(mp, "inside"), os.path.join(mp, "sub", "moved"))
+    keys = all_keys(s3_client, bucket)
+    assert keys == {"outside", "pre2/x", "prefix-sibling", "pre/sub/f", "pre/new",
+                    "pre/nd/", "pre/nd/g", "pre/ln", "pre/sub/moved"}
+    assert sorted(os.listdir(mp)) == ["ln", "nd", "new", "sub"]
+    os.unlink(os.path.join(mp, "new"))
+    assert "pre/new" not in all_keys(s3_client, bucket)
+
+
+# -- paging -------------------------------------------------------------------------------------
+
+def test_directory_of_2500_keys_lists_completely(mount, bucket, s3_client):
+    # 2,000 objects and 500 common prefixes: three ListObjectsV2 pages of
+    # mixed Contents/CommonPrefixes
+    files = [f"big/f{i:05d}" for i in range(2000)]
+    subdirs = [f"big/d{i:04d}/x" for i in range(500)]
+    put_many(s3_client, bucket, files + subdirs, b"z")
+    expected = {k[4:] for k in files} | {f"d{i:04d}" for i in range(500)}
+    # listing alone (trust_listing), then the default that HEADs every entry
+    for options in (["trust_listing"], []):
+        m = mount(bucket, options=options)
+        big = os.path.join(m.mountpoint, "big")
+        names = os.listdir(big)
+        assert len(names) == 2500, options
+        assert set(names) == expected, options
+        types = scandir_types(big)
+        assert sum(1 for t in types.values() if t == "dir") == 500, options
+        assert sum(1 for t in types.values() if t == "file") == 2000, options
+        assert os.stat(os.path.join(big, "f01999")).st_size == 1
+        assert os.listdir(os.path.join(big, "d0499")) == ["x"]
+        m.stop()
+
+
+# -- inode numbers --------------------------------------------------------------------------------
+
+def test_inode_numbers_are_stable(mount, bucket, s3_client):
+    put(s3_client, bucket, "s/f1", b"1")
+    put(s3_client, bucket, "s/f2", b"2")
+    put(s3_client, bucket, "s/sub/g", b"3")
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    p = lambda *a: os.path.join(mp, *a)  # noqa: E731
+    ino_f1 = os.stat(p("s", "f1")).st_ino
+    ino_sub = os.stat(p("s", "sub")).st_ino
+    ino_s = os.stat(p("s")).st_ino
+    assert os.stat(p("s", "f1")).st_ino == ino_f1
+    listed = {e.name: e.inode() for e in os.scandir(p("s"))}
+    assert listed["f1"] == ino_f1 and listed["sub"] == ino_sub
+    assert os.stat(p("s", "f1")).st_ino == ino_f1
+    assert len({ino_f1, ino_sub, ino_s, listed["f2"]}) == 4
+    # after the cached attributes expired and were revalidated
+    time.sleep(1.5)
+    assert os.stat(p("s", "f1")).st_ino == ino_f1
+    assert {e.name: e.inode() for e in os.scandir(p("s"))} == listed
+    # a rename keeps the number (file and directory)
+    os.rename(p("s", "f1"), p("s", "g1"))
+    assert os.stat(p("s", "g1")).st_ino == ino_f1
+    os.rename(p("s", "sub"), p("moved"))
+    assert os.stat(p("moved")).st_ino == ino_sub
+    assert os.stat(p("moved", "g")).st_size == 1
+    assert {e.name for e in os.scandir(p("s"))} == {"f2", "g1"}
+    assert os.stat(p("s", "g1")).st_ino == ino_f1
+
+
+# -- lookup counts ---------------------------------------------------------------------------------
+
+def drop_kernel_caches() -> None:
+    """Make the kernel evict unused dentries/inodes: FUSE FORGETs follow."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
+def test_many_lookups_and_forgets_keep_the_mount_working(mount, bucket, s3_client):
+    keys = [f"t/d{d}/e{e}/f{f}" for d in range(4) for e in range(5) for f in range(15)]
+    put_many(s3_client, bucket, keys, b"q")
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    expected_dirs = 1 + 1 + 4 + 20     # mountpoint, t, d*, d*/e*
+    expected = expected_dirs + len(keys)
+    inodes = None
+    for round_ in range(3):
+        out = subprocess.run(["find", mp], capture_output=True, text=True, timeout=60, check=True)
+        lines = out.stdout.splitlines()
+        assert len(lines) == expected, round_
+        files = subprocess.run(["find", mp, "-type", "f"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout.splitlines()
+        assert len(files) == len(keys)
+        now = {os.path.relpath(x, mp): os.lstat(x).st_ino for x in lines}
+        if inodes is not None:
+            # entries the kernel forgot and looked up again keep their numbers
+            assert now == inodes
+        inodes = now
+        drop_kernel_caches()
+        if round_ == 1:
+            time.sleep(1.1)            # let the attributes expire as well
+    for k in keys[::37]:
+        assert Path(mp, k).read_bytes() == b"q"
+    Path(mp, "t", "d0", "new").write_bytes(b"new")
+    assert s3_client.get_object(Bucket=bucket, Key="t/d0/new")["Body"].read() == b"new"
+
+
+# -- changes made by another client ---------------------------------------------------------------
+
+def test_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
+    for k, v in [("ext/keep", b"keep"), ("ext/gone", b"gone"), ("ext/change", b"old")]:
+        put(s3_client, bucket, k, v)
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    p = lambda *a: os.path.join(mp, "ext", *a)  # noqa: E731
+    assert sorted(os.listdir(p())) == ["change", "gone", "keep"]
+    assert Path(p("change")).read_bytes() == b"old"
+    assert stat.S_IMODE(os.stat(p("change")).st_mode) == 0o644
+    assert_enoent(p("new"))
+    assert_enoent(p("newdir"))
+    ino_change = os.stat(p("change")).st_ino
+
+    assert Path(p("keep")).read_bytes() == b"keep"
+    assert stat.S_IMODE(os.stat(p("keep")).st_mode) == 0o644
+
+    put(s3_client, bucket, "ext/new", b"brand new")
+    s3_client.delete_object(Bucket=bucket, Key="ext/gone")
+    put(s3_client, bucket, "ext/change", b"newer content", Metadata={"mode": "33152"})
+    put(s3_client, bucket, "ext/newdir/x", b"x")
+    put(s3_client, bucket, "ext/keep", b"KEEP")              # same size, new bytes
+    time.sleep(2)
+
+    # lookups first (no listing): each name revalidated on its own
+    assert Path(p("new")).read_bytes() == b"brand new"
+    assert_enoent(p("gone"))
+    st = os.stat(p("change"))
+    assert st.st_size == len(b"newer content")
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_ino == ino_change
+    assert Path(p("change")).read_bytes() == b"newer content"
+    assert os.path.isdir(p("newdir"))
+    assert Path(p("keep")).read_bytes() == b"KEEP"          # no stale page cache
+    assert sorted(os.listdir(p())) == ["change", "keep", "new", "newdir"]
+
+    # and the other way round: a listing first
+    s3_client.delete_object(Bucket=bucket, Key="ext/new")
+    put(s3_client, bucket, "ext/later", b"later")
+    # a metadata-only change (copy onto itself), seconds after the last write
+    s3_client.copy_object(Bucket=bucket, Key="ext/keep",
+                          CopySource={"Bucket": bucket, "Key": "ext/keep"},
+                          MetadataDirective="REPLACE", Metadata={"mode": "33216", "uid": "77"})
+    time.sleep(2)
+    assert sorted(os.listdir(p())) == ["change", "keep", "later", "newdir"]
+    assert_enoent(p("new"))
+    assert Path(p("later")).read_bytes() == b"later"
+    st = os.stat(p("keep"))
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 77
+
+
+def test_type_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
+    put(s3_client, bucket, "f", b"was a file")
+    put(s3_client, bucket, "g", b"file g")
+    put(s3_client, bucket, "g/child", b"c")
+    put(s3_client, bucket, "h/inner", b"i")
+    put(s3_client, bucket, "s", b"regular")
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    assert scandir_types(mp) == {"f": "file", "g": "dir", "h": "dir", "s": "file"}
+    assert os.path.isfile(os.path.join(mp, "f"))
+    assert os.path.isdir(os.path.join(mp, "g"))
+    # f gains children (becomes a directory), g loses its only child (the file
+    # shows again), h disappears entirely
+    put(s3_client, bucket, "f/now", b"n")
+    s3_client.delete_object(Bucket=bucket, Key="g/child")
+    s3_client.delete_object(Bucket=bucket, Key="h/inner")
+    put(s3_client, bucket, "s", b"g", Metadata={"mode": "41471"})     # now a symlink to g
+    time.sleep(2)
+    assert os.readlink(os.path.join(mp, "s")) == "g"
+    assert os.path.isdir(os.path.join(mp, "f"))
+    assert os.listdir(os.path.join(mp, "f")) == ["now"]
+    assert os.path.isfile(os.path.join(mp, "g"))
+    assert Path(mp, "g").read_bytes() == b"file g"
+    assert_enoent(os.path.join(mp, "h"))
+    assert scandir_types(mp) == {"f": "dir", "g": "file", "s": "link"}
+
+
+def test_unusual_but_valid_names(mount, bucket, s3_client):
+    # (no newline: moto refuses keys holding one)
+    names = ["with space", "ünïcödé", "日本語.txt", "percent%20sign", "plus+sign",
+             "quote'\"", "back\\slash", "tab\there", "star*?[x]", "-dash",
+             " lead", "trail ", "#hash&amp;", "x" * 255]
+    for n in names:
+        put(s3_client, bucket, f"u/{n}", n.encode())
+    put(s3_client, bucket, "u/dir ü/inner", b"inner")
+    m = mount(bucket)
+    d = os.path.join(m.mountpoint, "u")
+    assert sorted(os.listdir(d)) == sorted(names + ["dir ü"])
+    for n in names:
+        assert Path(d, n).read_bytes() == n.encode(), n
+    assert os.listdir(os.path.join(d, "dir ü")) == ["inner"]
+    # and written through the mount, they come out as the same keys
+    Path(d, "neu ß\tx").write_bytes(b"w")
+    os.mkdir(os.path.join(d, "新しい"))
+    assert "u/neu ß\tx" in all_keys(s3_client, bucket)
+    assert "u/新しい/" in all_keys(s3_client, bucket)
+
+
+def test_prefix_mount_with_marker_and_nested_prefix(mount, bucket, s3_client):
+    put(s3_client, bucket, "p/q/", ContentType="application/x-directory",
+        Metadata={"mode": str(stat.S_IFDIR | 0o710), "uid": "123", "gid": "456"})
+    put(s3_client, bucket, "p/q/file", b"f")
+    put(s3_client, bucket, "p/qq/other", b"o")
+    put(s3_client, bucket, "p/file", b"above")
+    m = mount(bucket, prefix="p/q")
+    mp = m.mountpoint
+    assert os.listdir(mp) == ["file"]       # the marker p/q/ is the root, not an entry
+    st = os.stat(mp)
+    assert stat.S_ISDIR(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o710
+    assert (st.st_uid, st.st_gid) == (123, 456)
+    os.mkdir(os.path.join(mp, "sub"))
+    Path(mp, "sub", "x").write_bytes(b"x")
+    assert all_keys(s3_client, bucket) >= {"p/q/sub/", "p/q/sub/x"}
+    assert not any(k.startswith("p/qq/") and k != "p/qq/other"
+                   for k in all_keys(s3_client, bucket))
+
+
+def test_prefix_mount_of_missing_prefix(mount, bucket, s3_client):
+    m = mount(bucket, prefix="not/yet")
+    mp = m.mountpoint
+    assert os.listdir(mp) == []
+    Path(mp, "first").write_bytes(b"1")
+    assert all_keys(s3_client, bucket) == {"not/yet/first"}
+    assert os.listdir(mp) == ["first"]
+
+
+# -- names the kernel passes in ------------------------------------------------------------------------
+
+def test_names_from_the_kernel(mount, bucket, s3_client):
+    m = mount(bucket)
+    mp = m.mountpoint
+    with pytest.raises(OSError) as e:
+        open(os.path.join(os.fsencode(mp), b"bad\xff"), "wb").close()
+    assert e.value.errno == errno.EINVAL                 # S3 keys are UTF-8
+    Path(mp, "n" * 255).write_bytes(b"ok")
+    with pytest.raises(OSError) as e:
+        Path(mp, "n" * 256).write_bytes(b"no")
+    assert e.value.errno == errno.ENAMETOOLONG
+    # keys over 1024 bytes: the fifth level of 250-byte names does not fit
+    d, created = mp, 0
+    with pytest.raises(OSError) as e:
+        for i in range(6):
+            d = os.path.join(d, chr(ord("a") + i) * 250)
+            os.mkdir(d)
+            created += 1
+    assert e.value.errno == errno.ENAMETOOLONG
+    assert created == 4
+    keys = all_keys(s3_client, bucket)
+    assert len(keys) == 5 and all(len(k.encode()) <= 1024 for k in keys)
+    assert sorted(os.listdir(mp)) == ["a" * 250, "n" * 255]
+
+
+# -- concurrency ---------------------------------------------------------------------------------------
+
+def test_concurrent_creates_renames_unlinks_and_listings(mount, bucket, s3_client):
+    import threading
+
+    put_many(s3_client, bucket, [f"c/pre{i:03d}" for i in range(100)], b"p")
+    m = mount(bucket, options=["metadata_ttl=0.5", "negative_ttl=0.5"])
+    d = os.path.join(m.mountpoint, "c")
+    errors: list[str] = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(30):
+                n = os.path.join(d, f"w{w}_{i}")
+                Path(n).write_bytes(b"w")
+                os.stat(n)
+                os.listdir(d)
+                if i % 3 == 0:
+                    os.rename(n, n + ".r")
+                elif i % 3 == 1:
+                    os.unlink(n)
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    def lister() -> None:
+        try:
+            for _ in range(40):
+                for e in os.scandir(d):
+                    try:
+                        e.stat()
+                    except FileNotFoundError:
+                        pass               # removed by a worker meanwhile
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    threads += [threading.Thread(target=lister) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    want = {f"pre{i:03d}" for i in range(100)}
+    for w in range(6):
+        for i in range(30):
+            if i % 3 == 0:
+                want.add(f"w{w}_{i}.r")
+            elif i % 3 == 2:
+                want.add(f"w{w}_{i}")
+    assert set(os.listdir(d)) == want
+    assert all_keys(s3_client, bucket) == {"c/" + n for n in want}
+    time.sleep(0.6)                           # and from a fresh listing
+    assert set(os.listdir(d)) == want
