@@ -13,7 +13,7 @@ SWIFT_PKGS := swift swift-proxy swift-object swift-container swift-account memca
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv demo test unit integration soak posix-score bench bench-deps swift-deps clean
+.PHONY: help deps venv demo demo-stop test unit integration soak posix-score bench bench-deps swift-deps clean
 
 help:
 	@echo "make demo   - set up, start a local S3 server, mount a bucket and show it working"
@@ -48,6 +48,9 @@ $(STAMP): pyproject.toml | deps
 
 demo: venv
 	$(VPY) -m objectfs.demo
+
+demo-stop:
+	$(VPY) -m objectfs.demo stop
 
 test: venv
 	$(VPY) -m pytest tests $(PYTEST_ARGS)

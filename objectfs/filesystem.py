@@ -540,10 +540,21 @@ class Filesystem:
         node = await self._child(parent, name)
         if node.is_dir:
             raise IsADirectory(name)
+        await self._keep_dir(parent)
         await self._detach_file(node)
         if not node.local:
             await self.store.delete(self.table.key(node))
         self._remove(parent, node)
+
+    async def _keep_dir(self, d: Inode) -> None:
+        """Give a prefix-only directory its marker before an entry leaves it.
+
+        A directory that exists only because keys share its prefix would
+        vanish from S3 with its last entry, though nobody removed it.
+        Writing the ``dir/`` marker first keeps it, as POSIX expects.
+        """
+        if d.implicit and d.ino != ROOT_INODE and d.legacy is None and not self.read_only:
+            await self._persist_dir_meta(d)
 
     def _remove(self, parent: Inode, node: Inode) -> None:
         self.table.detach(node)
@@ -567,6 +578,7 @@ class Filesystem:
         if not node.is_dir:
             raise NotADirectory(name)
         await self._ensure_empty(node)
+        await self._keep_dir(parent)
         await self._delete_dir_objects(node)
         self._remove(parent, node)
 
@@ -613,6 +625,8 @@ class Filesystem:
             raise IsADirectory(new_name)
         suffix = "/" if src.is_dir else ""
         keys.check_key(self.table.key(new_parent) + new_name + suffix)
+        if old_parent is not new_parent:
+            await self._keep_dir(old_parent)
         if src.is_dir:
             await self._rename_dir(src, new_parent, new_name, dst)
         else:

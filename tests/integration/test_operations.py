@@ -394,3 +394,16 @@ def test_remount_shows_everything(mount, bucket):
     with open(p(m2.mountpoint, "x", "l"), "rb") as f:
         assert f.read() == b"persisted"
     assert stat.S_IMODE(os.stat(p(m2.mountpoint, "x", "y", "f")).st_mode) == 0o600
+
+
+def test_prefix_only_directory_survives_losing_its_last_entry(mount, bucket, s3_client):
+    s3_client.put_object(Bucket=bucket, Key="implicit/only", Body=b"x")
+    s3_client.put_object(Bucket=bucket, Key="implicit2/only", Body=b"y")
+    m = mount(bucket)
+    os.unlink(p(m.mountpoint, "implicit", "only"))
+    os.rename(p(m.mountpoint, "implicit2", "only"), p(m.mountpoint, "moved"))
+    assert "implicit/" in keys(s3_client, bucket) and "implicit2/" in keys(s3_client, bucket)
+    m.stop()
+    m2 = mount(bucket)
+    assert sorted(os.listdir(m2.mountpoint)) == ["implicit", "implicit2", "moved"]
+    assert os.listdir(p(m2.mountpoint, "implicit")) == []
