@@ -341,3 +341,15 @@ def example_yaml() -> str:
         # Options without a fixed default are shown commented out.
         lines.append(("# " if o.default is None else "") + f"{o.name}: {shown}")
     return "\n".join(lines) + "\n"
+
+
+def options_markdown() -> str:
+    """The README's options table, generated so it cannot drift."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for o in OPTIONS:
+        shown = o.shown_default
+        if shown is None:
+            d = o.default
+            shown = ("true" if d else "false") if isinstance(d, bool) else str(d)
+        rows.append(f"| `{o.name}` | {shown} | {o.doc} |")
+    return "\n".join(rows) + "\n"
