@@ -32,7 +32,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks import datagen
-from benchmarks.datagen import KiB, MiB, CrcSink, Data, small_file_content
+from benchmarks.datagen import KiB, MiB, Data, SegmentSink, small_file_content
 
 
 def _cpu() -> float:
@@ -191,26 +191,26 @@ def op_read_seq(a):
     size, expect = a["size"], a["expect_crc"]
     if a["mode"] == "s3":
         s3, cfg = _client(a), _tconfig(a)
-        sink = CrcSink()
+        sink = SegmentSink()  # crc32 of each piece as it arrives, like the fs path
         with Timer() as t:
             s3.download_fileobj(a["bucket"], a["key"], sink, Config=cfg)
-        crc, got = sink.crc, sink.size
-    else:
-        path = os.path.join(a["root"], a["key"])
-        buf = bytearray(MiB)
-        view = memoryview(buf)
-        crc = got = 0
-        with Timer() as t:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                while True:
-                    n = os.readv(fd, [view])
-                    if n == 0:
-                        break
-                    crc = zlib.crc32(view[:n], crc)
-                    got += n
-            finally:
-                os.close(fd)
+        err = sink.check(Data(a["seed"]), 0, size)
+        return t.result(error=f"boto3 download: {err}" if err else None)
+    path = os.path.join(a["root"], a["key"])
+    buf = bytearray(MiB)
+    view = memoryview(buf)
+    crc = got = 0
+    with Timer() as t:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while True:
+                n = os.readv(fd, [view])
+                if n == 0:
+                    break
+                crc = zlib.crc32(view[:n], crc)
+                got += n
+        finally:
+            os.close(fd)
     err = None
     if got != size:
         err = f"read {got} bytes, expected {size}"
@@ -379,6 +379,63 @@ def op_mv(a):
                             os.path.join(a["root"], a["dst"])], capture_output=True, text=True)
     err = None if r.returncode == 0 else f"mv exited {r.returncode}: {r.stderr.strip()[:200]}"
     return t.result(error=err)
+
+
+# ---------------------------------------------------------------- S3-side checks
+# Verification and setup through S3 (never through the mount), in a child too so
+# that a stuck S3 call cannot hang the orchestrator.  Not measured.
+
+
+def op_verify_object(a):
+    """The object equals stream bytes [start, start+size) of Data(seed)."""
+    s3, cfg = _client(a), _tconfig(a)
+    sink = SegmentSink()
+    with Timer() as t:
+        s3.download_fileobj(a["bucket"], a["key"], sink, Config=cfg)
+    err = sink.check(Data(a["seed"]), a.get("start", 0), a["size"])
+    return t.result(error=f"verify: object in S3 differs from what was written: {err}"
+                    if err else None)
+
+
+def op_verify_small(a):
+    """dir/ holds exactly f00000..f{count-1} with their small-file contents."""
+    s3, b, d = _client(a), a["bucket"], a["dir"]
+    data = Data(a["seed"])
+    with Timer() as t:
+        keys = sorted(o["Key"][len(d) + 1:] for o in _list(s3, b, d + "/")
+                      if not o["Key"].endswith("/"))
+        names = _names(a["count"])
+        got = _map(a, lambda n: s3.get_object(Bucket=b, Key=f"{d}/{n}")["Body"].read(), names) \
+            if keys == names else []
+    if keys != names:
+        return t.result(error=f"verify: {len(keys)} objects under {d}/, expected {len(names)} "
+                        "named f00000...")
+    bad = sum(1 for i, g in enumerate(got) if g != small_file_content(data, i, a["fsize"]))
+    return t.result(error=f"verify: {bad} of {len(names)} objects differ" if bad else None)
+
+
+def op_verify_tar(a):
+    """dir/ holds every regular file of the tarball, byte for byte."""
+    s3, b, d = _client(a), a["bucket"], a["dir"]
+    with tarfile.open(a["tarball"]) as tf:
+        want = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    with Timer() as t:
+        got = _map(a, lambda k: s3.get_object(Bucket=b, Key=f"{d}/{k}")["Body"].read(),
+                   sorted(want))
+    bad = sum(1 for k, g in zip(sorted(want), got) if want[k] != g)
+    return t.result(error=f"verify: {bad} of {len(want)} untarred files differ in S3"
+                    if bad else None)
+
+
+def op_put_small(a):
+    """Setup: count small-file objects under dir/, straight into S3."""
+    s3, b, d = _client(a), a["bucket"], a["dir"]
+    data = Data(a["seed"])
+    with Timer() as t:
+        _map(a, lambda i: s3.put_object(Bucket=b, Key=f"{d}/f{i:05d}",
+                                        Body=small_file_content(data, i, a["fsize"])),
+             range(a["count"]))
+    return t.result()
 
 
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}

@@ -84,21 +84,58 @@ class StreamReader(io.RawIOBase):
         return n
 
 
-class CrcSink(io.RawIOBase):
-    """A write-only file object that only keeps a running CRC-32 and a count."""
+class SegmentSink(io.RawIOBase):
+    """A seekable write-only file object that keeps only a CRC-32 per write.
+
+    boto3's download_fileobj writes ranges concurrently downloaded at their
+    offsets (seek + write, from one I/O thread), as into a real file; ``check``
+    then verifies that the writes cover [0, size) and match the stream.  (A
+    non-seekable sink makes s3transfer use its in-order path, which deadlocked
+    on 1 GiB downloads in s3transfer 0.19.)
+    """
 
     def __init__(self):
-        self.crc = 0
-        self.size = 0
+        self.pos = 0
+        self.segments: list[tuple[int, int, int]] = []
 
     def writable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        if whence == 1:
+            off += self.pos
+        elif whence == 2:
+            off += self.end()
+        self.pos = off
+        return off
+
+    def tell(self) -> int:
+        return self.pos
+
+    def end(self) -> int:
+        return max((o + n for o, n, _ in self.segments), default=0)
+
     def write(self, b) -> int:
-        self.crc = zlib.crc32(b, self.crc)
         n = len(b)
-        self.size += n
+        self.segments.append((self.pos, n, zlib.crc32(b)))
+        self.pos += n
         return n
+
+    def check(self, data: "Data", start: int, size: int) -> str | None:
+        """None if the writes are exactly stream bytes [start, start+size)."""
+        pos = 0
+        for off, n, crc in sorted(self.segments):
+            if off != pos:
+                return f"download has a gap or overlap at offset {pos}"
+            if data.crc(start + off, n) != crc:
+                return f"data differs at offset {off}"
+            pos += n
+        if pos != size:
+            return f"downloaded {pos} bytes, expected {size}"
+        return None
 
 
 def small_file_content(data: Data, i: int, size: int = 4 * KiB) -> bytes:

@@ -145,7 +145,7 @@ def markdown(summary: Summary, png_name: str | None) -> str:
         L.append(f"**Incomplete run**: {m['interrupted']}")
     L.append("")
     L.append(f"- endpoint: {m['server']} ({m['endpoint']}); machine: {m['env'].get('machine', '?')}")
-    L.append(f"- versions: " + ", ".join(f"{k} {v}" for k, v in m["env"].get("versions", {}).items()))
+    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in m["env"].get("versions", {}).items()))
     L.append(f"- boto3 baseline: {m['boto3_config']}")
     L.append(f"- untar tree: {m['untar_desc']}")
     for note in m.get("notes", []):
