@@ -178,6 +178,8 @@ class Filesystem:
         return a
 
     def nlink(self, node: Inode) -> int:
+        if node.parent is None and node.ino != ROOT_INODE:
+            return 0  # unlinked but still open
         if node.is_dir and node.children is not None:
             return 2 + sum(1 for c in node.children.values() if c.is_dir)
         return 1

@@ -182,6 +182,7 @@ def test_unlink_while_open_keeps_handle_working(mp, s3_client, bucket):
         assert not os.path.exists(p(mp, "victim"))
         assert missing(s3_client, bucket, "victim")
         assert os.pread(fd, 100, 0) == b"still here"
+        assert os.fstat(fd).st_nlink == 0
         os.pwrite(fd, b"STILL", 0)
         assert os.pread(fd, 100, 0) == b"STILL here"
     finally:
