@@ -29,6 +29,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("posix_suite")
     group.addoption("--mountpoint", default=os.environ.get("POSIX_SUITE_MOUNTPOINT"),
                     help="directory (usually a mountpoint) to run the POSIX suite in")
+    group.addoption("--skip-huge-objects", metavar="REASON", default=None,
+                    help="skip the tests marked huge_object (they make a file of more than "
+                    "5 GiB, which an S3 filesystem may upload in full), giving REASON")
     group.addoption("--posix-report", metavar="FILE", default=None,
                     help="append one JSON line per test phase to FILE as it finishes "
                     "(survives a run that is killed half-way; used by score.py)")
@@ -36,6 +39,9 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_root: skipped when not running as root")
+    config.addinivalue_line("markers", "huge_object: makes a file of more than 5 GiB, which "
+                            "an S3 filesystem may upload in full; skipped with "
+                            "--skip-huge-objects REASON")
     mp = config.getoption("--mountpoint")
     if not mp:
         raise pytest.UsageError("posix_suite needs --mountpoint DIR (or POSIX_SUITE_MOUNTPOINT)")
@@ -82,6 +88,9 @@ def pytest_report_header(config):
 def pytest_runtest_setup(item):
     if item.get_closest_marker("needs_root") and os.geteuid() != 0:
         pytest.skip("needs root")
+    reason = item.config.getoption("--skip-huge-objects")
+    if reason and item.get_closest_marker("huge_object"):
+        pytest.skip(f"--skip-huge-objects: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -84,10 +84,10 @@ def test_fchown(workdir):
     fd = os.open(p, os.O_RDONLY)
     try:
         os.fchown(fd, NOBODY_UID, NOGROUP_GID)
-        assert os.fstat(fd).st_uid == NOBODY_UID
+        assert os.fstat(fd).st_uid == NOBODY_UID, "fstat uid after fchown"
     finally:
         os.close(fd)
-    assert os.stat(p).st_uid == NOBODY_UID
+    assert os.stat(p).st_uid == NOBODY_UID, "stat uid after fchown"
 
 
 @pytest.mark.needs_root

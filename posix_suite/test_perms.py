@@ -43,14 +43,14 @@ def test_other_cannot_write_0644(workdir, as_nobody):
     p = _root_file(workdir, 0o644)
     as_nobody(_open_close(p, os.O_WRONLY)).expect_errno(
         errno.EACCES, what="uid 65534 opening a 0644 root file for writing")
-    assert read_file(p) == b"root data"
+    assert read_file(p) == b"root data", "the refused call changed the file"
 
 
 def test_other_cannot_truncate_0644(workdir, as_nobody):
     p = _root_file(workdir, 0o644)
     as_nobody(lambda: os.truncate(p, 0)).expect_errno(
         errno.EACCES, what="uid 65534 truncating a 0644 root file")
-    assert read_file(p) == b"root data"
+    assert read_file(p) == b"root data", "the refused call changed the file"
 
 
 def test_other_cannot_read_0600(workdir, as_nobody):
@@ -99,7 +99,7 @@ def test_other_cannot_mkdir_in_0755_dir(workdir, as_nobody):
     target = os.path.join(workdir, "newdir")
     as_nobody(lambda: os.mkdir(target)).expect_errno(
         errno.EACCES, what="uid 65534 mkdir in a 0755 root directory")
-    assert not os.path.lexists(target)
+    assert not os.path.lexists(target), "the refused mkdir left a directory"
 
 
 def test_other_creates_in_0777_dir_and_owns_file(workdir, as_nobody):
@@ -119,7 +119,7 @@ def test_other_cannot_unlink_in_0755_dir(workdir, as_nobody):
     p = _root_file(workdir, 0o666)
     as_nobody(lambda: os.unlink(p)).expect_errno(
         errno.EACCES, what="uid 65534 unlinking from a 0755 root directory")
-    assert os.path.exists(p)
+    assert os.path.exists(p), "the refused unlink removed the file"
 
 
 def test_sticky_dir_other_cannot_delete_root_file(workdir, as_nobody):
@@ -160,22 +160,17 @@ def test_other_cannot_chmod_root_file(workdir, as_nobody):
     p = _root_file(workdir, 0o666)
     as_nobody(lambda: os.chmod(p, 0o777)).expect_errno(
         errno.EPERM, what="uid 65534 chmod of root's file")
-    assert stat.S_IMODE(os.stat(p).st_mode) == 0o666
+    mode = stat.S_IMODE(os.stat(p).st_mode)
+    assert mode == 0o666, f"mode is {mode:o} after the refused chmod (root set 0666)"
 
 
 def test_other_cannot_chown_to_root(workdir, as_nobody):
-    d = os.path.join(workdir, "open")
-    os.mkdir(d)
-    os.chmod(d, 0o777)
-    p = os.path.join(d, "mine")
-
-    def fn():
-        write_file(p, b"x")
-        os.chown(p, 0, 0)
-        return True
-
-    as_nobody(fn).expect_errno(errno.EPERM, what="uid 65534 giving its file to root")
-    assert os.stat(p).st_uid == NOBODY_UID
+    p = _root_file(workdir, 0o644)
+    os.chown(p, NOBODY_UID, NOGROUP_GID)
+    assert os.stat(p).st_uid == NOBODY_UID, "setup: root's chown to 65534 did not take effect"
+    as_nobody(lambda: os.chown(p, 0, 0)).expect_errno(
+        errno.EPERM, what="uid 65534 giving its file to root")
+    assert os.stat(p).st_uid == NOBODY_UID, "the refused chown changed the owner"
 
 
 def test_other_cannot_set_explicit_times_on_root_file(workdir, as_nobody):
@@ -183,7 +178,7 @@ def test_other_cannot_set_explicit_times_on_root_file(workdir, as_nobody):
     before = os.stat(p).st_mtime_ns
     as_nobody(lambda: os.utime(p, (1_000_000_000, 1_000_000_000))).expect_errno(
         errno.EPERM, what="uid 65534 setting explicit times on root's (writable) file")
-    assert os.stat(p).st_mtime_ns == before
+    assert os.stat(p).st_mtime_ns == before, "the refused utime changed mtime"
 
 
 def test_other_can_touch_writable_root_file(workdir, as_nobody):

@@ -112,7 +112,7 @@ def test_write_after_truncate_down_at_old_offset(workdir):
         os.lseek(fd, 8192, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, b"Z")  # the offset is still 8192: a hole of 8192 zeros, then Z
-        assert os.fstat(fd).st_size == 8193
+        assert os.fstat(fd).st_size == 8193, "size after writing at the old offset"
     finally:
         os.close(fd)
     got = read_file(p)

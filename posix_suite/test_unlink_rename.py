@@ -110,7 +110,7 @@ def test_rename_while_open_keeps_descriptor(workdir):
         os.rename(a, b)
         assert os.pread(fd, 10, 0) == b"0123456789", "read through the descriptor after rename"
         os.pwrite(fd, b"XY", 10)
-        assert os.fstat(fd).st_size == 12
+        assert os.fstat(fd).st_size == 12, "fstat size after writing to the renamed file"
     finally:
         os.close(fd)
     assert read_file(b) == b"0123456789XY", "writes after rename must land in the renamed file"
