@@ -240,6 +240,7 @@ class Filesystem:
     def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
         node.remote = info
         node.local = False
+        node.head_wall_ns = time.time_ns()  # we know what we just stored
         node.cache_etag = info.etag
         node.meta_known = True
         if info.metadata is not None:
@@ -366,12 +367,14 @@ class Filesystem:
     async def _persist_meta(self, node: Inode) -> None:
         """Store ``node``'s attributes (and xattrs) in S3."""
         self.ns.touch(node)
-        if node.local:
-            return  # the pending upload carries them
         data = node.data
         if data is not None and data.dirty:
+            # the pending upload carries them, unless a multipart upload has
+            # already been started with the old ones
             if data.stream is not None and data.stream.started:
                 data.meta_changed = True
+            return
+        if node.local:
             return
         if node.is_dir:
             await self._persist_dir_meta(node)

@@ -35,6 +35,8 @@ from ..tasks import open_nursery
 log = logging.getLogger(__name__)
 
 NEGATIVE_CACHE_ENTRIES = 100_000
+# Last-Modified has one-second resolution; allow as much again for clock skew.
+LAST_MODIFIED_SLACK_NS = 2_000_000_000
 
 
 def clock() -> float:
@@ -102,6 +104,10 @@ class Namespace:
                 if not node.meta_known:
                     node.attr.mtime_ns = node.attr.ctime_ns = node.attr.atime_ns = info.mtime_ns
             return
+        if is_dir and info.key.endswith("/") and info.size > 0:
+            keys.skip(info.key, "ends in '/' but holds data: shown as a directory, "
+                      "its data is hidden")
+        node.head_wall_ns = time.time_ns()
         pa = md.parse_attrs(info.metadata)
         ftype = stat.S_IFMT(node.attr.mode)
         default_perm = self.cfg.dir_mode if is_dir else self.cfg.file_mode
@@ -118,6 +124,9 @@ class Namespace:
             rdev=pa.rdev or 0)
         raw = info.metadata.get(md.XATTR_KEY)
         node.xattrs = md.parse_xattrs(raw) if raw else None
+        # the target is read from the body on the next readlink, unless a
+        # geesefs header carries it (empty body)
+        node.target = None
         if stat.S_ISLNK(node.attr.mode) and pa.symlink_target and not info.size:
             node.target = pa.symlink_target
         node.meta_known = True
@@ -125,8 +134,8 @@ class Namespace:
     @staticmethod
     def type_of(info: ObjectInfo) -> int:
         """S_IFMT of an object from a HEAD (key, Content-Type, stored mode)."""
-        pa = md.parse_attrs(info.metadata or {})
-        return md.file_type(info.key, info.content_type, pa.mode)
+        return md.object_file_type(info.key, info.content_type,
+                                   md.parse_attrs(info.metadata or {}))
 
     def make_child(self, parent: Inode, name: str, ftype: int, info: ObjectInfo | None,
                    *, is_dir: bool) -> Inode:
@@ -357,15 +366,22 @@ class Namespace:
                 child.remote = info
                 child.attr.size = info.size
                 child.meta_known = False
-            else:
+            elif info.mtime_ns + LAST_MODIFIED_SLACK_NS < child.head_wall_ns:
+                # Unchanged ETag, size and Last-Modified prove the attributes
+                # unchanged only if a change would have moved Last-Modified:
+                # it has one-second granularity, so an object last modified
+                # within a second or two of our HEAD could have been changed
+                # again (a chmod is a copy onto itself) without showing here.
                 child.validated_at = clock()
         d.listed_at = started
         d.validated_at = clock()
 
     async def fill_metadata(self, d: Inode) -> None:
-        """HEAD, in parallel, every child whose attributes are unknown."""
+        """HEAD, in parallel, every child whose attributes are unknown or stale."""
         assert d.children is not None
-        todo = [c for c in d.children.values() if not c.meta_known and not c.local]
+        now = clock()
+        todo = [c for c in d.children.values()
+                if not c.local and (not c.meta_known or not self.fresh(c, now))]
         if not todo:
             return
 

@@ -52,7 +52,7 @@ class Inode:
     __slots__ = ("ino", "parent", "name", "attr", "lookups", "children", "listed_at",
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "meta_known",
-                 "cache_etag", "__weakref__")
+                 "cache_etag", "head_wall_ns", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -86,6 +86,8 @@ class Inode:
         self.meta_known = False
         # ETag of the content the kernel may hold in its page cache
         self.cache_etag: str | None = None
+        # wall-clock time of the HEAD that gave our attributes (0: none)
+        self.head_wall_ns = 0
 
     @property
     def is_dir(self) -> bool:

@@ -15,7 +15,6 @@ import errno
 import functools
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -240,7 +239,8 @@ class S3Store:
         if if_none_match:
             kw["IfNoneMatch"] = "*"
         r = await self._call("PutObject", key, functools.partial(self.client.put_object, **kw))
-        return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=time.time_ns(),
+        # mtime_ns 0: Last-Modified is the server's to say; we did not ask
+        return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=0,
                           metadata=dict(metadata), content_type=content_type,
                           headers=dict(headers or {}))
 
@@ -265,7 +265,7 @@ class S3Store:
         r = await self._call("CopyObject", dst, functools.partial(self.client.copy_object, **kw))
         res = r.get("CopyObjectResult", {})
         return ObjectInfo(key=dst, size=size, etag=res.get("ETag"),
-                          mtime_ns=_ms(res.get("LastModified")) or time.time_ns(),
+                          mtime_ns=_ms(res.get("LastModified")),
                           metadata=dict(metadata) if metadata is not None else None,
                           content_type=content_type, headers=dict(headers or {}))
 
@@ -293,7 +293,7 @@ class S3Store:
             with trio.CancelScope(shield=True):
                 await self.abort_multipart(dst, upload_id)
             raise
-        return ObjectInfo(key=dst, size=size, etag=done.etag, mtime_ns=time.time_ns(),
+        return ObjectInfo(key=dst, size=size, etag=done.etag, mtime_ns=0,
                           metadata=dict(metadata or {}), content_type=content_type,
                           headers=dict(headers or {}))
 
@@ -357,7 +357,7 @@ class S3Store:
             self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}))
-        return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=time.time_ns())
+        return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=0)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:

@@ -590,3 +590,25 @@ def test_special_bits_negative_times_and_large_ids_round_trip(mount, bucket, s3_
     assert st.st_mode == stat.S_IFREG | 0o4755
     assert (st.st_uid, st.st_gid) == (4294967294, 4294967294)
     assert os.stat(os.path.join(m2.mountpoint, "sticky")).st_mode == stat.S_IFDIR | 0o1777
+
+
+def test_new_big_file_attrs_set_before_close_reach_s3(mount, bucket, s3_client):
+    # cp -p / tar x: write > part_size to a new file, then fchmod + futimens
+    # on the open fd, then close: the multipart upload started with the old
+    # attributes, and the new ones must still reach S3.
+    m = mount(bucket)
+    p = os.path.join(m.mountpoint, "big.bin")
+    chunk = os.urandom(1 << 20)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(20):                 # 20 MiB > part_size (8M): streaming starts
+            os.write(fd, chunk)
+        os.fchmod(fd, 0o600)
+        os.utime(fd, ns=(1_600_000_000 * NS, 1_600_000_000 * NS))
+    finally:
+        os.close(fd)
+    st = os.stat(p)
+    assert st.st_mode == stat.S_IFREG | 0o600 and st.st_mtime_ns == 1_600_000_000 * NS
+    md = s3_client.head_object(Bucket=bucket, Key="big.bin")["Metadata"]
+    assert md["mode"] == "33152", md
+    assert md["mtime"] == "1600000000", md

@@ -590,3 +590,63 @@ def test_concurrent_creates_renames_unlinks_and_listings(mount, bucket, s3_clien
     assert all_keys(s3_client, bucket) - {"c/"} == {"c/" + n for n in want}
     time.sleep(0.6)                           # and from a fresh listing
     assert set(os.listdir(d)) == want
+
+
+# -- regressions found by the first round of integration tests ----------------------
+def test_geesefs_symlink_without_mode(mount, bucket, s3_client):
+    # interop.md 6.2.6 / metadata.object_file_type: a geesefs symlink (empty
+    # body, x-amz-meta---symlink-target, no mode) is a symlink.
+    s3_client.put_object(Bucket=bucket, Key="g_link", Body=b"",
+                         Metadata={"--symlink-target": "elsewhere"})
+    m = mount(bucket)
+    p = os.path.join(m.mountpoint, "g_link")
+    assert stat.S_ISLNK(os.lstat(p).st_mode), oct(os.lstat(p).st_mode)
+    assert os.readlink(p) == "elsewhere"
+
+
+def test_slash_key_with_data_is_a_logged_directory(mount, bucket, s3_client):
+    # a key "x/" with a body shows as a directory; its hidden data is logged
+    s3_client.put_object(Bucket=bucket, Key="sized/", Body=b"some data")
+    m = mount(bucket)
+    assert os.listdir(m.mountpoint) == ["sized"]
+    assert os.path.isdir(os.path.join(m.mountpoint, "sized"))
+    assert "sized/" in Path(m.log_path).read_text()
+
+
+def test_metadata_only_change_shows_despite_frequent_listings(mount, bucket, s3_client):
+    # Another client chmods (copy onto itself) within the same Last-Modified
+    # second as the upload: ETag, size and Last-Modified are unchanged, yet
+    # the new mode must show after metadata_ttl even while the directory is
+    # listed more often than that.
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    for attempt in range(5):
+        key = f"k{attempt}"
+        while time.time() % 1 > 0.3:       # start early in a second
+            time.sleep(0.05)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata={"mode": "33188"})
+        assert key in os.listdir(mp)
+        assert stat.S_IMODE(os.stat(os.path.join(mp, key)).st_mode) == 0o644
+        s3_client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
+                              MetadataDirective="REPLACE", Metadata={"mode": "33152"})
+        lm = s3_client.list_objects_v2(Bucket=bucket, Prefix=key)["Contents"][0]["LastModified"]
+        if int(time.time()) == int(lm.timestamp()):
+            break                           # put, listing and copy in the same second
+    for _ in range(6):                      # 2.4 s of listings, 0.4 s apart (TTL 1 s)
+        os.listdir(mp)
+        time.sleep(0.4)
+    assert stat.S_IMODE(os.stat(os.path.join(mp, key)).st_mode) == 0o600
+
+
+def test_symlink_retargeted_by_other_client(mount, bucket, s3_client):
+    # the target is re-read after the object changes, not cached forever
+    s3_client.put_object(Bucket=bucket, Key="ln", Body=b"old-target",
+                         Metadata={"mode": "41471"})
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    p = os.path.join(m.mountpoint, "ln")
+    assert os.readlink(p) == "old-target"
+    s3_client.put_object(Bucket=bucket, Key="ln", Body=b"new-target-longer",
+                         Metadata={"mode": "41471"})
+    time.sleep(2)
+    assert os.lstat(p).st_size == len("new-target-longer")   
+    assert os.readlink(p) == "new-target-longer"
