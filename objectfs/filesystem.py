@@ -813,11 +813,15 @@ class Filesystem:
         node = self._dir(ino)
         return self._alloc_fh(lambda fh: DirHandle(fh, node))
 
-    async def readdir(self, fh: int, start: int) -> list[tuple[str, Inode]]:
-        """Entries from index ``start`` on; index 0 takes a fresh snapshot."""
+    def dir_handle(self, fh: int) -> DirHandle:
         h = self.handles.get(fh)
         if not isinstance(h, DirHandle):
             raise BadHandle()
+        return h
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[str, Inode]]:
+        """Entries from index ``start`` on; index 0 takes a fresh snapshot."""
+        h = self.dir_handle(fh)
         if start == 0:
             d = h.node
             if not self.ns.listing_fresh(d):

@@ -233,8 +233,16 @@ class FuseOperations(pyfuse3.Operations):
         return (await self.fs.opendir(inode)).fh
 
     async def readdir(self, fh, start_id, token):
-        entries = await self.fs.readdir(fh, start_id)
-        for i, (name, node) in enumerate(entries, start_id + 1):
+        # Offsets 0 and 1 are "." and "..", which carry no lookup reference;
+        # the directory's entries follow.
+        first = max(0, start_id - 2)
+        entries = await self.fs.readdir(fh, first)  # listing first: "." shows its nlink
+        d = self.fs.dir_handle(fh).node
+        for i, (name, node) in enumerate(((b".", d), (b"..", d.parent or d))):
+            if i >= start_id:
+                if not pyfuse3.readdir_reply(token, name, self._entry(node), i + 1):
+                    return
+        for i, (name, node) in enumerate(entries, first + 3):
             if not pyfuse3.readdir_reply(token, name_to_kernel(name), self._entry(node), i):
                 break
             node.lookups += 1
