@@ -1,0 +1,572 @@
+"""The data path (FileData, uploads, prefetch) against the in-memory store.
+
+MemoryStore enforces S3's 5 MiB minimum part size, so every multipart
+upload here is one S3 would accept.  Each test builds a DataContext inside
+a trio nursery, as the mount's lifecycle does; the nursery must drain (no
+background task left running) and the memory budgets must be back to zero
+at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from objectfs.data.context import DataContext, ObjectHeaders
+from objectfs.data.file import FileData
+from objectfs.data.prefetch import FIRST_WINDOW, Prefetcher
+from objectfs.errors import FsError, Stale, store_error
+from objectfs.store.base import KiB, MiB
+from objectfs.store.memory import MemoryStore
+
+PART = 5 * MiB
+KEY = "dir/file.bin"
+HEADERS = ObjectHeaders({"mode": "33188"}, "application/octet-stream", {})
+
+
+def blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+class CountingStore(MemoryStore):
+    """MemoryStore that also counts the bytes moved and can be made to fail."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.gets: list[tuple[int, int | None]] = []
+        self.fail_parts = 0     # fail this many upload_part calls
+        self.fail_puts = 0      # fail this many put calls
+
+    async def get(self, key, start=0, end=None, *, etag=None):
+        data = await super().get(key, start, end, etag=etag)
+        self.gets.append((start, end))
+        self.bytes_down += len(data)
+        return data
+
+    async def upload_part(self, key, upload_id, number, body):
+        if self.fail_parts:
+            self.fail_parts -= 1
+            await trio.lowlevel.checkpoint()
+            raise store_error("InternalError", "injected", op="UploadPart", key=key)
+        self.bytes_up += len(body)
+        return await super().upload_part(key, upload_id, number, body)
+
+    async def put(self, key, body, **kw):
+        if self.fail_puts:
+            self.fail_puts -= 1
+            await trio.lowlevel.checkpoint()
+            raise store_error("InternalError", "injected", op="PutObject", key=key)
+        self.bytes_up += len(body)
+        return await super().put(key, body, **kw)
+
+
+def run_data(fn, store: MemoryStore, staging_dir, *, read_part_size=1 * MiB,
+             prefetch_max=8 * MiB, write_buffer_memory=32 * MiB, upload_concurrency=4):
+    """Run ``await fn(ctx)`` with a DataContext whose nursery lives for the call."""
+    async def main():
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                ctx = DataContext(store, nursery, part_size=PART,
+                                  upload_concurrency=upload_concurrency,
+                                  write_buffer_memory=write_buffer_memory,
+                                  read_part_size=read_part_size, prefetch_max=prefetch_max,
+                                  read_memory=4 * prefetch_max, staging_dir=str(staging_dir))
+                result = await fn(ctx)
+            # the nursery has drained: nothing may still hold budget
+            assert ctx.write_budget.used == 0, "write budget leaked"
+            assert ctx.read_budget.used == 0, "read budget leaked"
+            return result
+    return trio.run(main)
+
+
+def new_file(ctx, store, *, existing: bool) -> FileData:
+    if existing and KEY in store.objects:
+        o = store.objects[KEY]
+        return FileData(ctx, lambda: KEY, lambda: HEADERS, base_etag=o.etag,
+                        base_size=len(o.data))
+    f = FileData(ctx, lambda: KEY, lambda: HEADERS, base_etag=None, base_size=0)
+    f.mark_dirty()  # as Filesystem.create does: even an empty new file is uploaded
+    return f
+
+
+# -- random operation sequences against a bytearray model -----------------------------
+
+def op_strategy(max_off: int, max_len: int):
+    return st.one_of(
+        st.tuples(st.just("write"), st.integers(0, max_off), st.integers(1, max_len),
+                  st.integers(0, 2**16)),
+        st.tuples(st.just("append"), st.integers(1, max_len), st.integers(0, 2**16)),
+        st.tuples(st.just("truncate"), st.integers(0, max_off + max_len)),
+        st.tuples(st.just("read"), st.integers(0, max_off + max_len), st.integers(1, max_len)),
+        st.tuples(st.just("flush")),
+    )
+
+
+def check_sequence(tmp_path, base_len: int, base_seed: int, ops) -> None:
+    store = CountingStore()
+    if base_len:
+        store.put_sync(KEY, blob(base_len, base_seed), metadata=dict(HEADERS.metadata))
+    model = bytearray(store.objects[KEY].data if base_len else b"")
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=bool(base_len))
+        for op in ops:
+            kind = op[0]
+            if kind in ("write", "append"):
+                if kind == "write":
+                    _, off, n, seed = op
+                else:
+                    _, n, seed = op
+                    off = len(model)
+                data = blob(n, seed)
+                assert await f.write(off, data) == n
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off:off + n] = data
+            elif kind == "truncate":
+                size = op[1]
+                await f.truncate(size)
+                del model[size:]
+                model.extend(bytes(size - len(model)))
+            elif kind == "read":
+                _, off, n = op
+                got = await f.read(off, n)
+                assert got == bytes(model[off:off + n]), f"read({off}, {n}) differs"
+            else:
+                await f.flush()
+                assert store.objects[KEY].data == model, "object differs after flush"
+                assert not store.uploads, "multipart upload left behind"
+                assert not f.dirty
+            assert f.size == len(model)
+        await f.flush()
+        o = store.objects[KEY]
+        assert len(o.data) == len(model)
+        assert o.data == model, "object differs from the model after the final flush"
+        assert o.metadata == dict(HEADERS.metadata)
+        assert not store.uploads, "multipart upload left behind"
+        # everything reads back through the handle too
+        assert await f.read(0, len(model) + 10) == bytes(model)
+        await f.close()
+
+    run_data(body, store, tmp_path)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([0, 0, 1, 100 * KiB]), st.integers(0, 100),
+       st.lists(op_strategy(200 * KiB, 64 * KiB), max_size=12))
+def test_small_files_read_back_and_store_like_the_model(tmp_path, base_len, seed, ops):
+    check_sequence(tmp_path, base_len, seed, ops)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([0, 0, 7 * MiB, 11 * MiB]), st.integers(0, 100),
+       st.lists(op_strategy(12 * MiB, 6 * MiB), min_size=1, max_size=6))
+def test_large_files_across_parts_read_back_and_store_like_the_model(tmp_path, base_len, seed,
+                                                                      ops):
+    check_sequence(tmp_path, base_len, seed, ops)
+
+
+@pytest.mark.parametrize("ops", [
+    # stream two full parts, then go back: the started upload is completed and rebased
+    [("append", 6 * MiB, 1), ("append", 5 * MiB, 2), ("write", 100, 10, 3), ("flush",)],
+    # stream, truncate into the first shipped part, append again
+    [("append", 11 * MiB, 1), ("truncate", 3 * MiB), ("append", 4 * MiB, 2), ("flush",)],
+    # stream, read back bytes already sent
+    [("append", 6 * MiB, 1), ("read", 0, 100), ("append", 1 * MiB, 2)],
+    # stream, truncate to zero (aborts the upload), stream again
+    [("append", 7 * MiB, 1), ("truncate", 0), ("append", 6 * MiB, 2)],
+    # flush mid-stream, then keep appending
+    [("append", 6 * MiB, 1), ("flush",), ("append", 6 * MiB, 2), ("read", 5 * MiB, 2 * MiB)],
+    # grow with a hole past a part boundary, then fill part of it
+    [("append", 1 * MiB, 1), ("truncate", 12 * MiB), ("write", 9 * MiB, 10, 2)],
+    # edits in an existing multi-part object, then shrink and regrow
+    [("write", 6 * MiB, 10, 1), ("truncate", 8 * MiB), ("truncate", 12 * MiB),
+     ("read", 7 * MiB, 2 * MiB)],
+], ids=["seek-back", "truncate-into-sent", "read-sent", "truncate-zero", "flush-mid",
+        "hole", "edit-shrink-grow"])
+def test_large_file_scenarios(tmp_path, ops):
+    base = 11 * MiB if ops[0][0] == "write" else 0
+    check_sequence(tmp_path, base, 7, ops)
+
+
+# -- streaming ---------------------------------------------------------------------------
+
+def test_sequential_writes_stream_as_multipart(tmp_path):
+    store = CountingStore()
+    data = blob(12 * MiB, 1)
+    seen_upload_during_writes = []
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        for off in range(0, len(data), 128 * KiB):
+            await f.write(off, data[off:off + 128 * KiB])
+            seen_upload_during_writes.append(store.calls["UploadPart"])
+        assert f.staging is None, "sequential writes must not go to disk"
+        info = await f.flush()
+        assert info.size == len(data)
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert store.calls["CreateMultipartUpload"] == 1
+    assert store.calls["UploadPart"] == 3  # 5 + 5 + 2 MiB
+    assert store.calls["CompleteMultipartUpload"] == 1
+    assert store.calls["PutObject"] == 0
+    # parts went out while the writer was still writing
+    assert seen_upload_during_writes[len(seen_upload_during_writes) // 2] >= 1
+    assert store.objects[KEY].data == data
+    assert store.objects[KEY].etag.endswith('-3"')
+    assert store.bytes_up == len(data), "each byte uploaded once"
+    assert not store.uploads
+
+
+def test_small_sequential_file_is_one_put(tmp_path):
+    store = CountingStore()
+    data = blob(3 * MiB, 2)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        await f.write(0, data[:MiB])
+        await f.write(MiB, data[MiB:])
+        await f.flush()
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert store.calls["PutObject"] == 1
+    assert store.calls["CreateMultipartUpload"] == 0
+    assert store.objects[KEY].data == data
+
+
+def test_streaming_respects_the_write_budget(tmp_path):
+    """Writers wait for the budget: buffered bytes never exceed it (plus the
+    part being filled when a request is admitted alone)."""
+    store = CountingStore()
+    data = blob(26 * MiB, 3)
+    peaks = []
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        for off in range(0, len(data), MiB):
+            await f.write(off, data[off:off + MiB])
+            peaks.append(ctx.write_budget.used)
+        await f.flush()
+        assert ctx.write_budget.peak <= ctx.write_budget.limit
+
+    run_data(body, store, tmp_path, write_buffer_memory=10 * MiB, upload_concurrency=1)
+    assert store.objects[KEY].data == data
+    assert max(peaks) <= 10 * MiB
+
+
+def test_non_sequential_write_after_streaming_started_converts(tmp_path):
+    store = CountingStore()
+    first = blob(7 * MiB, 1)
+    patch = b"PATCHED!" * 1000
+    tail = blob(4 * MiB, 2)
+    model = bytearray(first)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        for off in range(0, len(first), 256 * KiB):
+            await f.write(off, first[off:off + 256 * KiB])
+        assert store.calls["UploadPart"] >= 1 and f.stream is not None and f.stream.started
+        await f.write(1 * MiB, patch)            # not sequential: converts
+        model[1 * MiB:1 * MiB + len(patch)] = patch
+        assert f.stream is None and f.staging is not None
+        assert await f.read(0, len(model)) == bytes(model)
+        await f.write(len(model), tail)          # keeps going, staged now
+        model.extend(tail)
+        assert await f.read(MiB - 10, 100) == bytes(model[MiB - 10:MiB + 90])
+        await f.flush()
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert store.objects[KEY].data == model
+    assert not store.uploads
+
+
+# -- re-upload of an edited object ----------------------------------------------------
+
+def test_small_edit_of_a_large_object_copies_untouched_parts(tmp_path):
+    store = CountingStore()
+    original = blob(15 * MiB, 4)
+    store.put_sync(KEY, original)
+    model = bytearray(original)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(7 * MiB + 3, b"hello")
+        model[7 * MiB + 3:7 * MiB + 8] = b"hello"
+        await f.flush()
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert store.objects[KEY].data == model
+    assert store.calls["UploadPartCopy"] >= 1
+    assert store.calls["UploadPartCopy"] == 2      # parts 1 and 3 untouched
+    assert store.bytes_up == 5 * MiB               # only the edited part
+    assert store.bytes_up < len(original)
+    assert store.bytes_down <= 5 * MiB             # only what the edited part needed
+    assert not store.uploads
+
+
+def test_edit_of_the_last_short_part_copies_the_others(tmp_path):
+    store = CountingStore()
+    original = blob(12 * MiB + 123, 5)
+    store.put_sync(KEY, original)
+    model = bytearray(original)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(len(model), b"appended")
+        model.extend(b"appended")
+        await f.flush()
+
+    run_data(body, store, tmp_path)
+    assert store.objects[KEY].data == model
+    assert store.calls["UploadPartCopy"] == 2
+    assert store.bytes_up == len(model) - 10 * MiB
+
+
+# -- failures -------------------------------------------------------------------------------
+# An upload failure reaches close/fsync as an error with a meaningful errno:
+# the store's own when it means something to the caller (EACCES, EDQUOT...),
+# else EIO.  Nothing may be left half-done on the server.
+
+def fails_with(exc_info, code: int) -> None:
+    assert isinstance(exc_info.value, FsError)
+    assert exc_info.value.errno == code, exc_info.value
+
+
+def test_failed_part_upload_of_a_stream_raises_and_aborts(tmp_path):
+    store = CountingStore()
+    store.fail_parts = 1
+    data = blob(12 * MiB, 6)
+    raised = []
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        try:
+            for off in range(0, len(data), MiB):
+                await f.write(off, data[off:off + MiB])
+            await f.flush()
+        except FsError as e:
+            raised.append(e)
+        assert raised and raised[0].errno == errno.EIO, "the lost part must surface as EIO"
+        # the data is gone: every later operation on the file fails loudly
+        for op in (f.flush(), f.read(0, 10), f.write(len(data), b"x")):
+            with pytest.raises(FsError) as ei:
+                await op
+            fails_with(ei, errno.EIO)
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert not store.uploads, "the failed multipart upload must be aborted"
+    assert KEY not in store.objects
+
+
+def test_failed_put_of_a_small_stream_raises_and_keeps_the_bytes(tmp_path):
+    store = CountingStore()
+    store.fail_puts = 1
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        await f.write(0, b"hello")
+        with pytest.raises(FsError) as ei:
+            await f.flush()
+        fails_with(ei, errno.EIO)
+        assert KEY not in store.objects
+        assert f.dirty
+        assert await f.read(0, 10) == b"hello"
+        await f.write(5, b" world")
+        await f.flush()  # retried: succeeds now
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert not store.uploads
+    assert store.objects[KEY].data == b"hello world"
+
+
+def test_upload_refused_by_the_store_keeps_its_errno(tmp_path):
+    class Refusing(CountingStore):
+        async def put(self, key, body, **kw):
+            await trio.lowlevel.checkpoint()
+            raise store_error("AccessDenied", op="PutObject", key=key)
+
+    store = Refusing()
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        await f.write(0, b"secret")
+        with pytest.raises(FsError) as ei:
+            await f.flush()
+        fails_with(ei, errno.EACCES)
+        await f.close()
+
+    run_data(body, store, tmp_path)
+
+
+def test_failed_staged_multipart_upload_raises_aborts_and_can_be_retried(tmp_path):
+    store = CountingStore()
+    original = blob(15 * MiB, 7)
+    store.put_sync(KEY, original)
+    model = bytearray(original)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(6 * MiB, b"x" * 100)
+        model[6 * MiB:6 * MiB + 100] = b"x" * 100
+        store.fail_parts = 1
+        with pytest.raises(FsError) as ei:
+            await f.flush()
+        fails_with(ei, errno.EIO)
+        assert not store.uploads, "the failed multipart upload must be aborted"
+        assert store.objects[KEY].data == original, "a failed upload changes nothing"
+        assert f.dirty, "a staged file stays dirty after a failed upload"
+        await f.flush()  # retried: succeeds now
+        assert store.objects[KEY].data == model
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    assert not store.uploads
+
+
+def test_failed_staged_put_raises_and_can_be_retried(tmp_path):
+    store = CountingStore()
+    store.put_sync(KEY, b"hello world")
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(0, b"J")
+        store.fail_puts = 1
+        with pytest.raises(FsError) as ei:
+            await f.flush()
+        fails_with(ei, errno.EIO)
+        assert store.objects[KEY].data == b"hello world"
+        await f.flush()
+        assert store.objects[KEY].data == b"Jello world"
+        await f.close()
+
+    run_data(body, store, tmp_path)
+
+
+# -- prefetch --------------------------------------------------------------------------------
+
+def make_object(store: MemoryStore, size: int, seed: int) -> tuple[bytes, str]:
+    data = blob(size, seed)
+    store.put_sync(KEY, data)
+    return data, store.objects[KEY].etag
+
+
+def test_sequential_reads_grow_the_window_and_fetch_each_byte_once(tmp_path):
+    store = CountingStore()
+    data, etag = make_object(store, 40 * MiB, 8)
+    chunk = 128 * KiB  # the kernel's readahead unit
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        out = []
+        for off in range(0, len(data), chunk):
+            out.append(await pf.read(off, chunk))
+        assert pf.window == ctx.prefetch_max, "the window grows to prefetch_max"
+        assert b"".join(out) == data
+        assert await pf.read(len(data), chunk) == b""
+        pf.close()
+
+    run_data(body, store, tmp_path, read_part_size=4 * MiB, prefetch_max=16 * MiB)
+    sizes = [e - s for s, e in store.gets]
+    assert store.gets[0] == (0, FIRST_WINDOW), "first GET is 1 MiB + 128 KiB"
+    assert sizes[1] > sizes[0] and max(sizes) == 4 * MiB, "GETs grow to read_part_size"
+    assert all(n <= 4 * MiB for n in sizes)
+    # each byte fetched once: no overlapping or repeated GETs
+    assert store.bytes_down == len(data)
+    ranges = sorted(store.gets)
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(ranges, ranges[1:]))
+
+
+def test_random_small_reads_do_not_fetch_megabytes(tmp_path):
+    store = CountingStore()
+    data, etag = make_object(store, 64 * MiB, 9)
+    rng = random.Random(1)
+    offsets = [rng.randrange(0, len(data) - 4096) for _ in range(100)]
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        for off in offsets:
+            assert await pf.read(off, 4096) == data[off:off + 4096]
+        pf.close()
+
+    run_data(body, store, tmp_path)
+    per_read = store.bytes_down / len(offsets)
+    assert per_read <= 128 * KiB, f"{per_read / KiB:.0f} KiB fetched per 4 KiB random read"
+    assert store.bytes_down < 16 * MiB
+
+
+def test_reads_pinned_to_an_etag_are_stale_after_replacement(tmp_path):
+    store = CountingStore()
+    data, etag = make_object(store, 20 * MiB, 10)
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        assert await pf.read(0, 128 * KiB) == data[:128 * KiB]
+        store.put_sync(KEY, blob(20 * MiB, 11))  # another client replaces it
+        with pytest.raises(Stale):
+            for off in range(128 * KiB, len(data), 128 * KiB):
+                got = await pf.read(off, 128 * KiB)
+                # anything served before the error is the old version, never a mix
+                assert got == data[off:off + 128 * KiB]
+        # a fresh random read is refused too
+        with pytest.raises(Stale):
+            await pf.read(15 * MiB, 10)
+        pf.close()
+
+    run_data(body, store, tmp_path)
+
+
+def test_object_shorter_than_opened_is_stale(tmp_path):
+    store = CountingStore()
+    data, _ = make_object(store, 2 * MiB, 12)
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, None, 3 * MiB)  # believes it is longer
+        with pytest.raises(Stale):
+            await pf.read(2 * MiB - 10, 100)
+        pf.close()
+
+    run_data(body, store, tmp_path)
+
+
+def test_filedata_fill_is_pinned_to_the_base_etag(tmp_path):
+    store = CountingStore()
+    data, _ = make_object(store, 3 * MiB, 13)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(0, b"x")
+        store.put_sync(KEY, blob(3 * MiB, 14))
+        with pytest.raises(Stale):
+            await f.read(2 * MiB, 10)
+        await f.close()
+
+    run_data(body, store, tmp_path)
+
+
+def test_prefetch_closed_early_releases_its_budget(tmp_path):
+    store = CountingStore()
+    data, etag = make_object(store, 32 * MiB, 15)
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        for off in range(0, 4 * MiB, 128 * KiB):
+            await pf.read(off, 128 * KiB)
+        assert ctx.read_budget.used > 0, "read-ahead should be in flight or held"
+        pf.close()  # segments still in flight release when they land
+
+    run_data(body, store, tmp_path)
