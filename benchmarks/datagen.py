@@ -64,24 +64,45 @@ class Data:
 
 class StreamReader(io.RawIOBase):
     """A read-only, non-seekable file object over a range of a ``Data`` stream
-    (for boto3's upload_fileobj)."""
+    (for boto3's upload_fileobj).  ``read(n)`` returns exactly n bytes until the
+    end, like a file: s3transfer makes one multipart part of each read()."""
 
     def __init__(self, data: Data, start: int, size: int):
         self._it = data.pieces(start, size)
+        self._left = size
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
+    def _next(self) -> memoryview:
         if not self._pending:
             self._pending = next(self._it, memoryview(b""))
-            if not self._pending:
-                return 0
-        n = min(len(b), len(self._pending))
-        b[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        return self._pending
+
+    def readinto(self, b) -> int:
+        p = self._next()
+        n = min(len(b), len(p))
+        b[:n] = p[:n]
+        self._pending = p[n:]
+        self._left -= n
         return n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._left:
+            n = self._left
+        out = []
+        want = n
+        while want:
+            p = self._next()
+            if not p:
+                break
+            take = p[:want]
+            out.append(take)
+            self._pending = p[len(take):]
+            want -= len(take)
+        self._left -= n - want
+        return b"".join(out)
 
 
 class SegmentSink(io.RawIOBase):

@@ -137,7 +137,20 @@ def start_server(kind: str, workdir: Path):
     if kind == "moto":
         return S.MotoServer(log_path=str(workdir / "moto.log"))
     if kind == "swift":
-        return S.SwiftServer()
+        # a port block can be taken between the probe and start.sh (or the probe can
+        # fail when many TIME-WAIT sockets are around): try a few times
+        # Its data lives in the work directory (on /var/tmp: ext4, user xattrs), which
+        # is removed at the end whatever happens.
+        for attempt in range(3):
+            d = workdir / f"swift-data-{attempt}"
+            d.mkdir()
+            try:
+                return S.SwiftServer(data_dir=str(d))
+            except RuntimeError as e:
+                if attempt == 2 or "port" not in str(e):
+                    raise
+                log(f"swift start: {first_line(e)}; retrying")
+                time.sleep(2)
     return UrlServer(kind)
 
 
@@ -478,10 +491,12 @@ class Bench:
             log(f"{fs}: UNAVAILABLE: {e}")
 
     def make_buckets(self, fs_list: list[str]) -> None:
-        run_id = time.strftime("%m%d%H%M%S")
+        """One bucket for the run: the read fixture at its root (put once), and each
+        filesystem works under its own top-level directory <fs>/."""
+        name = f"objbench-{time.strftime('%m%d%H%M%S')}-{os.getpid()}"
+        self.s3.create_bucket(Bucket=name)
         for fs in fs_list:
-            self.buckets[fs] = f"objbench-{fs}-{run_id}".lower()
-            self.s3.create_bucket(Bucket=self.buckets[fs])
+            self.buckets[fs] = name
 
     def upload_fixture(self, fs: str) -> None:
         self.op(None, fs, "write_seq", self.t_bytes(self.sc.file), s3_side=True,
@@ -526,7 +541,7 @@ class Bench:
     def run_workload(self, wl: str, fs: str, rep: int) -> Sample:
         s = Sample(fs, wl, rep)
         self._cur = s
-        prefix = f"r{rep}-{wl}"
+        prefix = f"{fs}/r{rep}-{wl}"
         try:
             getattr(self, "wl_" + wl)(fs, s, prefix)
         except (PhaseError, MountError) as e:
@@ -647,7 +662,7 @@ class Bench:
 
     # ---------------------------------------------------------- cleanup
     def delete_buckets(self) -> None:
-        for fs, b in self.buckets.items():
+        for b, fs in {b: fs for fs, b in self.buckets.items()}.items():
             try:
                 for page in self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=b):
                     for u in page.get("Uploads", []):
@@ -705,7 +720,9 @@ def parse_args(argv=None):
                    help="moto, swift (started here, on 127.0.0.1) or an http://127.x URL of a "
                         "running S3 endpoint (credentials: AWS_ACCESS_KEY_ID / "
                         "AWS_SECRET_ACCESS_KEY). Default: swift")
-    p.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="repetitions (default 3 at --scale small, 1 at full: one full "
+                        "repetition of all five filesystems takes about 25-30 min here)")
     p.add_argument("--only", default=None,
                    help="comma-separated workloads (default all): " + ",".join(rpt.WORKLOADS))
     p.add_argument("--fs", default=",".join(rpt.FS_ORDER),
@@ -731,6 +748,8 @@ def parse_args(argv=None):
     for f in a.fs:
         if f not in rpt.FS_ORDER:
             p.error(f"unknown filesystem {f!r}; choose from {','.join(rpt.FS_ORDER)}")
+    if a.repeat is None:
+        a.repeat = 3 if a.scale == "small" else 1
     if a.repeat < 1:
         p.error("--repeat must be at least 1")
     return a
@@ -780,6 +799,9 @@ def main(argv=None) -> int:
         if skipped_note:
             bench.notes.append(skipped_note)
             log(skipped_note)
+        if args.repeat == 1:
+            bench.notes.append("one repetition: each figure is a single sample, not a median; "
+                               "run with --repeat 3 to see how much they vary")
         bench.make_buckets(fs_list)
         for fs in fs_list:
             bench.probe(fs)
@@ -787,10 +809,9 @@ def main(argv=None) -> int:
         if "untar" in workloads:
             bench.make_tarball()
             log(f"untar tree: {bench.untar_desc}")
-        if {"seq_read", "random_read"} & set(workloads):
-            for fs in live:
-                log(f"uploading {_size(sc.file)} fixture to {fs}'s bucket")
-                bench.upload_fixture(fs)
+        if {"seq_read", "random_read"} & set(workloads) and live:
+            log(f"uploading the {_size(sc.file)} read fixture")
+            bench.upload_fixture(live[0])
         for rep in range(1, args.repeat + 1):
             for wl in workloads:
                 k = (rep - 1) % max(1, len(live))
