@@ -11,6 +11,7 @@ test, so the documented defaults cannot drift.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ def parse_seconds(text: str | float) -> float:
     if isinstance(text, bool):
         raise ValueError("not a duration")
     v = float(text)
-    if v < 0:
-        raise ValueError("negative duration")
+    if not math.isfinite(v) or v < 0:
+        raise ValueError("must be a finite number of seconds, at least 0")
     return v
 
 
@@ -99,6 +100,8 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _str(text) -> str:
+    if isinstance(text, bool) or str(text) == "":
+        raise ValueError("needs a value (name=value)")
     return str(text)
 
 

@@ -33,14 +33,14 @@ from . import metadata as md
 from .data.context import DataContext, ObjectHeaders
 from .data.file import FileData
 from .data.prefetch import Prefetcher
-from .errors import (BadHandle, Exists, FsError, InvalidArgument, IsADirectory, NoData,
+from .errors import (BadHandle, Exists, FileTooBig, FsError, InvalidArgument, IsADirectory, NoData,
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, RangeError,
                      ReadOnly, TooBig)
 from .namespace import keys
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
 from .config import default_staging_dir
-from .store.base import MAX_PARTS, ObjectInfo, ObjectStore
+from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,8 @@ class Filesystem:
                 self.ctx, self._key_fn(node),
                 lambda: self.headers_for(node, content_changed=True),
                 base_etag=remote.etag if remote is not None and not node.local else None,
-                base_size=remote.size if remote is not None and not node.local else 0)
-            if remote is not None and remote.size != node.attr.size and not node.local:
-                node.data.size = node.data.base_size
+                base_size=remote.size if remote is not None and not node.local else 0,
+                published_fn=lambda info: self._uploaded(node, info))
         return node.data
 
     def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
@@ -251,14 +250,13 @@ class Filesystem:
         self.ns.touch(node)
 
     async def _upload(self, node: Inode) -> None:
+        """Flush ``node``'s data to S3 (``_uploaded`` hears of the result)."""
         data = node.data
         if data is None:
             return
         if node.parent is None:
             data.detached = True
-        info = await data.flush()
-        if info is not None:
-            self._uploaded(node, info)
+        await data.flush()
 
     async def _release_data(self, node: Inode) -> None:
         if node.open_count == 0 and node.data is not None and not node.data.dirty:
@@ -346,8 +344,8 @@ class Filesystem:
         return node
 
     async def _truncate(self, node: Inode, size: int) -> None:
-        if size > self.cfg.part_size * MAX_PARTS and size > 5 << 40:
-            raise FsError("file too large for S3", errno=errno.EFBIG)
+        if size > MAX_OBJECT_SIZE:
+            raise FileTooBig("S3 objects are at most 5 TiB")
         temporary = node.data is None
         data = self._file_data(node)
         try:
@@ -643,10 +641,18 @@ class Filesystem:
 
     async def _rename_file(self, src: Inode, new_parent: Inode, new_name: str,
                            dst: Inode | None) -> None:
+        if src.data is not None:
+            # a multipart upload is bound to its key: finish it at the old
+            # name, then move the object like any other
+            await src.data.publish()
         old_key = self.table.key(src)
         new_key = self.table.key(new_parent) + new_name
         if dst is not None:
             await self._detach_file(dst)
+            if src.local and not dst.local:
+                # src reaches S3 only at its first close, perhaps under yet
+                # another name: the object it replaces must go now
+                await self.store.delete(new_key)
         src.attr.ctime_ns = time.time_ns()
         if not src.local and src.remote is not None:
             await self.ns.ensure_metadata(src)
@@ -665,6 +671,9 @@ class Filesystem:
 
     async def _rename_dir(self, src: Inode, new_parent: Inode, new_name: str,
                           dst: Inode | None) -> None:
+        for node in list(self.table.walk(src)):
+            if node.data is not None:
+                await node.data.publish()  # see _rename_file
         old_prefix = self.table.key(src)
         new_prefix = self.table.key(new_parent) + new_name + "/"
         if dst is not None:
@@ -770,6 +779,8 @@ class Filesystem:
         assert data is not None
         if h.flags & os.O_ACCMODE == os.O_RDONLY:
             raise BadHandle("not open for writing")
+        if off + len(buf) > MAX_OBJECT_SIZE:
+            raise FileTooBig("S3 objects are at most 5 TiB")
         n = await data.write(off, buf)
         now = time.time_ns()
         node.attr.mtime_ns = node.attr.ctime_ns = now

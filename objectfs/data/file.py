@@ -37,6 +37,7 @@ import trio
 from ..errors import FsError, IOFailure, PreconditionFailed, Stale, upload_error
 from ..store.base import MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
+from .extents import Extents
 from .staging import Staging
 from .upload import StreamingUpload, upload_staged
 from ..tasks import open_nursery
@@ -51,10 +52,13 @@ FILL_BLOCK = 1 * MiB
 class FileData:
     def __init__(self, ctx: DataContext, key_fn: Callable[[], str],
                  headers_fn: Callable[[], ObjectHeaders], *, base_etag: str | None,
-                 base_size: int):
+                 base_size: int, published_fn: Callable[[ObjectInfo], None] | None = None):
         self.ctx = ctx
         self.key_fn = key_fn
         self.headers_fn = headers_fn
+        # told about every object this file creates in S3, including the
+        # intermediate one a converted stream leaves behind
+        self.published_fn = published_fn or (lambda info: None)
         self.base_etag = base_etag
         self.base_size = base_size if base_etag is not None else 0
         self.size = self.base_size
@@ -91,7 +95,7 @@ class FileData:
                 return n
             if (self.stream is None and self.staging is None and self.size == 0
                     and self.base_size == 0 and off == 0):
-                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn())
+                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn)
                 await self._append(data)
                 return n
             await self._to_staging()
@@ -154,6 +158,7 @@ class FileData:
                     raise
                 self.base_etag, self.base_size = info.etag, stream.size
                 self.dirty = self.meta_changed
+                self.published_fn(info)
             self.staging = staging
         elif self.staging is None:
             self.staging = Staging(self.ctx.staging_dir)
@@ -201,7 +206,12 @@ class FileData:
                 raise Stale("object changed in S3 while open") from None
             if len(data) != e - s:
                 raise Stale("object shorter than expected")
-            staging.write(s, data)
+            if staging.present.overlaps(s, e):
+                # written locally while we fetched: keep those bytes
+                for gs, ge in staging.present.gaps(s, e):
+                    staging.write(gs, data[gs - s:ge - s], dirty=False)
+            else:
+                staging.write(s, data, dirty=False)
 
         if len(chunks) == 1:
             await fetch(*chunks[0])
@@ -230,7 +240,7 @@ class FileData:
                 stream = self.stream
                 stream.key = key
                 try:
-                    info = await stream.finish(self.headers_fn())
+                    info = await stream.finish()
                 except FsError as e:
                     await self._to_staging()  # keep the bytes for the next try
                     raise upload_error(e, f"upload of {key!r}") from e
@@ -255,7 +265,7 @@ class FileData:
                 base_key = key if self.base_etag is not None and self.base_size else None
                 info = await upload_staged(
                     self.ctx, key, self.size, self.headers_fn(),
-                    touched=self.staging.present.overlaps, read=self._read_range,
+                    touched=self.staging.dirty.overlaps, read=self._read_range,
                     base_key=base_key, base_etag=self.base_etag, base_size=self.base_size)
             else:
                 h = self.headers_fn()
@@ -268,6 +278,9 @@ class FileData:
             self.base_etag, self.base_size = info.etag, self.size
             self.dirty = False
             self.meta_changed = False
+            if self.staging is not None:
+                self.staging.dirty = Extents()  # the object now holds every byte
+            self.published_fn(info)
             return info
 
     async def _move(self, old: str, new: str, info: ObjectInfo) -> ObjectInfo:
@@ -276,6 +289,14 @@ class FileData:
         return ObjectInfo(key=new, size=self.size, etag=moved.etag, mtime_ns=moved.mtime_ns,
                           metadata=info.metadata, content_type=info.content_type,
                           headers=info.headers)
+
+    async def publish(self) -> None:
+        """Complete a multipart upload already under way (before a rename
+        moves the file: the upload is bound to the key it started at)."""
+        async with self.lock:
+            self._check()
+            if self.stream is not None and self.stream.started:
+                await self._to_staging()
 
     async def materialize(self) -> None:
         """Bring every byte local, so the object in S3 may go away."""

@@ -113,11 +113,16 @@ class Prefetcher:
             self.window = max(MIN_RANDOM_FETCH, need_end - off)
 
     def _schedule(self, until: int, need_end: int) -> None:
-        until = min(until, self.size)
+        until = min(max(until, need_end), self.size)
         step = self.ctx.read_part_size
+        # Top the window up in whole segments only: moved on by one kernel
+        # read at a time, it would become one small GET per read.
+        step = min(step, self.window)
         while self.next_fetch < until:
             start = self.next_fetch
             end = min(until, start + step)
+            if start >= need_end and end - start < step and end < self.size:
+                break  # a short tail: leave it for a later whole segment
             if not self._fetch(start, end, needed=start < need_end):
                 break
 

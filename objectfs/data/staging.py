@@ -1,8 +1,9 @@
 """Local staging of a file's bytes on disk, for writes that are not sequential.
 
 A staging file is an unlinked sparse temporary file holding the bytes of one
-open S3 object that are present locally, with an ``Extents`` saying which
-they are.  Bytes not present are either the unchanged object in S3 (below
+open S3 object that are present locally, with ``present`` saying which they
+are and ``dirty`` which of them were written locally (the rest are copies of
+the object in S3, fetched for reading).  Bytes not present are either the unchanged object in S3 (below
 the file's base size) or zeros (above it); the owner (``FileData``) decides.
 Local I/O is done inline: pread/pwrite on a page-cached temporary file take
 microseconds, far less than handing them to a thread.  A full disk raises
@@ -30,13 +31,15 @@ class Staging:
             os.unlink(path)
             self.fd = fd
         self.present = Extents()
+        self.dirty = Extents()
 
     def _os_error(self, e: OSError, what: str) -> Exception:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return NoSpace(f"staging disk full while {what}")
         return IOFailure(f"staging file {what}: {e.strerror}")
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | memoryview, *, dirty: bool = True) -> None:
+        """Store bytes; ``dirty=False`` for bytes fetched from the object."""
         view = memoryview(data)
         pos = offset
         try:
@@ -47,6 +50,8 @@ class Staging:
         except OSError as e:
             raise self._os_error(e, "writing") from None
         self.present.add(offset, offset + len(data))
+        if dirty:
+            self.dirty.add(offset, offset + len(data))
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` as stored (zeros where never written)."""
@@ -72,6 +77,7 @@ class Staging:
         except OSError as e:
             raise self._os_error(e, "truncating") from None
         self.present.truncate(size)
+        self.dirty.truncate(size)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -33,10 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class StreamingUpload:
-    def __init__(self, ctx: DataContext, key: str, headers: ObjectHeaders):
+    def __init__(self, ctx: DataContext, key: str, headers_fn: Callable[[], ObjectHeaders]):
         self.ctx = ctx
         self.key = key
-        self.headers = headers
+        # evaluated when the object's metadata is sent (CreateMultipartUpload
+        # or the single PutObject), so attributes set until then are stored
+        self.headers_fn = headers_fn
+        self.headers: ObjectHeaders | None = None
         self.size = 0               # bytes appended so far
         self.buf = bytearray()      # the part being filled
         self.buf_start = 0          # file offset of buf[0]
@@ -78,9 +81,9 @@ class StreamingUpload:
 
     async def _ship(self) -> None:
         if self.upload_id is None:
+            self.headers = h = self.headers_fn()
             self.upload_id = await self.ctx.store.create_multipart(
-                self.key, metadata=self.headers.metadata,
-                content_type=self.headers.content_type, headers=self.headers.headers)
+                self.key, metadata=h.metadata, content_type=h.content_type, headers=h.headers)
         body, held = self.buf, self._held
         number = self.next_part
         self.next_part += 1
@@ -109,21 +112,19 @@ class StreamingUpload:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def finish(self, headers: ObjectHeaders | None = None) -> ObjectInfo:
+    async def finish(self) -> ObjectInfo:
         """Send what is left and make the object.
 
-        ``headers`` replaces the metadata given at the start (it can only be
-        used when no multipart upload was started yet).  If no multipart
-        upload was started, the file goes up in one PutObject; when that
-        fails, the buffer is kept so the caller can save the bytes.  A failed
-        multipart upload is aborted and its parts are gone.
+        If no multipart upload was started, the file goes up in one
+        PutObject; when that fails, the buffer is kept so the caller can save
+        the bytes.  A failed multipart upload is aborted and its parts are
+        gone.
         """
-        if headers is not None and self.upload_id is None:
-            self.headers = headers
         if self.upload_id is None:
+            h = self.headers_fn()
             info = await self.ctx.store.put(
-                self.key, self.buf, metadata=self.headers.metadata,
-                content_type=self.headers.content_type, headers=self.headers.headers)
+                self.key, self.buf, metadata=h.metadata, content_type=h.content_type,
+                headers=h.headers)
             self._release_buf()
             self.closed = True
             return info
@@ -136,10 +137,11 @@ class StreamingUpload:
             parts = [self.parts[n] for n in sorted(self.parts)]
             info = await self.ctx.store.complete_multipart(self.key, self.upload_id, parts)
             self.closed = True
+            h = self.headers
+            assert h is not None
             return ObjectInfo(key=self.key, size=self.size, etag=info.etag,
-                              mtime_ns=info.mtime_ns, metadata=dict(self.headers.metadata),
-                              content_type=self.headers.content_type,
-                              headers=dict(self.headers.headers))
+                              mtime_ns=info.mtime_ns, metadata=dict(h.metadata),
+                              content_type=h.content_type, headers=dict(h.headers))
         except Exception as e:
             await self.abort()
             raise upload_error(e, f"upload of {self.key!r}") from e

@@ -29,7 +29,7 @@ from .. import metadata as md
 from ..errors import NotFound
 from ..store.base import ObjectInfo, ObjectStore
 from . import keys
-from .tree import Attr, Inode, InodeTable
+from .tree import Attr, Inode, InodeTable, clock
 from ..tasks import open_nursery
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,6 @@ log = logging.getLogger(__name__)
 NEGATIVE_CACHE_ENTRIES = 100_000
 # Last-Modified has one-second resolution; allow as much again for clock skew.
 LAST_MODIFIED_SLACK_NS = 2_000_000_000
-
-
-def clock() -> float:
-    """Monotonic seconds; trio's clock inside trio (virtual in tests)."""
-    try:
-        return trio.current_time()
-    except RuntimeError:
-        return time.monotonic()
 
 
 class Notifier:

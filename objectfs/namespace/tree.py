@@ -32,6 +32,17 @@ if TYPE_CHECKING:
 ROOT_INODE = 1
 
 
+def clock() -> float:
+    """Monotonic seconds for every freshness and ordering decision of the
+    namespace: trio's clock inside trio (virtual in tests), else the OS's."""
+    import trio
+
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 @dataclass(slots=True)
 class Attr:
     mode: int
@@ -66,7 +77,7 @@ class Inode:
         self.children: dict[str, Inode] | None = {} if stat.S_ISDIR(attr.mode) else None
         self.listed_at: float | None = None
         self.removed: dict[str, float] = {}
-        self.validated_at = time.monotonic()
+        self.validated_at = clock()
         self.changed_at = 0.0
         # the S3 object behind this inode: a file's object, a directory's
         # "dir/" marker (None when the directory is only a prefix: implicit)
@@ -185,7 +196,7 @@ class InodeTable:
                 and parent.children.get(node.name) is node:
             del parent.children[node.name]
             if remember:
-                parent.removed[node.name] = time.monotonic()
+                parent.removed[node.name] = clock()
         node.parent = None
         self._drop_subtree(node)
 
@@ -204,7 +215,7 @@ class InodeTable:
         if old_parent is not None and old_parent.children is not None \
                 and old_parent.children.get(node.name) is node:
             del old_parent.children[node.name]
-            old_parent.removed[node.name] = time.monotonic()
+            old_parent.removed[node.name] = clock()
         target = new_parent.children.get(new_name)
         if target is not None and target is not node:
             self.detach(target, remember=False)
@@ -212,7 +223,7 @@ class InodeTable:
         node.name = new_name
         new_parent.children[new_name] = node
         new_parent.removed.pop(new_name, None)
-        node.changed_at = time.monotonic()
+        node.changed_at = clock()
 
     def forget(self, ino: int, n: int) -> None:
         node = self.inodes.get(ino)

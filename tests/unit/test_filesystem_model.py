@@ -35,23 +35,6 @@ from objectfs.filesystem import Caller, Filesystem, SetAttr
 from objectfs.store.base import KiB, MiB
 from objectfs.store.memory import MemoryStore
 
-# Sequences that hit bugs already reported are not generated while this is
-# set (each has a minimal failing reproduction in the bug report); set
-# OBJECTFS_MODEL_KNOWN_BUGS=0 to generate them again.  The bugs:
-#  1. Converting a started multipart stream to staging (a read of bytes
-#     already sent, a write elsewhere, a truncate, unlink or replacement while
-#     open) completes the upload behind the namespace's back: the inode stays
-#     "local" with no remote object, and the stream keeps the key it started
-#     with.  Unlinks leave the object in S3, renames lose it, chmods are lost.
-#  2. A chmod between a new file's first write and the start of its multipart
-#     upload is lost: the upload is created with the headers of the first write.
-#  3. Renaming a file not uploaded yet over an existing one leaves the replaced
-#     object in S3; renamed away or unlinked before its upload, the old file
-#     comes back.
-#  4. A stream keeps the key it was created with: renamed before its multipart
-#     upload completes, the file is completed at the old name (overwriting
-#     whatever was created there since), copied, and the old name deleted.
-KNOWN_BUGS = os.environ.get("OBJECTFS_MODEL_KNOWN_BUGS", "1") != "0"
 
 NAMES = ["a", "b", "c"]
 MODES = [0o644, 0o600, 0o755, 0o700, 0o640, 0o000, 0o777, 0o1777]
@@ -207,42 +190,6 @@ class FilesystemModel(RuleBasedStateMachine):
             return ino
         return self.run(walk)
 
-    def streaming(self, path: tuple[str, ...]) -> bool:
-        """True if the entry at ``path`` (or anything under it) is an open file
-        whose multipart upload has started."""
-        try:
-            node = self.fs.table.get(self.ino(path))
-        except FsError:
-            return False
-        return any(self._started(n) for n in self.fs.table.walk(node))
-
-    def has_stream(self, path: tuple[str, ...]) -> bool:
-        """True if the entry at ``path`` (or anything under it) is being streamed."""
-        try:
-            node = self.fs.table.get(self.ino(path))
-        except FsError:
-            return False
-        return any(n.data is not None and n.data.stream is not None
-                   for n in self.fs.table.walk(node))
-
-    def buffering(self, path: tuple[str, ...]) -> bool:
-        """True if the file at ``path`` has a stream that has not started its
-        multipart upload yet."""
-        try:
-            node = self.fs.table.get(self.ino(path))
-        except FsError:
-            return False
-        return (node.data is not None and node.data.stream is not None
-                and not node.data.stream.started)
-
-    @staticmethod
-    def _started(node) -> bool:
-        return (node.data is not None and node.data.stream is not None
-                and node.data.stream.started)
-
-    def handle_streaming(self, fh: int) -> bool:
-        return self._started(self.fs.handles[fh].node)
-
     def expect(self, expected: int | None, afn, *args):
         """Run ``afn``; it must fail with errno ``expected`` (None: succeed)."""
         try:
@@ -329,8 +276,6 @@ class FilesystemModel(RuleBasedStateMachine):
             expected = errno.EISDIR
         else:
             expected = None
-            if KNOWN_BUGS and self.streaming(path + (name,)):
-                return  # KNOWN BUG 1: converts the stream (materialize)
         self.expect(expected, self.fs.unlink, self.ino(path), name.encode())
         if expected is None:
             del d.children[name]  # open handles keep the MFile
@@ -373,14 +318,6 @@ class FilesystemModel(RuleBasedStateMachine):
             expected = None
         if isinstance(src, MDir) and len(dpath) >= 3:
             return  # keep trees shallow
-        if KNOWN_BUGS and isinstance(dst, MFile) and dst is not src \
-                and self.streaming(dpath + (dname,)):
-            return  # KNOWN BUG 1: converts the replaced file's stream (materialize)
-        if KNOWN_BUGS and src is not None and dst is not src and self.has_stream(spath + (sname,)):
-            return  # KNOWN BUG 4: the stream completes at the old name
-        if KNOWN_BUGS and isinstance(src, MFile) and dst is not None and dst is not src \
-                and self.fs.table.get(self.ino(spath + (sname,))).local:
-            return  # KNOWN BUG 3: the replaced object stays in S3 until the upload
         self.expect(expected, self.fs.rename, self.ino(spath), sname.encode(), self.ino(dpath),
                     dname.encode(), 0)
         if expected is None and dst is not src:
@@ -394,8 +331,6 @@ class FilesystemModel(RuleBasedStateMachine):
         if isinstance(existing, MLink):
             return  # Linux has no lchmod: the kernel follows the link
         expected = errno.ENOENT if existing is None else None
-        if KNOWN_BUGS and existing is not None and self.buffering(path + (name,)):
-            return  # KNOWN BUG 2: the stream's multipart upload would start with old headers
         parent_ino = self.ino(path)
 
         async def do():
@@ -420,8 +355,6 @@ class FilesystemModel(RuleBasedStateMachine):
             expected = errno.EISDIR
         else:
             expected = None
-            if KNOWN_BUGS and self.streaming(path + (name,)) and size != 0:
-                return  # KNOWN BUG 1: converts the stream
         parent_ino = self.ino(path)
 
         async def do():
@@ -503,8 +436,6 @@ class FilesystemModel(RuleBasedStateMachine):
         f = self.handles[fh]
         if append:
             off = len(f.data)
-        elif KNOWN_BUGS and self.handle_streaming(fh) and off != len(f.data):
-            return  # KNOWN BUG 1: a write elsewhere converts the stream
         buf = blob(n, seed)
         expected = None if self.writable(fh) else errno.EBADF
         got = self.expect(expected, self.fs.write, fh, off, buf)
@@ -533,8 +464,6 @@ class FilesystemModel(RuleBasedStateMachine):
     def read(self, data, off, n):
         fh = self.draw_handle(data)
         f = self.handles[fh]
-        if KNOWN_BUGS and self.handle_streaming(fh):
-            return  # KNOWN BUG 1: a read of bytes already sent converts the stream
         got = self.run(self.fs.read, fh, off, n)
         assert got == bytes(f.data[off:off + n]), f"read({off}, {n}) differs from the model"
 
@@ -544,8 +473,6 @@ class FilesystemModel(RuleBasedStateMachine):
         """ftruncate(2) on an open handle."""
         fh = self.draw_handle(data)
         f = self.handles[fh]
-        if KNOWN_BUGS and self.handle_streaming(fh) and size != 0:
-            return  # KNOWN BUG 1: ftruncate converts the stream
         ino = self.fs.handles[fh].node.ino
         self.run(self.fs.setattr, ino, SetAttr(size=size), fh)
         del f.data[size:]

@@ -1,0 +1,274 @@
+"""Regressions of the filesystem core, each once a real bug, against MemoryStore."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import trio
+
+from objectfs.config import build
+from objectfs.errors import ConfigError, FsError
+from objectfs.filesystem import Caller, Filesystem, SetAttr
+from objectfs.store.base import TiB
+from objectfs.store.memory import MemoryStore
+
+MiB = 1 << 20
+KiB = 1 << 10
+CALLER = Caller(uid=os.getuid(), gid=os.getgid())
+RW = os.O_RDWR | os.O_CREAT
+F = stat.S_IFREG | 0o644
+
+
+def run_fs(tmp_path, body, *opts, store=None):
+    store = store or MemoryStore()
+    cfg = build("bucket", "", "/mnt", o_options=[f"staging_dir={tmp_path}", "part_size=5M",
+                                                  *opts])
+
+    async def main():
+        async with trio.open_nursery() as n:
+            fs = Filesystem(store, cfg)
+            await fs.start(n)
+            await body(fs, store)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    return store
+
+
+def stored_mode(store, key):
+    return int(store.objects[key].metadata["mode"])
+
+
+# -- a multipart upload is bound to the key it started at -------------------------------
+
+def test_rename_during_streaming_does_not_clobber_a_new_file_at_the_old_name(tmp_path):
+    # logrotate's "create" mode: rename the open log, create a new one, go on writing
+    old = os.urandom(6 * MiB)
+
+    async def body(fs, store):
+        h, _ = await fs.create(1, b"app.log", F, RW, CALLER)
+        await fs.write(h.fh, 0, old[:5 * MiB + 100])  # a part is on its way
+        await fs.rename(1, b"app.log", 1, b"app.log.1", 0)
+        h2, _ = await fs.create(1, b"app.log", F, RW, CALLER)
+        await fs.write(h2.fh, 0, b"new log\n")
+        await fs.flush(h2.fh)
+        await fs.release(h2.fh)
+        await fs.write(h.fh, 5 * MiB + 100, old[5 * MiB + 100:])
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+
+    store = run_fs(tmp_path, body)
+    assert store.objects["app.log"].data == b"new log\n"
+    assert store.objects["app.log.1"].data == old
+    assert not store.uploads
+
+
+@pytest.mark.parametrize("case", ["unlink-open", "unlink-after-close", "chmod", "rename-after-truncate",
+                                  "rename-then-read", "dir-rename-then-write"])
+def test_a_converted_stream_is_known_to_the_namespace(tmp_path, case):
+    data = os.urandom(6 * MiB)
+
+    async def body(fs, store):
+        parent = 1
+        if case == "dir-rename-then-write":
+            parent = (await fs.mkdir(1, b"d", 0o755, CALLER)).ino
+        h, node = await fs.create(parent, b"f", F, RW, CALLER)
+        await fs.write(h.fh, 0, data)  # a 5 MiB part was sent: a multipart upload exists
+        if case == "unlink-open":
+            await fs.unlink(1, b"f")
+            assert await fs.read(h.fh, 0, 10) == data[:10]
+            await fs.release(h.fh)
+            assert "f" not in store.objects
+        elif case == "unlink-after-close":
+            await fs.read(h.fh, 0, 10)  # converts the stream
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+            await fs.unlink(1, b"f")
+            assert "f" not in store.objects
+        elif case == "chmod":
+            await fs.read(h.fh, 0, 10)
+            await fs.setattr(node.ino, SetAttr(mode=0o600))
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+            assert stored_mode(store, "f") == stat.S_IFREG | 0o600
+        elif case == "rename-after-truncate":
+            await fs.setattr(node.ino, SetAttr(size=MiB), h.fh)
+            await fs.rename(1, b"f", 1, b"new", 0)
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+            assert sorted(store.objects) == ["new"]
+            assert store.objects["new"].data == data[:MiB]
+        elif case == "rename-then-read":
+            await fs.rename(1, b"f", 1, b"new", 0)
+            assert await fs.read(h.fh, 0, 100) == data[:100]
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+            assert sorted(store.objects) == ["new"]
+            assert store.objects["new"].data == data
+        else:
+            await fs.rename(1, b"d", 1, b"e", 0)
+            await fs.write(h.fh, 10, b"PATCH")
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+            assert sorted(store.objects) == ["e/", "e/f"]
+            assert store.objects["e/f"].data == data[:10] + b"PATCH" + data[15:]
+        assert not store.uploads
+
+    run_fs(tmp_path, body)
+
+
+def test_attributes_set_before_the_multipart_upload_starts_are_stored(tmp_path):
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", stat.S_IFREG | 0o600, RW, CALLER)
+        await fs.write(h.fh, 0, b"header")
+        await fs.setattr(node.ino, SetAttr(mode=0o644))
+        await fs.write(h.fh, 6, os.urandom(6 * MiB))
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        assert stored_mode(store, "f") == stat.S_IFREG | 0o644
+
+    run_fs(tmp_path, body)
+
+
+# -- the namespace -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["unlink", "rename"])
+def test_a_listing_in_flight_does_not_undo_a_local_change(tmp_path, op):
+    gate = trio.Event()
+    started = trio.Event()
+
+    class SlowListing(MemoryStore):
+        async def list_page(self, prefix, **kw):
+            page = await super().list_page(prefix, **kw)
+            if prefix == "" and not gate.is_set():
+                started.set()
+                await gate.wait()
+            return page
+
+    store = SlowListing()
+    store.put_sync("f", b"x")
+
+    async def body(fs, store):
+        h = await fs.opendir(1)
+        async with trio.open_nursery() as n:
+            n.start_soon(fs.readdir, h.fh, 0)
+            await started.wait()
+            if op == "unlink":
+                await fs.unlink(1, b"f")
+            else:
+                await fs.rename(1, b"f", 1, b"g", 0)
+            gate.set()
+        names = sorted(fs.table.root.children)
+        assert names == ([] if op == "unlink" else ["g"])
+        if op == "rename":
+            assert (await fs.lookup(1, b"g")).name == "g"
+
+    run_fs(tmp_path, body, store=store)
+
+
+@pytest.mark.parametrize("then", ["rename", "unlink"])
+def test_replacing_an_object_with_a_file_not_yet_uploaded_removes_it(tmp_path, then):
+    store = MemoryStore()
+    store.put_sync("b", b"old contents")
+
+    async def body(fs, store):
+        h, _ = await fs.create(1, b"a", F, RW, CALLER)
+        await fs.lookup(1, b"b")
+        await fs.rename(1, b"a", 1, b"b", 0)
+        if then == "rename":
+            await fs.rename(1, b"b", 1, b"c", 0)
+        else:
+            await fs.unlink(1, b"b")
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
+    assert sorted(store.objects) == (["c"] if then == "rename" else [])
+
+
+# -- the data path -----------------------------------------------------------------------------
+
+class Counting(MemoryStore):
+    def __init__(self):
+        super().__init__()
+        self.gets = []
+        self.uploaded = 0
+
+    async def get(self, key, start=0, end=None, *, etag=None):
+        self.gets.append((start, end))
+        return await super().get(key, start, end, etag=etag)
+
+    async def upload_part(self, key, upload_id, number, body):
+        self.uploaded += len(body)
+        return await super().upload_part(key, upload_id, number, body)
+
+
+def test_sequential_prefetch_fetches_whole_segments(tmp_path):
+    store = Counting()
+    data = os.urandom(40 * MiB)
+    store.put_sync("big", data)
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"big")
+        h = await fs.open(node.ino, os.O_RDONLY)
+        out = [await fs.read(h.fh, off, 128 * KiB) for off in range(0, len(data), 128 * KiB)]
+        assert b"".join(out) == data
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, "read_part_size=4M", "prefetch_max=16M", store=store)
+    # 40 MiB in 4 MiB segments, plus the small growing first GETs
+    assert len(store.gets) <= 16, [(e - s) // KiB for s, e in store.gets]
+
+
+def test_a_read_larger_than_the_first_window(tmp_path):
+    store = MemoryStore()
+    data = os.urandom(3 * MiB)
+    store.put_sync("f", data)
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDONLY)
+        assert await fs.read(h.fh, 0, 2 * MiB) == data[:2 * MiB]
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
+
+
+def test_reading_a_dirty_file_keeps_untouched_parts_server_side(tmp_path):
+    store = Counting()
+    data = os.urandom(15 * MiB)
+    store.put_sync("f", data)
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDWR)
+        await fs.write(h.fh, 7 * MiB, b"x")
+        assert await fs.read(h.fh, 12 * MiB, 4096) == data[12 * MiB:12 * MiB + 4096]
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
+    assert store.calls["UploadPartCopy"] == 2
+    assert store.uploaded == 5 * MiB
+    assert store.objects["f"].data == data[:7 * MiB] + b"x" + data[7 * MiB + 1:]
+
+
+def test_writes_past_five_tib_are_refused(tmp_path):
+    async def body(fs, store):
+        h, _ = await fs.create(1, b"f", F, RW, CALLER)
+        with pytest.raises(FsError) as e:
+            await fs.write(h.fh, 5 * TiB, b"x")
+        assert e.value.errno == 27  # EFBIG
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body)
+
+
+@pytest.mark.parametrize("opt", ["metadata_ttl=nan", "negative_ttl=nan", "read_timeout=nan",
+                                 "connect_timeout=inf", "endpoint_url", "fsname", "log_file",
+                                 "staging_dir", "profile", "log_file="])
+def test_config_refuses_non_finite_durations_and_valueless_strings(opt):
+    with pytest.raises(ConfigError):
+        build("b", "", "/m", o_options=[opt])
