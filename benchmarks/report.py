@@ -8,7 +8,6 @@ towards medians: a fast but wrong filesystem gets "FAIL", not a good number.
 
 from __future__ import annotations
 
-import math
 import statistics
 
 FS_ORDER = ["objectfs", "s3fs", "rclone-full", "rclone-off", "boto3"]
@@ -238,6 +237,24 @@ def markdown(summary: Summary, png_name: str | None) -> str:
         for (f, wl), errs in fails.items():
             for err, k in errs.items():
                 L.append(f"| {f} | {wl} | {k} | {err.replace('|', '/')} |")
+    rejected: dict[tuple[str, str], list] = {}
+    for s in summary.samples:
+        errs = (s.get("extra") or {}).get("rejected_versions")
+        if errs:
+            rejected.setdefault((s["fs"], s["workload"]), []).append(errs)
+    if rejected:
+        L.append("")
+        L.append("## Objects that were complete in S3 but wrong at first")
+        L.append("")
+        L.append("The first full-size version failed verification (typically the filesystem "
+                 "deleted and re-uploaded it); the durable time is that of the first version "
+                 "that passed.")
+        L.append("")
+        L.append("| filesystem | workload | runs | wrong versions | first error |")
+        L.append("|---|---|---:|---:|---|")
+        for (f, wl), runs in rejected.items():
+            L.append(f"| {f} | {wl} | {len(runs)} | {sum(len(r) for r in runs)} | "
+                     f"{runs[0][0].replace('|', '/')} |")
     if png_name:
         L.append("")
         L.append(f"![chart]({png_name})")
@@ -313,5 +330,26 @@ def chart(summary: Summary, path: str) -> str | None:
     return None
 
 
-def _finite(x):
-    return x if (x is None or not isinstance(x, float) or math.isfinite(x)) else None
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the Markdown and PNG of a run from its JSON:
+    python benchmarks/report.py benchmarks/results/swift-small-....json"""
+    import json
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    d = json.loads(path.read_text())
+    summary = Summary(d["meta"], d["samples"])
+    png = path.with_suffix(".png")
+    why = chart(summary, str(png))
+    path.with_suffix(".md").write_text(markdown(summary, None if why else png.name))
+    print(f"wrote {path.with_suffix('.md')}" + ("" if why else f" and {png}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

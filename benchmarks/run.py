@@ -434,6 +434,8 @@ class Bench:
                 return d
             except PhaseError as e:
                 rejected.add(seen[0] if seen else None)
+                if self._cur is not None:
+                    self._cur.extra.setdefault("rejected_versions", []).append(first_line(e))
                 log(f"  {fs}: {key}: {first_line(e)}; waiting for another version")
 
     def _durable_timeout(self) -> float:
