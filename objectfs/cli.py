@@ -26,6 +26,7 @@ examples:
   objectfs mount s3://my-bucket/photos /mnt/photos --profile work -o allow_other
   objectfs mount s3://test /mnt/t --endpoint-url http://127.0.0.1:9000 -o uid=1000,gid=1000
   objectfs mount s3://my-bucket /mnt/data --config /etc/objectfs.yaml -f
+  objectfs refresh /mnt/data/reports      # after another program changed the bucket
   objectfs umount /mnt/data
 
 Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground and log to stderr")
 
+    r = sub.add_parser("refresh", help="forget cached metadata of a path (and all under it)",
+                       description="Make the mount ask S3 again about PATH and everything "
+                       "under it, e.g. after another program changed the bucket.")
+    r.add_argument("path", metavar="PATH")
+
     u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach now)")
@@ -91,7 +97,7 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def check_mountpoint(path: str) -> str:
-    mp = os.path.realpath(path)
+    mp = procmounts.canonical(path)
     entry = procmounts.find(mp)
     if entry is not None:
         raise UserError(f"{path} is already mounted ({entry.fstype} {entry.source}); "
@@ -114,7 +120,7 @@ def check_mountpoint(path: str) -> str:
 
 def cmd_mount(args) -> int:
     bucket, prefix = parse_source(args.source)
-    mountpoint = os.path.realpath(args.mountpoint)
+    mountpoint = procmounts.canonical(args.mountpoint)
     flags = {"endpoint_url": args.endpoint_url, "region": args.region, "profile": args.profile}
     cfg = config.build(bucket, prefix, mountpoint, foreground=args.foreground,
                        yaml_path=args.config, o_options=args.options, flags=flags)
@@ -192,7 +198,7 @@ def _wait_ready(fd: int, pid: int) -> str:
 def cmd_umount(args) -> int:
     from .mount import read_state, state_path
 
-    mp = os.path.realpath(args.mountpoint)
+    mp = procmounts.canonical(args.mountpoint)
     entry = procmounts.find(mp)
     state = read_state(mp)
     if entry is None:
@@ -209,6 +215,15 @@ def cmd_umount(args) -> int:
     pid = state.get("pid") if state else None
     if pid:
         _wait_exit(int(pid), args.timeout, args.mountpoint)
+    return 0
+
+
+def cmd_refresh(args) -> int:
+    from . import control
+
+    entry, rel = control.mount_of(args.path)
+    reply = control.request(entry.mountpoint, {"op": "refresh", "path": rel})
+    print(f"objectfs: refreshed {reply['dropped']} cached entries under {args.path}")
     return 0
 
 
@@ -248,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args)
         if args.command == "umount":
             return cmd_umount(args)
+        if args.command == "refresh":
+            return cmd_refresh(args)
         parser.print_help()
         return 2
     except UserError as e:

@@ -931,6 +931,42 @@ class Filesystem:
             node.xattrs = old
             raise
 
+    # -- control ------------------------------------------------------------------------------
+
+    async def resolve(self, rel: str) -> Inode:
+        """The inode at ``rel`` (relative to the mount root), without counting
+        a kernel reference."""
+        node = self.table.root
+        for part in (p for p in rel.split("/") if p):
+            if not node.is_dir:
+                raise NotADirectory(rel)
+            node = await self.ns.lookup(node, part)
+        return node
+
+    async def refresh(self, rel: str) -> int:
+        """Forget cached metadata of ``rel`` and everything under it, in this
+        process and in the kernel: the next access asks S3.  Local changes
+        not yet uploaded are kept.  Returns the number of entries dropped."""
+        top = await self.resolve(rel)
+        dropped = 0
+        notify = self.ns.notifier
+        subtree = list(self.table.walk(top))
+        inos = {n.ino for n in subtree}
+        for n in subtree:
+            if n.local or (n.data is not None and n.data.local_reads):
+                continue
+            n.validated_at = float("-inf")
+            n.meta_known = n.ino == ROOT_INODE and not self.table.root_prefix
+            n.listed_at = None
+            n.cache_etag = None
+            notify.invalidate_inode(n.ino)
+            if n.parent is not None:
+                notify.invalidate_entry(n.parent.ino, n.name)
+            dropped += 1
+        for key in [k for k in self.ns.negative if k[0] in inos]:
+            self.ns.negative.pop(key, None)
+        return dropped
+
     # -- misc -----------------------------------------------------------------------------
 
     def statfs(self) -> Statfs:

@@ -33,6 +33,7 @@ import time
 import trio
 
 from . import procmounts
+from .control import ControlServer, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
 from .store.s3 import S3Settings, S3Store, make_client
@@ -57,7 +58,7 @@ def runtime_dir() -> str:
 def state_path(mountpoint: str) -> str:
     import hashlib
 
-    digest = hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(procmounts.canonical(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(runtime_dir(), f"mount-{digest}.json")
 
 
@@ -242,11 +243,26 @@ class Lifecycle:
                                 self.cfg.mountpoint)
                     pyfuse3.terminate()
 
+    def control_handlers(self) -> dict:
+        async def ping(req: dict) -> dict:
+            return {"pid": os.getpid(), "bucket": self.cfg.bucket, "prefix": self.cfg.prefix}
+
+        async def refresh(req: dict) -> dict:
+            return {"dropped": await self.fs.refresh(str(req.get("path", "")))}
+
+        return {"ping": ping, "refresh": refresh}
+
     async def main(self) -> None:
         import pyfuse3
 
         async with trio.open_nursery() as nursery:
             await self.fs.start(nursery)
+            server = ControlServer(socket_path(state_path(self.cfg.mountpoint)),
+                                   self.control_handlers())
+            try:
+                await nursery.start(server.serve)
+            except OSError as e:
+                log.warning("no control socket (%s): objectfs refresh will not work", e)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._probe_ready)
             await pyfuse3.main()

@@ -44,9 +44,18 @@ def entries() -> list[MountEntry]:
     return out
 
 
+def canonical(path: str) -> str:
+    """``path`` made absolute with its parent's symlinks resolved, without
+    looking at ``path`` itself: a stat() of a mountpoint is answered by its
+    daemon, which may be hung, dead, or the very process asking."""
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if name else path
+
+
 def find(mountpoint: str) -> MountEntry | None:
     """The (topmost) mount on ``mountpoint``, or None."""
-    mp = os.path.realpath(mountpoint)
+    mp = canonical(mountpoint)
     found = None
     for e in entries():
         if e.mountpoint == mp:

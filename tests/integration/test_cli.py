@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from objectfs.mount import read_state
-from tests.conftest import REPO, fuse_usable, run_cli
-from tests.support.mounts import force_unmount, is_mounted, wait_mounted
+from tests.conftest import REPO, WATCHDOG_SECONDS, fuse_usable, run_cli
+from tests.support.mounts import abort_connection, force_unmount, is_mounted, wait_mounted
 from tests.support.s3server import MotoServer, free_port
 
 pytestmark = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
@@ -51,7 +52,12 @@ def objectfs_processes(mp) -> list[int]:
 def mountpoint(workdir):
     mp = workdir / "mnt-cli"
     mp.mkdir()
+    # a hung mount must fail the test, not hang the suite
+    timer = threading.Timer(WATCHDOG_SECONDS, abort_connection, [str(mp)])
+    timer.daemon = True
+    timer.start()
     yield mp
+    timer.cancel()
     pid = daemon_pid(mp)
     force_unmount(str(mp))
     for p in objectfs_processes(mp) + ([pid] if pid else []):
@@ -328,3 +334,25 @@ def test_access_denied_maps_to_eacces(auth_s3, mount):
     assert sorted(os.listdir(mp)) == ["open", "readonly", "secret"]
     with open(os.path.join(mp, "open", "notes"), "rb") as f:
         assert f.read() == b"public"
+
+
+def test_refresh_shows_a_remote_change_before_the_ttl(objectfs_cli, s3, bucket, s3_client,
+                                                      mountpoint):
+    s3_client.put_object(Bucket=bucket, Key="d/f", Body=b"old")
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint, "-o", "metadata_ttl=3600,negative_ttl=3600"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert (mountpoint / "d" / "f").read_bytes() == b"old"
+        assert not (mountpoint / "d" / "g").exists()
+        s3_client.put_object(Bucket=bucket, Key="d/f", Body=b"new and longer")
+        s3_client.put_object(Bucket=bucket, Key="d/g", Body=b"g")
+        assert (mountpoint / "d" / "f").stat().st_size == 3  # cached for an hour
+        r = objectfs_cli("refresh", str(mountpoint / "d"))
+        assert r.returncode == 0, r.stderr
+        assert "refreshed" in r.stdout
+        assert (mountpoint / "d" / "f").read_bytes() == b"new and longer"
+        assert sorted(os.listdir(mountpoint / "d")) == ["f", "g"]
+        r = objectfs_cli("refresh", "/tmp")
+        assert r.returncode == 1 and "not on an ObjectFS mount" in r.stderr
+    finally:
+        objectfs_cli("umount", str(mountpoint))
