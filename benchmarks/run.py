@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,27 @@ from tests.support import mounts as M  # noqa: E402
 from tests.support import s3server as S  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def _mount_entry_nostat(mountpoint: str) -> dict | None:
+    """tests.support.mounts.mount_entry without os.path.realpath, which lstat()s the
+    mountpoint and so blocks the caller when the filesystem hangs.  Our mountpoints
+    are already absolute, resolved paths."""
+    mp = os.path.normpath(os.path.abspath(mountpoint))
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if M._unescape(parts[4]) == mp:
+                found = {"dev": parts[2], "fstype": parts[sep + 1],
+                         "source": M._unescape(parts[sep + 2]),
+                         "options": parts[5] + "," + parts[sep + 3]}
+    return found
+
+
+# is_mounted, abort_connection, force_unmount and wait_mounted look it up at call time
+M.mount_entry = _mount_entry_nostat
 
 # seeds of the deterministic data streams (datagen.Data)
 SEED_FIXTURE, SEED_WRITE, SEED_SMALL, SEED_RENAME, SEED_APPEND = 1, 2, 3, 4, 5
@@ -278,7 +300,7 @@ class Bench:
         else:
             a.update(mode="fs", root=m.mountpoint)
         argv = [sys.executable, "-m", "benchmarks.child", name, json.dumps(a)]
-        with m.watchdog(timeout):
+        with self.watchdog(m, timeout):
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.op_env,
                                  start_new_session=True, text=True)
@@ -296,8 +318,8 @@ class Bench:
                 # polls S3 (its exit is reaped in reap_children)
                 self._children.append(p)
         if m.watchdog_fired:
-            raise PhaseError(f"{name}: hung, watchdog aborted the FUSE connection after "
-                             f"{timeout:.0f} s")
+            raise PhaseError(f"{name}: hung: no answer in {timeout:.0f} s, the watchdog "
+                             "killed the filesystem daemon")
         if not line:
             tail = [ln for ln in err.splitlines() if ln.strip()]
             raise PhaseError(f"{name}: child exited {p.poll()}: "
@@ -313,6 +335,35 @@ class Bench:
         if res.get("error"):
             raise PhaseError(f"{name}: {res['error']}")
         return res
+
+    @contextlib.contextmanager
+    def watchdog(self, m, seconds: float):
+        """After `seconds`, abort the mount's FUSE connection and SIGKILL its daemon.
+
+        Aborting goes through /sys/fs/fuse/connections (fusectl), which is not
+        mounted everywhere; killing the daemon closes /dev/fuse, which aborts the
+        connection in every case, so a child blocked in the filesystem wakes up with
+        ENOTCONN.  The sample fails; the mount is cleaned up by its stop()."""
+        proc = getattr(m, "proc", None)
+        if proc is None:
+            yield
+            return
+
+        def fire():
+            m.watchdog_fired = True
+            with contextlib.suppress(Exception):
+                M.abort_connection(m.mountpoint)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+        t = threading.Timer(seconds, fire)
+        t.daemon = True
+        t.start()
+        try:
+            yield
+        finally:
+            t.cancel()
 
     @staticmethod
     def _result_line(p: subprocess.Popen, timeout: float) -> tuple[str | None, str]:
@@ -771,6 +822,8 @@ def server_label(kind: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: dump every thread's stack
     workloads = [w for w in rpt.WORKLOADS if w in args.only]
     skipped_note = None
     if args.server == "moto" and args.scale == "full" and not args.only_given:
