@@ -747,7 +747,10 @@ def environment(server_kind: str) -> dict:
     try:
         r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                            capture_output=True, text=True, timeout=10)
-        v["objectfs"] = "git " + r.stdout.strip()
+        d = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "objectfs"],
+                           capture_output=True, text=True, timeout=10)
+        v["objectfs"] = "git " + r.stdout.strip() + (" + uncommitted changes"
+                                                     if d.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
     v["s3fs"] = _cmd_version(["s3fs", "--version"]).replace("Amazon Simple Storage Service "
