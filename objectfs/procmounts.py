@@ -62,14 +62,3 @@ def find(mountpoint: str) -> MountEntry | None:
             found = e
     return found
 
-
-def abort_connection(entry: MountEntry) -> bool:
-    """Abort a FUSE connection: every pending request fails with ENOTCONN."""
-    if not entry.fstype.startswith("fuse"):
-        return False
-    try:
-        with open(f"/sys/fs/fuse/connections/{entry.dev.split(':')[1]}/abort", "w") as f:
-            f.write("1")
-        return True
-    except OSError:
-        return False

@@ -44,6 +44,15 @@ def fuse_usable() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fuse_control():
+    """The watchdog aborts hung mounts through fusectl: make sure it is there."""
+    from tests.support.mounts import ensure_fusectl
+
+    if fuse_usable() is None:
+        ensure_fusectl()
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"

@@ -65,13 +65,28 @@ def is_mounted(mountpoint: str) -> bool:
     return mount_entry(mountpoint) is not None
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def ensure_fusectl() -> bool:
+    """Mount the FUSE control filesystem if it is not (containers often lack
+    it; systemd mounts it on a normal boot).  Without it a hung connection
+    cannot be aborted."""
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4] == FUSECTL for line in f):
+            return True
+    r = subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL], capture_output=True)
+    return r.returncode == 0
+
+
 def abort_connection(mountpoint: str) -> bool:
     """Abort the FUSE connection behind ``mountpoint``; True if one was aborted."""
+    ensure_fusectl()
     ent = mount_entry(mountpoint)
     if ent is None or not ent["fstype"].startswith("fuse"):
         return False
     minor = ent["dev"].split(":")[1]
-    path = f"/sys/fs/fuse/connections/{minor}/abort"
+    path = f"{FUSECTL}/{minor}/abort"
     try:
         with open(path, "w") as f:
             f.write("1")
