@@ -323,6 +323,7 @@ def chart(summary: Summary, path: str) -> str | None:
         ax.set_xticks(range(len(summary.workloads)))
         ax.set_xticklabels(summary.workloads, fontsize=9)
         ax.set_ylabel(ylabel)
+        ax.legend(ncol=len(fs), fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
