@@ -849,7 +849,8 @@ def main(argv=None) -> int:
     server = bench = None
     interrupted = None
     try:
-        log(f"starting {args.server} server")
+        log(f"starting {args.server} server" if args.server in ("moto", "swift")
+            else f"using {args.server}")
         server = start_server(args.server, workdir)
         log(f"endpoint {server.endpoint}; scale {args.scale}; repeat {args.repeat}; "
             f"filesystems {','.join(fs_list)}; workloads {','.join(workloads)}")
