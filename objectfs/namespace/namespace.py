@@ -26,7 +26,7 @@ import trio
 from cachetools import TTLCache
 
 from .. import metadata as md
-from ..errors import NotFound
+from ..errors import FsError, NotFound
 from ..store.base import ObjectInfo, ObjectStore
 from . import keys
 from .tree import Attr, Inode, InodeTable, clock
@@ -172,13 +172,51 @@ class Namespace:
         now = clock()
         child = parent.children.get(name)
         if child is not None and self.fresh(child, now):
-            return child
+            if child.meta_known or self.cfg.trust_listing:
+                return child
+            return await self._complete(parent, child)
         if child is None:
             if self.listing_fresh(parent, now):
                 raise NotFound(name)
             if (parent.ino, name) in self.negative:
                 raise NotFound(name)
+        if now - parent.big_at >= self.cfg.metadata_ttl:
+            # One listing page usually holds the whole directory: it answers
+            # this lookup and every later one here (hits and misses) for
+            # metadata_ttl, for the price of the HEAD + LIST of one name.
+            if await self._list(parent, first_page_only=True):
+                child = parent.children.get(name)
+                if child is None:
+                    raise NotFound(name)
+                if (child.meta_known or self.cfg.trust_listing) and self.fresh(child):
+                    return child
+                return await self._complete(parent, child)
+            parent.big_at = clock()  # more than a page: look names up one by one
         return await self._resolve(parent, name)
+
+    async def _legacy_dir(self, child: Inode) -> None:
+        """A directory without a marker: its attributes come from a legacy
+        directory object if it has one (and if the candidate key really is
+        one), else it is a plain prefix."""
+        info = None
+        if child.legacy is not None and not child.legacy.endswith(keys.FOLDER_SUFFIX):
+            try:
+                info = await self.store.head(child.legacy)
+            except NotFound:
+                info = None
+            if info is not None and self.type_of(info) != stat.S_IFDIR:
+                info = None  # an ordinary file hidden by the directory
+            if info is None:
+                child.legacy = None
+        self.apply_info(child, info, is_dir=True)
+
+    async def _complete(self, parent: Inode, child: Inode) -> Inode:
+        """HEAD a child known from a listing only; NotFound if it is gone."""
+        await self._fill(parent, [child], strict=True)
+        node = parent.children.get(child.name)
+        if node is None:
+            raise NotFound(child.name)
+        return node
 
     async def _resolve(self, parent: Inode, name: str) -> Inode:
         key = self.table.key(parent) + name
@@ -272,6 +310,13 @@ class Namespace:
 
     async def list_dir(self, d: Inode) -> None:
         """Bring ``d``'s children up to date with a full listing."""
+        await self._list(d)
+        if not self.cfg.trust_listing:
+            await self.fill_metadata(d)
+
+    async def _list(self, d: Inode, first_page_only: bool = False) -> bool:
+        """List ``d`` and merge the result; with ``first_page_only``, give up
+        (returning False, changing nothing) if it takes more than one page."""
         prefix = self.table.key(d)
         started = clock()
         files: dict[str, ObjectInfo] = {}
@@ -301,9 +346,10 @@ class Namespace:
             token = page.next_token
             if not token:
                 break
+            if first_page_only:
+                return False
         self._merge(d, started, files, dirs, legacy)
-        if not self.cfg.trust_listing:
-            await self.fill_metadata(d)
+        return True
 
     def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
                dirs: set[str], legacy: dict[str, str]) -> None:
@@ -332,6 +378,10 @@ class Namespace:
                 child.meta_known = False  # a marker may hold its attributes
                 if name in legacy:
                     child.legacy = legacy[name]
+                elif name in files:
+                    # a key "name" beside the prefix "name/": perhaps s3fs's
+                    # legacy no-slash directory object (checked by _fill)
+                    child.legacy = files[name].key
             elif child.implicit or child.remote is None:
                 child.validated_at = clock()
         for name, info in files.items():
@@ -372,8 +422,12 @@ class Namespace:
         """HEAD, in parallel, every child whose attributes are unknown or stale."""
         assert d.children is not None
         now = clock()
-        todo = [c for c in d.children.values()
-                if not c.local and (not c.meta_known or not self.fresh(c, now))]
+        await self._fill(d, [c for c in d.children.values()
+                             if not c.local and (not c.meta_known or not self.fresh(c, now))])
+
+    async def _fill(self, d: Inode, todo: list[Inode], strict: bool = False) -> None:
+        """HEAD ``todo`` in parallel.  ``strict``: a file's HEAD error is raised
+        (a lookup of that file); else it is logged and the entry kept."""
         if not todo:
             return
 
@@ -386,14 +440,25 @@ class Namespace:
                     info = await self.store.head(key)
                 except NotFound:
                     if child.is_dir:
-                        self.apply_info(child, None, is_dir=True)
+                        await self._legacy_dir(child)
                         return
                     info = None
+                except FsError as e:
+                    if strict and not child.is_dir:
+                        raise
+                    # One entry we may not HEAD must not break a listing: it
+                    # keeps the attributes the listing gave (a marker we
+                    # cannot read makes a plain prefix).
+                    log.info("cannot read the attributes of %r (%s)", key, e)
+                    if child.is_dir:
+                        self.apply_info(child, None, is_dir=True)
+                    return
                 if child.parent is not d:
                     return
                 if info is None:
-                    # gone since the listing; the next listing will drop it
-                    child.meta_known = True
+                    # deleted since the listing
+                    self.notifier.invalidate_entry(d.ino, child.name)
+                    self.table.detach(child, remember=False)
                     return
                 ftype = self.type_of(info) if not child.is_dir else stat.S_IFDIR
                 if ftype != stat.S_IFMT(child.attr.mode):

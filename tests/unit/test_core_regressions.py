@@ -142,7 +142,7 @@ def test_a_listing_in_flight_does_not_undo_a_local_change(tmp_path, op):
     class SlowListing(MemoryStore):
         async def list_page(self, prefix, **kw):
             page = await super().list_page(prefix, **kw)
-            if prefix == "" and not gate.is_set():
+            if prefix == "" and not started.is_set():  # hold back the first listing
                 started.set()
                 await gate.wait()
             return page
@@ -272,3 +272,40 @@ def test_writes_past_five_tib_are_refused(tmp_path):
 def test_config_refuses_non_finite_durations_and_valueless_strings(opt):
     with pytest.raises(ConfigError):
         build("b", "", "/m", o_options=[opt])
+
+
+def test_lookups_in_a_small_directory_cost_one_listing(tmp_path):
+    store = MemoryStore()
+    for i in range(20):
+        store.put_sync(f"d/existing{i}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        before = dict(store.calls)
+        for i in range(50):  # cp into the directory: each new name is looked up first
+            with pytest.raises(FsError):
+                await fs.lookup(d.ino, f"new{i}".encode())
+        node = await fs.lookup(d.ino, b"existing3")
+        assert stat.S_IMODE(node.attr.mode) == 0o600  # stored attributes, not listing defaults
+        used = {k: store.calls[k] - before.get(k, 0) for k in store.calls}
+        assert used.get("ListObjectsV2", 0) == 1, used
+        assert used.get("HeadObject", 0) == 1, used  # only the existing file's metadata
+
+    run_fs(tmp_path, body, store=store)
+
+
+def test_a_big_directory_is_looked_up_name_by_name(tmp_path):
+    store = MemoryStore()
+    for i in range(1001):  # more than one listing page
+        store.put_sync(f"big/f{i:04d}", b"")
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"big")
+        before = store.calls["ListObjectsV2"]
+        for i in range(10):
+            with pytest.raises(FsError):
+                await fs.lookup(d.ino, f"new{i}".encode())
+        # one page to learn it is big, then HEAD + one-key LIST per name
+        assert store.calls["ListObjectsV2"] - before == 1 + 10
+
+    run_fs(tmp_path, body, store=store)
