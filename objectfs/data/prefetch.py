@@ -63,6 +63,10 @@ class Prefetcher:
         self.window = FIRST_WINDOW
         self.last_end: int | None = None
         self.gets = 0                # GETs issued (for tests and stats)
+        # The kernel sends readahead requests of one file concurrently; they
+        # are served one at a time (in arrival order) so that one cannot
+        # reset the window under another.  The GETs still run in parallel.
+        self._lock = trio.Lock()
 
     # -- scheduling -------------------------------------------------------
 
@@ -134,6 +138,10 @@ class Prefetcher:
         return self.segments[0].start <= off <= self.next_fetch + self.window
 
     async def read(self, off: int, n: int) -> bytes:
+        async with self._lock:
+            return await self._read(off, n)
+
+    async def _read(self, off: int, n: int) -> bytes:
         end = min(off + n, self.size)
         if off >= end:
             return b""

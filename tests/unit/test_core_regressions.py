@@ -309,3 +309,28 @@ def test_a_big_directory_is_looked_up_name_by_name(tmp_path):
         assert store.calls["ListObjectsV2"] - before == 1 + 10
 
     run_fs(tmp_path, body, store=store)
+
+
+def test_concurrent_reads_of_one_handle_all_get_their_bytes(tmp_path):
+    # the kernel's readahead sends several reads of one file at once
+    store = MemoryStore()
+    data = os.urandom(24 * MiB)
+    store.put_sync("f", data)
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDONLY)
+        results = {}
+
+        async def read(off):
+            results[off] = await fs.read(h.fh, off, 128 * KiB)
+
+        offsets = [i * 128 * KiB for i in range(0, 192, 3)] + [20 * MiB, 0, 5 * MiB]
+        async with trio.open_nursery() as n:
+            for off in offsets:
+                n.start_soon(read, off)
+        for off in offsets:
+            assert results[off] == data[off:off + 128 * KiB], off
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, "read_part_size=1M", store=store)
