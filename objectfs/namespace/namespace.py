@@ -35,6 +35,11 @@ from ..tasks import open_nursery
 log = logging.getLogger(__name__)
 
 NEGATIVE_CACHE_ENTRIES = 100_000
+# A directory bigger than one listing page is listed whole by lookups (up to
+# this many pages, 16,000 entries) once this many names were looked up one
+# by one within metadata_ttl.
+LIST_AFTER_MISSES = 4
+MAX_LOOKUP_LIST_PAGES = 16
 # Last-Modified has one-second resolution; allow as much again for clock skew.
 LAST_MODIFIED_SLACK_NS = 2_000_000_000
 
@@ -175,24 +180,45 @@ class Namespace:
             if child.meta_known or self.cfg.trust_listing:
                 return child
             return await self._complete(parent, child)
-        if child is None:
-            if self.listing_fresh(parent, now):
+        if self.listing_fresh(parent, now):
+            # the listing is current: a name it lacks does not exist, and an
+            # entry it could not vouch for (see _merge) needs one HEAD
+            if child is None:
                 raise NotFound(name)
-            if (parent.ino, name) in self.negative:
-                raise NotFound(name)
-        if now - parent.big_at >= self.cfg.metadata_ttl:
-            # One listing page usually holds the whole directory: it answers
-            # this lookup and every later one here (hits and misses) for
-            # metadata_ttl, for the price of the HEAD + LIST of one name.
-            if await self._list(parent, first_page_only=True):
+            return await self._complete(parent, child)
+        if child is None and (parent.ino, name) in self.negative:
+            raise NotFound(name)
+        pages = self._listing_budget(parent, now)
+        if pages:
+            # A page or a few usually hold the whole directory: the listing
+            # answers this lookup and every later one here (hits and misses)
+            # for metadata_ttl, for the price of the HEAD + LIST of one name.
+            if await self._list(parent, max_pages=pages):
                 child = parent.children.get(name)
                 if child is None:
                     raise NotFound(name)
                 if (child.meta_known or self.cfg.trust_listing) and self.fresh(child):
                     return child
                 return await self._complete(parent, child)
-            parent.big_at = clock()  # more than a page: look names up one by one
+            parent.big_at = clock()  # too big: look names up one by one
+            parent.misses = 0
+        parent.misses += 1
         return await self._resolve(parent, name)
+
+    def _listing_budget(self, d: Inode, now: float) -> int:
+        """How many listing pages a lookup in ``d`` may spend to list it whole.
+
+        One page, unless ``d`` was found bigger than a page recently; then
+        none, until names keep being looked up one by one (cp into the
+        directory, a build): after a few, a bounded multi-page listing is
+        cheaper than a HEAD + LIST per name.
+        """
+        if now - d.big_at >= self.cfg.metadata_ttl:
+            return 1
+        if d.misses >= LIST_AFTER_MISSES and now - d.big_listed_at >= self.cfg.metadata_ttl:
+            d.big_listed_at = now
+            return MAX_LOOKUP_LIST_PAGES
+        return 0
 
     async def _legacy_dir(self, child: Inode) -> None:
         """A directory without a marker: its attributes come from a legacy
@@ -314,15 +340,16 @@ class Namespace:
         if not self.cfg.trust_listing:
             await self.fill_metadata(d)
 
-    async def _list(self, d: Inode, first_page_only: bool = False) -> bool:
-        """List ``d`` and merge the result; with ``first_page_only``, give up
-        (returning False, changing nothing) if it takes more than one page."""
+    async def _list(self, d: Inode, max_pages: int = 0) -> bool:
+        """List ``d`` and merge the result; with ``max_pages``, give up
+        (returning False, changing nothing) if it takes more pages."""
         prefix = self.table.key(d)
         started = clock()
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         legacy: dict[str, str] = {}
         token = None
+        pages = 0
         while True:
             page = await self.store.list_page(prefix, delimiter="/", token=token)
             for o in page.objects:
@@ -346,7 +373,8 @@ class Namespace:
             token = page.next_token
             if not token:
                 break
-            if first_page_only:
+            pages += 1
+            if max_pages and pages >= max_pages:
                 return False
         self._merge(d, started, files, dirs, legacy)
         return True

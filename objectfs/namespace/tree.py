@@ -63,7 +63,8 @@ class Inode:
     __slots__ = ("ino", "parent", "name", "attr", "lookups", "children", "listed_at",
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "meta_known",
-                 "cache_etag", "head_wall_ns", "big_at", "__weakref__")
+                 "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
+                 "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -77,8 +78,12 @@ class Inode:
         self.children: dict[str, Inode] | None = {} if stat.S_ISDIR(attr.mode) else None
         self.listed_at: float | None = None
         self.removed: dict[str, float] = {}
-        # when a listing of this directory last took more than one page
+        # when a lookup's listing of this directory last found it too big,
+        # when a bigger listing was last tried, and names looked up one by
+        # one since
         self.big_at = float("-inf")
+        self.big_listed_at = float("-inf")
+        self.misses = 0
         self.validated_at = clock()
         self.changed_at = 0.0
         # the S3 object behind this inode: a file's object, a directory's

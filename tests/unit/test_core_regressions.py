@@ -294,19 +294,40 @@ def test_lookups_in_a_small_directory_cost_one_listing(tmp_path):
     run_fs(tmp_path, body, store=store)
 
 
-def test_a_big_directory_is_looked_up_name_by_name(tmp_path):
+def test_a_big_directory_is_listed_whole_once_names_keep_missing(tmp_path):
+    from objectfs.namespace.namespace import LIST_AFTER_MISSES
+
     store = MemoryStore()
     for i in range(1001):  # more than one listing page
         store.put_sync(f"big/f{i:04d}", b"")
 
     async def body(fs, store):
         d = await fs.lookup(1, b"big")
-        before = store.calls["ListObjectsV2"]
-        for i in range(10):
+        before = dict(store.calls)
+        for i in range(50):
             with pytest.raises(FsError):
                 await fs.lookup(d.ino, f"new{i}".encode())
-        # one page to learn it is big, then HEAD + one-key LIST per name
-        assert store.calls["ListObjectsV2"] - before == 1 + 10
+        used = {k: store.calls[k] - before.get(k, 0) for k in store.calls}
+        # one page to learn it is big, a HEAD + one-key LIST for the first
+        # few names, then one whole listing (2 pages) answers the rest
+        assert used["ListObjectsV2"] == 1 + LIST_AFTER_MISSES + 2, used
+        assert used["HeadObject"] == LIST_AFTER_MISSES, used
+
+    run_fs(tmp_path, body, store=store)
+
+
+def test_a_stale_entry_of_a_freshly_listed_directory_costs_one_head(tmp_path):
+    store = MemoryStore()
+    store.put_sync("d/f", b"x")
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        f = await fs.lookup(d.ino, b"f")
+        f.validated_at = float("-inf")  # e.g. its Last-Modified is too recent to vouch for it
+        before = dict(store.calls)
+        assert (await fs.lookup(d.ino, b"f")) is f
+        used = {k: n for k in store.calls if (n := store.calls[k] - before.get(k, 0))}
+        assert used == {"HeadObject": 1}, used
 
     run_fs(tmp_path, body, store=store)
 
