@@ -136,6 +136,12 @@ OPTIONS: list[Option] = [
            "botocore flexible checksums. 'when_supported' sends CRC trailers (aws-chunked), which "
            "several S3-compatible servers reject; with 'when_required' ObjectFS sends Content-MD5 "
            "itself.", "connection"),
+    Option("upload_checksum", _choice("auto", "md5", "none"), "auto",
+           "Integrity check of uploads. 'auto': over HTTPS send Content-MD5; over plain HTTP "
+           "rely on the SigV4 payload signature (SHA-256) that the server verifies. 'md5': "
+           "always send Content-MD5 (about 1.5 s of CPU per GiB). 'none': no Content-MD5 (over HTTP "
+           "the payload signature still protects the body).",
+           "connection"),
     Option("verify_ssl", parse_bool, True, "Verify TLS certificates.", "connection"),
     # -- ownership and permissions
     Option("uid", parse_id, None, "Force this owner on every entry (as s3fs/libfuse -o uid). "
@@ -172,14 +178,16 @@ OPTIONS: list[Option] = [
     Option("compat_dir", parse_bool, False, "Also read 'name_$folder$' objects as directories "
            "(s3fs compat_dir; old S3 tools).", "metadata"),
     # -- data path
-    Option("part_size", parse_size, 8 * MiB, "Multipart part size for uploads (grows for files "
-           "over 10,000 parts; minimum 5M).", "data", "8M"),
-    Option("upload_concurrency", parse_positive_int, 8, "Parts uploaded in parallel per mount.",
+    Option("part_size", parse_size, 24 * MiB, "Multipart part size for uploads (doubles every "
+           "900 parts, so any file up to 5 TiB fits; minimum 5M). Files smaller than this go up "
+           "in one PutObject at close.", "data", "24M"),
+    Option("upload_concurrency", parse_positive_int, 4, "Parts uploaded in parallel per mount. "
+           "Raise it for a remote endpoint with high latency and a machine with more cores.",
            "data"),
     Option("write_buffer_memory", parse_size, 256 * MiB, "Bytes of write buffers in memory for "
            "the whole mount; writers wait when it is full.", "data", "256M"),
-    Option("read_part_size", parse_size, 8 * MiB, "Size of each ranged GET during sequential "
-           "prefetch.", "data", "8M"),
+    Option("read_part_size", parse_size, 16 * MiB, "Size of each ranged GET during sequential "
+           "prefetch.", "data", "16M"),
     Option("prefetch_max", parse_size, 64 * MiB, "Largest read-ahead window per open file.",
            "data", "64M"),
     Option("staging_dir", _str, None, "Directory for local staging of random writes. Default: "

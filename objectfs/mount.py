@@ -96,7 +96,8 @@ def s3_settings(cfg: Config) -> S3Settings:
         bucket=cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
         profile=cfg.profile, max_connections=cfg.max_connections,
         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
-        max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl)
+        max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
+        upload_checksum=cfg.upload_checksum)
 
 
 def explain(err: StoreError, cfg: Config) -> str:

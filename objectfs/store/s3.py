@@ -46,9 +46,13 @@ class S3Settings:
     read_timeout: float = 60.0
     max_attempts: int = 5
     # "when_required" keeps botocore from sending CRC32 trailers / aws-chunked
-    # bodies that several S3-compatible servers reject; we send Content-MD5.
+    # bodies that several S3-compatible servers reject.
     checksums: str = "when_required"
-    content_md5: bool = True
+    # Integrity of uploaded bodies.  Over plain HTTP botocore signs the
+    # SHA-256 of every payload (x-amz-content-sha256), which the server
+    # checks; over HTTPS it sends UNSIGNED-PAYLOAD, so "auto" adds Content-MD5
+    # there.  MD5 costs about 1.5 s of CPU per GiB, so it is not doubled up.
+    upload_checksum: str = "auto"
     verify_ssl: bool = True
     addressing_style: str | None = None
 
@@ -57,7 +61,12 @@ def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
 
-def _md5_b64(body: bytes | memoryview) -> str:
+def _blob(body: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """A body botocore accepts, without copying bytes or bytearrays."""
+    return body if isinstance(body, (bytes, bytearray)) else bytes(body)
+
+
+def _md5_b64(body: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
@@ -136,6 +145,9 @@ class S3Store:
         self.settings = settings
         self.bucket = settings.bucket
         self.client = client or make_client(settings)
+        https = not settings.endpoint_url or settings.endpoint_url.lower().startswith("https:")
+        self.content_md5 = settings.upload_checksum == "md5" or (
+            settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.stats: dict[str, int] = {}
 
@@ -231,10 +243,10 @@ class S3Store:
     async def put(self, key: str, body: bytes | memoryview, *, metadata: Mapping[str, str],
                   content_type: str, headers: Mapping[str, Any] | None = None,
                   if_none_match: bool = False) -> ObjectInfo:
-        body = bytes(body)
+        body = _blob(body)
         kw = self._common(metadata, content_type, headers)
         kw.update(Bucket=self.bucket, Key=key, Body=body)
-        if self.settings.content_md5:
+        if self.content_md5:
             kw["ContentMD5"] = _md5_b64(body)
         if if_none_match:
             kw["IfNoneMatch"] = "*"
@@ -333,8 +345,8 @@ class S3Store:
     async def upload_part(self, key: str, upload_id: str, number: int,
                           body: bytes | memoryview) -> Part:
         kw: dict[str, Any] = dict(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                  PartNumber=number, Body=bytes(body))
-        if self.settings.content_md5:
+                                  PartNumber=number, Body=_blob(body))
+        if self.content_md5:
             kw["ContentMD5"] = _md5_b64(body)
         r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw))
         return Part(number, r["ETag"])

@@ -52,7 +52,7 @@ def test_defaults_build_and_are_reachable_as_attributes():
     c = cfg()
     for o in OPTIONS:
         assert getattr(c, o.name) == o.default
-    assert c.part_size == 8 * MiB
+    assert c.part_size == 24 * MiB
     assert c.file_mode == 0o644 and c.dir_mode == 0o755
     with pytest.raises(AttributeError):
         c.no_such_option
