@@ -193,6 +193,14 @@ OPTIONS: list[Option] = [
     Option("staging_dir", _str, None, "Directory for local staging of random writes. Default: "
            "/var/tmp/objectfs for root, else $XDG_CACHE_HOME/objectfs/staging.", "data",
            "see text"),
+    # -- local tier (hot files on local disk) and write-back
+    Option("cache_dir", _str, None, "Directory of the local tier: file data kept on local disk, "
+           "keyed by bucket, key and ETag, plus files staged for write-back. Default: "
+           "/var/cache/objectfs for root, else $XDG_CACHE_HOME/objectfs (~/.cache/objectfs).",
+           "cache", "see text"),
+    Option("cache_size", parse_size, 10 * GiB, "Most bytes the local tier keeps on disk; "
+           "least recently used data is evicted first, pinned data never. 0 disables it.",
+           "cache", "10G"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),
@@ -315,6 +323,18 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("bad value for read_part_size: at least 64K")
     if v["prefetch_max"] < v["read_part_size"]:
         raise ConfigError("bad value for prefetch_max: must be at least read_part_size")
+
+
+def default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/cache/objectfs"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "objectfs")
+
+
+def cache_root(cfg: "Config") -> str:
+    """The local tier's directory for this configuration."""
+    return cfg.cache_dir or default_cache_dir()
 
 
 def default_staging_dir() -> str:

@@ -71,7 +71,7 @@ def test_example_yaml_states_every_option_and_parses_back_to_the_defaults(tmp_pa
 def test_etc_example_file_matches_the_option_table():
     assert EXAMPLE.exists(), "etc/objectfs.example.yaml is the documented-defaults file"
     assert EXAMPLE.read_text() == example_yaml(), (
-        "etc/objectfs.example.yaml is out of date: regenerate it from config.example_yaml()")
+        "etc/objectfs.example.yaml is out of date: run .ci/regen-docs")
 
 
 # -- -o ----------------------------------------------------------------------------

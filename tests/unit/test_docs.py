@@ -13,4 +13,4 @@ def test_readme_options_table_matches_the_option_table():
     start = readme.index("\n", start) + 1
     end = readme.index("<!-- end options-table -->")
     assert readme[start:end] == options_markdown(), \
-        "README options table is stale: paste objectfs.config.options_markdown()"
+        "README options table is stale: run .ci/regen-docs"
