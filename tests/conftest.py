@@ -106,12 +106,9 @@ def mount(s3, workdir, request):
 
     import threading
 
-    from tests.support.mounts import abort_connection
-
     def fire():
         for h in handles:
-            h.watchdog_fired = True
-            abort_connection(h.mountpoint)
+            h.abort()
 
     timer = threading.Timer(WATCHDOG_SECONDS, fire)
     timer.daemon = True

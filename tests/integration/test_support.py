@@ -26,6 +26,12 @@ def test_abort_unblocks_a_call_into_a_hung_mount(mount, bucket):
         t.start()
         t.join(1)
         assert t.is_alive(), "the call should be stuck while the daemon is stopped"
+        # the helpers never stat the mountpoint, so they answer while it hangs
+        probe = threading.Thread(target=lambda: result.update(mounted=is_mounted(m.mountpoint)),
+                                 daemon=True)
+        probe.start()
+        probe.join(10)
+        assert result.get("mounted") is True, "is_mounted must not block on a hung mount"
         assert abort_connection(m.mountpoint)
         t.join(10)
         assert not t.is_alive(), "aborting the connection must release the caller"

@@ -43,9 +43,16 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+def canonical(mountpoint: str) -> str:
+    """Absolute path with the parent's symlinks resolved, without touching the
+    mountpoint itself (a stat of a hung FUSE mount would hang the caller)."""
+    path = os.path.abspath(mountpoint)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def mount_entry(mountpoint: str) -> dict | None:
     """The mountinfo entry for ``mountpoint`` (the last one, if stacked)."""
-    mp = os.path.realpath(mountpoint)
+    mp = canonical(mountpoint)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -128,7 +135,7 @@ class Mount:
     def __init__(self, argv: list[str], mountpoint: str, env: dict | None = None,
                  timeout: float = 30, log_path: str | None = None):
         self.argv = argv
-        self.mountpoint = os.path.realpath(mountpoint)
+        self.mountpoint = canonical(mountpoint)
         self.log_path = log_path or tempfile.mktemp(prefix=f"{self.name}-", suffix=".log")
         self.watchdog_fired = False
         self._log = open(self.log_path, "ab")
@@ -178,13 +185,20 @@ class Mount:
         finally:
             self._log.close()
 
+    def abort(self) -> None:
+        """Unblock every caller of a hung mount: abort the FUSE connection, or,
+        without fusectl, kill the daemon (the kernel then fails the requests)."""
+        self.watchdog_fired = True
+        if not abort_connection(self.mountpoint) and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
     @contextlib.contextmanager
     def watchdog(self, seconds: float):
         """Abort the FUSE connection if the block takes longer than ``seconds``."""
 
         def fire():
-            self.watchdog_fired = True
-            abort_connection(self.mountpoint)
+            self.abort()
 
         t = threading.Timer(seconds, fire)
         t.daemon = True

@@ -195,9 +195,9 @@ class SwiftServer(_Server):
                 "Swift is not installed: apt-get install " + " ".join(SWIFT_PACKAGES))
         self._own_dir = data_dir is None
         self.keep_data = keep_data
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="objectfs-swift-", dir="/var/tmp")
-        # start.sh uses PORT..PORT+4
+        # start.sh uses PORT..PORT+4 (probed before making anything to clean up)
         self.port = port or self._free_port_block(5)
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="objectfs-swift-", dir="/var/tmp")
         self.endpoint = f"http://{LOOPBACK}:{self.port}"
         res = subprocess.run(
             ["bash", str(SWIFT_TOOLS / "start.sh"), self.data_dir, str(self.port)],
