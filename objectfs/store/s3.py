@@ -508,3 +508,17 @@ class S3Store:
             self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=prefix))
         return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", ())]
 
+
+    async def pending_uploads(self, prefix: str = "") -> list[tuple[str, str, Any]]:
+        """(key, upload id, initiated datetime or None) of every unfinished
+        multipart upload under ``prefix``, all pages."""
+        out: list[tuple[str, str, Any]] = []
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            r = await self._call("ListMultipartUploads", prefix, functools.partial(
+                self.client.list_multipart_uploads, **kw))
+            out += [(u["Key"], u["UploadId"], u.get("Initiated")) for u in r.get("Uploads", ())]
+            if not r.get("IsTruncated"):
+                return out
+            kw.update(KeyMarker=r.get("NextKeyMarker", ""),
+                      UploadIdMarker=r.get("NextUploadIdMarker", ""))

@@ -259,7 +259,8 @@ def test_killed_daemon_leaves_upload_that_cli_aborts(mount, bucket, s3_client, o
     assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
     r = objectfs_cli("uploads", f"s3://{bucket}", "--endpoint-url", s3.endpoint)
     assert r.returncode == 0 and "partial" in r.stdout, r.stderr
-    r = objectfs_cli("uploads", f"s3://{bucket}", "--abort", "--endpoint-url",
-                     s3.endpoint)
+    # the default --older-than (1 h) spares uploads of running writers
+    r = objectfs_cli("uploads", f"s3://{bucket}", "--abort", "--older-than", "0",
+                     "--endpoint-url", s3.endpoint)
     assert r.returncode == 0, r.stderr
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
