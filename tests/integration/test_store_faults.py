@@ -14,6 +14,7 @@ from objectfs.errors import PreconditionFailed, StoreError
 from objectfs.store.base import MiB
 from objectfs.store.s3 import S3Settings, S3Store
 from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import SwiftServer, swift_available
 
 
 @pytest.fixture
@@ -156,3 +157,25 @@ def test_lost_answers_of_non_idempotent_requests(s3, bucket, proxy, store_for):
     assert c.get_object(Bucket=bucket, Key="new")["Body"].read() == b"only once"
     assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert proxy.injected(fault="reset") == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("OBJECTFS_SOAK") != "1" or not swift_available(),
+                    reason="needs Swift and OBJECTFS_SOAK=1 (make soak)")
+@pytest.mark.parametrize("mode", ["md5", "auto"])
+def test_real_server_rejects_corrupted_upload(monkeypatch, mode):
+    """Swift's s3api (a production S3 implementation) itself refuses a body
+    that fails Content-MD5 or the signed SHA-256: the proxy only damages it."""
+    with SwiftServer() as sw, FaultProxy(sw, check_digests=False) as proxy:
+        bucket = sw.new_bucket()
+        for k, v in sw.env().items():
+            if k.startswith("AWS_"):
+                monkeypatch.setenv(k, v)
+        store = S3Store(S3Settings(bucket=bucket, endpoint_url=proxy.endpoint,
+                                   upload_checksum=mode))
+        body = os.urandom(100_000)
+        proxy.fail_next("PutObject", "corrupt_upload")
+        trio.run(lambda: store.put("k", body, metadata={}, content_type="x/y"))
+        assert proxy.injected("PutObject", "corrupt_upload") == 1
+        assert store.retries == 1  # refused by Swift, then sent again
+        assert sw.client().get_object(Bucket=bucket, Key="k")["Body"].read() == body

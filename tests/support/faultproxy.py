@@ -19,8 +19,8 @@ fault                     what the client sees
 ``corrupt_upload``        one byte of the request body flipped in transit
 ========================  =================================================
 
-moto does not verify upload checksums, so the proxy does what AWS does for
-it: a body that does not match its ``Content-MD5`` gets 400 BadDigest, one
+moto does not verify upload checksums, so by default the proxy does what AWS
+does for it (``check_digests``): a body that does not match its ``Content-MD5`` gets 400 BadDigest, one
 that does not match a signed ``x-amz-content-sha256`` gets 400
 XAmzContentSHA256Mismatch (counted in ``rejected``).  A body with neither is
 forwarded, corrupted, as a server would store it.
@@ -146,13 +146,15 @@ class _Closed(Exception):
 class FaultProxy:
     def __init__(self, upstream, *, seed: int = 0, retry_after: float = 1,
                  delay: float = 0.5, max_consecutive: int | None = None,
-                 port: int = 0):
+                 check_digests: bool = True, port: int = 0):
         """``upstream``: a server object with ``endpoint`` (http://host:port)
-        and ``env()``, such as ``MotoServer``."""
+        and ``env()``, such as ``MotoServer``.  ``check_digests=False`` leaves
+        checking upload checksums to the server (for servers that do)."""
         self.upstream = upstream
         u = urlsplit(upstream.endpoint)
         self._up_host, self._up_port = u.hostname, u.port or 80
         self.retry_after = retry_after
+        self.check_digests = check_digests
         self.delay = delay
         self.max_consecutive = max_consecutive
         self._rng = random.Random(seed)
@@ -350,7 +352,7 @@ class FaultProxy:
             body = bytearray(body)
             body[len(body) // 2] ^= 0xFF
             body = bytes(body)
-        refusal = _digest_mismatch(headers, body)
+        refusal = _digest_mismatch(headers, body) if self.check_digests else None
         if refusal is not None:
             with self._lock:
                 self.rejected += 1
