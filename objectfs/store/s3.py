@@ -153,12 +153,18 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
     raise exc
 
 
+def _bare_etag(etag: str) -> str:
+    """An ETag without W/ and quotes: listings and headers of some servers
+    differ in quoting."""
+    return etag.removeprefix("W/").strip('"')
+
+
 def _checked_body(r: Mapping[str, Any], data: bytes, key: str, start: int,
                   end: int | None, etag: str | None) -> bytes:
     """``data`` if it is exactly the bytes asked for, else a StoreError:
     PreconditionFailed (ESTALE) for another version of the object,
     IncompleteBody or WrongRange (both retried) for a damaged answer."""
-    if etag and r.get("ETag") and r["ETag"] != etag:
+    if etag and r.get("ETag") and _bare_etag(r["ETag"]) != _bare_etag(etag):
         # a server that ignored If-Match
         raise PreconditionFailed("PreconditionFailed", "the ETag changed", op="GetObject",
                                  key=key)
