@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from . import __version__, config, procmounts
+from . import __version__, config, procmounts, uploads
 from .errors import ConfigError, UserError
 
 EXAMPLES = """\
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Make the mount ask S3 again about PATH and everything "
                        "under it, e.g. after another program changed the bucket.")
     r.add_argument("path", metavar="PATH")
+
+    uploads.add_parser(sub)
 
     u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_umount(args)
         if args.command == "refresh":
             return cmd_refresh(args)
+        if args.command == "uploads":
+            return uploads.run(args, *parse_source(args.source))
         parser.print_help()
         return 2
     except UserError as e:

@@ -131,7 +131,8 @@ OPTIONS: list[Option] = [
     Option("read_timeout", parse_seconds, 60.0, "Seconds to wait for response data.",
            "connection"),
     Option("retries", parse_positive_int, 5, "Attempts per S3 request (exponential back-off with "
-           "jitter on 5xx, throttling and connection errors).", "connection"),
+           "jitter on 5xx, throttling, connection errors and damaged bodies; Retry-After is "
+           "honoured). See Reliability.", "connection"),
     Option("checksums", _choice("when_required", "when_supported"), "when_required",
            "botocore flexible checksums. 'when_supported' sends CRC trailers (aws-chunked), which "
            "several S3-compatible servers reject; with 'when_required' ObjectFS sends Content-MD5 "

@@ -83,7 +83,9 @@ S3_ERRNO: dict[str, int] = {
     "InvalidObjectState": _errno.EIO,  # archived (Glacier) object
     "NotImplemented": _errno.EOPNOTSUPP,
     "501": _errno.EOPNOTSUPP,
-    "SlowDown": _errno.EAGAIN,
+    # still throttled after every retry: the operation failed (EIO); EAGAIN
+    # from read(2) or close(2) of a regular file would only confuse programs
+    "SlowDown": _errno.EIO,
     "503": _errno.EIO,
     "RequestTimeout": _errno.ETIMEDOUT,
 }
@@ -97,6 +99,8 @@ class StoreError(FsError):
     """
 
     log_level = logging.WARNING
+    # seconds from the server's Retry-After header, when it sent one
+    retry_after: float | None = None
 
     def __init__(self, code: str, message: str = "", *, op: str = "", key: str = "",
                  status: int | None = None):

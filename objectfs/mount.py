@@ -19,6 +19,7 @@ Order of events, each failure reported as one line (``UserError``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -124,9 +125,9 @@ def explain(err: StoreError, cfg: Config) -> str:
 def check_bucket(cfg: Config) -> S3Store:
     """Build the store and prove the bucket can be listed (UserError if not)."""
     settings = s3_settings(cfg)
-    checker = S3Store(settings, client=make_client(
-        settings, max_attempts=CHECK_ATTEMPTS, connect_timeout=CHECK_CONNECT_TIMEOUT,
-        read_timeout=CHECK_READ_TIMEOUT))
+    checker = S3Store(dataclasses.replace(settings, max_attempts=CHECK_ATTEMPTS),
+                      client=make_client(settings, connect_timeout=CHECK_CONNECT_TIMEOUT,
+                                         read_timeout=CHECK_READ_TIMEOUT))
     from .namespace.keys import normalise_prefix
 
     try:

@@ -34,7 +34,8 @@ from typing import Callable
 
 import trio
 
-from ..errors import FsError, IOFailure, PreconditionFailed, Stale, upload_error
+from ..errors import (FsError, IOFailure, ObjectNotFound, PreconditionFailed, Stale,
+                      upload_error)
 from ..store.base import MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
 from .extents import Extents
@@ -204,6 +205,8 @@ class FileData:
                 data = await self.ctx.store.get(key, s, e, etag=self.base_etag)
             except PreconditionFailed:
                 raise Stale("object changed in S3 while open") from None
+            except ObjectNotFound:
+                raise Stale("object deleted in S3 while open") from None
             if len(data) != e - s:
                 raise Stale("object shorter than expected")
             if staging.present.overlaps(s, e):

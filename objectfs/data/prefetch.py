@@ -18,8 +18,8 @@ ahead of the reader:
   read-ahead stops short but reads are still served.
 
 Every GET is pinned to the ETag the file was opened with: if the object is
-replaced in S3 while it is open, the reader gets ESTALE, never a mix of old
-and new bytes.
+replaced or deleted in S3 while it is open, the reader gets ESTALE, never a
+mix of old and new bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import PreconditionFailed, Stale
+from ..errors import ObjectNotFound, PreconditionFailed, Stale
 from ..store.base import KiB, MiB
 from .context import DataContext
 
@@ -88,6 +88,8 @@ class Prefetcher:
             seg.data = await self.ctx.store.get(self.key_fn(), seg.start, seg.end, etag=self.etag)
         except PreconditionFailed:
             seg.error = Stale("object changed in S3 while open")
+        except ObjectNotFound:
+            seg.error = Stale("object deleted in S3 while open")
         except Exception as e:  # handed to the reader that waits for it
             seg.error = e
         finally:

@@ -4,8 +4,16 @@ This is the only module that imports boto3 or starts threads.  Every call
 goes through ``_call``, which runs it under a ``trio.CapacityLimiter`` sized
 to the connection pool, and turns botocore's exceptions into ``StoreError``
 with the S3 error code, so callers see one error vocabulary.  Transient
-failures (5xx, throttling, dropped connections) are retried by botocore's
-"standard" retry mode: bounded exponential back-off with jitter.
+failures (5xx, throttling, dropped connections, short or damaged bodies)
+are retried by ``_call`` itself, following ``retry.py`` (bounded
+exponential back-off with jitter, Retry-After honoured, concurrency halved
+while the server throttles); botocore's own retries are off.  A request
+that still fails raises its StoreError, which callers turn into EIO.
+
+GET bodies are checked before they are returned: the length against
+Content-Length, the Content-Range against the range asked for, and the
+ETag against the pinned one, so a reader never gets bytes that are short,
+misplaced or from another version of the object.
 """
 
 from __future__ import annotations
@@ -15,24 +23,25 @@ import errno
 import functools
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
-from ..errors import StoreError, StoreUnavailable, UserError, store_error
+from ..errors import (PreconditionFailed, StoreError, StoreUnavailable, UserError,
+                      store_error)
 from ..tasks import open_nursery
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
+from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 # Part size for server-side multipart copies of objects over 5 GiB: large
 # parts mean few requests; the size grows for objects over 5 TiB / 10,000.
 COPY_PART_SIZE = 512 * MiB
-# A short GET body (connection dropped mid-body) is retried this many times
-# before the read fails with EIO; botocore does not retry body reads.
-SHORT_READ_RETRIES = 3
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,8 @@ def _md5_b64(body: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-def make_client(settings: S3Settings, *, max_attempts: int | None = None,
-                connect_timeout: float | None = None, read_timeout: float | None = None):
+def make_client(settings: S3Settings, *, connect_timeout: float | None = None,
+                read_timeout: float | None = None):
     """A boto3 S3 client for ``settings`` (credentials from boto3's chain)."""
     import boto3
     import botocore.exceptions
@@ -88,7 +97,8 @@ def make_client(settings: S3Settings, *, max_attempts: int | None = None,
         max_pool_connections=settings.max_connections,
         connect_timeout=connect_timeout or settings.connect_timeout,
         read_timeout=read_timeout or settings.read_timeout,
-        retries={"mode": "standard", "max_attempts": max_attempts or settings.max_attempts},
+        # S3Store._call retries (see retry.py); botocore makes one attempt
+        retries={"mode": "standard", "total_max_attempts": 1},
         request_checksum_calculation=settings.checksums,
         response_checksum_validation=settings.checksums,
         tcp_keepalive=True,
@@ -123,10 +133,15 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         code = str(err.get("Code") or status or "Unknown")
-        return store_error(code, str(err.get("Message", ""))[:200], op=op, key=key, status=status)
-    if isinstance(exc, (be.EndpointConnectionError, be.ConnectTimeoutError,
-                        be.ReadTimeoutError, be.ConnectionClosedError)):
+        e = store_error(code, str(err.get("Message", ""))[:200], op=op, key=key, status=status)
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+        e.retry_after = parse_retry_after(headers.get("retry-after"))
+        return e
+    if isinstance(exc, (be.ConnectionError, be.HTTPClientError)):
+        # refused, reset, timed out, or the body stream broke off
         return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
+    if isinstance(exc, be.IncompleteReadError):
+        return StoreError("IncompleteBody", str(exc)[:200], op=op, key=key)
     if isinstance(exc, be.NoCredentialsError):
         return StoreError("AccessDenied", "no AWS credentials found", op=op, key=key)
     if isinstance(exc, be.ParamValidationError):
@@ -136,6 +151,53 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
     if isinstance(exc, OSError):
         return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
     raise exc
+
+
+def _bare_etag(etag: str) -> str:
+    """An ETag without W/ and quotes: listings and headers of some servers
+    differ in quoting."""
+    return etag.removeprefix("W/").strip('"')
+
+
+def _checked_body(r: Mapping[str, Any], data: bytes, key: str, start: int,
+                  end: int | None, etag: str | None) -> bytes:
+    """``data`` if it is exactly the bytes asked for, else a StoreError:
+    PreconditionFailed (ESTALE) for another version of the object,
+    IncompleteBody or WrongRange (both retried) for a damaged answer."""
+    if etag and r.get("ETag") and _bare_etag(r["ETag"]) != _bare_etag(etag):
+        # a server that ignored If-Match
+        raise PreconditionFailed("PreconditionFailed", "the ETag changed", op="GetObject",
+                                 key=key)
+    expected = r.get("ContentLength")
+    if expected is not None and len(data) != int(expected):
+        raise StoreError("IncompleteBody", f"{len(data)} of {expected} bytes",
+                         op="GetObject", key=key)
+    content_range = r.get("ContentRange")
+    if content_range:
+        m = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if m is None:
+            raise StoreError("WrongRange", content_range[:100], op="GetObject", key=key)
+        first, last, total = int(m[1]), int(m[2]), m[3]
+        want_end = end if end is not None else last + 1
+        if total != "*":
+            want_end = min(want_end, int(total))
+        if first != start or last + 1 != want_end or len(data) != last + 1 - first:
+            raise StoreError("WrongRange", f"asked {start}-{end}, got {content_range}"[:100],
+                             op="GetObject", key=key)
+        return data
+    if start or end is not None:
+        return data[start:end]  # a 200 with the whole object: Range was ignored
+    return data
+
+
+def multipart_etag(parts: Sequence[Part]) -> str | None:
+    """The ETag S3 gives the object completed from ``parts`` (None if the
+    part ETags are not MD5s, as with SSE-KMS)."""
+    try:
+        digests = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
+    except ValueError:
+        return None
+    return f'"{hashlib.md5(digests).hexdigest()}-{len(parts)}"'
 
 
 class S3Store:
@@ -149,18 +211,44 @@ class S3Store:
         self.content_md5 = settings.upload_checksum == "md5" or (
             settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
+        self.congestion = Congestion(self.limiter, settings.max_connections)
         self.stats: dict[str, int] = {}
+        self.retries = 0            # attempts repeated after a transient failure
 
     # -- plumbing ---------------------------------------------------------
 
-    async def _call(self, op: str, key: str, fn: Callable[[], Any]) -> Any:
+    async def _call(self, op: str, key: str, fn: Callable[[], Any], *,
+                    retried: list[StoreError] | None = None) -> Any:
+        """Run ``fn`` in a worker thread, retrying transient failures.
+
+        ``fn`` may raise StoreError itself (a body that failed its checks).
+        The errors that were retried are appended to ``retried``: a request
+        whose answer was lost may have taken effect on the server.
+        """
         self.stats[op] = self.stats.get(op, 0) + 1
-        try:
-            return await trio.to_thread.run_sync(fn, limiter=self.limiter)
-        except Exception as exc:  # translated below; anything unknown re-raises
-            err = translate(exc, op, key)
-            log.log(err.log_level, "S3 %s %r failed: %s", op, key, err.code)
-            raise err from None
+        attempts = max(1, self.settings.max_attempts)
+        for attempt in range(attempts):
+            try:
+                result = await trio.to_thread.run_sync(fn, limiter=self.limiter)
+            except StoreError as e:
+                err = e
+            except Exception as exc:  # translated below; anything unknown re-raises
+                err = translate(exc, op, key)
+            else:
+                self.congestion.succeeded()
+                return result
+            if not is_retryable(err) or attempt + 1 >= attempts:
+                break
+            if is_throttle(err):
+                self.congestion.throttled()
+            delay = backoff(attempt, err.retry_after)
+            log.info("S3 %s %r: %s, retrying in %.2fs", op, key, err.code, delay)
+            if retried is not None:
+                retried.append(err)
+            self.retries += 1
+            await trio.sleep(delay)
+        log.log(err.log_level, "S3 %s %r failed: %s", op, key, err.code)
+        raise err
 
     def _common(self, metadata: Mapping[str, str], content_type: str,
                 headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -219,24 +307,19 @@ class S3Store:
 
         def fetch():
             r = self.client.get_object(**kw)
-            with r["Body"] as body:
-                data = body.read()
-            return data, int(r.get("ContentLength", len(data)))
-
-        for attempt in range(SHORT_READ_RETRIES + 1):
+            body = r["Body"]
             try:
-                data, expected = await self._call("GetObject", key, fetch)
-            except StoreError as e:
-                if e.code in ("InvalidRange", "416"):
-                    return b""  # range starts at or past the end of the object
-                if e.code == "ClientError" and attempt < SHORT_READ_RETRIES:
-                    continue  # body stream broke mid-read
-                raise
-            if len(data) == expected:
-                return data
-            log.warning("short GET body for %r (%d of %d bytes), retrying", key,
-                        len(data), expected)
-        raise StoreError("IncompleteBody", "short body", op="GetObject", key=key)
+                data = body.read()  # IncompleteReadError if short of Content-Length
+            finally:
+                body.close()
+            return _checked_body(r, data, key, start, end, etag)
+
+        try:
+            return await self._call("GetObject", key, fetch)
+        except StoreError as e:
+            if e.code in ("InvalidRange", "416"):
+                return b""  # range starts at or past the end of the object
+            raise
 
     # -- writes -----------------------------------------------------------
 
@@ -250,7 +333,18 @@ class S3Store:
             kw["ContentMD5"] = _md5_b64(body)
         if if_none_match:
             kw["IfNoneMatch"] = "*"
-        r = await self._call("PutObject", key, functools.partial(self.client.put_object, **kw))
+        retried: list[StoreError] = []
+        try:
+            r = await self._call("PutObject", key,
+                                 functools.partial(self.client.put_object, **kw),
+                                 retried=retried)
+        except PreconditionFailed:
+            # an earlier attempt whose answer was lost may have made the
+            # object: it is ours if it holds exactly this body
+            mine = f'"{hashlib.md5(body).hexdigest()}"'
+            if not retried or (await self._etag_or_none(key)) != mine:
+                raise
+            r = {"ETag": mine}
         # mtime_ns 0: Last-Modified is the server's to say; we did not ask
         return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=0,
                           metadata=dict(metadata), content_type=content_type,
@@ -338,9 +432,34 @@ class S3Store:
                                content_type: str,
                                headers: Mapping[str, Any] | None = None) -> str:
         kw = self._common(metadata, content_type, headers)
+        retried: list[StoreError] = []
         r = await self._call("CreateMultipartUpload", key, functools.partial(
-            self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw))
+            self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw),
+            retried=retried)
+        if retried:
+            await self._abort_orphans(key, r["UploadId"])
         return r["UploadId"]
+
+    async def _abort_orphans(self, key: str, keep: str) -> None:
+        """Abort the uploads of ``key`` other than ``keep``: an attempt of
+        CreateMultipartUpload whose answer was lost started one, and nobody
+        else knows its id.  (Servers do not report reliably when an upload
+        began, so another client's upload of the same key that is under way
+        at this moment is aborted too; its writer gets an error, not wrong
+        data.)"""
+        try:
+            for other_key, upload_id in await self.list_multipart_uploads(key):
+                if other_key == key and upload_id != keep:
+                    log.info("aborting multipart upload of %r left by a lost answer", key)
+                    await self.abort_multipart(key, upload_id)
+        except StoreError as e:
+            log.warning("could not clean up multipart uploads of %r: %s", key, e)
+
+    async def _etag_or_none(self, key: str) -> str | None:
+        try:
+            return (await self.head(key)).etag
+        except StoreError:
+            return None
 
     async def upload_part(self, key: str, upload_id: str, number: int,
                           body: bytes | memoryview) -> Part:
@@ -365,10 +484,20 @@ class S3Store:
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: Sequence[Part]) -> ObjectInfo:
-        r = await self._call("CompleteMultipartUpload", key, functools.partial(
-            self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}))
+        try:
+            r = await self._call("CompleteMultipartUpload", key, functools.partial(
+                self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag}
+                                           for p in parts]}))
+        except StoreError as e:
+            # An attempt whose answer was lost may have completed the upload;
+            # then the object's ETag is the one these parts make.
+            expected = multipart_etag(parts)
+            if (e.code != "NoSuchUpload" or expected is None
+                    or (await self._etag_or_none(key)) != expected):
+                raise
+            r = {"ETag": expected}
         return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=0)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -385,3 +514,17 @@ class S3Store:
             self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=prefix))
         return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", ())]
 
+
+    async def pending_uploads(self, prefix: str = "") -> list[tuple[str, str, Any]]:
+        """(key, upload id, initiated datetime or None) of every unfinished
+        multipart upload under ``prefix``, all pages."""
+        out: list[tuple[str, str, Any]] = []
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            r = await self._call("ListMultipartUploads", prefix, functools.partial(
+                self.client.list_multipart_uploads, **kw))
+            out += [(u["Key"], u["UploadId"], u.get("Initiated")) for u in r.get("Uploads", ())]
+            if not r.get("IsTruncated"):
+                return out
+            kw.update(KeyMarker=r.get("NextKeyMarker", ""),
+                      UploadIdMarker=r.get("NextUploadIdMarker", ""))

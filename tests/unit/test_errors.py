@@ -100,7 +100,7 @@ def test_log_levels_of_expected_conditions():
     ("PreconditionFailed", errno.ESTALE), ("412", errno.ESTALE),
     ("InvalidRange", errno.EINVAL), ("KeyTooLongError", errno.ENAMETOOLONG),
     ("MetadataTooLarge", errno.E2BIG), ("EntityTooLarge", errno.EFBIG),
-    ("NotImplemented", errno.EOPNOTSUPP), ("SlowDown", errno.EAGAIN),
+    ("NotImplemented", errno.EOPNOTSUPP), ("SlowDown", errno.EIO),
     ("RequestTimeout", errno.ETIMEDOUT), ("InvalidObjectState", errno.EIO),
 ])
 def test_s3_errno_table(code, expected):

@@ -18,6 +18,9 @@ FILES = {
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
     "smoke": "tests/integration/test_smoke.py",
+    "faults": "tests/integration/test_faults.py",
+    "storefaults": "tests/integration/test_store_faults.py",
+    "proxy": "tests/integration/test_faultproxy.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
