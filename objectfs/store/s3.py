@@ -15,15 +15,18 @@ import errno
 import functools
 import hashlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
+from .. import logs, metrics
 from ..errors import StoreError, StoreUnavailable, UserError, store_error
 from ..tasks import open_nursery
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
+from .s3options import RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class S3Settings:
     upload_checksum: str = "auto"
     verify_ssl: bool = True
     addressing_style: str | None = None
+    # SSE, storage class, requester-pays: added to every call that takes them
+    request_options: RequestOptions = field(default_factory=RequestOptions)
 
 
 def _ms(dt) -> int:
@@ -101,7 +106,22 @@ def make_client(settings: S3Settings, *, max_attempts: int | None = None,
     # "Missing required header: Content-MD5".  Content-MD5 is accepted by
     # every implementation, AWS included, so always add it.
     client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
+    settings.request_options.install(client)
+    _never_log_credentials(session, settings)
     return client
+
+
+def _never_log_credentials(session, settings: S3Settings) -> None:
+    for value in settings.request_options.secrets():
+        logs.add_secret(value)
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except Exception:  # resolving credentials fails later, with a clear message
+        return
+    if frozen is not None:
+        logs.add_secret(frozen.secret_key)
+        logs.add_secret(frozen.token)
 
 
 def _add_content_md5(request, **_):
@@ -124,6 +144,9 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         code = str(err.get("Code") or status or "Unknown")
         return store_error(code, str(err.get("Message", ""))[:200], op=op, key=key, status=status)
+    if isinstance(exc, be.SSLError):
+        return StoreError("TLSError", "TLS handshake or certificate verification failed",
+                          op=op, key=key)
     if isinstance(exc, (be.EndpointConnectionError, be.ConnectTimeoutError,
                         be.ReadTimeoutError, be.ConnectionClosedError)):
         return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
@@ -153,14 +176,32 @@ class S3Store:
 
     # -- plumbing ---------------------------------------------------------
 
-    async def _call(self, op: str, key: str, fn: Callable[[], Any]) -> Any:
+    async def _call(self, op: str, key: str, fn: Callable[[], Any], *, sent: int = 0) -> Any:
+        """Run one S3 call (``sent``: object bytes in its body); a failure,
+        after botocore's retries, is logged once, counted and raised as a
+        StoreError."""
         self.stats[op] = self.stats.get(op, 0) + 1
+        took = [0.0]
+
+        def timed():  # in the worker thread: time the request, not the queue
+            t0 = time.monotonic()
+            try:
+                return fn()
+            finally:
+                took[0] = time.monotonic() - t0
+
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+            result = await trio.to_thread.run_sync(timed, limiter=self.limiter)
         except Exception as exc:  # translated below; anything unknown re-raises
             err = translate(exc, op, key)
-            log.log(err.log_level, "S3 %s %r failed: %s", op, key, err.code)
+            metrics.s3_request(op, took[0], error=err.code)
+            log.log(err.log_level, "S3 %s %r failed: %s%s", op, key, err.code,
+                    f" (HTTP {err.status})" if err.status and str(err.status) != err.code else "")
             raise err from None
+        metrics.s3_request(op, took[0])
+        if sent:
+            metrics.counter("objectfs_s3_sent_bytes_total").inc(sent)
+        return result
 
     def _common(self, metadata: Mapping[str, str], content_type: str,
                 headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -226,6 +267,7 @@ class S3Store:
         for attempt in range(SHORT_READ_RETRIES + 1):
             try:
                 data, expected = await self._call("GetObject", key, fetch)
+                metrics.counter("objectfs_s3_received_bytes_total").inc(len(data))
             except StoreError as e:
                 if e.code in ("InvalidRange", "416"):
                     return b""  # range starts at or past the end of the object
@@ -250,7 +292,8 @@ class S3Store:
             kw["ContentMD5"] = _md5_b64(body)
         if if_none_match:
             kw["IfNoneMatch"] = "*"
-        r = await self._call("PutObject", key, functools.partial(self.client.put_object, **kw))
+        r = await self._call("PutObject", key, functools.partial(self.client.put_object, **kw),
+                             sent=len(body))
         # mtime_ns 0: Last-Modified is the server's to say; we did not ask
         return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=0,
                           metadata=dict(metadata), content_type=content_type,
@@ -348,7 +391,8 @@ class S3Store:
                                   PartNumber=number, Body=_blob(body))
         if self.content_md5:
             kw["ContentMD5"] = _md5_b64(body)
-        r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw))
+        r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw),
+                             sent=len(kw["Body"]))
         return Part(number, r["ETag"])
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, src: str,
