@@ -139,13 +139,15 @@ def cmd_mount(args) -> int:
 
     if args.foreground:
         return mount.run(cfg)
+    code = _daemonize(cfg)
     from .logs import no_log_warning
 
     # the daemon's own log may be out of sight: say these where the user looks
+    # (after success, so that a failure stays one line)
     for warning in mount.config_warnings(cfg) + [no_log_warning(cfg)]:
         if warning:
             print(f"objectfs: warning: {warning}", file=sys.stderr)
-    return _daemonize(cfg)
+    return code
 
 
 def _daemonize(cfg) -> int:
