@@ -373,6 +373,8 @@ class S3Store:
                 e = store_error(err.get("Code", "Unknown"), err.get("Message", ""),
                                 op="DeleteObjects", key=err.get("Key", ""))
                 log.warning("S3 DeleteObjects %r failed: %s", e.key, e.code)
+                metrics.counter("objectfs_s3_errors_total", op="DeleteObjects",
+                                code=e.code).inc()  # a key the batch could not delete
                 first_error = first_error or e
         if first_error is not None:
             raise first_error

@@ -314,3 +314,37 @@ def test_encryption_and_tls_options():
                 "storage_class=a b", "metrics_port=70000"):
         with pytest.raises(ConfigError):
             build("b", "", "/m", o_options=[bad])
+
+
+def test_daemon_logs_to_syslog_with_its_name_and_the_daemon_facility(tmp_path, monkeypatch):
+    import socket
+
+    path = str(tmp_path / "log.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(10)
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", path)
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        logs.setup(build("b", "", "/m", o_options=["log_level=info"]), daemon=True)
+        logging.getLogger("objectfs.test").warning("hello Signature=%s", "0123456789abcdef")
+        message = sink.recv(4096).decode()
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(saved[0])
+        for h in saved[1]:
+            root.addHandler(h)
+        sink.close()
+    # <priority> = facility daemon (3) * 8 + warning (4)
+    assert message.startswith(f"<28>objectfs[{os.getpid()}]: WARNING objectfs.test: hello ")
+    assert "0123456789abcdef" not in message
+    assert logs.no_log_warning(build("b", "", "/m")) is None  # the socket exists now
+
+
+def test_no_syslog_is_said_before_detaching(monkeypatch, tmp_path):
+    monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(tmp_path / "missing"))
+    assert "log_file" in logs.no_log_warning(build("b", "", "/m"))
+    assert logs.no_log_warning(build("b", "", "/m", o_options=["log_file=/tmp/x"])) is None

@@ -18,6 +18,8 @@ FILES = {
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
     "smoke": "tests/integration/test_smoke.py",
+    "obs": "tests/integration/test_observability.py",
+    "sse": "tests/integration/test_sse.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
