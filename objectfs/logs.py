@@ -4,7 +4,7 @@ Destination: ``log_file`` if set (reopened when logrotate moves it);
 otherwise stderr in the foreground and syslog as a daemon (the journal
 reads /dev/log, so ``journalctl -t objectfs`` shows it).  A daemon on a
 machine without /dev/log and without ``log_file`` has nowhere to log; the
-CLI says so before it detaches (``no_log_warning``).
+CLI says so once the daemon is up (``no_log_warning``).
 
 Secrets: botocore logs whole requests (headers with the Authorization
 signature, presigned query strings, session tokens) at DEBUG, so its
@@ -96,7 +96,7 @@ SYSLOG_SOCKET = "/dev/log"
 
 
 def no_log_warning(cfg) -> str | None:
-    """What to tell the user before detaching if the daemon's log would be lost."""
+    """What to tell the user if a daemon's log would be lost."""
     if cfg.log_file or os.path.exists(SYSLOG_SOCKET):
         return None
     return (f"no syslog here ({SYSLOG_SOCKET} is missing): the daemon's log is discarded; "

@@ -69,10 +69,6 @@ def read_state(mountpoint: str) -> dict | None:
         return None
 
 
-def setup_logging(cfg: Config, daemon: bool) -> None:
-    logs.setup(cfg, daemon)
-
-
 def config_warnings(cfg: Config) -> list[str]:
     """One line per risky setting the user asked for (shown at mount)."""
     out = []
@@ -284,7 +280,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     Failures before the mount is up raise UserError (nothing is left
     mounted); ``ready_fd`` gets "OK" once the mount answers.
     """
-    setup_logging(cfg, daemon)
+    logs.setup(cfg, daemon)
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     if not cfg.verify_ssl:

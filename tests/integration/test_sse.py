@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import os
 import http.client
 import http.server
+import os
 import subprocess
 import sys
 import threading

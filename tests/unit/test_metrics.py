@@ -344,7 +344,7 @@ def test_daemon_logs_to_syslog_with_its_name_and_the_daemon_facility(tmp_path, m
     assert logs.no_log_warning(build("b", "", "/m")) is None  # the socket exists now
 
 
-def test_no_syslog_is_said_before_detaching(monkeypatch, tmp_path):
+def test_no_syslog_is_said_to_the_user(monkeypatch, tmp_path):
     monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(tmp_path / "missing"))
     assert "log_file" in logs.no_log_warning(build("b", "", "/m"))
     assert logs.no_log_warning(build("b", "", "/m", o_options=["log_file=/tmp/x"])) is None
