@@ -348,3 +348,10 @@ def test_no_syslog_is_said_to_the_user(monkeypatch, tmp_path):
     monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(tmp_path / "missing"))
     assert "log_file" in logs.no_log_warning(build("b", "", "/m"))
     assert logs.no_log_warning(build("b", "", "/m", o_options=["log_file=/tmp/x"])) is None
+
+
+def test_helpers_return_the_same_child_and_refuse_another_kind():
+    a = metrics.counter("objectfs_test_kind_total", op="x")
+    assert metrics.counter("objectfs_test_kind_total", op="x") is a
+    with pytest.raises(ValueError):
+        metrics.gauge("objectfs_test_kind_total", op="x")
