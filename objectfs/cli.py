@@ -27,6 +27,7 @@ examples:
   objectfs mount s3://test /mnt/t --endpoint-url http://127.0.0.1:9000 -o uid=1000,gid=1000
   objectfs mount s3://my-bucket /mnt/data --config /etc/objectfs.yaml -f
   objectfs refresh /mnt/data/reports      # after another program changed the bucket
+  objectfs stats /mnt/data                # requests, latency, caches, pending uploads
   objectfs umount /mnt/data
 
 Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
@@ -35,6 +36,8 @@ Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
 # How long "objectfs mount" waits for the daemon to report that the mount
 # answers.  The bucket check itself is bounded to well under this.
 READY_TIMEOUT = 60.0
+# The daemon answers a stats request from memory, at once.
+STATS_TIMEOUT = 10.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("path", metavar="PATH")
 
     uploads.add_parser(sub)
+    st = sub.add_parser("stats", help="show a running mount's figures",
+                        description="S3 requests, errors and latency, bytes moved, FUSE "
+                        "requests, cache hits and misses, pending uploads: the figures "
+                        "served to Prometheus with -o metrics_port=N.")
+    st.add_argument("mountpoint", metavar="MOUNTPOINT")
+    st.add_argument("--json", action="store_true", help="print the raw figures as JSON")
 
     u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -131,7 +140,15 @@ def cmd_mount(args) -> int:
 
     if args.foreground:
         return mount.run(cfg)
-    return _daemonize(cfg)
+    code = _daemonize(cfg)
+    from .logs import no_log_warning
+
+    # the daemon's own log may be out of sight: say these where the user looks
+    # (after success, so that a failure stays one line)
+    for warning in mount.config_warnings(cfg) + [no_log_warning(cfg)]:
+        if warning:
+            print(f"objectfs: warning: {warning}", file=sys.stderr)
+    return code
 
 
 def _daemonize(cfg) -> int:
@@ -229,6 +246,23 @@ def cmd_refresh(args) -> int:
     return 0
 
 
+def cmd_stats(args) -> int:
+    import json
+
+    from . import control, stats
+
+    entry = procmounts.find(args.mountpoint)
+    if entry is None or entry.fstype != "fuse.objectfs":
+        entry, _ = control.mount_of(args.mountpoint)
+    reply = control.request(entry.mountpoint, {"op": "stats"}, timeout=STATS_TIMEOUT)
+    if args.json:
+        reply.pop("ok", None)
+        print(json.dumps(reply, indent=1, sort_keys=True))
+    else:
+        sys.stdout.write(stats.format_table(reply))
+    return 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -269,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_refresh(args)
         if args.command == "uploads":
             return uploads.run(args, *parse_source(args.source))
+        if args.command == "stats":
+            return cmd_stats(args)
         parser.print_help()
         return 2
     except UserError as e:

@@ -90,6 +90,31 @@ def parse_id(text: str | int) -> int:
     return v
 
 
+def parse_port(text: str | int) -> int:
+    if isinstance(text, bool):
+        raise ValueError("not a port")
+    v = int(text)
+    if not 0 <= v <= 65535:
+        raise ValueError("must be 0 (off) or a TCP port up to 65535")
+    return v
+
+
+def parse_sse(text) -> str:
+    s = str(text).strip()
+    if s.upper() == "AES256":
+        return "AES256"
+    if s.lower() == "aws:kms":
+        return "aws:kms"
+    raise ValueError("must be AES256 or aws:kms")
+
+
+def parse_storage_class(text) -> str:
+    s = str(text).strip().upper()
+    if not s or not all(c.isalnum() or c == "_" for c in s):
+        raise ValueError("must be a storage class name such as STANDARD_IA")
+    return s
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(text):
         s = str(text).strip().lower()
@@ -144,6 +169,23 @@ OPTIONS: list[Option] = [
            "the payload signature still protects the body).",
            "connection"),
     Option("verify_ssl", parse_bool, True, "Verify TLS certificates.", "connection"),
+    Option("no_verify_ssl", parse_bool, False, "Do not verify TLS certificates (same as "
+           "verify_ssl=false; a warning is logged). Prefer AWS_CA_BUNDLE=FILE for a private CA.",
+           "connection"),
+    # -- encryption, storage class, billing
+    Option("sse", parse_sse, None, "Server-side encryption of every object "
+           "written: AES256 (SSE-S3) or aws:kms (SSE-KMS). Unset: the bucket's default.",
+           "encryption", "unset"),
+    Option("sse_kms_key_id", _str, None, "KMS key (id, ARN or alias) for sse=aws:kms; implies "
+           "it. Unset: the account's default S3 key.", "encryption", "unset"),
+    Option("sse_c_key_file", _str, None, "File holding a 32-byte SSE-C key (raw or base64; must "
+           "not be readable by group or others). Every object is written and read with it.",
+           "encryption", "unset"),
+    Option("storage_class", parse_storage_class, None, "Storage class of every object written "
+           "(STANDARD_IA, INTELLIGENT_TIERING, ...). Unset: the bucket's default, and a "
+           "rewritten object keeps its class.", "encryption", "unset"),
+    Option("requester_pays", parse_bool, False, "Send RequestPayer=requester on every request "
+           "(buckets where the reader pays).", "encryption"),
     # -- ownership and permissions
     Option("uid", parse_id, None, "Force this owner on every entry (as s3fs/libfuse -o uid). "
            "Unset: the uid stored in the object, else the mounting user.", "permissions",
@@ -207,6 +249,8 @@ OPTIONS: list[Option] = [
            "Logging level.", "process"),
     Option("log_file", _str, None, "Log to this file (default: stderr in the foreground, syslog "
            "as a daemon).", "process", "unset"),
+    Option("metrics_port", parse_port, 0, "Serve Prometheus metrics on "
+           "http://127.0.0.1:PORT/metrics (loopback only). 0: off.", "process"),
     Option("fsname", _str, None, "Source shown in mount(8) and /proc/mounts.", "process",
            "s3://BUCKET[/PREFIX]"),
 ]
@@ -324,6 +368,14 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("bad value for read_part_size: at least 64K")
     if v["prefetch_max"] < v["read_part_size"]:
         raise ConfigError("bad value for prefetch_max: must be at least read_part_size")
+    if v["sse_kms_key_id"] and v["sse"] in (None, "aws:kms"):
+        v["sse"] = "aws:kms"
+    elif v["sse_kms_key_id"]:
+        raise ConfigError("sse_kms_key_id needs sse=aws:kms")
+    if v["sse_c_key_file"] and v["sse"]:
+        raise ConfigError("sse_c_key_file (SSE-C) and sse cannot be used together")
+    if v["no_verify_ssl"]:
+        v["verify_ssl"] = False
 
 
 def default_cache_dir() -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from . import metadata as md
+from . import metadata as md, metrics
 from .data.context import DataContext, ObjectHeaders
 from .data.file import FileData
 from .data.prefetch import Prefetcher
@@ -835,7 +835,9 @@ class Filesystem:
         h = self.dir_handle(fh)
         if start == 0:
             d = h.node
-            if not self.ns.listing_fresh(d):
+            fresh = self.ns.listing_fresh(d)
+            metrics.cache("listing", hit=fresh)
+            if not fresh:
                 await self.ns.list_dir(d)
             elif not self.cfg.trust_listing:
                 await self.ns.fill_metadata(d)

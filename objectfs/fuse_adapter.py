@@ -18,7 +18,8 @@ import threading
 
 import pyfuse3
 
-from .errors import FsError
+from . import metrics
+from .errors import FsError, StoreError
 from .filesystem import Caller, FileHandle, Filesystem, SetAttr
 from .namespace.keys import name_to_kernel
 from .namespace.namespace import Notifier
@@ -34,20 +35,32 @@ BLKSIZE = 1 << 20
 
 
 def _guard(name: str, fn):
+    requests = metrics.counter("objectfs_fuse_requests_total", op=name)
+
+    def failed(code: int) -> None:
+        metrics.counter("objectfs_fuse_errors_total", op=name,
+                        errno=errno.errorcode.get(code, str(code))).inc()
+
     @functools.wraps(fn)
     async def handler(self, *args):
+        requests.inc()
         try:
             return await fn(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            failed(e.errno)
             raise
         except Exception as e:
             err = e
             if isinstance(e, ExceptionGroup):  # from a nursery not using tasks.open_nursery
                 err = first_error(e) or e
             if isinstance(err, FsError):
-                log.log(err.log_level, "%s failed: %s", name, err)
+                # a failed S3 call was logged once by the store already
+                level = logging.DEBUG if isinstance(err, StoreError) else err.log_level
+                log.log(level, "%s failed: %s", name, err)
+                failed(err.errno)
                 raise pyfuse3.FUSEError(err.errno) from None
             log.exception("unexpected error in %s; returning EIO", name)
+            failed(errno.EIO)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return handler
 

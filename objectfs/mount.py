@@ -23,21 +23,20 @@ import dataclasses
 import errno
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import trio
 
-from . import procmounts
+from . import logs, metrics_http, procmounts, stats
 from .control import ControlServer, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
 from .store.s3 import S3Settings, S3Store, make_client
+from .store.s3options import RequestOptions, read_sse_c_key
 
 log = logging.getLogger("objectfs")
 
@@ -71,25 +70,20 @@ def read_state(mountpoint: str) -> dict | None:
         return None
 
 
-def setup_logging(cfg: Config, daemon: bool) -> None:
-    level = getattr(logging, cfg.log_level.upper())
-    root = logging.getLogger()
-    root.setLevel(level)
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if cfg.log_file:
-        handler: logging.Handler = logging.FileHandler(cfg.log_file)
-    elif daemon and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        fmt = "objectfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root.addHandler(handler)
-    # botocore logs request details (including signed URLs) at DEBUG
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+def config_warnings(cfg: Config) -> list[str]:
+    """One line per risky setting the user asked for (shown at mount)."""
+    out = []
+    if not cfg.verify_ssl:
+        out.append("TLS certificate verification is off (no_verify_ssl): the S3 endpoint's "
+                   "identity is not checked")
+    return out
+
+
+def request_options(cfg: Config) -> RequestOptions:
+    return RequestOptions(
+        sse=cfg.sse, sse_kms_key_id=cfg.sse_kms_key_id,
+        sse_c_key=read_sse_c_key(cfg.sse_c_key_file) if cfg.sse_c_key_file else None,
+        storage_class=cfg.storage_class, requester_pays=cfg.requester_pays)
 
 
 def s3_settings(cfg: Config) -> S3Settings:
@@ -98,7 +92,7 @@ def s3_settings(cfg: Config) -> S3Settings:
         profile=cfg.profile, max_connections=cfg.max_connections,
         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
         max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
-        upload_checksum=cfg.upload_checksum)
+        upload_checksum=cfg.upload_checksum, request_options=request_options(cfg))
 
 
 def explain(err: StoreError, cfg: Config) -> str:
@@ -117,6 +111,9 @@ def explain(err: StoreError, cfg: Config) -> str:
                 "use --profile, or configure ~/.aws/credentials")
     if err.errno == errno.EACCES:
         return f"access to bucket {cfg.bucket!r} denied ({code})"
+    if code == "TLSError":
+        return (f"TLS connection to {where} failed (untrusted certificate?): set "
+                "AWS_CA_BUNDLE=FILE for a private CA, or -o no_verify_ssl to skip verification")
     if code == "PermanentRedirect":
         return f"bucket {cfg.bucket!r} is in another region: pass --region"
     return f"cannot access bucket {cfg.bucket!r} at {where}: {code}"
@@ -179,6 +176,7 @@ class Lifecycle:
         self.ready_fd = ready_fd
         self.stopping = False
         self.abort = False
+        self.metrics: metrics_http.MetricsServer | None = None
 
     def _report(self, text: str) -> None:
         if self.ready_fd is not None:
@@ -252,7 +250,7 @@ class Lifecycle:
         async def refresh(req: dict) -> dict:
             return {"dropped": await self.fs.refresh(str(req.get("path", "")))}
 
-        return {"ping": ping, "refresh": refresh}
+        return {"ping": ping, "refresh": refresh, "stats": stats.control_handler(self.cfg)}
 
     async def main(self) -> None:
         import pyfuse3
@@ -265,6 +263,8 @@ class Lifecycle:
                 await nursery.start(server.serve)
             except OSError as e:
                 log.warning("no control socket (%s): objectfs refresh will not work", e)
+            if self.metrics is not None:
+                await nursery.start(self.metrics.serve)
             nursery.start_soon(self._signals)
             nursery.start_soon(self._probe_ready)
             await pyfuse3.main()
@@ -281,8 +281,15 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     Failures before the mount is up raise UserError (nothing is left
     mounted); ``ready_fd`` gets "OK" once the mount answers.
     """
-    setup_logging(cfg, daemon)
+    logs.setup(cfg, daemon)
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
+    if not cfg.verify_ssl:
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
     store = check_bucket(cfg)
+    metrics_sock = metrics_http.bind(cfg.metrics_port) if cfg.metrics_port else None
 
     import pyfuse3
 
@@ -292,13 +299,18 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     notifier = KernelNotifier()
     fs = Filesystem(store, cfg, notifier)
     ops = FuseOperations(fs)
+    stats.install_gauges(fs)
     try:
         pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
     except RuntimeError as e:
         notifier.stop()
+        if metrics_sock is not None:
+            metrics_sock.close()
         raise UserError(f"cannot mount on {cfg.mountpoint}: {e} (is FUSE available "
                         "and the mountpoint usable?)") from None
     life = Lifecycle(cfg, fs, ready_fd)
+    if metrics_sock is not None:
+        life.metrics = metrics_http.MetricsServer(metrics_sock)
     code = 0
     try:
         trio.run(life.main)

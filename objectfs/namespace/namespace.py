@@ -25,7 +25,7 @@ import time
 import trio
 from cachetools import TTLCache
 
-from .. import metadata as md
+from .. import metadata as md, metrics
 from ..errors import FsError, NotFound
 from ..store.base import ObjectInfo, ObjectStore
 from . import keys
@@ -178,16 +178,21 @@ class Namespace:
         child = parent.children.get(name)
         if child is not None and self.fresh(child, now):
             if child.meta_known or self.cfg.trust_listing:
+                metrics.cache("lookup", hit=True)
                 return child
+            metrics.cache("lookup", hit=False)
             return await self._complete(parent, child)
         if self.listing_fresh(parent, now):
             # the listing is current: a name it lacks does not exist, and an
             # entry it could not vouch for (see _merge) needs one HEAD
+            metrics.cache("lookup", hit=child is None)
             if child is None:
                 raise NotFound(name)
             return await self._complete(parent, child)
         if child is None and (parent.ino, name) in self.negative:
+            metrics.cache("lookup", hit=True)
             raise NotFound(name)
+        metrics.cache("lookup", hit=False)
         pages = self._listing_budget(parent, now)
         if pages:
             # A page or a few usually hold the whole directory: the listing
@@ -316,7 +321,9 @@ class Namespace:
         Open files are never detached here: their handles go on working.
         """
         if self.fresh(node):
+            metrics.cache("attr", hit=True)
             return
+        metrics.cache("attr", hit=False)
         parent = node.parent
         if parent is None:
             if node.open_count:

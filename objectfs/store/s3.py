@@ -24,17 +24,20 @@ import functools
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import trio
 
+from .. import logs, metrics
 from ..errors import (PreconditionFailed, StoreError, StoreUnavailable, UserError,
                       store_error)
 from ..tasks import open_nursery
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
+from .s3options import RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class S3Settings:
     upload_checksum: str = "auto"
     verify_ssl: bool = True
     addressing_style: str | None = None
+    # SSE, storage class, requester-pays: added to every call that takes them
+    request_options: RequestOptions = field(default_factory=RequestOptions)
 
 
 def _ms(dt) -> int:
@@ -111,7 +116,22 @@ def make_client(settings: S3Settings, *, connect_timeout: float | None = None,
     # "Missing required header: Content-MD5".  Content-MD5 is accepted by
     # every implementation, AWS included, so always add it.
     client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
+    settings.request_options.install(client)
+    _never_log_credentials(session, settings)
     return client
+
+
+def _never_log_credentials(session, settings: S3Settings) -> None:
+    for value in settings.request_options.secrets():
+        logs.add_secret(value)
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except Exception:  # resolving credentials fails later, with a clear message
+        return
+    if frozen is not None:
+        logs.add_secret(frozen.secret_key)
+        logs.add_secret(frozen.token)
 
 
 def _add_content_md5(request, **_):
@@ -137,6 +157,9 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
         headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
         e.retry_after = parse_retry_after(headers.get("retry-after"))
         return e
+    if isinstance(exc, be.SSLError):
+        return StoreError("TLSError", "TLS handshake or certificate verification failed",
+                          op=op, key=key)
     if isinstance(exc, (be.ConnectionError, be.HTTPClientError)):
         # refused, reset, timed out, or the body stream broke off
         return StoreUnavailable("Unreachable", type(exc).__name__, op=op, key=key)
@@ -217,26 +240,41 @@ class S3Store:
 
     # -- plumbing ---------------------------------------------------------
 
-    async def _call(self, op: str, key: str, fn: Callable[[], Any], *,
+    async def _call(self, op: str, key: str, fn: Callable[[], Any], *, sent: int = 0,
                     retried: list[StoreError] | None = None) -> Any:
         """Run ``fn`` in a worker thread, retrying transient failures.
 
         ``fn`` may raise StoreError itself (a body that failed its checks).
-        The errors that were retried are appended to ``retried``: a request
-        whose answer was lost may have taken effect on the server.
+        ``sent``: object bytes in the request body, for the metrics.  The
+        errors that were retried are appended to ``retried``: a request whose
+        answer was lost may have taken effect on the server.  A failure after
+        the last attempt is logged once, counted and raised.
         """
         self.stats[op] = self.stats.get(op, 0) + 1
         attempts = max(1, self.settings.max_attempts)
+        took = [0.0]
+
+        def timed():  # in the worker thread: time the request, not the queue
+            t0 = time.monotonic()
+            try:
+                return fn()
+            finally:
+                took[0] = time.monotonic() - t0
+
         for attempt in range(attempts):
             try:
-                result = await trio.to_thread.run_sync(fn, limiter=self.limiter)
+                result = await trio.to_thread.run_sync(timed, limiter=self.limiter)
             except StoreError as e:
                 err = e
             except Exception as exc:  # translated below; anything unknown re-raises
                 err = translate(exc, op, key)
             else:
                 self.congestion.succeeded()
+                metrics.s3_request(op, took[0])
+                if sent:
+                    metrics.counter("objectfs_s3_sent_bytes_total").inc(sent)
                 return result
+            metrics.s3_request(op, took[0], error=err.code)
             if not is_retryable(err) or attempt + 1 >= attempts:
                 break
             if is_throttle(err):
@@ -247,7 +285,8 @@ class S3Store:
                 retried.append(err)
             self.retries += 1
             await trio.sleep(delay)
-        log.log(err.log_level, "S3 %s %r failed: %s", op, key, err.code)
+        log.log(err.log_level, "S3 %s %r failed: %s%s", op, key, err.code,
+                f" (HTTP {err.status})" if err.status and str(err.status) != err.code else "")
         raise err
 
     def _common(self, metadata: Mapping[str, str], content_type: str,
@@ -315,11 +354,13 @@ class S3Store:
             return _checked_body(r, data, key, start, end, etag)
 
         try:
-            return await self._call("GetObject", key, fetch)
+            data = await self._call("GetObject", key, fetch)
         except StoreError as e:
             if e.code in ("InvalidRange", "416"):
                 return b""  # range starts at or past the end of the object
             raise
+        metrics.counter("objectfs_s3_received_bytes_total").inc(len(data))
+        return data
 
     # -- writes -----------------------------------------------------------
 
@@ -337,7 +378,7 @@ class S3Store:
         try:
             r = await self._call("PutObject", key,
                                  functools.partial(self.client.put_object, **kw),
-                                 retried=retried)
+                                 sent=len(body), retried=retried)
         except PreconditionFailed:
             # an earlier attempt whose answer was lost may have made the
             # object: it is ours if it holds exactly this body
@@ -424,6 +465,8 @@ class S3Store:
                 e = store_error(err.get("Code", "Unknown"), err.get("Message", ""),
                                 op="DeleteObjects", key=err.get("Key", ""))
                 log.warning("S3 DeleteObjects %r failed: %s", e.key, e.code)
+                metrics.counter("objectfs_s3_errors_total", op="DeleteObjects",
+                                code=e.code).inc()  # a key the batch could not delete
                 first_error = first_error or e
         if first_error is not None:
             raise first_error
@@ -467,7 +510,8 @@ class S3Store:
                                   PartNumber=number, Body=_blob(body))
         if self.content_md5:
             kw["ContentMD5"] = _md5_b64(body)
-        r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw))
+        r = await self._call("UploadPart", key, functools.partial(self.client.upload_part, **kw),
+                             sent=len(kw["Body"]))
         return Part(number, r["ETag"])
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, src: str,

@@ -21,6 +21,8 @@ FILES = {
     "faults": "tests/integration/test_faults.py",
     "storefaults": "tests/integration/test_store_faults.py",
     "proxy": "tests/integration/test_faultproxy.py",
+    "obs": "tests/integration/test_observability.py",
+    "sse": "tests/integration/test_sse.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
