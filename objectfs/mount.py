@@ -251,7 +251,15 @@ class Lifecycle:
         async def refresh(req: dict) -> dict:
             return {"dropped": await self.fs.refresh(str(req.get("path", "")))}
 
-        return {"ping": ping, "refresh": refresh}
+        async def drain(req: dict) -> dict:
+            # objectfs umount: upload staged write-back files while the
+            # mount still serves, and tell the user what is left
+            if self.fs.wb is None:
+                return {"left": []}
+            return {"left": await self.fs.drain_writeback(),
+                    "journal": self.fs.wb.journal.directory}
+
+        return {"ping": ping, "refresh": refresh, "drain": drain}
 
     async def main(self) -> None:
         import pyfuse3
@@ -272,6 +280,7 @@ class Lifecycle:
                 if failed:
                     log.error("%d file(s) could not be uploaded before exit", len(failed))
             nursery.cancel_scope.cancel()
+        self.fs.close()
 
 
 def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
