@@ -296,9 +296,10 @@ class Journal:
             except OSError as e:
                 size, md5 = -1, str(e)
             if size != manifest.size or md5 != manifest.md5:
-                log.error("write-back: staged data of %r is damaged (size %d, expected %d); "
-                          "kept as %s.corrupt, not uploaded", manifest.key, size,
-                          manifest.size, src.data_path)
+                log.error("write-back: staged data of %r is damaged (%d bytes, expected %d, "
+                          "checksum %s); kept as %s.corrupt, not uploaded", manifest.key, size,
+                          manifest.size, "ok" if md5 == manifest.md5 else "wrong",
+                          src.data_path)
                 _rename_if_exists(src.data_path, src.data_path + ".corrupt")
                 _unlink(src.manifest_path)
                 continue
