@@ -334,8 +334,13 @@ class Filesystem:
         wb = self.wb
 
         async def sink(chunks):
+            # S3 should still hold what the previous staged version expects,
+            # if one is waiting; else what this file was opened from
+            prev = node.pending
+            base = prev.manifest.base_etag if prev is not None and not prev.finished \
+                else data.origin_etag
             try:
-                p = await wb.stage(self._manifest(node, data.origin_etag), chunks)
+                p = await wb.stage(self._manifest(node, base), chunks)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("write-back directory is full") from None
@@ -355,10 +360,14 @@ class Filesystem:
         if node is None:
             self._stale_key(p.key)  # recovered at mount: show what S3 now holds
             return
-        if node.pending is not p:
-            return  # superseded: the newer version shows
-        node.pending = None
         data = node.data
+        if node.pending is not p:
+            # superseded while uploading: the newer version shows, and the
+            # object just uploaded is what its upload must find in S3
+            if not conflict and data is not None and data.origin_etag == p.manifest.base_etag:
+                data.origin_etag = info.etag
+            return
+        node.pending = None
         if conflict:
             # S3's version wins under this name: show it from now on
             node.local = False

@@ -78,6 +78,7 @@ class Pending:
         self.error: Exception | None = None
         self.attempts = 0
         self.attempted = trio.Event()  # set after each upload attempt
+        self.successor: Pending | None = None  # the entry that superseded this one
         self.node = None            # the inode showing it (set by the filesystem)
 
     @property
@@ -162,6 +163,7 @@ class WriteBack:
         self.pending[p.key] = p
         self.active.add(p)
         if old is not None and not old.busy:
+            old.successor = p
             await self._drop(old)
         self._kick()
         return p
@@ -196,8 +198,13 @@ class WriteBack:
     # -- waiting --------------------------------------------------------------
 
     async def sync(self, p: Pending) -> None:
-        """Upload ``p`` now and wait (fsync); raises the upload's error."""
-        while not p.finished:
+        """Upload ``p`` (or the entry that superseded it) now and wait (fsync);
+        raises the upload's error."""
+        while True:
+            while p.finished and p.successor is not None:
+                p = p.successor
+            if p.finished:
+                return
             event = p.attempted
             attempts = p.attempts
             if not p.busy:
@@ -210,7 +217,10 @@ class WriteBack:
                 p.attempted = trio.Event()
 
     async def drain(self, timeout: float) -> list[str]:
-        """Upload everything now; returns the keys still pending after ``timeout``."""
+        """Upload everything now; returns the keys still pending after ``timeout``
+        (0: do not wait, and leave every entry to its delay or the next mount)."""
+        if timeout <= 0:
+            return sorted(p.key for p in self.active)
         with trio.move_on_after(timeout):
             while self.active:
                 for p in list(self.active):

@@ -8,8 +8,8 @@ versions.  Delays are long (600 s) wherever a test needs the file to stay
 staged, so nothing here depends on timing; waits for uploads poll with a
 generous bound.
 
-OBJECTFS_SOAK_ROUNDS=N (``make soak``) runs the kill -9 test for N rounds
-instead of 3.
+The kill -9 test runs 3 rounds here; ``make soak`` (OBJECTFS_SOAK=1) runs a
+longer variant, OBJECTFS_SOAK_ROUNDS rounds (default 15).
 """
 
 from __future__ import annotations
@@ -184,6 +184,33 @@ def test_umount_drains_and_reports_what_is_left(mount, workdir, s3_client, bucke
     assert "recovered 'late.bin'" in m3.log()
 
 
+def test_sigterm_drains_staged_uploads(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    with m.watchdog(120):
+        for i in range(3):
+            with open(os.path.join(m.mountpoint, f"t{i}"), "wb") as f:
+                f.write(b"term %d" % i)
+        assert keys(s3_client, bucket) == []
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(timeout=90) == 0
+    assert [body(s3_client, bucket, f"t{i}") for i in range(3)] == [b"term 0", b"term 1",
+                                                                    b"term 2"]
+    assert journal_entries(workdir) == []
+
+
+def test_directory_rename_uploads_staged_files_first(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    mp = m.mountpoint
+    with m.watchdog(120):
+        os.mkdir(os.path.join(mp, "src"))
+        with open(os.path.join(mp, "src", "inner.txt"), "wb") as f:
+            f.write(b"inside")
+        os.rename(os.path.join(mp, "src"), os.path.join(mp, "dst"))
+        assert os.listdir(os.path.join(mp, "dst")) == ["inner.txt"]
+        assert keys(s3_client, bucket) == ["dst/", "dst/inner.txt"]
+        assert body(s3_client, bucket, "dst/inner.txt") == b"inside"
+
+
 def kill9(m) -> None:
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait(timeout=30)
@@ -191,7 +218,13 @@ def kill9(m) -> None:
     assert not is_mounted(m.mountpoint)
 
 
-@pytest.mark.parametrize("rounds", [int(os.environ.get("OBJECTFS_SOAK_ROUNDS", "3"))])
+SOAK = pytest.param(int(os.environ.get("OBJECTFS_SOAK_ROUNDS", "15")), marks=[
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("OBJECTFS_SOAK"), reason="make soak runs it")],
+    id="soak")
+
+
+@pytest.mark.parametrize("rounds", [pytest.param(3, id="fast"), SOAK])
 def test_kill9_during_writeback_then_remount_uploads_everything(mount, workdir, s3_client,
                                                                 bucket, rounds):
     """Round 0 kills the daemon with everything still staged (every file must
