@@ -63,7 +63,7 @@ def journal_entries(workdir) -> list[str]:
     root = workdir / "cache" / "writeback"
     if not root.exists():
         return []
-    return sorted(str(p) for p in root.glob("*/*.json"))
+    return sorted(str(p) for p in root.glob("*/*.entry"))
 
 
 def test_close_stages_and_fsync_uploads(mount, workdir, s3_client, bucket):

@@ -32,8 +32,9 @@ def manifest(key: str, bucket: str = "b", base: str | None = None) -> Manifest:
 
 def crash(j: Journal) -> None:
     """What kill -9 leaves: files as they are, the lock released by the kernel."""
-    os.close(j._lock_fd)
-    j._lock_fd = -1
+    for fd in j._locks.values():
+        os.close(fd)
+    j._locks.clear()
 
 
 def read(path: str) -> bytes:
@@ -76,7 +77,8 @@ def test_recovery_returns_the_newest_entry_of_each_key(seq):
         crash(j)
         j2 = Journal(root)
         j2.open()
-        got = {e.manifest.key: read(e.data_path) for e in j2.adopt(lambda m: True)}
+        got = {e.manifest.key: read(e.data_path)[:e.manifest.size]
+               for e in j2.adopt(lambda m: True)}
         assert got == model
         for e in j2.adopt(lambda m: True):
             raise AssertionError(f"adopted twice: {e}")
@@ -90,20 +92,28 @@ def test_interrupted_staging_is_dropped_and_damage_is_detected():
         good = j.stage(manifest("good"), [b"good bytes"])
         bad = j.stage(manifest("bad"), [b"bad bytes"])
         with open(bad.data_path, "r+b") as f:
-            f.write(b"BAD")                       # bit rot / torn write
-        # staging interrupted before the manifest, and during its write
-        with open(os.path.join(j.directory, "999.data"), "wb") as f:
-            f.write(b"never acknowledged")
+            f.write(b"BAD")                       # bit rot
+        torn = j.stage(manifest("torn"), [b"torn write"])
+        with open(torn.data_path, "r+b") as f:
+            f.truncate(os.path.getsize(torn.data_path) - 3)   # trailer never written
+        renamed = j.stage(manifest("before"), [b"renamed"])
+        j.rewrite(renamed, replace(renamed.manifest, key="after"))
+        # a manifest change interrupted, and a removal interrupted after the entry
         with open(os.path.join(j.directory, "998.json.tmp"), "wb") as f:
             f.write(b"{")
+        with open(os.path.join(j.directory, "997.json"), "wb") as f:
+            f.write(b"{}")
         crash(j)
         j2 = Journal(root)
         j2.open()
         adopted = j2.adopt(lambda m: True)
-        assert [(e.manifest.key, read(e.data_path)) for e in adopted] == [
-            ("good", b"good bytes")]
+        assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            ("good", b"good bytes"), ("after", b"renamed")]
         left = sorted(os.listdir(j.directory))
-        assert left == sorted(["lock", os.path.basename(bad.data_path) + ".corrupt"])
+        assert left == sorted(["lock", os.path.basename(bad.data_path) + ".corrupt",
+                               os.path.basename(good.data_path),
+                               os.path.basename(renamed.data_path),
+                               os.path.basename(renamed.manifest_path)])
         assert good.manifest.md5 == adopted[0].manifest.md5
 
 
@@ -120,11 +130,13 @@ def test_other_buckets_and_live_mounts_are_left_alone():
         j = Journal(root)
         j.open()
         got = j.adopt(lambda m: m.bucket == "mine")
-        assert [read(e.data_path) for e in got] == [b"1"]
-        assert os.path.exists(theirs.data_path) and os.path.exists(theirs.manifest_path)
-        assert not os.path.exists(mine.manifest_path)
+        assert [read(e.data_path)[:1] for e in got] == [b"1"]
+        assert got[0].data_path == mine.data_path     # adopted in place
+        assert os.path.exists(theirs.data_path)
+        j.close()
+        assert os.path.exists(theirs.data_path)
         # the live mount's entry is untouched
-        assert len([n for n in os.listdir(alive.directory) if n.endswith(".json")]) == 1
+        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")]) == 1
 
 
 def test_clean_close_removes_an_empty_directory():
