@@ -123,6 +123,7 @@ class Filesystem:
         self.ctx: DataContext | None = None
         self.read_only = bool(cfg.ro)
         self.wb: WriteBack | None = None
+        self._drain_deadline: float | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -179,7 +180,12 @@ class Filesystem:
         n = len(self.wb.active)
         if n:
             log.info("write-back: uploading %d staged file(s) before unmounting", n)
-        left = await self.wb.drain(self.cfg.writeback_drain_timeout)
+        # one budget for the whole shutdown (objectfs umount's request, then
+        # the unmount itself), not writeback_drain_timeout per call
+        now = trio.current_time()
+        if self._drain_deadline is None:
+            self._drain_deadline = now + self.cfg.writeback_drain_timeout
+        left = await self.wb.drain(max(0.0, self._drain_deadline - now))
         for key in left:
             log.warning("write-back: %r is not in S3 yet; it stays staged under %s and the "
                         "next mount with this cache_dir uploads it", key,
@@ -1139,7 +1145,7 @@ class Filesystem:
         subtree = list(self.table.walk(top))
         inos = {n.ino for n in subtree}
         for n in subtree:
-            if n.local or (n.data is not None and n.data.local_reads):
+            if n.local or (n.data is not None and n.data.local_reads) or n.pending is not None:
                 continue
             n.validated_at = float("-inf")
             n.meta_known = n.ino == ROOT_INODE and not self.table.root_prefix

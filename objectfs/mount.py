@@ -136,6 +136,22 @@ def check_bucket(cfg: Config) -> S3Store:
     return S3Store(settings)
 
 
+def check_writeback_dir(cfg: Config) -> None:
+    """With -o writeback, the journal directory must be usable before we mount."""
+    if cfg.values.get("writeback") is None or cfg.ro:
+        return
+    from .config import cache_root
+
+    path = os.path.join(cache_root(cfg), "writeback")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the write-back directory {path}: {e.strerror}") \
+            from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"the write-back directory {path} is not writable")
+
+
 def unmount(mountpoint: str, lazy: bool) -> bool:
     """fusermount3 -u [-z]; True if ``mountpoint`` is no longer mounted."""
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
@@ -291,6 +307,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     """
     setup_logging(cfg, daemon)
     store = check_bucket(cfg)
+    check_writeback_dir(cfg)
 
     import pyfuse3
 

@@ -261,3 +261,16 @@ def test_kill9_during_writeback_then_remount_uploads_everything(mount, workdir, 
             assert lines == 12
         recovered += lines
     print(f"{rounds} rounds, {recovered} files recovered after kill -9")
+
+
+def test_unusable_writeback_directory_fails_the_mount_in_one_line(objectfs_cli, s3, bucket,
+                                                                  workdir):
+    mp = workdir / "mnt-bad"
+    mp.mkdir()
+    r = objectfs_cli("mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint,
+                     "-o", "writeback,cache_dir=/proc/objectfs-nowhere")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "objectfs: cannot create the write-back directory "
+        "/proc/objectfs-nowhere/writeback: No such file or directory"]
+    assert not is_mounted(str(mp))
