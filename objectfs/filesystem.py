@@ -286,8 +286,6 @@ class Filesystem:
                 published_fn=lambda info: self._uploaded(node, info),
                 local_base=pending.entry.data_path if pending is not None else None,
                 origin_etag=pending.manifest.base_etag if pending is not None else etag)
-            if pending is not None:
-                node.data.base_size = node.data.size = pending.manifest.size
         return node.data
 
     def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
@@ -339,6 +337,15 @@ class Filesystem:
         assert data is not None
         wb = self.wb
 
+        fds: list[int] = []
+
+        def attach(p: Pending) -> None:
+            # before any await: the upload (delay 0) may remove the entry
+            # file as soon as we yield
+            fds.append(os.open(p.entry.data_path, os.O_RDONLY))
+            p.node = node
+            node.pending = p
+
         async def sink(chunks):
             # S3 should still hold what the previous staged version expects,
             # if one is waiting; else what this file was opened from
@@ -346,18 +353,15 @@ class Filesystem:
             base = prev.manifest.base_etag if prev is not None and not prev.finished \
                 else data.origin_etag
             try:
-                p = await wb.stage(self._manifest(node, base), chunks)
+                p = await wb.stage(self._manifest(node, base), chunks, attach)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("write-back directory is full") from None
                 raise IOFailure(f"cannot stage {self.table.path(node)} for write-back: "
                                 f"{e.strerror or e}") from None
-            return p, p.entry.data_path
+            return p, fds[0]
 
-        p = await data.export(sink)
-        if p is not None:
-            p.node = node
-            node.pending = p
+        await data.export(sink)
 
     def _written_back(self, p: Pending, info: ObjectInfo, conflict: bool) -> None:
         """An upload of the journal finished (``conflict``: it went beside the

@@ -358,12 +358,13 @@ class FileData:
             self.origin_etag = etag
 
     async def export(self, sink: Callable[[Iterable[bytes | memoryview]],
-                                          Awaitable[tuple[T, str]]]) -> T | None:
-        """Write-back: hand the whole content to ``sink`` (which stages it
-        durably and returns its result and the staged file's path), then mark the file clean
-        and read from ``local_base`` (the staged copy) from now on.  None if
-        there was nothing to stage.  Holds the file's lock throughout, so
-        the bytes cannot change under the sink."""
+                                          Awaitable[tuple[T, int]]]) -> T | None:
+        """Write-back: hand the whole content to ``sink``, which stages it
+        durably and returns its result and a read-only descriptor of the
+        staged copy; from then on the file is clean and reads what it does
+        not hold from that copy (the local base, owned by this object from
+        now on).  None if there was nothing to stage.  Holds the file's lock
+        throughout, so the bytes cannot change under the sink."""
         async with self.lock:
             self._check()
             if not self.dirty or self.detached:
@@ -376,14 +377,14 @@ class FileData:
             else:
                 assert self.size == 0
                 chunks = []
-            result, local_base = await sink(chunks)
+            result, local_base_fd = await sink(chunks)
+            self._drop_local_base()
+            self.local_base_fd = local_base_fd
             if self.stream is not None:
                 await self.stream.abort()
                 self.stream = None
             if self.staging is not None:
                 self.staging.dirty = Extents()
-            self._drop_local_base()
-            self.local_base_fd = os.open(local_base, os.O_RDONLY)
             self.base_size = self.size
             self.dirty = False
             self.meta_changed = False

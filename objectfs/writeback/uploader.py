@@ -153,13 +153,17 @@ class WriteBack:
 
     # -- staging --------------------------------------------------------------
 
-    async def stage(self, manifest: Manifest, chunks) -> Pending:
-        """Write a staged file durably; it replaces the key's previous entry."""
+    async def stage(self, manifest: Manifest, chunks,
+                    attach: Callable[[Pending], None] = lambda p: None) -> Pending:
+        """Write a staged file durably; it replaces the key's previous entry.
+        ``attach`` is called with the new entry before anything else can
+        happen to it (its upload may finish before this returns)."""
         entry = await self._io(self.journal.stage, manifest, chunks)
         now = trio.current_time()
         old = self.pending.get(manifest.key)
         first = old.first if old is not None else now
         p = Pending(entry, min(now + self.delay, first + MAX_DEBOUNCE * self.delay), first)
+        attach(p)
         self.pending[p.key] = p
         self.active.add(p)
         if old is not None and not old.busy:
