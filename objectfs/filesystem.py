@@ -282,7 +282,8 @@ class Filesystem:
                 self.ctx, self._key_fn(node),
                 lambda: self.headers_for(node, content_changed=True),
                 base_etag=etag,
-                base_size=remote.size if remote is not None and not node.local else 0,
+                base_size=(pending.manifest.size if pending is not None
+                           else remote.size if remote is not None and not node.local else 0),
                 published_fn=lambda info: self._uploaded(node, info),
                 local_base=pending.entry.data_path if pending is not None else None,
                 origin_etag=pending.manifest.base_etag if pending is not None else etag)

@@ -88,7 +88,7 @@ class FileData:
         self.local_base_fd: int | None = None
         if local_base is not None:
             self.local_base_fd = os.open(local_base, os.O_RDONLY)
-            self.base_size = self.size = base_size
+            self.base_size = self.size = base_size  # the staged copy's size
 
     @property
     def local_reads(self) -> bool:
