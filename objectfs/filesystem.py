@@ -347,14 +347,18 @@ class Filesystem:
             p.node = node
             node.pending = p
 
-        async def sink(chunks):
+        def base() -> str | None:
             # S3 should still hold what the previous staged version expects,
-            # if one is waiting; else what this file was opened from
+            # if one is waiting; else what this file was opened from (or
+            # what our last upload stored)
             prev = node.pending
-            base = prev.manifest.base_etag if prev is not None and not prev.finished \
-                else data.origin_etag
+            if prev is not None and not prev.finished:
+                return prev.manifest.base_etag
+            return data.origin_etag
+
+        async def sink(chunks):
             try:
-                p = await wb.stage(self._manifest(node, base), chunks, attach)
+                p = await wb.stage(self._manifest(node, base()), chunks, attach, base)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("write-back directory is full") from None

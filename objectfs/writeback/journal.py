@@ -275,6 +275,8 @@ class Journal:
         finally:
             os.close(fd)
         os.rename(tmp, entry.manifest_path)
+        if not os.path.exists(entry.data_path):
+            _unlink(entry.manifest_path)  # removed meanwhile: leave no orphan
         _fsync_dir(entry.directory)
         entry.manifest = manifest
 

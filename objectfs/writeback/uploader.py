@@ -103,6 +103,9 @@ class WriteBack:
         self.on_done = on_done
         self.pending: dict[str, Pending] = {}      # newest entry per key
         self.active: set[Pending] = set()          # every entry on disk
+        # keys with an upload in progress: a newer entry of the same key
+        # waits for it (else it would race it and look like a conflict)
+        self._busy_keys: set[str] = set()
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(FILE_CONCURRENCY)
         self._conditional = True     # the server accepts If-Match on PutObject
@@ -140,10 +143,11 @@ class WriteBack:
             now = trio.current_time()
             nxt = float("inf")
             for p in list(self.pending.values()):
-                if p.busy:
+                if p.busy or p.key in self._busy_keys:
                     continue
                 if p.due <= now:
                     p.busy = True
+                    self._busy_keys.add(p.key)
                     nursery.start_soon(self._upload, p)
                 else:
                     nxt = min(nxt, p.due)
@@ -154,16 +158,25 @@ class WriteBack:
     # -- staging --------------------------------------------------------------
 
     async def stage(self, manifest: Manifest, chunks,
-                    attach: Callable[[Pending], None] = lambda p: None) -> Pending:
+                    attach: Callable[[Pending], None] = lambda p: None,
+                    base_fn: Callable[[], str | None] | None = None) -> Pending:
         """Write a staged file durably; it replaces the key's previous entry.
-        ``attach`` is called with the new entry before anything else can
-        happen to it (its upload may finish before this returns)."""
+
+        ``base_fn`` says what S3 should hold now; it is asked again once the
+        bytes are on disk, since an upload of this key may have finished
+        meanwhile (then the manifest is corrected).  ``attach`` is called with
+        the new entry before anything else can happen to it (its upload may
+        finish before this returns)."""
         entry = await self._io(self.journal.stage, manifest, chunks)
+        while base_fn is not None and base_fn() != entry.manifest.base_etag:
+            await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
         now = trio.current_time()
         old = self.pending.get(manifest.key)
         first = old.first if old is not None else now
         p = Pending(entry, min(now + self.delay, first + MAX_DEBOUNCE * self.delay), first)
         attach(p)
+        log.debug("write-back: staged %r (%d bytes, base %s) as %s", p.key, p.manifest.size,
+                  p.manifest.base_etag, entry.id)
         self.pending[p.key] = p
         self.active.add(p)
         if old is not None and not old.busy:
@@ -186,10 +199,16 @@ class WriteBack:
             if not p.finished:
                 await self._drop(p)
 
+    async def _persist(self, entry: Entry, manifest: Manifest) -> None:
+        """Change an entry's manifest: in memory at once (so every decision
+        from now on sees it), then on disk."""
+        entry.manifest = manifest
+        await self._io(self.journal.rewrite, entry, manifest)
+
     async def rewrite(self, p: Pending, **changes) -> None:
         """Change the manifest (key on rename, metadata on chmod...)."""
         old_key = p.key
-        await self._io(self.journal.rewrite, p.entry, replace(p.manifest, **changes))
+        await self._persist(p.entry, replace(p.manifest, **changes))
         if p.key != old_key:
             if self.pending.get(old_key) is p:
                 del self.pending[old_key]
@@ -242,6 +261,7 @@ class WriteBack:
     # -- upload ---------------------------------------------------------------
 
     async def _upload(self, p: Pending) -> None:
+        key = p.key
         try:
             async with self._limiter, p.lock:
                 if p.finished:
@@ -265,13 +285,14 @@ class WriteBack:
                 elif newer is not None and not conflict \
                         and newer.manifest.base_etag == p.manifest.base_etag:
                     # staged again while we uploaded: its base is now our object
-                    await self._io(self.journal.rewrite, newer.entry,
-                                   replace(newer.manifest, base_etag=info.etag))
+                    await self._persist(newer.entry, replace(newer.manifest,
+                                                             base_etag=info.etag))
                 self.on_done(p, info, conflict)
                 with trio.CancelScope(shield=True):
                     await self._io(self.journal.remove, p.entry)
         finally:
             p.busy = False
+            self._busy_keys.discard(key)
             p.attempted.set()
             self._kick()
 
@@ -283,6 +304,8 @@ class WriteBack:
             remote: ObjectInfo | None = await store.head(m.key)
         except NotFound:
             remote = None
+        log.debug("write-back: uploading %s to %r (base %s, S3 has %s)", p.entry.id, m.key,
+                  m.base_etag, remote.etag if remote else None)
         if remote is not None and remote.etag != m.base_etag:
             if _bare(remote.etag) == m.md5:
                 log.info("write-back: %r already holds the staged bytes", m.key)

@@ -109,6 +109,21 @@ def test_upload_happens_after_the_delay(mount, workdir, s3_client, bucket):
         wait_for(lambda: journal_entries(workdir) == [], what="journal to empty")
 
 
+def test_rapid_rewrites_never_conflict_with_ourselves(mount, workdir, s3_client, bucket):
+    """With no delay, uploads overlap the next staging of the same file: each
+    upload must expect what the previous one stored, never see a conflict."""
+    s3_client.put_object(Bucket=bucket, Key="log.txt", Body=b"v-1")
+    m = mount(bucket, options=wb_options(workdir, "writeback=0"))
+    with m.watchdog(120):
+        for n in range(30):
+            with open(os.path.join(m.mountpoint, "log.txt"), "wb") as f:
+                f.write(b"v%d" % n + b"." * (n * 1000))
+        assert m.unmount() == 0
+    assert keys(s3_client, bucket) == ["log.txt"]
+    assert body(s3_client, bucket, "log.txt") == b"v29" + b"." * 29000
+    assert "conflict" not in m.log(), m.log()[-6000:]
+
+
 def test_rename_and_unlink_of_staged_files(mount, workdir, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="old.txt", Body=b"old version")
     m = mount(bucket, options=wb_options(workdir, STAY))
