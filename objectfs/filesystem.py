@@ -22,11 +22,13 @@ each operation means on S3 (see SEMANTICS.md):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -124,6 +126,10 @@ class Filesystem:
         self.read_only = bool(cfg.ro)
         self.wb: WriteBack | None = None
         self._drain_deadline: float | None = None
+        # write-back: per-inode lock that orders staging with rename, unlink
+        # and metadata changes (see _staged)
+        self._wb_locks: weakref.WeakKeyDictionary[Inode, trio.Lock] = \
+            weakref.WeakKeyDictionary()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -366,7 +372,8 @@ class Filesystem:
                                 f"{e.strerror or e}") from None
             return p, fds[0]
 
-        await data.export(sink)
+        async with self._wb_lock(node):
+            await data.export(sink)
 
     def _written_back(self, p: Pending, info: ObjectInfo, conflict: bool) -> None:
         """An upload of the journal finished (``conflict``: it went beside the
@@ -397,6 +404,35 @@ class Filesystem:
         if data is not None and data.origin_etag == p.manifest.base_etag:
             data.origin_etag = info.etag
         self._uploaded(node, info)
+
+    def _wb_lock(self, node: Inode) -> trio.Lock:
+        lock = self._wb_locks.get(node)
+        if lock is None:
+            lock = self._wb_locks[node] = trio.Lock()
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def _staged(self, *nodes: Inode):
+        """Serialize a namespace change with staging and uploads (write-back).
+
+        Holds the staging locks of ``nodes`` (taken in inode order, so two
+        renames cannot deadlock; staging takes the same lock, so no new
+        version appears meanwhile) and the lock of the first node's staged
+        entry, which waits for its upload in progress.  Yields that entry if
+        it still waits for its upload, else None (also without write-back).
+        """
+        if self.wb is None:
+            yield None
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for n in sorted(set(nodes), key=lambda n: n.ino):
+                await stack.enter_async_context(self._wb_lock(n))
+            p = nodes[0].pending
+            if p is not None:
+                await stack.enter_async_context(p.lock)
+                if p.finished:
+                    p = None
+            yield p
 
     def _stale_key(self, key: str) -> None:
         """Make the next access to ``key``'s path (if this mount has it
@@ -532,16 +568,19 @@ class Filesystem:
             if data.stream is not None and data.stream.started:
                 data.meta_changed = True
             return
-        p = node.pending
-        if p is not None:
-            assert self.wb is not None
-            async with p.lock:  # an upload in progress finishes first
-                if not p.finished:
-                    m = self._manifest(node, p.manifest.base_etag)
-                    await self.wb.rewrite(p, metadata=m.metadata, content_type=m.content_type,
-                                          headers=m.headers, mode=m.mode, uid=m.uid, gid=m.gid,
-                                          mtime_ns=m.mtime_ns)
-                    return
+        async with self._staged(node) as p:
+            if p is not None:
+                # the staged copy carries them
+                assert self.wb is not None
+                m = self._manifest(node, p.manifest.base_etag)
+                await self.wb.rewrite(p, metadata=m.metadata, content_type=m.content_type,
+                                      headers=m.headers, mode=m.mode, uid=m.uid, gid=m.gid,
+                                      mtime_ns=m.mtime_ns)
+                return
+            await self._persist_stored_meta(node)
+
+    async def _persist_stored_meta(self, node: Inode) -> None:
+        data = node.data
         if node.local:
             return
         if node.is_dir:
@@ -714,20 +753,21 @@ class Filesystem:
         if node.is_dir:
             raise IsADirectory(name)
         await self._keep_dir(parent)
-        await self._detach_file(node)
-        await self._cancel_pending(node)
-        if not node.local:
-            await self.store.delete(self.table.key(node))
-        self._remove(parent, node)
+        async with self._staged(node) as p:
+            await self._detach_file(node)
+            if p is not None:
+                await self._cancel_pending(node, p)
+            if not node.local:
+                await self.store.delete(self.table.key(node))
+            self._remove(parent, node)
 
-    async def _cancel_pending(self, node: Inode) -> None:
-        """Drop a staged version that will never be wanted (unlinked, replaced);
-        an upload in progress is waited for (and then deleted like any object)."""
-        p = node.pending
-        if p is not None and self.wb is not None:
-            await self.wb.cancel(p)
-            if node.pending is p:
-                node.pending = None
+    async def _cancel_pending(self, node: Inode, p: Pending) -> None:
+        """Drop a staged version that will never be wanted (unlinked, replaced).
+        The caller holds its lock (``_staged``), so no upload is in progress."""
+        assert self.wb is not None
+        await self.wb.drop(p)
+        if node.pending is p:
+            node.pending = None
 
     async def _keep_dir(self, d: Inode) -> None:
         """Give a prefix-only directory its marker before an entry leaves it.
@@ -821,17 +861,13 @@ class Filesystem:
 
     async def _rename_file(self, src: Inode, new_parent: Inode, new_name: str,
                            dst: Inode | None) -> None:
-        p = src.pending
-        if p is None:
+        async with self._staged(src, *([dst] if dst is not None else [])) as p:
             await self._rename_file_now(src, new_parent, new_name, dst)
-            return
-        assert self.wb is not None
-        async with p.lock:  # an upload in progress finishes first
-            await self._rename_file_now(src, new_parent, new_name, dst)
-            if not p.finished and src.pending is p:
+            if p is not None:
                 # the staged version goes up under the new name, expecting
                 # there what the rename left: our copy of the old object, or
                 # nothing
+                assert self.wb is not None
                 base = src.remote.etag if not src.local and src.remote is not None else None
                 await self.wb.rewrite(p, key=self.table.key(src), base_etag=base)
 
@@ -845,7 +881,13 @@ class Filesystem:
         new_key = self.table.key(new_parent) + new_name
         if dst is not None:
             await self._detach_file(dst)
-            await self._cancel_pending(dst)
+            dp = dst.pending
+            if dp is not None:
+                # dst's staging lock is held (_rename_file): wait for an
+                # upload in progress, then forget the replaced version
+                async with dp.lock:
+                    if not dp.finished:
+                        await self._cancel_pending(dst, dp)
             if src.local and not dst.local:
                 # src reaches S3 only at its first close, perhaps under yet
                 # another name: the object it replaces must go now

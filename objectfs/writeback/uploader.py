@@ -181,23 +181,19 @@ class WriteBack:
         self.active.add(p)
         if old is not None and not old.busy:
             old.successor = p
-            await self._drop(old)
+            await self.drop(old)
         self._kick()
         return p
 
-    async def _drop(self, p: Pending) -> None:
+    async def drop(self, p: Pending) -> None:
+        """Forget a staged file (unlinked, replaced).  The caller holds
+        ``p.lock``, or knows no upload of it is in progress."""
         p.finished = True
         self.active.discard(p)
         if self.pending.get(p.key) is p:
             del self.pending[p.key]
         p.attempted.set()
         await self._io(self.journal.remove, p.entry)
-
-    async def cancel(self, p: Pending) -> None:
-        """Forget a staged file (unlinked): waits for an upload in progress."""
-        async with p.lock:
-            if not p.finished:
-                await self._drop(p)
 
     async def _persist(self, entry: Entry, manifest: Manifest) -> None:
         """Change an entry's manifest: in memory at once (so every decision
@@ -215,7 +211,7 @@ class WriteBack:
             displaced = self.pending.get(p.key)
             self.pending[p.key] = p
             if displaced is not None and displaced is not p and not displaced.busy:
-                await self._drop(displaced)
+                await self.drop(displaced)
         self._kick()
 
     # -- waiting --------------------------------------------------------------
