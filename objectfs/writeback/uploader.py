@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -40,7 +40,7 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
 from ..errors import FsError, NotFound, NotSupported, PreconditionFailed
 from ..store.base import ObjectInfo
-from .journal import CHUNK, Entry, Journal, Manifest
+from .journal import Entry, Journal, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,3 @@ class WriteBack:
             return await self.ctx.store.put(key, body, metadata=h.metadata,
                                             content_type=h.content_type, headers=h.headers)
 
-
-async def copy_chunks(read: Callable[[int, int], Awaitable[bytes]], size: int) -> list[bytes]:
-    """Read a file's bytes in CHUNK pieces (for ``Journal.stage``)."""
-    return [await read(s, min(size, s + CHUNK)) for s in range(0, size, CHUNK)]
