@@ -289,3 +289,22 @@ def test_unusable_writeback_directory_fails_the_mount_in_one_line(objectfs_cli, 
         "objectfs: cannot create the write-back directory "
         "/proc/objectfs-nowhere/writeback: No such file or directory"]
     assert not is_mounted(str(mp))
+
+
+def test_failed_upload_is_retried_and_fsync_reports_it(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    path = os.path.join(m.mountpoint, "retry.txt")
+    with m.watchdog(120):
+        with open(path, "wb") as f:
+            f.write(b"kept until S3 takes it")
+        s3_client.delete_bucket(Bucket=bucket)   # every upload fails now
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError):
+                os.fsync(fd)
+            s3_client.create_bucket(Bucket=bucket)
+            os.fsync(fd)                          # retried: now it is in S3
+        finally:
+            os.close(fd)
+        assert body(s3_client, bucket, "retry.txt") == b"kept until S3 takes it"
+    assert "write-back upload of 'retry.txt' failed" in m.log()
