@@ -3,7 +3,11 @@
 ``WriteBack`` owns the journal (``journal.py``) and a scheduler task in the
 mount's nursery.  Each staged file is a ``Pending``; there is at most one
 per key that is not yet being uploaded, since staging a key again replaces
-its previous entry (coalescing).  An entry becomes due ``delay`` seconds
+its previous entry (coalescing) -- except an entry recovered from an earlier
+mount, which this mount's writes were not based on: it is uploaded first,
+and a newer version of its key then follows the conflict rule below.
+Entries of one key are uploaded one at a time, oldest first.  An entry
+becomes due ``delay`` seconds
 after it was last staged, but no later than ``MAX_DEBOUNCE`` delays after it
 was first staged, so a file rewritten every few seconds still reaches S3.
 
@@ -19,8 +23,8 @@ Upload of one entry (its ``lock`` held, so rename and unlink wait for it):
    change between the HEAD and the PUT is a conflict as well.  Large files
    go up as a multipart upload, guarded by the HEAD alone.
 3. On a conflict the remote object is kept and ours is uploaded beside it as
-   ``NAME.objectfs-conflict-<UTC time>`` (see ``conflict_key``), with a
-   warning in the log.
+   ``NAME.objectfs-conflict-<UTC time>`` (see ``conflict_key``; ``-2``,
+   ``-3``... when that name is taken), with a warning in the log.
 
 A failed upload is retried with exponential back-off (from
 ``RETRY_FIRST`` to ``RETRY_MAX`` seconds); the entry stays on disk.  The
@@ -29,6 +33,7 @@ filesystem hears of the outcome through ``on_done(pending, info, conflict)``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import replace
@@ -79,6 +84,9 @@ class Pending:
         self.attempts = 0
         self.attempted = trio.Event()  # set after each upload attempt
         self.successor: Pending | None = None  # the entry that superseded this one
+        # left by an earlier mount: never superseded by a version staged in
+        # this mount (which was not based on it), uploaded before it
+        self.recovered = False
         self.node = None            # the inode showing it (set by the filesystem)
 
     @property
@@ -126,6 +134,7 @@ class WriteBack:
             log.warning("write-back: recovered %r (%d bytes) staged before the last mount "
                         "ended; uploading it", entry.manifest.key, entry.manifest.size)
             p = Pending(entry, now, now)
+            p.recovered = True
             self.pending[p.key] = p
             self.active.add(p)
             out.append(p)
@@ -142,8 +151,12 @@ class WriteBack:
         while True:
             now = trio.current_time()
             nxt = float("inf")
-            for p in list(self.pending.values()):
-                if p.busy or p.key in self._busy_keys:
+            waiting: set[str] = set()   # keys with an older entry still to go
+            for p in sorted(self.active, key=lambda p: p.manifest.seq):
+                # one upload per key at a time, in staging order
+                blocked = p.busy or p.key in self._busy_keys or p.key in waiting
+                waiting.add(p.key)
+                if blocked:
                     continue
                 if p.due <= now:
                     p.busy = True
@@ -179,7 +192,7 @@ class WriteBack:
                   p.manifest.base_etag, entry.id)
         self.pending[p.key] = p
         self.active.add(p)
-        if old is not None and not old.busy:
+        if old is not None and not old.busy and not old.recovered:
             old.successor = p
             await self.drop(old)
         self._kick()
@@ -278,7 +291,7 @@ class WriteBack:
                 newer = self.pending.get(p.key)
                 if newer is p:
                     del self.pending[p.key]
-                elif newer is not None and not conflict \
+                elif newer is not None and not conflict and not p.recovered \
                         and newer.manifest.base_etag == p.manifest.base_etag:
                     # staged again while we uploaded: its base is now our object
                     await self._persist(newer.entry, replace(newer.manifest,
@@ -315,14 +328,25 @@ class WriteBack:
 
     async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
         m = p.manifest
-        target = conflict_key(m.key)
-        log.warning("write-back conflict: %r changed in S3 while ours was staged (ETag %s, "
-                    "expected %s); keeping it and uploading ours as %r", m.key,
-                    remote.etag if remote else None, m.base_etag or "no object", target)
-        return await self._put(target, p.entry, None, conditional=False)
+        first = conflict_key(m.key)
+        for n in itertools.count(1):
+            # never overwrite an earlier conflict copy made in the same second
+            target = first if n == 1 else f"{first}-{n}"
+            try:
+                await self.ctx.store.head(target)
+                continue
+            except NotFound:
+                pass
+            log.warning("write-back conflict: %r changed in S3 while ours was staged (ETag "
+                        "%s, expected %s); keeping it and uploading ours as %r", m.key,
+                        remote.etag if remote else None, m.base_etag or "no object", target)
+            try:
+                return await self._put(target, p.entry, None)
+            except PreconditionFailed:
+                continue
+        raise AssertionError("unreachable")
 
-    async def _put(self, key: str, entry: Entry, remote: ObjectInfo | None, *,
-                   conditional: bool = True) -> ObjectInfo:
+    async def _put(self, key: str, entry: Entry, remote: ObjectInfo | None) -> ObjectInfo:
         m = entry.manifest
         h = ObjectHeaders(m.metadata, m.content_type, m.headers)
         path = entry.data_path
@@ -343,7 +367,7 @@ class WriteBack:
                                        read=read, base_key=None, base_etag=None, base_size=0)
         body = await read(0, m.size)
         cond: dict = {}
-        if conditional and self._conditional:
+        if self._conditional:
             cond = {"if_match": remote.etag} if remote is not None else {"if_none_match": True}
         try:
             return await self.ctx.store.put(key, body, metadata=h.metadata,

@@ -214,3 +214,51 @@ def test_uploader_recognises_its_own_upload_after_a_crash():
         done = trio.run(run_writeback, store, root, [manifest("k", base=old)], [b"ours"])
     assert done == [("k", False)]
     assert [k for k in store.objects] == ["k"]
+
+
+def test_a_recovered_entry_is_never_silently_replaced():
+    """A version left by a dead mount goes up first; a version written in the
+    new mount from the old object is not based on it, so it goes beside."""
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    done: list[tuple[str, bool]] = []
+
+    async def main(root: str) -> None:
+        dead = Journal(os.path.join(root, "wb"))
+        dead.open()
+        dead.stage(manifest("k", base=old), [b"recovered"])
+        crash(dead)
+        async with trio.open_nursery() as nursery:
+            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+            wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
+                           accept=lambda m: True,
+                           on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+            assert len(await wb.start(nursery)) == 1
+            await wb.sync(await wb.stage(manifest("k", base=old), [b"newer"]))
+            assert await wb.drain(10) == []
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+    assert store.objects["k"].data == b"recovered"
+    conflicts = [k for k in store.objects if CONFLICT_INFIX in k]
+    assert [store.objects[k].data for k in conflicts] == [b"newer"]
+    assert [c for _, c in done] == [False, True]
+
+
+def test_conflict_copies_never_replace_each_other():
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    store.put_sync("k", b"theirs")
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root,
+                        [manifest("k", base=old), manifest("k", base=old)], [b"a", b"b"])
+    assert [c for _, c in done] == [True, True]
+    assert store.objects["k"].data == b"theirs"
+    copies = sorted(store.objects[k].data for k in store.objects if CONFLICT_INFIX in k)
+    assert copies == [b"a", b"b"]
