@@ -226,6 +226,8 @@ def cmd_umount(args) -> int:
         raise UserError(f"{args.mountpoint} is not mounted")
     if entry.fstype != "fuse.objectfs":
         raise UserError(f"{args.mountpoint} is not an ObjectFS mount ({entry.fstype})")
+    if not args.lazy:
+        _drain_writeback(mp, args.timeout)
     cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [mp]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 and procmounts.find(mp) is not None:
@@ -235,6 +237,22 @@ def cmd_umount(args) -> int:
     if pid:
         _wait_exit(int(pid), args.timeout, args.mountpoint)
     return 0
+
+
+def _drain_writeback(mp: str, timeout: float) -> None:
+    """Let the daemon upload its staged write-back files before unmounting
+    (bounded by its writeback_drain_timeout) and say what is left."""
+    from . import control
+
+    try:
+        reply = control.request(mp, {"op": "drain"}, timeout=timeout)
+    except UserError:
+        return  # no control socket: the daemon drains on unmount as well
+    left = reply.get("left") or []
+    if left:
+        print(f"objectfs: {len(left)} staged file(s) not yet in S3 stay in "
+              f"{reply.get('journal')}; the next mount with the same cache_dir uploads them",
+              file=sys.stderr)
 
 
 def cmd_refresh(args) -> int:

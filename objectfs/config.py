@@ -72,6 +72,24 @@ def parse_seconds(text: str | float) -> float:
     return v
 
 
+# Delay of a bare "-o writeback": long enough to coalesce the rewrites of
+# an editor's save or a build step, short enough that data is not at risk on
+# one disk for long.
+WRITEBACK_DEFAULT_DELAY = 5.0
+
+
+def parse_writeback(text: str | bool | float) -> float | None:
+    """'-o writeback' -> the default delay; 'writeback=SECONDS'; false/off -> None."""
+    if isinstance(text, bool):
+        return WRITEBACK_DEFAULT_DELAY if text else None
+    t = str(text).strip().lower()
+    if t in ("", "true", "yes", "on"):
+        return WRITEBACK_DEFAULT_DELAY
+    if t in ("false", "no", "off"):
+        return None
+    return parse_seconds(t)  # a number is the delay: writeback=0 uploads at once
+
+
 def parse_positive_int(text: str | int) -> int:
     if isinstance(text, bool):
         raise ValueError("not an integer")
@@ -244,6 +262,14 @@ OPTIONS: list[Option] = [
     Option("cache_size", parse_size, 10 * GiB, "Most bytes the local tier keeps on disk; "
            "least recently used data is evicted first, pinned data never. 0 disables it.",
            "cache", "10G"),
+    Option("writeback", parse_writeback, None, "Write-back: close() returns once the file is "
+           "staged durably (fsync'd) under cache_dir, and the upload to S3 happens in the "
+           "background this many seconds later (bare flag: 5; repeated writes of a file within "
+           "the delay are uploaded once). fsync() still waits for S3. Unset: close() uploads.",
+           "cache", "off"),
+    Option("writeback_drain_timeout", parse_seconds, 60.0, "Seconds unmount and SIGTERM wait "
+           "for staged write-back uploads; what is left is uploaded by the next mount with the "
+           "same cache_dir.", "cache"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),

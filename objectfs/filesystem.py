@@ -10,7 +10,10 @@ each operation means on S3 (see SEMANTICS.md):
   Content-Type and the other system headers along.
 * Files are uploaded when they are flushed (close), fsync'd or released;
   until then a new file exists only in this mount.  mkdir, symlink and mknod
-  are written at once.
+  are written at once.  With ``-o writeback`` close stages the file in the
+  write-back journal instead (``objectfs.writeback``) and only fsync waits
+  for S3; the inode carries the staged version (``node.pending``) until it
+  is uploaded.
 * Rename is a server-side copy then a delete (for a directory, of every key
   under it); it is not atomic.
 * Unlinking a file that is still open keeps its bytes locally until the last
@@ -19,11 +22,13 @@ each operation means on S3 (see SEMANTICS.md):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,14 +39,16 @@ from .data.context import DataContext, ObjectHeaders
 from .data.file import FileData
 from .data.prefetch import Prefetcher
 from .errors import (BadHandle, Exists, FileTooBig, FsError, InvalidArgument, IsADirectory, NoData,
-                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, RangeError,
-                     ReadOnly, TooBig)
+                     IOFailure, NoSpace, NotADirectory, NotEmpty, NotFound, NotPermitted,
+                     NotSupported, RangeError, ReadOnly, TooBig, UserError)
 from .namespace import keys
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
-from .config import default_staging_dir
+from .config import cache_root, default_staging_dir
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
+from .writeback.journal import Journal, Manifest
+from .writeback.uploader import Pending, WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,12 @@ class Filesystem:
         self._next_fh = 1
         self.ctx: DataContext | None = None
         self.read_only = bool(cfg.ro)
+        self.wb: WriteBack | None = None
+        self._drain_deadline: float | None = None
+        # write-back: per-inode lock that orders staging with rename, unlink
+        # and metadata changes (see _staged)
+        self._wb_locks: weakref.WeakKeyDictionary[Inode, trio.Lock] = \
+            weakref.WeakKeyDictionary()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -130,6 +143,16 @@ class Filesystem:
             prefetch_max=cfg.prefetch_max, read_memory=max(cfg.write_buffer_memory,
                                                            4 * cfg.prefetch_max),
             staging_dir=cfg.staging_dir or default_staging_dir())
+        if cfg.values.get("writeback") is not None and not self.read_only:
+            self.ctx.writeback = True
+            self.wb = WriteBack(self.ctx, Journal(os.path.join(cache_root(cfg), "writeback")),
+                                delay=cfg.writeback, accept=self._owns,
+                                on_done=self._written_back)
+            try:
+                await self.wb.start(nursery)
+            except OSError as e:
+                raise UserError(f"cannot use the write-back directory under "
+                                f"{cache_root(cfg)}: {e.strerror}") from None
         root = self.table.root
         if self.table.root_prefix:
             try:
@@ -139,7 +162,10 @@ class Filesystem:
                 pass
 
     async def flush_all(self) -> list[str]:
-        """Upload every dirty file (unmount, SIGTERM); returns the paths that failed."""
+        """Upload every dirty file (unmount, SIGTERM); returns the paths that
+        failed.  With write-back: stage every dirty file, then wait up to
+        ``writeback_drain_timeout`` for the uploads; what is left stays in
+        the journal for the next mount (one log line per file)."""
         failed = []
         for node in list(self.table.inodes.values()):
             if node.data is not None and node.data.dirty and not node.data.detached:
@@ -149,7 +175,35 @@ class Filesystem:
                     path = self.table.path(node)
                     log.error("could not upload %s at shutdown: %s", path, e)
                     failed.append(path)
+        if self.wb is not None:
+            await self.drain_writeback()
         return failed
+
+    async def drain_writeback(self) -> list[str]:
+        """Upload every staged file now, waiting at most writeback_drain_timeout;
+        returns the keys left for the next mount (each logged)."""
+        assert self.wb is not None
+        n = len(self.wb.active)
+        if n:
+            log.info("write-back: uploading %d staged file(s) before unmounting", n)
+        # one budget for the whole shutdown (objectfs umount's request, then
+        # the unmount itself), not writeback_drain_timeout per call
+        now = trio.current_time()
+        if self._drain_deadline is None:
+            self._drain_deadline = now + self.cfg.writeback_drain_timeout
+        left = await self.wb.drain(max(0.0, self._drain_deadline - now))
+        for key in left:
+            log.warning("write-back: %r is not in S3 yet; it stays staged under %s and the "
+                        "next mount with this cache_dir uploads it", key,
+                        self.wb.journal.directory)
+        if left:
+            log.warning("write-back: %d file(s) left for the next mount", len(left))
+        return left
+
+    def close(self) -> None:
+        """Release the write-back journal (after the last upload attempt)."""
+        if self.wb is not None:
+            self.wb.close()
 
     # -- helpers --------------------------------------------------------------
 
@@ -228,12 +282,17 @@ class Filesystem:
         if node.data is None:
             assert self.ctx is not None, "filesystem not started"
             remote = node.remote
+            etag = remote.etag if remote is not None and not node.local else None
+            pending: Pending | None = node.pending
             node.data = FileData(
                 self.ctx, self._key_fn(node),
                 lambda: self.headers_for(node, content_changed=True),
-                base_etag=remote.etag if remote is not None and not node.local else None,
-                base_size=remote.size if remote is not None and not node.local else 0,
-                published_fn=lambda info: self._uploaded(node, info))
+                base_etag=etag,
+                base_size=(pending.manifest.size if pending is not None
+                           else remote.size if remote is not None and not node.local else 0),
+                published_fn=lambda info: self._uploaded(node, info),
+                local_base=pending.entry.data_path if pending is not None else None,
+                origin_etag=pending.manifest.base_etag if pending is not None else etag)
         return node.data
 
     def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
@@ -250,13 +309,150 @@ class Filesystem:
         self.ns.touch(node)
 
     async def _upload(self, node: Inode) -> None:
-        """Flush ``node``'s data to S3 (``_uploaded`` hears of the result)."""
+        """Flush ``node``'s data to S3 (``_uploaded`` hears of the result), or
+        with write-back to the journal."""
         data = node.data
         if data is None:
             return
         if node.parent is None:
             data.detached = True
-        await data.flush()
+        if self.wb is not None:
+            await self._stage(node)
+        else:
+            await data.flush()
+
+    # -- write-back -------------------------------------------------------------
+
+    def _owns(self, m: Manifest) -> bool:
+        """Is a journal entry left by an earlier mount ours to upload?"""
+        return (m.bucket == self.cfg.bucket and m.endpoint == (self.cfg.endpoint_url or "")
+                and m.key.startswith(self.table.root_prefix))
+
+    def _manifest(self, node: Inode, origin: str | None) -> Manifest:
+        h = self.headers_for(node, content_changed=True)
+        a = node.attr
+        return Manifest(bucket=self.cfg.bucket, endpoint=self.cfg.endpoint_url or "",
+                        key=self.table.key(node), size=0, md5="", base_etag=origin,
+                        metadata=dict(h.metadata), content_type=h.content_type,
+                        headers={k: str(v) for k, v in h.headers.items()},
+                        mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns)
+
+    async def _stage(self, node: Inode) -> None:
+        """Stage ``node``'s content durably in the journal (close with write-back)."""
+        assert self.wb is not None
+        data = node.data
+        assert data is not None
+        wb = self.wb
+
+        fds: list[int] = []
+
+        def attach(p: Pending) -> None:
+            # before any await: the upload (delay 0) may remove the entry
+            # file as soon as we yield
+            fds.append(os.open(p.entry.data_path, os.O_RDONLY))
+            p.node = node
+            node.pending = p
+
+        def base() -> str | None:
+            # S3 should still hold what the previous staged version expects,
+            # if one is waiting; else what this file was opened from (or
+            # what our last upload stored)
+            prev = node.pending
+            if prev is not None and not prev.finished:
+                return prev.manifest.base_etag
+            return data.origin_etag
+
+        async def sink(chunks):
+            try:
+                p = await wb.stage(self._manifest(node, base()), chunks, attach, base)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace("write-back directory is full") from None
+                raise IOFailure(f"cannot stage {self.table.path(node)} for write-back: "
+                                f"{e.strerror or e}") from None
+            return p, fds[0]
+
+        async with self._wb_lock(node):
+            await data.export(sink)
+
+    def _written_back(self, p: Pending, info: ObjectInfo, conflict: bool) -> None:
+        """An upload of the journal finished (``conflict``: it went beside the
+        object it would have replaced)."""
+        node = p.node
+        if node is None:
+            self._stale_key(p.key)  # recovered at mount: show what S3 now holds
+            return
+        data = node.data
+        if node.pending is not p:
+            # superseded while uploading: the newer version shows, and the
+            # object just uploaded is what its upload must find in S3
+            if not conflict and data is not None and data.origin_etag == p.manifest.base_etag:
+                data.origin_etag = info.etag
+            return
+        node.pending = None
+        if conflict:
+            # S3's version wins under this name: show it from now on
+            node.local = False
+            node.remote = None
+            node.validated_at = float("-inf")
+            node.meta_known = False
+            node.cache_etag = None
+            self.ns.notifier.invalidate_inode(node.ino)
+            if node.parent is not None:
+                node.parent.listed_at = None
+            return
+        if data is not None and data.origin_etag == p.manifest.base_etag:
+            data.origin_etag = info.etag
+        self._uploaded(node, info)
+
+    def _wb_lock(self, node: Inode) -> trio.Lock:
+        lock = self._wb_locks.get(node)
+        if lock is None:
+            lock = self._wb_locks[node] = trio.Lock()
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def _staged(self, *nodes: Inode):
+        """Serialize a namespace change with staging and uploads (write-back).
+
+        Holds the staging locks of ``nodes`` (taken in inode order, so two
+        renames cannot deadlock; staging takes the same lock, so no new
+        version appears meanwhile) and the lock of the first node's staged
+        entry, which waits for its upload in progress.  Yields that entry if
+        it still waits for its upload, else None (also without write-back).
+        """
+        if self.wb is None:
+            yield None
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for n in sorted(set(nodes), key=lambda n: n.ino):
+                await stack.enter_async_context(self._wb_lock(n))
+            p = nodes[0].pending
+            if p is not None:
+                await stack.enter_async_context(p.lock)
+                if p.finished:
+                    p = None
+            yield p
+
+    def _stale_key(self, key: str) -> None:
+        """Make the next access to ``key``'s path (if this mount has it
+        cached) and its directory's listing ask S3 again."""
+        rel = key[len(self.table.root_prefix):].split("/")
+        node: Inode | None = self.table.root
+        for name in rel:
+            if node is None or not node.children:
+                return
+            node.listed_at = None
+            node = node.children.get(name)
+        if node is not None and node.pending is None and node.data is None:
+            node.validated_at = float("-inf")
+            node.meta_known = False
+            self.ns.notifier.invalidate_inode(node.ino)
+
+    async def _settle(self, node: Inode) -> None:
+        """Upload ``node``'s staged version now (before a directory rename)."""
+        if self.wb is not None and node.pending is not None:
+            await self.wb.sync(node.pending)
 
     async def _release_data(self, node: Inode) -> None:
         if node.open_count == 0 and node.data is not None and not node.data.dirty:
@@ -372,6 +568,19 @@ class Filesystem:
             if data.stream is not None and data.stream.started:
                 data.meta_changed = True
             return
+        async with self._staged(node) as p:
+            if p is not None:
+                # the staged copy carries them
+                assert self.wb is not None
+                m = self._manifest(node, p.manifest.base_etag)
+                await self.wb.rewrite(p, metadata=m.metadata, content_type=m.content_type,
+                                      headers=m.headers, mode=m.mode, uid=m.uid, gid=m.gid,
+                                      mtime_ns=m.mtime_ns)
+                return
+            await self._persist_stored_meta(node)
+
+    async def _persist_stored_meta(self, node: Inode) -> None:
+        data = node.data
         if node.local:
             return
         if node.is_dir:
@@ -544,10 +753,21 @@ class Filesystem:
         if node.is_dir:
             raise IsADirectory(name)
         await self._keep_dir(parent)
-        await self._detach_file(node)
-        if not node.local:
-            await self.store.delete(self.table.key(node))
-        self._remove(parent, node)
+        async with self._staged(node) as p:
+            await self._detach_file(node)
+            if p is not None:
+                await self._cancel_pending(node, p)
+            if not node.local:
+                await self.store.delete(self.table.key(node))
+            self._remove(parent, node)
+
+    async def _cancel_pending(self, node: Inode, p: Pending) -> None:
+        """Drop a staged version that will never be wanted (unlinked, replaced).
+        The caller holds its lock (``_staged``), so no upload is in progress."""
+        assert self.wb is not None
+        await self.wb.drop(p)
+        if node.pending is p:
+            node.pending = None
 
     async def _keep_dir(self, d: Inode) -> None:
         """Give a prefix-only directory its marker before an entry leaves it.
@@ -641,6 +861,18 @@ class Filesystem:
 
     async def _rename_file(self, src: Inode, new_parent: Inode, new_name: str,
                            dst: Inode | None) -> None:
+        async with self._staged(src, *([dst] if dst is not None else [])) as p:
+            await self._rename_file_now(src, new_parent, new_name, dst)
+            if p is not None:
+                # the staged version goes up under the new name, expecting
+                # there what the rename left: our copy of the old object, or
+                # nothing
+                assert self.wb is not None
+                base = src.remote.etag if not src.local and src.remote is not None else None
+                await self.wb.rewrite(p, key=self.table.key(src), base_etag=base)
+
+    async def _rename_file_now(self, src: Inode, new_parent: Inode, new_name: str,
+                               dst: Inode | None) -> None:
         if src.data is not None:
             # a multipart upload is bound to its key: finish it at the old
             # name, then move the object like any other
@@ -649,6 +881,13 @@ class Filesystem:
         new_key = self.table.key(new_parent) + new_name
         if dst is not None:
             await self._detach_file(dst)
+            dp = dst.pending
+            if dp is not None:
+                # dst's staging lock is held (_rename_file): wait for an
+                # upload in progress, then forget the replaced version
+                async with dp.lock:
+                    if not dp.finished:
+                        await self._cancel_pending(dst, dp)
             if src.local and not dst.local:
                 # src reaches S3 only at its first close, perhaps under yet
                 # another name: the object it replaces must go now
@@ -674,6 +913,9 @@ class Filesystem:
         for node in list(self.table.walk(src)):
             if node.data is not None:
                 await node.data.publish()  # see _rename_file
+            # staged files go up first, then move with the rest (a directory
+            # rename is a copy of every key under it anyway)
+            await self._settle(node)
         old_prefix = self.table.key(src)
         new_prefix = self.table.key(new_parent) + new_name + "/"
         if dst is not None:
@@ -794,9 +1036,10 @@ class Filesystem:
         await self._upload(h.node)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        """Return only once the data is in S3."""
+        """Return only once the data is in S3 (with write-back too)."""
         h = self._file_handle(fh)
         await self._upload(h.node)
+        await self._settle(h.node)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -955,7 +1198,7 @@ class Filesystem:
         subtree = list(self.table.walk(top))
         inos = {n.ino for n in subtree}
         for n in subtree:
-            if n.local or (n.data is not None and n.data.local_reads):
+            if n.local or (n.data is not None and n.data.local_reads) or n.pending is not None:
                 continue
             n.validated_at = float("-inf")
             n.meta_known = n.ino == ROOT_INODE and not self.table.root_prefix

@@ -134,6 +134,22 @@ def check_bucket(cfg: Config) -> S3Store:
     return S3Store(settings)
 
 
+def check_writeback_dir(cfg: Config) -> None:
+    """With -o writeback, the journal directory must be usable before we mount."""
+    if cfg.values.get("writeback") is None or cfg.ro:
+        return
+    from .config import cache_root
+
+    path = os.path.join(cache_root(cfg), "writeback")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the write-back directory {path}: {e.strerror}") \
+            from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"the write-back directory {path} is not writable")
+
+
 def unmount(mountpoint: str, lazy: bool) -> bool:
     """fusermount3 -u [-z]; True if ``mountpoint`` is no longer mounted."""
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
@@ -250,7 +266,16 @@ class Lifecycle:
         async def refresh(req: dict) -> dict:
             return {"dropped": await self.fs.refresh(str(req.get("path", "")))}
 
-        return {"ping": ping, "refresh": refresh, "stats": stats.control_handler(self.cfg)}
+        async def drain(req: dict) -> dict:
+            # objectfs umount: upload staged write-back files while the
+            # mount still serves, and tell the user what is left
+            if self.fs.wb is None:
+                return {"left": []}
+            return {"left": await self.fs.drain_writeback(),
+                    "journal": self.fs.wb.journal.directory}
+
+        return {"ping": ping, "refresh": refresh, "drain": drain,
+                "stats": stats.control_handler(self.cfg)}
 
     async def main(self) -> None:
         import pyfuse3
@@ -273,6 +298,7 @@ class Lifecycle:
                 if failed:
                     log.error("%d file(s) could not be uploaded before exit", len(failed))
             nursery.cancel_scope.cancel()
+        self.fs.close()
 
 
 def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
@@ -289,6 +315,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
     store = check_bucket(cfg)
+    check_writeback_dir(cfg)
     metrics_sock = metrics_http.bind(cfg.metrics_port) if cfg.metrics_port else None
 
     import pyfuse3

@@ -47,3 +47,6 @@ class DataContext:
         # above it, as a multipart upload whose untouched parts are copied
         # server-side.
         self.single_put_max = part_size
+        # write-back (objectfs.writeback): files are staged whole at close,
+        # never streamed into a multipart upload
+        self.writeback = False

@@ -23,6 +23,12 @@ An upload failure raises IOFailure (EIO) to the caller of close/fsync; a
 staged file stays dirty and is retried on the next flush, a failed stream
 has lost its parts and every later operation on the handle fails with EIO.
 
+With write-back (``ctx.writeback``) no multipart stream is ever started (a
+file outgrowing one part moves to staging), and ``export`` hands the whole
+content to the write-back journal instead of S3.  The journal's copy then
+becomes a *local base* (``local_base_fd``): bytes not staged are read from
+it, not from S3, until the file is closed.
+
 All mutating methods hold the file's lock, so writes, truncates and uploads
 of one file are applied in arrival order and never interleave.
 """
@@ -30,7 +36,8 @@ of one file are applied in arrival order and never interleave.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import os
+from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
 
 import trio
 
@@ -48,12 +55,17 @@ log = logging.getLogger(__name__)
 # Missing ranges are fetched from S3 in aligned blocks of this size, so a
 # run of small reads does not become a run of tiny GETs.
 FILL_BLOCK = 1 * MiB
+# Pieces in which a staged file is copied into the write-back journal.
+EXPORT_CHUNK = 1 * MiB
+
+T = TypeVar("T")
 
 
 class FileData:
     def __init__(self, ctx: DataContext, key_fn: Callable[[], str],
                  headers_fn: Callable[[], ObjectHeaders], *, base_etag: str | None,
-                 base_size: int, published_fn: Callable[[ObjectInfo], None] | None = None):
+                 base_size: int, published_fn: Callable[[ObjectInfo], None] | None = None,
+                 local_base: str | None = None, origin_etag: str | None = None):
         self.ctx = ctx
         self.key_fn = key_fn
         self.headers_fn = headers_fn
@@ -71,11 +83,19 @@ class FileData:
         self.detached = False              # unlinked: never upload
         self.version = 0                   # bumped by every local change
         self.meta_changed = False          # metadata set after a stream started
+        # write-back: the ETag S3 must still hold when our version is uploaded
+        # (the object this file was opened from; None for a new file)
+        self.origin_etag = origin_etag
+        self.local_base_fd: int | None = None
+        if local_base is not None:
+            self.local_base_fd = os.open(local_base, os.O_RDONLY)
+            self.base_size = self.size = base_size  # the staged copy's size
 
     @property
     def local_reads(self) -> bool:
         """True when reads must come from here rather than a clean prefetch."""
-        return self.dirty or self.stream is not None or self.staging is not None
+        return (self.dirty or self.stream is not None or self.staging is not None
+                or self.local_base_fd is not None)
 
     def _check(self) -> None:
         if self.broken:
@@ -91,11 +111,15 @@ class FileData:
         async with self.lock:
             self._check()
             n = len(data)
+            if self.stream is not None and self.ctx.writeback \
+                    and len(self.stream.buf) + n >= self.ctx.part_size:
+                await self._to_staging()  # never start a multipart upload
             if self.stream is not None and off == self.size and not self.stream.closed:
                 await self._append(data)
                 return n
             if (self.stream is None and self.staging is None and self.size == 0
-                    and self.base_size == 0 and off == 0):
+                    and self.base_size == 0 and off == 0
+                    and not (self.ctx.writeback and n >= self.ctx.part_size)):
                 self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn)
                 await self._append(data)
                 return n
@@ -129,6 +153,7 @@ class FileData:
                     self.stream = None
                 if self.staging is not None:
                     self.staging.truncate(0)
+                self._drop_local_base()
                 self.base_etag, self.base_size, self.size = None, 0, 0
                 self.mark_dirty()
                 return
@@ -187,12 +212,16 @@ class FileData:
         staging = self.staging
         assert staging is not None
         limit = min(end, self.base_size)
-        if start >= limit or self.base_etag is None:
+        if start >= limit or (self.base_etag is None and self.local_base_fd is None):
             return
         lo = start - start % FILL_BLOCK
         hi = min(self.base_size, -(-limit // FILL_BLOCK) * FILL_BLOCK)
         gaps = staging.present.gaps(lo, hi)
         if not gaps:
+            return
+        if self.local_base_fd is not None:
+            for gs, ge in gaps:
+                staging.write(gs, self._read_local_base(gs, ge), dirty=False)
             return
         key = self.key_fn()
         chunks: list[tuple[int, int]] = []
@@ -222,6 +251,18 @@ class FileData:
         async with open_nursery() as nursery:
             for s, e in chunks:
                 nursery.start_soon(fetch, s, e)
+
+    def _read_local_base(self, start: int, end: int) -> bytes:
+        assert self.local_base_fd is not None
+        data = os.pread(self.local_base_fd, end - start, start)
+        if len(data) != end - start:
+            raise IOFailure("write-back copy of the file is shorter than expected")
+        return data
+
+    def _drop_local_base(self) -> None:
+        if self.local_base_fd is not None:
+            os.close(self.local_base_fd)
+            self.local_base_fd = None
 
     async def _read_range(self, start: int, end: int) -> bytes:
         await self._fill(start, end)
@@ -265,7 +306,8 @@ class FileData:
                                                      content_type=h.content_type,
                                                      headers=h.headers)
             elif self.staging is not None:
-                base_key = key if self.base_etag is not None and self.base_size else None
+                base_key = key if (self.base_etag is not None and self.base_size
+                                   and self.local_base_fd is None) else None
                 info = await upload_staged(
                     self.ctx, key, self.size, self.headers_fn(),
                     touched=self.staging.dirty.overlaps, read=self._read_range,
@@ -309,11 +351,52 @@ class FileData:
             await self._to_staging()
             await self._fill(0, self.size)
             self.base_etag, self.base_size = None, 0
+            self._drop_local_base()
 
     def rebase(self, etag: str | None) -> None:
         """The object was copied to a new key (rename): same bytes, new ETag."""
         if self.base_etag is not None and etag is not None:
             self.base_etag = etag
+        if self.origin_etag is not None and etag is not None:
+            self.origin_etag = etag
+
+    async def export(self, sink: Callable[[Iterable[bytes | memoryview]],
+                                          Awaitable[tuple[T, int]]]) -> T | None:
+        """Write-back: hand the whole content to ``sink``, which stages it
+        durably and returns its result and a read-only descriptor of the
+        staged copy; from then on the file is clean and reads what it does
+        not hold from that copy (the local base, owned by this object from
+        now on).  None if there was nothing to stage.  Holds the file's lock
+        throughout, so the bytes cannot change under the sink."""
+        async with self.lock:
+            self._check()
+            if not self.dirty or self.detached:
+                return None
+            if self.stream is not None:
+                chunks: Iterable[bytes | memoryview] = [memoryview(self.stream.buf)]
+            elif self.staging is not None:
+                await self._fill(0, self.size)
+                chunks = self._staged_chunks(self.staging, self.size)
+            else:
+                assert self.size == 0
+                chunks = []
+            result, local_base_fd = await sink(chunks)
+            self._drop_local_base()
+            self.local_base_fd = local_base_fd
+            if self.stream is not None:
+                await self.stream.abort()
+                self.stream = None
+            if self.staging is not None:
+                self.staging.dirty = Extents()
+            self.base_size = self.size
+            self.dirty = False
+            self.meta_changed = False
+            return result
+
+    @staticmethod
+    def _staged_chunks(staging: Staging, size: int) -> Iterator[bytes]:
+        for start in range(0, size, EXPORT_CHUNK):
+            yield staging.read(start, min(size, start + EXPORT_CHUNK) - start)
 
     async def close(self) -> None:
         """Release memory and disk.  Pending changes are dropped."""
@@ -324,3 +407,4 @@ class FileData:
             if self.staging is not None:
                 self.staging.close()
                 self.staging = None
+            self._drop_local_base()

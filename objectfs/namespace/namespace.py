@@ -154,7 +154,8 @@ class Namespace:
 
     def fresh(self, node: Inode, now: float | None = None) -> bool:
         """True if ``node``'s attributes need no revalidation now."""
-        if node.local or node.ino == 1 or (node.data is not None and node.data.local_reads):
+        if node.local or node.ino == 1 or (node.data is not None and node.data.local_reads) \
+                or node.pending is not None:
             return True
         now = clock() if now is None else now
         return now - node.validated_at < self.cfg.metadata_ttl
@@ -396,7 +397,7 @@ class Namespace:
             if name in dirs or name in files:
                 continue
             if child.local or child.changed_at >= started or child.data is not None \
-                    or child.open_count:
+                    or child.open_count or child.pending is not None:
                 continue
             if child.is_dir and child.legacy is not None:
                 continue  # a legacy (no-slash) dir object shows as a file in listings
@@ -424,7 +425,8 @@ class Namespace:
                 continue
             child = d.children.get(name)
             if child is not None and (child.changed_at >= started or child.local
-                                      or (child.data is not None and child.data.local_reads)):
+                                      or (child.data is not None and child.data.local_reads)
+                                      or child.pending is not None):
                 continue
             if child is not None and child.is_dir:
                 if child.legacy == info.key:
@@ -458,7 +460,8 @@ class Namespace:
         assert d.children is not None
         now = clock()
         await self._fill(d, [c for c in d.children.values()
-                             if not c.local and (not c.meta_known or not self.fresh(c, now))])
+                             if not c.local and c.pending is None
+                             and (not c.meta_known or not self.fresh(c, now))])
 
     async def _fill(self, d: Inode, todo: list[Inode], strict: bool = False) -> None:
         """HEAD ``todo`` in parallel.  ``strict``: a file's HEAD error is raised

@@ -64,7 +64,7 @@ class Inode:
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
-                 "__weakref__")
+                 "pending", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -106,6 +106,9 @@ class Inode:
         self.cache_etag: str | None = None
         # wall-clock time of the HEAD that gave our attributes (0: none)
         self.head_wall_ns = 0
+        # write-back: the staged version not yet in S3 (writeback.Pending);
+        # while set, this inode is the truth and S3 is not asked about it
+        self.pending = None
 
     @property
     def is_dir(self) -> bool:

@@ -84,8 +84,12 @@ class ObjectStore(Protocol):
 
     async def put(self, key: str, body: bytes | memoryview, *, metadata: Mapping[str, str],
                   content_type: str, headers: Mapping[str, str] | None = None,
-                  if_none_match: bool = False) -> ObjectInfo:
-        """Create or replace ``key`` with ``body``; returns the new object's info."""
+                  if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
+        """Create or replace ``key`` with ``body``; returns the new object's info.
+
+        ``if_none_match``: only if ``key`` does not exist; ``if_match``: only
+        if its ETag is this one.  Otherwise PreconditionFailed (on servers
+        that support conditional writes)."""
 
     async def copy(self, src: str, dst: str, *, size: int,
                    metadata: Mapping[str, str] | None = None,

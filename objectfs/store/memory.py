@@ -126,11 +126,16 @@ class MemoryStore:
         return o.data[start:end]
 
     async def put(self, key: str, body, *, metadata, content_type, headers=None,
-                  if_none_match: bool = False) -> ObjectInfo:
+                  if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         self._count("PutObject")
         await trio.lowlevel.checkpoint()
         if if_none_match and key in self.objects:
             raise store_error("PreconditionFailed", op="PutObject", key=key)
+        if if_match is not None:
+            if key not in self.objects:
+                raise store_error("NoSuchKey", op="PutObject", key=key)
+            if self._info(key, self.objects[key]).etag != if_match:
+                raise store_error("PreconditionFailed", op="PutObject", key=key)
         o = self._store(key, bytes(body), metadata, content_type, headers)
         return self._info(key, o)
 

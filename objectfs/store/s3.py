@@ -366,7 +366,7 @@ class S3Store:
 
     async def put(self, key: str, body: bytes | memoryview, *, metadata: Mapping[str, str],
                   content_type: str, headers: Mapping[str, Any] | None = None,
-                  if_none_match: bool = False) -> ObjectInfo:
+                  if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         body = _blob(body)
         kw = self._common(metadata, content_type, headers)
         kw.update(Bucket=self.bucket, Key=key, Body=body)
@@ -374,6 +374,8 @@ class S3Store:
             kw["ContentMD5"] = _md5_b64(body)
         if if_none_match:
             kw["IfNoneMatch"] = "*"
+        if if_match:
+            kw["IfMatch"] = if_match
         retried: list[StoreError] = []
         try:
             r = await self._call("PutObject", key,

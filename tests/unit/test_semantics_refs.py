@@ -23,6 +23,7 @@ FILES = {
     "proxy": "tests/integration/test_faultproxy.py",
     "obs": "tests/integration/test_observability.py",
     "sse": "tests/integration/test_sse.py",
+    "wb": "tests/integration/test_writeback.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 

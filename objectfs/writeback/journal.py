@@ -1,0 +1,363 @@
+"""The write-back journal: files staged on local disk, durable before close returns.
+
+Layout under ``<cache_root>/writeback/``: one directory per running mount
+(a random id), holding a ``lock`` file the mount keeps ``flock``ed for its
+whole life, and one file per staged file, ``ID.entry``: the file's bytes,
+then its manifest (bucket, endpoint, key, size, MD5 of the bytes, the base
+ETag the upload must find in S3, metadata, Content-Type, system headers and
+the mode/uid/gid/mtime shown while staged) as JSON, then a 16-byte trailer
+(the JSON's length and a magic number).  One file means one fsync per close:
+
+1. ``ID.entry`` is written and fsync'd;
+2. the directory is fsync'd, making its name durable.
+
+A later change of the manifest (rename, chmod while staged) is written to a
+sidecar ``ID.json`` (written to ``ID.json.tmp``, fsync'd, renamed, directory
+fsync'd), which overrides the trailer.  An ``ID.entry`` without a valid
+trailer is an interrupted staging (its close never returned) and is deleted
+at recovery.  Removal unlinks ``ID.entry`` first, then the sidecar, then
+fsyncs the directory, so neither an uploaded entry nor an entry under its old
+name comes back after a power cut.
+
+Recovery: the lock of a dead mount is free (the kernel drops ``flock`` when
+the process dies, even by ``kill -9``), so a new mount locks every unlocked
+directory and adopts, in place, the entries that belong to its bucket,
+endpoint and prefix.  It checks each one against its manifest's size and MD5
+(a mismatch is logged and the file set aside as ``ID.entry.corrupt``, never
+uploaded) and keeps only the newest entry of each key (older ones were
+superseded before they were uploaded).  It keeps the lock of a directory it
+adopted from until it closes; directories holding only other buckets'
+entries are unlocked again and left alone; empty ones are removed.
+
+Everything here is blocking file I/O; the caller runs it in a worker thread
+(an fsync can take as long as the disk wants, and must not stall the FUSE
+loop).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import struct
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LOCK_NAME = "lock"
+ENTRY_SUFFIX = ".entry"
+# After the manifest JSON: its length and this magic number.
+TRAILER = struct.Struct("<Q8s")
+MAGIC = b"OFSWB\x00v1"
+# Bytes copied per read/write while staging or hashing.
+CHUNK = 1 << 20
+
+_seq = itertools.count()
+
+
+def _next_seq() -> int:
+    """Strictly increasing within a process, increasing across restarts (wall
+    clock in ns, plus a counter for entries staged within one ns)."""
+    return time.time_ns() * 1000 + next(_seq) % 1000
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What must reach S3 besides the bytes, and how to check the bytes."""
+
+    bucket: str
+    endpoint: str
+    key: str
+    size: int
+    md5: str
+    base_etag: str | None             # None: the key must not exist in S3
+    metadata: dict[str, str]
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    mode: int = 0o100644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    seq: int = 0
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, default=str).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Manifest":
+        d = json.loads(raw)
+        if not isinstance(d, dict) or d.get("version") != FORMAT_VERSION:
+            raise ValueError("unknown manifest format")
+        names = {f for f in cls.__dataclass_fields__}
+        m = cls(**{k: v for k, v in d.items() if k in names})
+        if not isinstance(m.key, str) or not isinstance(m.size, int) or m.size < 0:
+            raise ValueError("bad manifest fields")
+        return m
+
+
+@dataclass
+class Entry:
+    """One staged file in a journal directory."""
+
+    directory: str
+    id: str
+    manifest: Manifest
+
+    @property
+    def data_path(self) -> str:
+        """The entry file; its first ``manifest.size`` bytes are the data."""
+        return os.path.join(self.directory, self.id + ENTRY_SUFFIX)
+
+    @property
+    def manifest_path(self) -> str:
+        """The sidecar manifest (present once the manifest was changed)."""
+        return os.path.join(self.directory, self.id + ".json")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while len(view):
+        view = view[os.write(fd, view):]
+
+
+def _write_entry(path: str, chunks: Iterable[bytes | memoryview],
+                 manifest: Manifest) -> Manifest:
+    """Create ``path`` (must not exist) with the bytes, the manifest (size and
+    MD5 filled in) and the trailer; fsync it.  Returns the manifest."""
+    md5 = hashlib.md5()
+    size = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for chunk in chunks:
+            md5.update(chunk)
+            size += len(chunk)
+            _write_all(fd, chunk)
+        manifest = replace(manifest, size=size, md5=md5.hexdigest())
+        raw = manifest.to_json()
+        _write_all(fd, raw + TRAILER.pack(len(raw), MAGIC))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return manifest
+
+
+def read_entry_manifest(path: str) -> Manifest:
+    """The manifest in an entry file's trailer; ValueError if it has none
+    (the staging was interrupted)."""
+    with open(path, "rb") as f:
+        length = f.seek(0, os.SEEK_END)
+        if length < TRAILER.size:
+            raise ValueError("no trailer")
+        f.seek(length - TRAILER.size)
+        n, magic = TRAILER.unpack(f.read(TRAILER.size))
+        if magic != MAGIC or n > length - TRAILER.size:
+            raise ValueError("no trailer")
+        f.seek(length - TRAILER.size - n)
+        m = Manifest.from_json(f.read(n))
+    if m.size != length - TRAILER.size - n:
+        raise ValueError("size does not match the trailer")
+    return m
+
+
+def data_md5(path: str, size: int) -> tuple[int, str]:
+    """(bytes read, MD5) of the first ``size`` bytes of ``path``."""
+    md5 = hashlib.md5()
+    got = 0
+    with open(path, "rb") as f:
+        while got < size:
+            chunk = f.read(min(CHUNK, size - got))
+            if not chunk:
+                break
+            md5.update(chunk)
+            got += len(chunk)
+    return got, md5.hexdigest()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _lock(d: str) -> int | None:
+    """Lock a journal directory's lock file; None if a live mount holds it."""
+    try:
+        fd = os.open(os.path.join(d, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_if_empty(d: str) -> None:
+    if [n for n in os.listdir(d) if n != LOCK_NAME]:
+        return
+    _unlink(os.path.join(d, LOCK_NAME))
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+class Journal:
+    """This mount's journal directory (created and locked by ``open``), plus
+    the directories of dead mounts it adopted entries from."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.directory = ""
+        self._locks: dict[str, int] = {}   # directory -> locked fd
+
+    def open(self) -> None:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        directory = os.path.join(self.root, uuid.uuid4().hex)
+        os.mkdir(directory, 0o700)
+        fd = _lock(directory)
+        assert fd is not None, "a new directory cannot be locked by anyone else"
+        self._locks[directory] = fd
+        self.directory = directory
+        _fsync_dir(self.root)
+
+    def close(self) -> None:
+        """Release the locks; remove directories left empty."""
+        for d, fd in list(self._locks.items()):
+            _remove_if_empty(d)
+            os.close(fd)
+        self._locks.clear()
+
+    # -- entries ------------------------------------------------------------
+
+    def stage(self, manifest: Manifest, chunks: Iterable[bytes | memoryview]) -> Entry:
+        """Write a new entry durably (see the module docstring for the order).
+
+        ``manifest.size`` and ``md5`` are filled in from the bytes written.
+        On any error the partial file is removed and the error raised.
+        """
+        seq = _next_seq()
+        entry = Entry(self.directory, f"{seq:024d}", manifest)
+        try:
+            entry.manifest = _write_entry(entry.data_path, chunks, replace(manifest, seq=seq))
+            _fsync_dir(self.directory)
+        except BaseException:
+            _unlink(entry.data_path)
+            raise
+        return entry
+
+    def rewrite(self, entry: Entry, manifest: Manifest) -> None:
+        """Replace an entry's manifest atomically (rename, key, headers, base)."""
+        tmp = entry.manifest_path + ".tmp"
+        _unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, manifest.to_json())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, entry.manifest_path)
+        if not os.path.exists(entry.data_path):
+            _unlink(entry.manifest_path)  # removed meanwhile: leave no orphan
+        _fsync_dir(entry.directory)
+        entry.manifest = manifest
+
+    def remove(self, entry: Entry) -> None:
+        """Delete an entry (uploaded or superseded); durable when this returns."""
+        _unlink(entry.data_path)
+        _unlink(entry.manifest_path)
+        _fsync_dir(entry.directory)
+
+    # -- recovery -----------------------------------------------------------
+
+    def adopt(self, accept: Callable[[Manifest], bool]) -> list[Entry]:
+        """Take over the entries of dead mounts that ``accept`` (this bucket,
+        endpoint and prefix); returns them, oldest first."""
+        found: list[Entry] = []
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            d = os.path.join(self.root, name)
+            if d in self._locks or not os.path.isdir(d):
+                continue
+            fd = _lock(d)
+            if fd is None:
+                continue  # a live mount owns it
+            mine = self._scan(d, accept)
+            if mine:
+                self._locks[d] = fd  # ours until we close
+                found.extend(mine)
+            else:
+                _remove_if_empty(d)
+                os.close(fd)
+        newest: dict[str, Entry] = {}
+        for e in sorted(found, key=lambda e: e.manifest.seq):
+            older = newest.get(e.manifest.key)
+            if older is not None:
+                log.info("write-back: %r was staged again later; dropping the older copy",
+                         e.manifest.key)
+                self.remove(older)
+            newest[e.manifest.key] = e
+        return sorted(newest.values(), key=lambda e: e.manifest.seq)
+
+    def _scan(self, d: str, accept: Callable[[Manifest], bool]) -> list[Entry]:
+        out: list[Entry] = []
+        names = set(os.listdir(d))
+        for n in sorted(names):
+            if n.endswith(".json.tmp"):
+                _unlink(os.path.join(d, n))  # an interrupted manifest change
+            elif n.endswith(".json") and n[:-5] + ENTRY_SUFFIX not in names:
+                _unlink(os.path.join(d, n))  # removal interrupted after the entry
+        for n in sorted(names):
+            if not n.endswith(ENTRY_SUFFIX):
+                continue
+            entry = Entry(d, n[:-len(ENTRY_SUFFIX)], None)  # type: ignore[arg-type]
+            try:
+                manifest = read_entry_manifest(entry.data_path)
+            except (OSError, ValueError, TypeError):
+                # staging interrupted: its close() never returned
+                log.info("write-back: discarding the incomplete staging %s", entry.data_path)
+                _unlink(entry.data_path)
+                continue
+            if os.path.exists(entry.manifest_path):
+                try:
+                    with open(entry.manifest_path, "rb") as f:
+                        manifest = Manifest.from_json(f.read())
+                except (OSError, ValueError, TypeError) as e:
+                    log.error("write-back: unreadable manifest %s (%s); left in place",
+                              entry.manifest_path, e)
+                    continue
+            if not accept(manifest):
+                continue
+            entry.manifest = manifest
+            got, md5 = data_md5(entry.data_path, manifest.size)
+            if got != manifest.size or md5 != manifest.md5:
+                log.error("write-back: staged data of %r is damaged (%d bytes, expected %d, "
+                          "checksum %s); kept as %s.corrupt, not uploaded", manifest.key, got,
+                          manifest.size, "ok" if md5 == manifest.md5 else "wrong",
+                          entry.data_path)
+                os.rename(entry.data_path, entry.data_path + ".corrupt")
+                _unlink(entry.manifest_path)
+                continue
+            out.append(entry)
+        return out

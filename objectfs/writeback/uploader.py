@@ -1,0 +1,383 @@
+"""Write-back: upload staged files in the background, after a delay.
+
+``WriteBack`` owns the journal (``journal.py``) and a scheduler task in the
+mount's nursery.  Each staged file is a ``Pending``; there is at most one
+per key that is not yet being uploaded, since staging a key again replaces
+its previous entry (coalescing) -- except an entry recovered from an earlier
+mount, which this mount's writes were not based on: it is uploaded first,
+and a newer version of its key then follows the conflict rule below.
+Entries of one key are uploaded one at a time, oldest first.  An entry
+becomes due ``delay`` seconds
+after it was last staged, but no later than ``MAX_DEBOUNCE`` delays after it
+was first staged, so a file rewritten every few seconds still reaches S3.
+
+Upload of one entry (its ``lock`` held, so rename and unlink wait for it):
+
+1. HEAD the key.  Its ETag is compared with the entry's *base ETag* (the
+   object the file was opened from; None for a file created new):
+   unchanged (or deleted in S3 meanwhile) -> upload to the key; changed ->
+   a conflict, unless the object already holds exactly our bytes (its ETag
+   is our MD5: we uploaded it before a crash removed the entry).
+2. The PUT is conditional where the server supports it (If-Match on the
+   ETag the HEAD saw, If-None-Match: * when the key was absent), so a
+   change between the HEAD and the PUT is a conflict as well.  Large files
+   go up as a multipart upload, guarded by the HEAD alone.
+3. On a conflict the remote object is kept and ours is uploaded beside it as
+   ``NAME.objectfs-conflict-<UTC time>`` (see ``conflict_key``; ``-2``,
+   ``-3``... when that name is taken), with a warning in the log.
+
+A failed upload is retried with exponential back-off (from
+``RETRY_FIRST`` to ``RETRY_MAX`` seconds); the entry stays on disk.  The
+filesystem hears of the outcome through ``on_done(pending, info, conflict)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import replace
+from typing import Callable
+
+import trio
+
+from ..data.context import DataContext, ObjectHeaders
+from ..data.upload import upload_staged
+from ..errors import FsError, NotFound, NotSupported, PreconditionFailed
+from ..store.base import ObjectInfo
+from .journal import Entry, Journal, Manifest
+
+log = logging.getLogger(__name__)
+
+# An entry staged again and again is uploaded at the latest this many delays
+# after it was first staged.
+MAX_DEBOUNCE = 3
+# Files uploaded at the same time (each may use upload_concurrency parts).
+FILE_CONCURRENCY = 8
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+CONFLICT_INFIX = ".objectfs-conflict-"
+
+
+def conflict_key(key: str, wall_ns: int | None = None) -> str:
+    """Where our version goes when the remote one changed: beside it, named
+    by the UTC time, e.g. ``a/b.txt.objectfs-conflict-20260101T120000Z``."""
+    t = time.gmtime((wall_ns if wall_ns is not None else time.time_ns()) // 1_000_000_000)
+    return key + CONFLICT_INFIX + time.strftime("%Y%m%dT%H%M%SZ", t)
+
+
+def _bare(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else etag
+
+
+class Pending:
+    """One staged file waiting for (or in) its upload."""
+
+    def __init__(self, entry: Entry, due: float, first: float):
+        self.entry = entry
+        self.due = due
+        self.first = first
+        self.lock = trio.Lock()
+        self.busy = False           # an upload task holds it
+        self.finished = False       # uploaded or cancelled: the entry is gone
+        self.error: Exception | None = None
+        self.attempts = 0
+        self.attempted = trio.Event()  # set after each upload attempt
+        self.successor: Pending | None = None  # the entry that superseded this one
+        # left by an earlier mount: never superseded by a version staged in
+        # this mount (which was not based on it), uploaded before it
+        self.recovered = False
+        self.node = None            # the inode showing it (set by the filesystem)
+
+    @property
+    def key(self) -> str:
+        return self.entry.manifest.key
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.entry.manifest
+
+
+DoneFn = Callable[[Pending, ObjectInfo, bool], None]
+
+
+class WriteBack:
+    def __init__(self, ctx: DataContext, journal: Journal, *, delay: float,
+                 accept: Callable[[Manifest], bool], on_done: DoneFn):
+        self.ctx = ctx
+        self.journal = journal
+        self.delay = delay
+        self.accept = accept
+        self.on_done = on_done
+        self.pending: dict[str, Pending] = {}      # newest entry per key
+        self.active: set[Pending] = set()          # every entry on disk
+        # keys with an upload in progress: a newer entry of the same key
+        # waits for it (else it would race it and look like a conflict)
+        self._busy_keys: set[str] = set()
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(FILE_CONCURRENCY)
+        self._conditional = True     # the server accepts If-Match on PutObject
+
+    async def _io(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> list[Pending]:
+        """Open the journal, adopt what dead mounts left for this bucket and
+        start the scheduler.  Recovered entries are due at once."""
+        await self._io(self.journal.open)
+        recovered = await self._io(self.journal.adopt, self.accept)
+        out = []
+        now = trio.current_time()
+        for entry in recovered:
+            log.warning("write-back: recovered %r (%d bytes) staged before the last mount "
+                        "ended; uploading it", entry.manifest.key, entry.manifest.size)
+            p = Pending(entry, now, now)
+            p.recovered = True
+            self.pending[p.key] = p
+            self.active.add(p)
+            out.append(p)
+        nursery.start_soon(self._run, nursery)
+        return out
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    async def _run(self, nursery: trio.Nursery) -> None:
+        while True:
+            now = trio.current_time()
+            nxt = float("inf")
+            waiting: set[str] = set()   # keys with an older entry still to go
+            for p in sorted(self.active, key=lambda p: p.manifest.seq):
+                # one upload per key at a time, in staging order
+                blocked = p.busy or p.key in self._busy_keys or p.key in waiting
+                waiting.add(p.key)
+                if blocked:
+                    continue
+                if p.due <= now:
+                    p.busy = True
+                    self._busy_keys.add(p.key)
+                    nursery.start_soon(self._upload, p)
+                else:
+                    nxt = min(nxt, p.due)
+            with trio.move_on_at(nxt):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    # -- staging --------------------------------------------------------------
+
+    async def stage(self, manifest: Manifest, chunks,
+                    attach: Callable[[Pending], None] = lambda p: None,
+                    base_fn: Callable[[], str | None] | None = None) -> Pending:
+        """Write a staged file durably; it replaces the key's previous entry.
+
+        ``base_fn`` says what S3 should hold now; it is asked again once the
+        bytes are on disk, since an upload of this key may have finished
+        meanwhile (then the manifest is corrected).  ``attach`` is called with
+        the new entry before anything else can happen to it (its upload may
+        finish before this returns)."""
+        entry = await self._io(self.journal.stage, manifest, chunks)
+        while base_fn is not None and base_fn() != entry.manifest.base_etag:
+            await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
+        now = trio.current_time()
+        old = self.pending.get(manifest.key)
+        first = old.first if old is not None else now
+        p = Pending(entry, min(now + self.delay, first + MAX_DEBOUNCE * self.delay), first)
+        attach(p)
+        log.debug("write-back: staged %r (%d bytes, base %s) as %s", p.key, p.manifest.size,
+                  p.manifest.base_etag, entry.id)
+        self.pending[p.key] = p
+        self.active.add(p)
+        if old is not None and not old.busy and not old.recovered:
+            old.successor = p
+            await self.drop(old)
+        self._kick()
+        return p
+
+    async def drop(self, p: Pending) -> None:
+        """Forget a staged file (unlinked, replaced).  The caller holds
+        ``p.lock``, or knows no upload of it is in progress."""
+        p.finished = True
+        self.active.discard(p)
+        if self.pending.get(p.key) is p:
+            del self.pending[p.key]
+        p.attempted.set()
+        await self._io(self.journal.remove, p.entry)
+
+    async def _persist(self, entry: Entry, manifest: Manifest) -> None:
+        """Change an entry's manifest: in memory at once (so every decision
+        from now on sees it), then on disk."""
+        entry.manifest = manifest
+        await self._io(self.journal.rewrite, entry, manifest)
+
+    async def rewrite(self, p: Pending, **changes) -> None:
+        """Change the manifest (key on rename, metadata on chmod...)."""
+        old_key = p.key
+        await self._persist(p.entry, replace(p.manifest, **changes))
+        if p.key != old_key:
+            if self.pending.get(old_key) is p:
+                del self.pending[old_key]
+            displaced = self.pending.get(p.key)
+            self.pending[p.key] = p
+            if displaced is not None and displaced is not p and not displaced.busy:
+                await self.drop(displaced)
+        self._kick()
+
+    # -- waiting --------------------------------------------------------------
+
+    async def sync(self, p: Pending) -> None:
+        """Upload ``p`` (or the entry that superseded it) now and wait (fsync);
+        raises the upload's error."""
+        while True:
+            while p.finished and p.successor is not None:
+                p = p.successor
+            if p.finished:
+                return
+            event = p.attempted
+            attempts = p.attempts
+            if not p.busy:
+                p.due = trio.current_time()
+                self._kick()
+            await event.wait()
+            if not p.finished and p.attempts > attempts and p.error is not None:
+                raise p.error
+            if p.attempted is event:
+                p.attempted = trio.Event()
+
+    async def drain(self, timeout: float) -> list[str]:
+        """Upload everything now; returns the keys still pending after ``timeout``
+        (0: do not wait, and leave every entry to its delay or the next mount)."""
+        if timeout <= 0:
+            return sorted(p.key for p in self.active)
+        with trio.move_on_after(timeout):
+            while self.active:
+                for p in list(self.active):
+                    if not p.busy:
+                        p.due = trio.current_time()
+                self._kick()
+                p = next(iter(self.active))
+                with trio.move_on_after(1):
+                    event = p.attempted
+                    await event.wait()
+                    if p.attempted is event:
+                        p.attempted = trio.Event()
+        return sorted(p.key for p in self.active)
+
+    # -- upload ---------------------------------------------------------------
+
+    async def _upload(self, p: Pending) -> None:
+        key = p.key
+        try:
+            async with self._limiter, p.lock:
+                if p.finished:
+                    return
+                p.attempts += 1
+                try:
+                    info, conflict = await self._send(p)
+                except FsError as e:
+                    p.error = e
+                    wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(p.attempts - 1, 10))
+                    log.warning("write-back upload of %r failed (%s); retrying in %.0f s",
+                                p.key, e, wait)
+                    p.due = trio.current_time() + wait
+                    return
+                p.error = None
+                p.finished = True
+                self.active.discard(p)
+                newer = self.pending.get(p.key)
+                if newer is p:
+                    del self.pending[p.key]
+                elif newer is not None and not conflict and not p.recovered \
+                        and newer.manifest.base_etag == p.manifest.base_etag:
+                    # staged again while we uploaded: its base is now our object
+                    await self._persist(newer.entry, replace(newer.manifest,
+                                                             base_etag=info.etag))
+                self.on_done(p, info, conflict)
+                with trio.CancelScope(shield=True):
+                    await self._io(self.journal.remove, p.entry)
+        finally:
+            p.busy = False
+            self._busy_keys.discard(key)
+            p.attempted.set()
+            self._kick()
+
+    async def _send(self, p: Pending) -> tuple[ObjectInfo, bool]:
+        """Upload ``p``'s bytes; returns (info, True if it went beside a conflict)."""
+        m = p.manifest
+        store = self.ctx.store
+        try:
+            remote: ObjectInfo | None = await store.head(m.key)
+        except NotFound:
+            remote = None
+        log.debug("write-back: uploading %s to %r (base %s, S3 has %s)", p.entry.id, m.key,
+                  m.base_etag, remote.etag if remote else None)
+        if remote is not None and remote.etag != m.base_etag:
+            if _bare(remote.etag) == m.md5:
+                log.info("write-back: %r already holds the staged bytes", m.key)
+                return remote, False
+            return await self._conflict(p, remote), True
+        try:
+            return await self._put(m.key, p.entry, remote), False
+        except PreconditionFailed:
+            remote = await store.head(m.key)
+            return await self._conflict(p, remote), True
+
+    async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
+        m = p.manifest
+        first = conflict_key(m.key)
+        for n in itertools.count(1):
+            # never overwrite an earlier conflict copy made in the same second
+            target = first if n == 1 else f"{first}-{n}"
+            try:
+                await self.ctx.store.head(target)
+                continue
+            except NotFound:
+                pass
+            log.warning("write-back conflict: %r changed in S3 while ours was staged (ETag "
+                        "%s, expected %s); keeping it and uploading ours as %r", m.key,
+                        remote.etag if remote else None, m.base_etag or "no object", target)
+            try:
+                return await self._put(target, p.entry, None)
+            except PreconditionFailed:
+                continue
+        raise AssertionError("unreachable")
+
+    async def _put(self, key: str, entry: Entry, remote: ObjectInfo | None) -> ObjectInfo:
+        m = entry.manifest
+        h = ObjectHeaders(m.metadata, m.content_type, m.headers)
+        path = entry.data_path
+
+        def read_range(start: int, end: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(end - start)
+            if len(data) != end - start:
+                raise OSError(f"staged file {path} is shorter than expected")
+            return data
+
+        async def read(start: int, end: int) -> bytes:
+            return await self._io(read_range, start, end)
+
+        if m.size > self.ctx.single_put_max:
+            return await upload_staged(self.ctx, key, m.size, h, touched=lambda s, e: True,
+                                       read=read, base_key=None, base_etag=None, base_size=0)
+        body = await read(0, m.size)
+        cond: dict = {}
+        if self._conditional:
+            cond = {"if_match": remote.etag} if remote is not None else {"if_none_match": True}
+        try:
+            return await self.ctx.store.put(key, body, metadata=h.metadata,
+                                            content_type=h.content_type, headers=h.headers,
+                                            **cond)
+        except NotSupported:
+            if not cond:
+                raise
+            log.info("the server refuses conditional writes; relying on HEAD checks")
+            self._conditional = False
+            return await self.ctx.store.put(key, body, metadata=h.metadata,
+                                            content_type=h.content_type, headers=h.headers)
+

@@ -1,0 +1,310 @@
+"""Write-back (-o writeback) through the real mount against moto.
+
+close() returns once the file is staged durably under cache_dir; the upload
+happens later.  These tests check what the user sees before the upload, that
+fsync and unmount push staged files to S3, that a kill -9 of the daemon loses
+nothing a close() acknowledged, and that a conflicting change in S3 keeps both
+versions.  Delays are long (600 s) wherever a test needs the file to stay
+staged, so nothing here depends on timing; waits for uploads poll with a
+generous bound.
+
+The kill -9 test runs 3 rounds here; ``make soak`` (OBJECTFS_SOAK=1) runs a
+longer variant, OBJECTFS_SOAK_ROUNDS rounds (default 15).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.support.mounts import is_mounted
+
+STAY = "writeback=600"   # long enough that nothing is uploaded by the delay
+UPLOAD_WAIT = 60.0       # bound on waiting for a background upload
+
+
+def wb_options(workdir, *extra: str) -> list[str]:
+    return [f"cache_dir={workdir / 'cache'}", *extra]
+
+
+def exists(client, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except client.exceptions.ClientError as e:
+        if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def body(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(client, bucket: str) -> list[str]:
+    r = client.list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"] for o in r.get("Contents", []))
+
+
+def wait_for(pred, timeout: float = UPLOAD_WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def journal_entries(workdir) -> list[str]:
+    root = workdir / "cache" / "writeback"
+    if not root.exists():
+        return []
+    return sorted(str(p) for p in root.glob("*/*.entry"))
+
+
+def test_close_stages_and_fsync_uploads(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    path = os.path.join(m.mountpoint, "a.txt")
+    with m.watchdog(120):
+        with open(path, "wb") as f:
+            f.write(b"hello write-back")
+        # close returned: staged durably, not in S3
+        assert not exists(s3_client, bucket, "a.txt")
+        assert len(journal_entries(workdir)) == 1
+        # stat, ls and reads show the staged file at once
+        st = os.stat(path)
+        assert st.st_size == len(b"hello write-back")
+        assert "a.txt" in os.listdir(m.mountpoint)
+        with open(path, "rb") as f:
+            assert f.read() == b"hello write-back"
+        os.chmod(path, 0o600)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert not exists(s3_client, bucket, "a.txt")
+        # fsync means "in S3", with write-back too
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert body(s3_client, bucket, "a.txt") == b"hello write-back"
+        meta = s3_client.head_object(Bucket=bucket, Key="a.txt")["Metadata"]
+        assert int(meta["mode"]) & 0o777 == 0o600
+        assert journal_entries(workdir) == []
+
+
+def test_upload_happens_after_the_delay(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, "writeback=1"))
+    with m.watchdog(120):
+        for i in range(3):
+            for n in range(5):  # rewrites within the delay are coalesced
+                with open(os.path.join(m.mountpoint, f"f{i}"), "wb") as f:
+                    f.write(f"file {i} version {n}".encode())
+        wait_for(lambda: keys(s3_client, bucket) == ["f0", "f1", "f2"], what="uploads")
+        for i in range(3):
+            assert body(s3_client, bucket, f"f{i}") == f"file {i} version 4".encode()
+        wait_for(lambda: journal_entries(workdir) == [], what="journal to empty")
+
+
+def test_rapid_rewrites_never_conflict_with_ourselves(mount, workdir, s3_client, bucket):
+    """With no delay, uploads overlap the next staging of the same file: each
+    upload must expect what the previous one stored, never see a conflict."""
+    s3_client.put_object(Bucket=bucket, Key="log.txt", Body=b"v-1")
+    m = mount(bucket, options=wb_options(workdir, "writeback=0"))
+    with m.watchdog(120):
+        for n in range(30):
+            with open(os.path.join(m.mountpoint, "log.txt"), "wb") as f:
+                f.write(b"v%d" % n + b"." * (n * 1000))
+        assert m.unmount() == 0
+    assert keys(s3_client, bucket) == ["log.txt"]
+    assert body(s3_client, bucket, "log.txt") == b"v29" + b"." * 29000
+    assert "conflict" not in m.log(), m.log()[-6000:]
+
+
+def test_rename_and_unlink_of_staged_files(mount, workdir, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="old.txt", Body=b"old version")
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    mp = m.mountpoint
+    with m.watchdog(120):
+        with open(os.path.join(mp, "new.txt"), "wb") as f:
+            f.write(b"new file")
+        os.rename(os.path.join(mp, "new.txt"), os.path.join(mp, "moved.txt"))
+        with open(os.path.join(mp, "old.txt"), "ab") as f:
+            f.write(b" + appended")
+        os.rename(os.path.join(mp, "old.txt"), os.path.join(mp, "old-moved.txt"))
+        with open(os.path.join(mp, "gone.txt"), "wb") as f:
+            f.write(b"never uploaded")
+        os.unlink(os.path.join(mp, "gone.txt"))
+        assert sorted(os.listdir(mp)) == ["moved.txt", "old-moved.txt"]
+        with open(os.path.join(mp, "old-moved.txt"), "rb") as f:
+            assert f.read() == b"old version + appended"
+        assert m.unmount() == 0
+    assert keys(s3_client, bucket) == ["moved.txt", "old-moved.txt"]
+    assert body(s3_client, bucket, "moved.txt") == b"new file"
+    assert body(s3_client, bucket, "old-moved.txt") == b"old version + appended"
+
+
+def test_conflict_keeps_both_versions(mount, workdir, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"original")
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    mp = m.mountpoint
+    with m.watchdog(120):
+        with open(os.path.join(mp, "doc.txt"), "wb") as f:
+            f.write(b"ours")
+        with open(os.path.join(mp, "fresh.txt"), "wb") as f:
+            f.write(b"ours too")
+        # meanwhile another client changes the object and creates the new one
+        s3_client.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs")
+        s3_client.put_object(Bucket=bucket, Key="fresh.txt", Body=b"theirs too")
+        assert m.unmount() == 0
+    found = keys(s3_client, bucket)
+    assert body(s3_client, bucket, "doc.txt") == b"theirs"
+    assert body(s3_client, bucket, "fresh.txt") == b"theirs too"
+    doc_conflicts = [k for k in found if k.startswith("doc.txt.objectfs-conflict-")]
+    fresh_conflicts = [k for k in found if k.startswith("fresh.txt.objectfs-conflict-")]
+    assert len(doc_conflicts) == 1 and len(fresh_conflicts) == 1, found
+    assert body(s3_client, bucket, doc_conflicts[0]) == b"ours"
+    assert body(s3_client, bucket, fresh_conflicts[0]) == b"ours too"
+    assert "write-back conflict" in m.log()
+
+
+def test_umount_drains_and_reports_what_is_left(mount, workdir, s3_client, bucket,
+                                                objectfs_cli):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    with m.watchdog(120):
+        for i in range(5):
+            with open(os.path.join(m.mountpoint, f"d{i}"), "wb") as f:
+                f.write(os.urandom(1000 + i))
+        r = objectfs_cli("umount", m.mountpoint)
+        assert r.returncode == 0, r.stderr
+        assert "not yet in S3" not in r.stderr
+    assert keys(s3_client, bucket) == [f"d{i}" for i in range(5)]
+
+    # with no time to drain, umount says what stays for the next mount
+    m2 = mount(bucket, options=wb_options(workdir, STAY, "writeback_drain_timeout=0"))
+    with m2.watchdog(120):
+        with open(os.path.join(m2.mountpoint, "late.bin"), "wb") as f:
+            f.write(b"late data")
+        r = objectfs_cli("umount", m2.mountpoint)
+        assert r.returncode == 0, r.stderr
+        assert "1 staged file(s) not yet in S3" in r.stderr
+    assert "stays staged" in m2.log()
+    m3 = mount(bucket, options=wb_options(workdir, STAY))
+    with m3.watchdog(120):
+        wait_for(lambda: exists(s3_client, bucket, "late.bin"), what="recovered upload")
+        assert body(s3_client, bucket, "late.bin") == b"late data"
+    assert "recovered 'late.bin'" in m3.log()
+
+
+def test_sigterm_drains_staged_uploads(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    with m.watchdog(120):
+        for i in range(3):
+            with open(os.path.join(m.mountpoint, f"t{i}"), "wb") as f:
+                f.write(b"term %d" % i)
+        assert keys(s3_client, bucket) == []
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(timeout=90) == 0
+    assert [body(s3_client, bucket, f"t{i}") for i in range(3)] == [b"term 0", b"term 1",
+                                                                    b"term 2"]
+    assert journal_entries(workdir) == []
+
+
+def test_directory_rename_uploads_staged_files_first(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    mp = m.mountpoint
+    with m.watchdog(120):
+        os.mkdir(os.path.join(mp, "src"))
+        with open(os.path.join(mp, "src", "inner.txt"), "wb") as f:
+            f.write(b"inside")
+        os.rename(os.path.join(mp, "src"), os.path.join(mp, "dst"))
+        assert os.listdir(os.path.join(mp, "dst")) == ["inner.txt"]
+        assert keys(s3_client, bucket) == ["dst/", "dst/inner.txt"]
+        assert body(s3_client, bucket, "dst/inner.txt") == b"inside"
+
+
+def kill9(m) -> None:
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait(timeout=30)
+    subprocess.run(["fusermount3", "-uz", m.mountpoint], capture_output=True, timeout=30)
+    assert not is_mounted(m.mountpoint)
+
+
+SOAK = pytest.param(int(os.environ.get("OBJECTFS_SOAK_ROUNDS", "15")), marks=[
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.environ.get("OBJECTFS_SOAK"), reason="make soak runs it")],
+    id="soak")
+
+
+@pytest.mark.parametrize("rounds", [pytest.param(3, id="fast"), SOAK])
+def test_kill9_during_writeback_then_remount_uploads_everything(mount, workdir, s3_client,
+                                                                bucket, rounds):
+    """Round 0 kills the daemon with everything still staged (every file must
+    be recovered); later rounds kill it at a random moment of the uploads."""
+    rng = random.Random(os.environ.get("OBJECTFS_SOAK_SEED", "4"))
+    expected: dict[str, bytes] = {}
+    recovered = 0
+    for r in range(rounds):
+        delay = STAY if r == 0 else "writeback=0.3"
+        m = mount(bucket, options=wb_options(workdir, delay))
+        with m.watchdog(180):
+            os.mkdir(os.path.join(m.mountpoint, f"r{r}"))
+            for i in range(12):
+                key = f"r{r}/f{i}.bin"
+                data = rng.randbytes(rng.choice([0, 1, 4096, 300_000, 3 << 20]))
+                with open(os.path.join(m.mountpoint, key), "wb") as f:
+                    f.write(data)
+                expected[key] = data
+            # every close() above returned: all of it must survive
+            if r:
+                time.sleep(rng.uniform(0, 1.0) if r > 1 else 0)
+            kill9(m)
+        m2 = mount(bucket, options=wb_options(workdir, "writeback=0"))
+        with m2.watchdog(180):
+            wait_for(lambda: all(exists(s3_client, bucket, k) for k in expected),
+                     what="recovered uploads")
+            wait_for(lambda: journal_entries(workdir) == [], what="journal to empty")
+            for k, data in expected.items():
+                assert body(s3_client, bucket, k) == data, k
+            assert not any("objectfs-conflict" in k for k in keys(s3_client, bucket))
+            assert m2.unmount() == 0
+        lines = m2.log().count("write-back: recovered")
+        if r == 0:
+            assert lines == 12
+        recovered += lines
+    print(f"{rounds} rounds, {recovered} files recovered after kill -9")
+
+
+def test_unusable_writeback_directory_fails_the_mount_in_one_line(objectfs_cli, s3, bucket,
+                                                                  workdir):
+    mp = workdir / "mnt-bad"
+    mp.mkdir()
+    r = objectfs_cli("mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint,
+                     "-o", "writeback,cache_dir=/proc/objectfs-nowhere")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "objectfs: cannot create the write-back directory "
+        "/proc/objectfs-nowhere/writeback: No such file or directory"]
+    assert not is_mounted(str(mp))
+
+
+def test_failed_upload_is_retried_and_fsync_reports_it(mount, workdir, s3_client, bucket):
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    path = os.path.join(m.mountpoint, "retry.txt")
+    with m.watchdog(120):
+        with open(path, "wb") as f:
+            f.write(b"kept until S3 takes it")
+        s3_client.delete_bucket(Bucket=bucket)   # every upload fails now
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError):
+                os.fsync(fd)
+            s3_client.create_bucket(Bucket=bucket)
+            os.fsync(fd)                          # retried: now it is in S3
+        finally:
+            os.close(fd)
+        assert body(s3_client, bucket, "retry.txt") == b"kept until S3 takes it"
+    assert "write-back upload of 'retry.txt' failed" in m.log()

@@ -1,0 +1,264 @@
+"""The write-back journal and uploader logic, without FUSE.
+
+The journal is driven through random sequences of stage / rewrite / remove,
+then "crashes" (its lock is dropped without cleaning up, as a kill -9 would)
+and a new journal adopts what is left: exactly the newest entry of every key
+must come back, with its bytes, and nothing else.  The uploader is run
+against the in-memory store for the conflict rules.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from objectfs.config import ConfigError, WRITEBACK_DEFAULT_DELAY, build
+from objectfs.data.context import DataContext
+from objectfs.store.memory import MemoryStore
+from objectfs.writeback.journal import Journal, Manifest
+from objectfs.writeback.uploader import CONFLICT_INFIX, WriteBack, conflict_key
+
+
+def manifest(key: str, bucket: str = "b", base: str | None = None) -> Manifest:
+    return Manifest(bucket=bucket, endpoint="", key=key, size=0, md5="", base_etag=base,
+                    metadata={"mode": "33188"}, content_type="text/plain")
+
+
+def crash(j: Journal) -> None:
+    """What kill -9 leaves: files as they are, the lock released by the kernel."""
+    for fd in j._locks.values():
+        os.close(fd)
+    j._locks.clear()
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("stage"), st.sampled_from("abc"), st.binary(max_size=300)),
+    st.tuples(st.just("rename"), st.sampled_from("abc"), st.sampled_from("abc")),
+    st.tuples(st.just("remove"), st.sampled_from("abc"), st.just(b"")),
+), max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops)
+def test_recovery_returns_the_newest_entry_of_each_key(seq):
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        live: dict[str, object] = {}     # key -> newest entry (what the uploader keeps)
+        model: dict[str, bytes] = {}
+        for op, key, arg in seq:
+            if op == "stage":
+                e = j.stage(manifest(key), [arg[:100], arg[100:]])
+                old = live.get(key)
+                if old is not None:
+                    j.remove(old)
+                live[key], model[key] = e, arg
+            elif op == "rename" and key in live and key != arg:
+                e = live.pop(key)
+                if arg in live:
+                    j.remove(live.pop(arg))
+                j.rewrite(e, replace(e.manifest, key=arg))
+                live[arg] = e
+                model[arg] = model.pop(key)
+            elif op == "remove" and key in live:
+                j.remove(live.pop(key))
+                del model[key]
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        got = {e.manifest.key: read(e.data_path)[:e.manifest.size]
+               for e in j2.adopt(lambda m: True)}
+        assert got == model
+        for e in j2.adopt(lambda m: True):
+            raise AssertionError(f"adopted twice: {e}")
+        j2.close()
+
+
+def test_interrupted_staging_is_dropped_and_damage_is_detected():
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        good = j.stage(manifest("good"), [b"good bytes"])
+        bad = j.stage(manifest("bad"), [b"bad bytes"])
+        with open(bad.data_path, "r+b") as f:
+            f.write(b"BAD")                       # bit rot
+        torn = j.stage(manifest("torn"), [b"torn write"])
+        with open(torn.data_path, "r+b") as f:
+            f.truncate(os.path.getsize(torn.data_path) - 3)   # trailer never written
+        renamed = j.stage(manifest("before"), [b"renamed"])
+        j.rewrite(renamed, replace(renamed.manifest, key="after"))
+        # a manifest change interrupted, and a removal interrupted after the entry
+        with open(os.path.join(j.directory, "998.json.tmp"), "wb") as f:
+            f.write(b"{")
+        with open(os.path.join(j.directory, "997.json"), "wb") as f:
+            f.write(b"{}")
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        adopted = j2.adopt(lambda m: True)
+        assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            ("good", b"good bytes"), ("after", b"renamed")]
+        left = sorted(os.listdir(j.directory))
+        assert left == sorted(["lock", os.path.basename(bad.data_path) + ".corrupt",
+                               os.path.basename(good.data_path),
+                               os.path.basename(renamed.data_path),
+                               os.path.basename(renamed.manifest_path)])
+        assert good.manifest.md5 == adopted[0].manifest.md5
+
+
+def test_other_buckets_and_live_mounts_are_left_alone():
+    with tempfile.TemporaryDirectory() as root:
+        dead = Journal(root)
+        dead.open()
+        mine = dead.stage(manifest("k", bucket="mine"), [b"1"])
+        theirs = dead.stage(manifest("k", bucket="theirs"), [b"2"])
+        crash(dead)
+        alive = Journal(root)
+        alive.open()
+        alive.stage(manifest("k", bucket="mine"), [b"live"])
+        j = Journal(root)
+        j.open()
+        got = j.adopt(lambda m: m.bucket == "mine")
+        assert [read(e.data_path)[:1] for e in got] == [b"1"]
+        assert got[0].data_path == mine.data_path     # adopted in place
+        assert os.path.exists(theirs.data_path)
+        j.close()
+        assert os.path.exists(theirs.data_path)
+        # the live mount's entry is untouched
+        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")]) == 1
+
+
+def test_clean_close_removes_an_empty_directory():
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        j.remove(j.stage(manifest("k"), [b"x"]))
+        j.close()
+        assert os.listdir(root) == []
+
+
+def test_conflict_key_is_beside_the_original_and_names_utc_time():
+    assert conflict_key("a/b.txt", 1_700_000_000 * 10**9) == \
+        "a/b.txt" + CONFLICT_INFIX + "20231114T221320Z"
+
+
+@pytest.mark.parametrize("given_, expected", [
+    (True, WRITEBACK_DEFAULT_DELAY), ("2.5", 2.5), ("0", 0.0), ("off", None)])
+def test_writeback_option(given_, expected):
+    o = "writeback" if given_ is True else f"writeback={given_}"
+    assert build("b", "", "/mnt", o_options=[o]).writeback == expected
+    with pytest.raises(ConfigError):
+        build("b", "", "/mnt", o_options=["writeback=-1"])
+
+
+# -- the uploader's conflict rules against the in-memory store -----------------
+
+async def run_writeback(store: MemoryStore, root: str, staged: list[Manifest],
+                        bodies: list[bytes]) -> list[tuple[str, bool]]:
+    done: list[tuple[str, bool]] = []
+    async with trio.open_nursery() as nursery:
+        ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                          write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                          prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+        wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
+                       accept=lambda m: True,
+                       on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+        await wb.start(nursery)
+        for m, b in zip(staged, bodies):
+            p = await wb.stage(m, [b])
+            await wb.sync(p)
+        assert await wb.drain(10) == []
+        wb.close()
+        nursery.cancel_scope.cancel()
+    return done
+
+
+def test_uploader_conflict_rules():
+    store = MemoryStore()
+    store.put_sync("same", b"base")
+    store.put_sync("changed", b"base")
+    store.put_sync("appeared", b"someone else's")
+    base = store.objects["same"].etag
+    staged = [manifest("same", base=base), manifest("changed", base=base),
+              manifest("appeared"), manifest("new")]
+    store.put_sync("changed", b"changed in S3")
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root, staged, [b"1", b"2", b"3", b"4"])
+    assert [c for _, c in done] == [False, True, True, False]
+    assert store.objects["same"].data == b"1"
+    assert store.objects["changed"].data == b"changed in S3"
+    assert store.objects["appeared"].data == b"someone else's"
+    assert store.objects["new"].data == b"4"
+    conflicts = sorted(k for k in store.objects if CONFLICT_INFIX in k)
+    assert [store.objects[k].data for k in conflicts] == [b"3", b"2"]
+
+
+def test_uploader_recognises_its_own_upload_after_a_crash():
+    """An entry uploaded just before a crash (not yet removed) is not a conflict."""
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    store.put_sync("k", b"ours")     # the upload that happened before the crash
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root, [manifest("k", base=old)], [b"ours"])
+    assert done == [("k", False)]
+    assert [k for k in store.objects] == ["k"]
+
+
+def test_a_recovered_entry_is_never_silently_replaced():
+    """A version left by a dead mount goes up first; a version written in the
+    new mount from the old object is not based on it, so it goes beside."""
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    done: list[tuple[str, bool]] = []
+
+    async def main(root: str) -> None:
+        dead = Journal(os.path.join(root, "wb"))
+        dead.open()
+        dead.stage(manifest("k", base=old), [b"recovered"])
+        crash(dead)
+        async with trio.open_nursery() as nursery:
+            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+            wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
+                           accept=lambda m: True,
+                           on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+            assert len(await wb.start(nursery)) == 1
+            await wb.sync(await wb.stage(manifest("k", base=old), [b"newer"]))
+            assert await wb.drain(10) == []
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+    assert store.objects["k"].data == b"recovered"
+    conflicts = [k for k in store.objects if CONFLICT_INFIX in k]
+    assert [store.objects[k].data for k in conflicts] == [b"newer"]
+    assert [c for _, c in done] == [False, True]
+
+
+def test_conflict_copies_never_replace_each_other():
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    store.put_sync("k", b"theirs")
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root,
+                        [manifest("k", base=old), manifest("k", base=old)], [b"a", b"b"])
+    assert [c for _, c in done] == [True, True]
+    assert store.objects["k"].data == b"theirs"
+    copies = sorted(store.objects[k].data for k in store.objects if CONFLICT_INFIX in k)
+    assert copies == [b"a", b"b"]
