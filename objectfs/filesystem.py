@@ -42,6 +42,7 @@ from .namespace.tree import ROOT_INODE, Attr, Inode
 from .config import default_staging_dir
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
+from .tier.tier import Tier, open_tier
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Filesystem:
         self._next_fh = 1
         self.ctx: DataContext | None = None
         self.read_only = bool(cfg.ro)
+        self.tier: Tier | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -130,6 +132,11 @@ class Filesystem:
             prefetch_max=cfg.prefetch_max, read_memory=max(cfg.write_buffer_memory,
                                                            4 * cfg.prefetch_max),
             staging_dir=cfg.staging_dir or default_staging_dir())
+        self.tier = await trio.to_thread.run_sync(open_tier, cfg, self.table.root_prefix)
+        if self.tier is not None:
+            self.ctx.tier = self.tier
+            self.ctx.whole_file_max = cfg.cache_whole_file_max
+            await nursery.start(self.tier.run)
         root = self.table.root
         if self.table.root_prefix:
             try:
@@ -137,6 +144,17 @@ class Filesystem:
                 self.ns.apply_info(root, info, is_dir=True)
             except NotFound:
                 pass
+
+    def close(self) -> None:
+        """Release the local tier (records the last block uses)."""
+        if self.tier is not None:
+            tier, self.tier = self.tier, None
+            if self.ctx is not None:
+                self.ctx.tier = None
+            try:
+                tier.store.close()
+            except Exception:
+                log.exception("could not close the local tier")
 
     async def flush_all(self) -> list[str]:
         """Upload every dirty file (unmount, SIGTERM); returns the paths that failed."""
@@ -546,7 +564,10 @@ class Filesystem:
         await self._keep_dir(parent)
         await self._detach_file(node)
         if not node.local:
-            await self.store.delete(self.table.key(node))
+            key = self.table.key(node)
+            await self.store.delete(key)
+            if self.tier is not None:
+                await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, key)
         self._remove(parent, node)
 
     async def _keep_dir(self, d: Inode) -> None:

@@ -251,7 +251,9 @@ class Lifecycle:
         async def refresh(req: dict) -> dict:
             return {"dropped": await self.fs.refresh(str(req.get("path", "")))}
 
-        return {"ping": ping, "refresh": refresh}
+        from .tier.commands import handlers as cache_handlers
+
+        return {"ping": ping, "refresh": refresh, **cache_handlers(self.fs)}
 
     async def main(self) -> None:
         import pyfuse3
@@ -272,6 +274,7 @@ class Lifecycle:
                 if failed:
                     log.error("%d file(s) could not be uploaded before exit", len(failed))
             nursery.cancel_scope.cancel()
+        self.fs.close()
 
 
 def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:

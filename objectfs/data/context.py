@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import trio
 
 from ..store.base import ObjectStore
 from .budget import ByteBudget
+
+if TYPE_CHECKING:
+    from ..tier.tier import Tier
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,7 @@ class DataContext:
         # above it, as a multipart upload whose untouched parts are copied
         # server-side.
         self.single_put_max = part_size
+        # The local tier (None: disabled) and the size up to which a file is
+        # fetched whole on its first read (see prefetch.py).
+        self.tier: Tier | None = None
+        self.whole_file_max = 0
