@@ -1,9 +1,9 @@
 """The on-disk format of one cached block, and its integrity check.
 
-A block file is a 21-byte header followed by the stored payload::
+A block file is a 17-byte header followed by the stored payload::
 
     magic "OFT1" | flags u8 | raw length u32 | stored length u32 |
-    crc32 u32 | reserved u32
+    crc32 u32
 
 ``flags`` bit 0 means the payload is zstd-compressed.  The CRC covers the
 block's identity (object id and block number, which are not stored), the
@@ -25,7 +25,7 @@ import struct
 import zlib
 
 MAGIC = b"OFT1"
-HEADER = struct.Struct("<4sBIII4x")
+HEADER = struct.Struct("<4sBIII")
 FLAG_ZSTD = 1
 
 
