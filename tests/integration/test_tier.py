@@ -127,6 +127,12 @@ def test_cached_reads_go_on_while_s3_is_stopped_and_uncached_reads_fail_with_eio
         with pytest.raises(OSError) as e:
             read_uncached(d / "cold")
         assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:  # not in the last listing of d
+            os.stat(d / "new")
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(OSError) as e:  # never seen, and the root's listing is stale
+            os.stat(Path(m.mountpoint) / "other")
+        assert e.value.errno == errno.EIO
         assert read_uncached(d / "hot") == hot  # still fine after the failure
     finally:
         server.stop()

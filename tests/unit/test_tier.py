@@ -18,7 +18,8 @@ import pytest
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
 from objectfs.tier import blockfile
 from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
@@ -337,6 +338,7 @@ class TierModel(RuleBasedStateMachine):
                 assert self.store.has(ref, b), "a pinned block was evicted"
 
 
-TierModel.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow])
-test_tier_model = TierModel.TestCase
+def test_tier_model():
+    run_state_machine_as_test(TierModel, settings=settings(
+        max_examples=40, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
