@@ -141,11 +141,24 @@ class Tier:
 
     # -- write-behind ------------------------------------------------------
 
+    def offer(self, key: str, etag: str | None, data: bytes | bytearray) -> None:
+        """Cache a whole object whose bytes are at hand (one just uploaded),
+        if the write-behind queue has room."""
+        ref = self.ref(key, etag, len(data))
+        if ref is None:
+            return
+        view = memoryview(data)
+        blocks = [(b, view[b * BLOCK_SIZE:(b + 1) * BLOCK_SIZE]) for b in range(ref.nblocks)]
+        self._store_nowait(ref, blocks)
+
     async def _store(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]],
                      wait: bool) -> None:
         if wait:
             await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
-            return
+        else:
+            self._store_nowait(ref, blocks)
+
+    def _store_nowait(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]]) -> None:
         size = sum(len(b) for _, b in blocks)
         if self._queued + size > QUEUE_BYTES:
             self.skipped += len(blocks)

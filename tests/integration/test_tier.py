@@ -289,3 +289,15 @@ def test_cache_pin_option_and_whole_file_reads(mount, logged_s3, workdir):
     before = gets(logged_s3, bucket, "keep/x.db")
     assert read_uncached(Path(m.mountpoint) / "keep" / "x.db") == small
     assert gets(logged_s3, bucket, "keep/x.db") == before
+
+
+def test_a_file_written_through_the_mount_is_read_back_from_the_tier(mount, logged_s3, workdir):
+    bucket = logged_s3.new_bucket()
+    m = mount(bucket, server=logged_s3)
+    data = blob(2 * MiB + 3, 15)
+    (Path(m.mountpoint) / "w.bin").write_bytes(data)
+    settle(m, blocks=3)
+    assert logged_s3.client().get_object(Bucket=bucket, Key="w.bin")["Body"].read() == data
+    before = gets(logged_s3, bucket, "w.bin")
+    assert read_uncached(Path(m.mountpoint) / "w.bin") == data
+    assert gets(logged_s3, bucket, "w.bin") == before
