@@ -180,8 +180,11 @@ class Tier:
         task_status.started()
         last_flush = trio.current_time()
         while True:
+            item = None
             with trio.move_on_after(FLUSH_INTERVAL):
-                ref, blocks, size = await self._recv.receive()
+                item = await self._recv.receive()
+            if item is not None:
+                ref, blocks, size = item
                 try:
                     await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
                 finally:
