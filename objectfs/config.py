@@ -214,7 +214,8 @@ OPTIONS: list[Option] = [
            "for measured figures). Blocks that do not shrink are stored as they are.", "cache"),
     Option("cache_pin", parse_globs, None, "Paths kept in the local tier and never evicted: "
            "globs relative to the mount root, separated by ':' (e.g. 'models/*:*.sqlite'); '*' "
-           "also matches '/'. Matching files are pinned when their data is cached.", "cache",
+           "also matches '/'. Matching files are pinned as they are cached and at mount (removing a "
+           "glob unpins nothing: use 'objectfs cache unpin').", "cache",
            "unset"),
     Option("cache_whole_file_max", parse_size, 4 * MiB, "With the local tier, the first read "
            "of a file up to this size fetches and caches the whole file, so later reads at any "

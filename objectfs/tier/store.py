@@ -435,6 +435,21 @@ class TierStore:
             self._pins = self._load_pins()
             return self._repin(ns, self._objects_matching(ns, key, prefix))
 
+    def apply_policy(self, ns: str) -> int:
+        """Pin the cached blocks that ``extra_pinned`` (the mount's
+        ``cache_pin``) now covers; returns how many.  Never unpins: pins of
+        another mount's policy or of a removed glob stay until ``unpin``."""
+        with self._lock, self._tx():
+            rows = self.db.execute("SELECT DISTINCT o.oid, o.key FROM objects o JOIN blocks b "
+                                   "ON b.oid = o.oid WHERE o.ns=? AND b.pinned=0",
+                                   (ns,)).fetchall()
+            count = 0
+            for oid, key in rows:
+                if self.extra_pinned(ns, key):
+                    count += self.db.execute("UPDATE blocks SET pinned=1 WHERE oid=?",
+                                             (oid,)).rowcount
+            return count
+
     def unpin(self, ns: str, key: str, prefix: bool) -> int:
         """Remove the pin of ``key`` (with ``prefix``: every pin at or under
         it); returns the number of pins removed."""

@@ -227,6 +227,8 @@ def open_tier(cfg, root_prefix: str) -> Tier | None:
         os.makedirs(root, mode=0o700, exist_ok=True)
         store = TierStore(root, cfg.cache_size, compress=cfg.cache_compress == "zstd",
                           extra_pinned=policy)
+        if policy.globs:
+            store.apply_policy(ns)
     except (OSError, sqlite3.Error) as e:
         log.warning("local tier disabled: cannot use %s (%s)", root, e)
         return None

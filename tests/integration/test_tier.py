@@ -301,3 +301,22 @@ def test_a_file_written_through_the_mount_is_read_back_from_the_tier(mount, logg
     before = gets(logged_s3, bucket, "w.bin")
     assert read_uncached(Path(m.mountpoint) / "w.bin") == data
     assert gets(logged_s3, bucket, "w.bin") == before
+
+
+def test_mounts_of_two_buckets_share_one_cache_dir_and_its_bound(mount, logged_s3, workdir):
+    c = logged_s3.client()
+    buckets = [logged_s3.new_bucket(), logged_s3.new_bucket()]
+    data = {b: blob(2 * MiB, i) for i, b in enumerate(buckets)}
+    for b in buckets:
+        c.put_object(Bucket=b, Key="same-key", Body=data[b])
+    limit = 3 * (MiB + 4096)  # room for three of the four blocks (each with its header)
+    mounts = [mount(b, server=logged_s3, options=[f"cache_size={limit}"]) for b in buckets]
+    for m, b in zip(mounts, buckets):
+        assert read_uncached(Path(m.mountpoint) / "same-key") == data[b]
+        settle(m)
+    s0, s1 = stats(mounts[0]), stats(mounts[1])
+    assert s0["used"] == s1["used"] <= limit and s0["objects"] == 2 and s0["blocks"] == 3
+    on_disk = sum(max(p.stat().st_blocks * 512, p.stat().st_size) for p in block_files(workdir))
+    assert on_disk <= limit
+    for m, b in zip(mounts, buckets):  # same key, other bucket: never mixed up
+        assert read_uncached(Path(m.mountpoint) / "same-key") == data[b]

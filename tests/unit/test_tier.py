@@ -193,6 +193,22 @@ def test_evict_and_unpin_of_a_tree(root):
     s.close()
 
 
+def test_a_new_cache_pin_policy_pins_what_is_already_cached(root):
+    s = TierStore(root, 16 * MiB)
+    for k in ("pre/a.db", "pre/b.txt"):
+        s.put(ObjectRef(NS, k, "e", 10), [(0, b"x" * 10)])
+    s.close()
+    s = TierStore(root, 16 * MiB, extra_pinned=PinPolicy(NS, "pre/", ("*.db",)))
+    assert s.apply_policy(NS) == 1
+    assert s.stats()["pinned_bytes"] == DISK_UNIT
+    s.close()
+    s = TierStore(root, 16 * MiB)  # the glob removed: still pinned until unpinned
+    assert s.stats()["pinned_bytes"] == DISK_UNIT
+    s.unpin(NS, "pre/a.db", False)
+    assert s.stats()["pinned_bytes"] == 0
+    s.close()
+
+
 def test_pin_policy_globs_are_relative_to_the_mount_root():
     p = PinPolicy(NS, "pre/", ("models/*", "*.db"))
     assert p(NS, "pre/models/a/b.bin") and p(NS, "pre/x/y.db")
