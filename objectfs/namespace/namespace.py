@@ -21,6 +21,9 @@ entries vanish: a lookup or revalidation of an entry this mount has seen
 keeps its last known attributes, and a directory listed before keeps its
 last listing, each for another ``metadata_ttl`` before S3 is tried again.
 So cached files stay readable offline.  Names never seen still fail (EIO).
+Once S3 was found unreachable, other known entries are served as last seen
+without asking for ``metadata_ttl`` (at least a second), so each lookup of
+an offline walk does not pay for its own retries.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class Namespace:
         self.negative: TTLCache = TTLCache(NEGATIVE_CACHE_ENTRIES, max(cfg.negative_ttl, 1e-3),
                                            timer=clock)
         self._stat_limiter = trio.CapacityLimiter(cfg.stat_concurrency)
+        # until when S3 is taken to be unreachable (see _offline)
+        self.unreachable_until = float("-inf")
 
     # -- attributes ---------------------------------------------------------
 
@@ -184,10 +189,18 @@ class Namespace:
         log.info("S3 unreachable (%s): using the last known attributes of %r",
                  err.code, self.table.key(node))
         node.validated_at = clock()
+        self.unreachable_until = node.validated_at + max(self.cfg.metadata_ttl, 1.0)
         return True
+
+    def _known_offline(self, node: Inode | None) -> bool:
+        """True if ``node`` is to be served as last seen without asking S3."""
+        return node is not None and clock() < self.unreachable_until
 
     async def lookup(self, parent: Inode, name: str) -> Inode:
         """The child ``name`` of directory ``parent``; NotFound if none."""
+        child = parent.children.get(name) if parent.children is not None else None
+        if self._known_offline(child):
+            return child
         try:
             return await self._lookup(parent, name)
         except StoreUnavailable as e:
@@ -340,7 +353,7 @@ class Namespace:
 
         Open files are never detached here: their handles go on working.
         """
-        if self.fresh(node):
+        if self.fresh(node) or self._known_offline(node):
             return
         parent = node.parent
         if parent is None:
@@ -365,6 +378,9 @@ class Namespace:
 
     async def list_dir(self, d: Inode) -> None:
         """Bring ``d``'s children up to date with a full listing."""
+        if d.listed_at is not None and self._known_offline(d):
+            d.listed_at = clock()
+            return
         try:
             await self._list(d)
         except StoreUnavailable as e:

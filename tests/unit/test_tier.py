@@ -9,6 +9,7 @@ read returns exactly what was stored or a miss.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -21,6 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
+from objectfs.errors import FsError, StoreUnavailable
+from objectfs.store.memory import MemoryStore
 from objectfs.tier import blockfile
 from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
 from objectfs.tier.tier import PinPolicy, Tier
@@ -358,3 +361,68 @@ def test_tier_model():
     run_state_machine_as_test(TierModel, settings=settings(
         max_examples=40, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
+
+
+# -- the filesystem core while S3 is unreachable ----------------------------------------
+
+class Unplugged(MemoryStore):
+    """A MemoryStore whose every request fails as unreachable while ``down``."""
+
+    down = False
+
+    def _count(self, op: str) -> None:
+        super()._count(op)
+        if self.down:
+            raise StoreUnavailable("Unreachable", "ConnectionRefused", op=op)
+
+
+def test_offline_known_files_are_served_from_the_tier_with_one_failed_request(tmp_path):
+    from objectfs.config import build
+    from objectfs.filesystem import Filesystem
+
+    store = Unplugged()
+    hot, cold = payload(20, 2 * MiB + 1), payload(21, 5000)
+    store.put_sync("d/hot", hot)
+    store.put_sync("d/cold", cold)
+    cfg = build("bucket", "", "/mnt", o_options=[
+        f"staging_dir={tmp_path}", f"cache_dir={tmp_path}/cache", "metadata_ttl=0.2",
+        "negative_ttl=0.2"])
+
+    async def read_all(fs, node) -> bytes:
+        h = await fs.open(node.ino, os.O_RDONLY)
+        try:
+            return await fs.read(h.fh, 0, node.attr.size + 1)
+        finally:
+            await fs.release(h.fh)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            fs = Filesystem(store, cfg)
+            await fs.start(n)
+            d = await fs.lookup(1, b"d")
+            assert await read_all(fs, await fs.lookup(d.ino, b"hot")) == hot
+            await fs.lookup(d.ino, b"cold")
+            while fs.tier._queued:
+                await trio.sleep(0.01)
+            store.down = True
+            await trio.sleep(0.3)  # every attribute is stale now
+            before = sum(store.calls.values())
+            d = await fs.lookup(1, b"d")
+            node = await fs.lookup(d.ino, b"hot")
+            await fs.getattr(node.ino)
+            assert await read_all(fs, node) == hot
+            assert sum(store.calls.values()) - before == 1  # then S3 is known to be down
+            cold_node = await fs.lookup(d.ino, b"cold")
+            with pytest.raises(FsError) as e:
+                await read_all(fs, cold_node)
+            assert e.value.errno == errno.EIO
+            with pytest.raises(FsError) as e:
+                await fs.lookup(d.ino, b"never-seen")
+            assert e.value.errno == errno.EIO
+            store.down = False
+            await trio.sleep(0.3)
+            assert await read_all(fs, cold_node) == cold  # back online
+            n.cancel_scope.cancel()
+        fs.close()
+
+    trio.run(main)
