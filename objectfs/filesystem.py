@@ -683,6 +683,8 @@ class Filesystem:
                                          metadata=h.metadata, content_type=h.content_type,
                                          headers=h.headers)
             await self.store.delete(old_key)
+            if self.tier is not None:  # the old key's cached data is of no use now
+                await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, old_key)
             src.remote = replace(info, key=new_key, metadata=h.metadata,
                                  content_type=h.content_type, headers=h.headers)
             if src.data is not None:

@@ -135,7 +135,10 @@ class TierStore:
         self.extra_pinned = extra_pinned or (lambda ns, key: False)
         self.clock = clock
         self.data_dir = os.path.join(root, "data")
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        # cached data is as private as the files it came from may be: only
+        # the mount's owner may read it, whatever the directory's history
+        os.chmod(self.data_dir, 0o700)
         self._lock = threading.Lock()
         self.closed = False
         self._local = threading.local()
@@ -152,6 +155,7 @@ class TierStore:
             exclusive = False
         self.db = sqlite3.connect(os.path.join(root, "tier.db"), timeout=60,
                                   isolation_level=None, check_same_thread=False)
+        os.chmod(os.path.join(root, "tier.db"), 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

@@ -426,3 +426,34 @@ def test_offline_known_files_are_served_from_the_tier_with_one_failed_request(tm
         fs.close()
 
     trio.run(main)
+
+
+def test_unlink_and_rename_through_the_mount_drop_the_old_keys_cached_data(tmp_path):
+    from objectfs.config import build
+    from objectfs.filesystem import Filesystem
+
+    store = MemoryStore()
+    for k in ("a", "b"):
+        store.put_sync(k, payload(30, 3000))
+    cfg = build("bucket", "", "/mnt", o_options=[
+        f"staging_dir={tmp_path}", f"cache_dir={tmp_path}/cache"])
+
+    async def main():
+        async with trio.open_nursery() as n:
+            fs = Filesystem(store, cfg)
+            await fs.start(n)
+            for name in (b"a", b"b"):
+                node = await fs.lookup(1, name)
+                h = await fs.open(node.ino, os.O_RDONLY)
+                await fs.read(h.fh, 0, 4096)
+                await fs.release(h.fh)
+            while fs.tier._queued:
+                await trio.sleep(0.01)
+            assert fs.tier.store.stats()["objects"] == 2
+            await fs.unlink(1, b"a")
+            await fs.rename(1, b"b", 1, b"c", 0)
+            assert fs.tier.store.stats()["objects"] == 0
+            n.cancel_scope.cancel()
+        fs.close()
+
+    trio.run(main)
