@@ -55,9 +55,10 @@ def _files(path: str) -> list[tuple[str, int]]:
 class Progress:
     """A one-line bar on a terminal; nothing until done otherwise."""
 
-    def __init__(self, total: int, files: int, out=sys.stderr):
-        self.total, self.files, self.out = total, files, out
-        self.tty = out.isatty()
+    def __init__(self, total: int, files: int, out=None):
+        self.total, self.files = total, files
+        self.out = out or sys.stderr
+        self.tty = self.out.isatty()
         self.done = self.fetched = self.files_done = 0
         self._drawn = 0.0
 
@@ -81,7 +82,7 @@ class Progress:
             self.out.flush()
 
 
-def warm(paths: list[str], verbose_out=sys.stdout) -> int:
+def warm(paths: list[str]) -> int:
     todo = []
     for p in paths:
         entry, _ = control.mount_of(p)
@@ -111,7 +112,7 @@ def warm(paths: list[str], verbose_out=sys.stdout) -> int:
             progress.fetched += fetched
             if not progress.tty:
                 print(f"warmed {f} ({human(size)}, {human(fetched)} fetched from S3)",
-                      file=verbose_out, flush=True)
+                      flush=True)
             progress.update()
     except KeyboardInterrupt:
         progress.finish()
@@ -120,7 +121,7 @@ def warm(paths: list[str], verbose_out=sys.stdout) -> int:
         return 130
     progress.finish()
     print(f"objectfs: {progress.files_done} file(s), {human(progress.total)} in the local tier "
-          f"({human(progress.fetched)} fetched from S3)", file=verbose_out)
+          f"({human(progress.fetched)} fetched from S3)")
     return 1 if failed else 0
 
 

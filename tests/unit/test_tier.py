@@ -457,3 +457,68 @@ def test_unlink_and_rename_through_the_mount_drop_the_old_keys_cached_data(tmp_p
         fs.close()
 
     trio.run(main)
+
+
+# -- objectfs cache warm: progress and Ctrl-C ---------------------------------------------
+
+class FakeTTY:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def fake_daemon(monkeypatch, tmp_path, interrupt_after=None):
+    from types import SimpleNamespace
+
+    from objectfs.tier import cli
+
+    sent = []
+
+    def mount_of(path):
+        return SimpleNamespace(mountpoint=str(tmp_path)), os.path.relpath(path, tmp_path)
+
+    def request(mountpoint, req, timeout=600):
+        sent.append(req)
+        if interrupt_after is not None and len(sent) > interrupt_after:
+            raise KeyboardInterrupt
+        size = os.path.getsize(os.path.join(mountpoint, req["path"]))
+        nxt = min(size, req["offset"] + 32 * MiB)
+        return {"ok": True, "size": size, "next": nxt, "fetched": nxt - req["offset"]}
+
+    monkeypatch.setattr(cli.control, "mount_of", mount_of)
+    monkeypatch.setattr(cli.control, "request", request)
+    return cli, sent
+
+
+def test_warm_walks_a_tree_chunk_by_chunk_with_a_progress_bar(monkeypatch, tmp_path, capsys):
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "big").write_bytes(b"")
+    os.truncate(tmp_path / "t" / "big", 70 * MiB)
+    (tmp_path / "t" / "sub" / "small").write_bytes(b"x" * 10)
+    os.symlink("big", tmp_path / "t" / "link")
+    cli, sent = fake_daemon(monkeypatch, tmp_path)
+    tty = FakeTTY()
+    monkeypatch.setattr(cli.sys, "stderr", tty)
+    assert cli.warm([str(tmp_path / "t")]) == 0
+    assert [(r["path"], r["offset"]) for r in sent] == [
+        ("t/big", 0), ("t/big", 32 * MiB), ("t/big", 64 * MiB), ("t/sub/small", 0)]
+    assert "100.0%" in tty.text and "2/2 files" in tty.text and "\r[" in tty.text
+    assert "2 file(s)" in capsys.readouterr().out
+
+
+def test_warm_stops_at_ctrl_c_and_says_how_far_it_got(monkeypatch, tmp_path, capsys):
+    (tmp_path / "f").write_bytes(b"")
+    os.truncate(tmp_path / "f", 100 * MiB)
+    cli, sent = fake_daemon(monkeypatch, tmp_path, interrupt_after=2)
+    assert cli.warm([str(tmp_path / "f")]) == 130
+    assert len(sent) == 3  # nothing is sent after the interrupt
+    err = capsys.readouterr().err
+    assert "interrupted; 64.0 MiB of 100.0 MiB warmed" in err
