@@ -140,7 +140,7 @@ def stats(mountpoint: str, as_json: bool) -> int:
     print(f"pinned:       {human(s['pinned_bytes'])} ({s['pins']} pin rules)")
     print(f"this mount:   {s['hits']} hits ({human(s['hit_bytes'])}), {s['misses']} misses "
           f"({human(s['miss_bytes'])} fetched)")
-    print(f"              {s['skipped']} blocks not cached (write-behind full), "
+    print(f"              {s['skipped']} blocks not cached (write-behind busy), "
           f"{s['corrupt']} corrupt blocks dropped, {s['refused']} refused (no room)")
     return 0
 

@@ -3,11 +3,13 @@
 ``read`` serves a byte range of one object version from cached blocks and
 fetches only the missing runs of whole blocks (so a fully cached range
 makes no S3 request at all).  Fetched blocks are handed to a write-behind
-task instead of being written by the reader: the queue is bounded in bytes
-(QUEUE_BYTES) and a block that does not fit is simply not cached this time,
-so a fast sequential read is never slowed down by the tier's disk.
-``warm`` is the patient variant for ``objectfs cache warm``: it waits until
-every block is stored.
+task instead of being written by the reader.  The queue is bounded in bytes
+(QUEUE_BYTES): a fetch waits for room only when that much is already
+waiting, that is when the local disk is slower than S3, so the first read
+of a file runs at the speed of the slower of the two and leaves the whole
+file cached.  (Skipping blocks instead kept the first read fast but, on a
+busy machine, left a quarter of a 1 GiB file uncached.)  ``warm`` waits
+until every block is stored.
 
 Block loads run in worker threads: reading a file and checking its CRC
 release the GIL, so they overlap with the FUSE loop.  Counters here are this
@@ -61,8 +63,10 @@ class Tier:
         self.misses = 0          # blocks fetched from S3
         self.hit_bytes = 0
         self.miss_bytes = 0
-        self.skipped = 0         # fetched blocks not cached (write-behind queue full)
+        self.skipped = 0         # fetched blocks not cached (no room, or no writer)
         self._queued = 0
+        self._room = trio.Event()   # set (and replaced) whenever the queue shrinks
+        self._running = False
         self._send, self._recv = trio.open_memory_channel(math.inf)
         self._disk = trio.CapacityLimiter(DISK_THREADS)
 
@@ -155,12 +159,15 @@ class Tier:
                      wait: bool) -> None:
         if wait:
             await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
-        else:
-            self._store_nowait(ref, blocks)
+            return
+        size = sum(len(b) for _, b in blocks)
+        while self._running and self._queued and self._queued + size > QUEUE_BYTES:
+            await self._room.wait()
+        self._store_nowait(ref, blocks)
 
     def _store_nowait(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]]) -> None:
         size = sum(len(b) for _, b in blocks)
-        if self._queued + size > QUEUE_BYTES:
+        if not self._running or (self._queued and self._queued + size > QUEUE_BYTES):
             self.skipped += len(blocks)
             return
         self._queued += size
@@ -177,7 +184,15 @@ class Tier:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The write-behind task (runs for the life of the mount)."""
+        self._running = True
         task_status.started()
+        try:
+            await self._serve()
+        finally:
+            self._running = False
+            self._room.set()  # nobody will make room any more: waiters give up
+
+    async def _serve(self) -> None:
         last_flush = trio.current_time()
         while True:
             item = None
@@ -189,6 +204,8 @@ class Tier:
                     await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
                 finally:
                     self._queued -= size
+                    self._room.set()
+                    self._room = trio.Event()
             if trio.current_time() - last_flush >= FLUSH_INTERVAL:
                 last_flush = trio.current_time()
                 try:
