@@ -28,6 +28,8 @@ examples:
   objectfs mount s3://my-bucket /mnt/data --config /etc/objectfs.yaml -f
   objectfs refresh /mnt/data/reports      # after another program changed the bucket
   objectfs stats /mnt/data                # requests, latency, caches, pending uploads
+  objectfs cache warm /mnt/data/models    # fetch a tree into the local tier
+  objectfs cache stats /mnt/data
   objectfs umount /mnt/data
 
 Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
@@ -77,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "served to Prometheus with -o metrics_port=N.")
     st.add_argument("mountpoint", metavar="MOUNTPOINT")
     st.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    c = sub.add_parser("cache", help="the local tier of a running mount",
+                       description="Inspect and steer the local tier (hot files on local "
+                       "disk) of a running mount.")
+    csub = c.add_subparsers(dest="cache_command", metavar="COMMAND", parser_class=Parser,
+                            required=True)
+    cs = csub.add_parser("stats", help="bytes used and limit, entries, hits and misses")
+    cs.add_argument("mountpoint", metavar="MOUNTPOINT")
+    cs.add_argument("--json", action="store_true", help="print the figures as JSON")
+    for name, text in (("warm", "fetch files (or whole trees) into the tier"),
+                       ("pin", "keep files (or trees, now and later) in the tier; warms them"),
+                       ("unpin", "let pinned files be evicted again"),
+                       ("evict", "drop cached data of files or trees (pinned data stays)")):
+        cp = csub.add_parser(name, help=text)
+        cp.add_argument("paths", metavar="PATH", nargs="+")
 
     u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -323,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             return uploads.run(args, *parse_source(args.source))
         if args.command == "stats":
             return cmd_stats(args)
+        if args.command == "cache":
+            from .tier.cli import main as cache_main
+            return cache_main(args)
         parser.print_help()
         return 2
     except UserError as e:

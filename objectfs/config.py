@@ -142,6 +142,14 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def parse_globs(text) -> tuple[str, ...]:
+    """'a/*:*.db' or a YAML list -> ('a/*', '*.db')."""
+    if isinstance(text, bool):
+        raise ValueError("needs a value (name=glob:glob)")
+    items = text if isinstance(text, (list, tuple)) else str(text).split(":")
+    return tuple(str(g).strip().lstrip("/") for g in items if str(g).strip())
+
+
 def _str(text) -> str:
     if isinstance(text, bool) or str(text) == "":
         raise ValueError("needs a value (name=value)")
@@ -270,6 +278,17 @@ OPTIONS: list[Option] = [
     Option("writeback_drain_timeout", parse_seconds, 60.0, "Seconds unmount and SIGTERM wait "
            "for staged write-back uploads; what is left is uploaded by the next mount with the "
            "same cache_dir.", "cache"),
+    Option("cache_compress", _choice("none", "zstd"), "none", "Compress cached blocks with "
+           "zstd (level 3): more data fits in cache_size, at some CPU per read (see the README "
+           "for measured figures). Blocks that do not shrink are stored as they are.", "cache"),
+    Option("cache_pin", parse_globs, None, "Paths kept in the local tier and never evicted: "
+           "globs relative to the mount root, separated by ':' (e.g. 'models/*:*.sqlite'); '*' "
+           "also matches '/'. Matching files are pinned as they are cached and at mount (removing a "
+           "glob unpins nothing: use 'objectfs cache unpin').", "cache",
+           "unset"),
+    Option("cache_whole_file_max", parse_size, 4 * MiB, "With the local tier, the first read "
+           "of a file up to this size fetches and caches the whole file, so later reads at any "
+           "offset are local. 0 turns this off.", "cache", "4M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),

@@ -47,6 +47,7 @@ from .namespace.tree import ROOT_INODE, Attr, Inode
 from .config import cache_root, default_staging_dir
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
+from .tier.tier import Tier, open_tier
 from .writeback.journal import Journal, Manifest
 from .writeback.uploader import Pending, WriteBack
 
@@ -130,6 +131,7 @@ class Filesystem:
         # and metadata changes (see _staged)
         self._wb_locks: weakref.WeakKeyDictionary[Inode, trio.Lock] = \
             weakref.WeakKeyDictionary()
+        self.tier: Tier | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -153,6 +155,11 @@ class Filesystem:
             except OSError as e:
                 raise UserError(f"cannot use the write-back directory under "
                                 f"{cache_root(cfg)}: {e.strerror}") from None
+        self.tier = await trio.to_thread.run_sync(open_tier, cfg, self.table.root_prefix)
+        if self.tier is not None:
+            self.ctx.tier = self.tier
+            self.ctx.whole_file_max = cfg.cache_whole_file_max
+            await nursery.start(self.tier.run)
         root = self.table.root
         if self.table.root_prefix:
             try:
@@ -160,6 +167,17 @@ class Filesystem:
                 self.ns.apply_info(root, info, is_dir=True)
             except NotFound:
                 pass
+
+    def close(self) -> None:
+        """Release the local tier (records the last block uses)."""
+        if self.tier is not None:
+            tier, self.tier = self.tier, None
+            if self.ctx is not None:
+                self.ctx.tier = None
+            try:
+                tier.store.close()
+            except Exception:
+                log.exception("could not close the local tier")
 
     async def flush_all(self) -> list[str]:
         """Upload every dirty file (unmount, SIGTERM); returns the paths that
@@ -758,7 +776,10 @@ class Filesystem:
             if p is not None:
                 await self._cancel_pending(node, p)
             if not node.local:
-                await self.store.delete(self.table.key(node))
+                key = self.table.key(node)
+                await self.store.delete(key)
+                if self.tier is not None:
+                    await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, key)
             self._remove(parent, node)
 
     async def _cancel_pending(self, node: Inode, p: Pending) -> None:
@@ -901,6 +922,8 @@ class Filesystem:
                                          metadata=h.metadata, content_type=h.content_type,
                                          headers=h.headers)
             await self.store.delete(old_key)
+            if self.tier is not None:  # the old key's cached data is of no use now
+                await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, old_key)
             src.remote = replace(info, key=new_key, metadata=h.metadata,
                                  content_type=h.content_type, headers=h.headers)
             if src.data is not None:

@@ -274,8 +274,10 @@ class Lifecycle:
             return {"left": await self.fs.drain_writeback(),
                     "journal": self.fs.wb.journal.directory}
 
+        from .tier.commands import handlers as cache_handlers
+
         return {"ping": ping, "refresh": refresh, "drain": drain,
-                "stats": stats.control_handler(self.cfg)}
+                "stats": stats.control_handler(self.cfg), **cache_handlers(self.fs)}
 
     async def main(self) -> None:
         import pyfuse3

@@ -98,7 +98,8 @@ def mount(s3, workdir, request):
         mp = workdir / f"mnt{counter[0]}"
         mp.mkdir()
         log = workdir / f"objectfs{counter[0]}.log"
-        opts = ["log_level=debug", f"staging_dir={workdir / 'staging'}"] + list(options or [])
+        opts = ["log_level=debug", f"staging_dir={workdir / 'staging'}",
+                f"cache_dir={workdir / 'cache'}"] + list(options or [])
         h = ObjectFSMount(server or s3, bucket, str(mp), prefix=prefix, options=opts,
                           log_path=str(log), env=env)
         handles.append(h)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import trio
 
 from ..store.base import ObjectStore
 from .budget import ByteBudget
+
+if TYPE_CHECKING:
+    from ..tier.tier import Tier
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,7 @@ class DataContext:
         # write-back (objectfs.writeback): files are staged whole at close,
         # never streamed into a multipart upload
         self.writeback = False
+        # The local tier (None: disabled) and the size up to which a file is
+        # fetched whole on its first read (see prefetch.py).
+        self.tier: Tier | None = None
+        self.whole_file_max = 0

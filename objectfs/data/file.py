@@ -283,12 +283,16 @@ class FileData:
                 # small file, all in memory: one PutObject
                 stream = self.stream
                 stream.key = key
+                body = stream.buf  # finish() lets go of it; nothing changes it after
                 try:
                     info = await stream.finish()
                 except FsError as e:
                     await self._to_staging()  # keep the bytes for the next try
                     raise upload_error(e, f"upload of {key!r}") from e
                 self.stream = None
+                if self.ctx.tier is not None and len(body) == self.size:
+                    # every byte of the new object is at hand: cache it
+                    self.ctx.tier.offer(key, info.etag, body)
             elif self.stream is not None:
                 stream, self.stream = self.stream, None
                 try:

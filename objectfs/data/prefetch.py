@@ -20,6 +20,12 @@ ahead of the reader:
 Every GET is pinned to the ETag the file was opened with: if the object is
 replaced or deleted in S3 while it is open, the reader gets ESTALE, never a
 mix of old and new bytes.
+
+With the local tier (``ctx.tier``), segments go through it: cached blocks
+are read from disk and only missing blocks are fetched.  Segments are then
+aligned to the tier's blocks, so every fetched block is whole and can be
+cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
+on its first read (later reads at any offset are local).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import trio
 
 from ..errors import ObjectNotFound, PreconditionFailed, Stale
 from ..store.base import KiB, MiB
+from ..tier.store import BLOCK_SIZE
 from .context import DataContext
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,10 @@ class Segment:
 class Prefetcher:
     def __init__(self, ctx: DataContext, key_fn: Callable[[], str], etag: str | None, size: int):
         self.ctx = ctx
+        tier = ctx.tier
+        self.tier_ref = tier.ref(key_fn(), etag, size) if tier is not None else None
+        self.align = BLOCK_SIZE if self.tier_ref is not None else 1
+        self.whole = self.tier_ref is not None and size <= ctx.whole_file_max
         self.key_fn = key_fn
         self.etag = etag
         self.size = size
@@ -83,9 +94,16 @@ class Prefetcher:
         self.ctx.nursery.start_soon(self._run, seg)
         return True
 
+    async def _get(self, start: int, end: int) -> bytes:
+        return await self.ctx.store.get(self.key_fn(), start, end, etag=self.etag)
+
     async def _run(self, seg: Segment) -> None:
         try:
-            seg.data = await self.ctx.store.get(self.key_fn(), seg.start, seg.end, etag=self.etag)
+            if self.tier_ref is not None:
+                assert self.ctx.tier is not None
+                seg.data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end, self._get)
+            else:
+                seg.data = await self._get(seg.start, seg.end)
         except PreconditionFailed:
             seg.error = Stale("object changed in S3 while open")
         except ObjectNotFound:
@@ -112,18 +130,22 @@ class Prefetcher:
         for seg in self.segments:
             self._drop(seg)
         self.segments.clear()
-        self.next_fetch = off
-        if off == 0 and self.last_end is None:
+        self.next_fetch = off - off % self.align
+        if self.whole:
+            self.next_fetch, self.window = 0, self.size
+        elif off == 0 and self.last_end is None:
             self.window = FIRST_WINDOW
         else:
             self.window = max(MIN_RANDOM_FETCH, need_end - off)
 
     def _schedule(self, until: int, need_end: int) -> None:
-        until = min(max(until, need_end), self.size)
+        until = max(until, need_end)
+        until = min(until + (-until) % self.align, self.size)
         step = self.ctx.read_part_size
         # Top the window up in whole segments only: moved on by one kernel
         # read at a time, it would become one small GET per read.
         step = min(step, self.window)
+        step = max(self.align, step - step % self.align)
         while self.next_fetch < until:
             start = self.next_fetch
             end = min(until, start + step)
@@ -157,7 +179,7 @@ class Prefetcher:
                 for seg in self.segments:
                     self._drop(seg)
                 self.segments.clear()
-                self.next_fetch = off
+                self.next_fetch = off - off % self.align
             self.window = min(self.window * 2, self.ctx.prefetch_max)
             self._schedule(end + self.window, end)
         out = []

@@ -14,6 +14,16 @@ detached (the kernel is told), and entries changed or created locally after
 the listing was requested are left alone.  Mode, owner and times are not in
 listings, so entries whose metadata is unknown or changed are HEADed in
 parallel (``stat_concurrency``) unless ``trust_listing`` is set.
+
+With the local tier enabled (``cache_size`` > 0), S3 being unreachable
+(connection refused, timeouts: ``StoreUnavailable``) does not make known
+entries vanish: a lookup or revalidation of an entry this mount has seen
+keeps its last known attributes, and a directory listed before keeps its
+last listing, each for another ``metadata_ttl`` before S3 is tried again.
+So cached files stay readable offline.  Names never seen still fail (EIO).
+Once S3 was found unreachable, other known entries are served as last seen
+without asking for ``metadata_ttl`` (at least a second), so each lookup of
+an offline walk does not pay for its own retries.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import trio
 from cachetools import TTLCache
 
 from .. import metadata as md, metrics
-from ..errors import FsError, NotFound
+from ..errors import FsError, NotFound, StoreUnavailable
 from ..store.base import ObjectInfo, ObjectStore
 from . import keys
 from .tree import Attr, Inode, InodeTable, clock
@@ -71,6 +81,8 @@ class Namespace:
         self.negative: TTLCache = TTLCache(NEGATIVE_CACHE_ENTRIES, max(cfg.negative_ttl, 1e-3),
                                            timer=clock)
         self._stat_limiter = trio.CapacityLimiter(cfg.stat_concurrency)
+        # until when S3 is taken to be unreachable (see _offline)
+        self.unreachable_until = float("-inf")
 
     # -- attributes ---------------------------------------------------------
 
@@ -171,8 +183,34 @@ class Namespace:
 
     # -- lookup -------------------------------------------------------------
 
+    def _offline(self, node: Inode, err: StoreUnavailable) -> bool:
+        """S3 is unreachable: keep serving ``node`` as last seen, if allowed."""
+        if not self.cfg.cache_size:
+            return False
+        log.info("S3 unreachable (%s): using the last known attributes of %r",
+                 err.code, self.table.key(node))
+        node.validated_at = clock()
+        self.unreachable_until = node.validated_at + max(self.cfg.metadata_ttl, 1.0)
+        return True
+
+    def _known_offline(self, node: Inode | None) -> bool:
+        """True if ``node`` is to be served as last seen without asking S3."""
+        return node is not None and clock() < self.unreachable_until
+
     async def lookup(self, parent: Inode, name: str) -> Inode:
         """The child ``name`` of directory ``parent``; NotFound if none."""
+        child = parent.children.get(name) if parent.children is not None else None
+        if self._known_offline(child):
+            return child
+        try:
+            return await self._lookup(parent, name)
+        except StoreUnavailable as e:
+            child = parent.children.get(name) if parent.children is not None else None
+            if child is None or not self._offline(child, e):
+                raise
+            return child
+
+    async def _lookup(self, parent: Inode, name: str) -> Inode:
         if parent.children is None:
             raise NotFound("not a directory")
         now = clock()
@@ -321,7 +359,7 @@ class Namespace:
 
         Open files are never detached here: their handles go on working.
         """
-        if self.fresh(node):
+        if self.fresh(node) or self._known_offline(node):
             metrics.cache("attr", hit=True)
             return
         metrics.cache("attr", hit=False)
@@ -332,6 +370,10 @@ class Namespace:
             raise NotFound("deleted")
         try:
             fresh = await self._resolve(parent, node.name)
+        except StoreUnavailable as e:
+            if self._offline(node, e):
+                return
+            raise
         except NotFound:
             if node.open_count or node.data is not None:
                 node.validated_at = clock()
@@ -344,7 +386,16 @@ class Namespace:
 
     async def list_dir(self, d: Inode) -> None:
         """Bring ``d``'s children up to date with a full listing."""
-        await self._list(d)
+        if d.listed_at is not None and self._known_offline(d):
+            d.listed_at = clock()
+            return
+        try:
+            await self._list(d)
+        except StoreUnavailable as e:
+            if d.listed_at is None or not self._offline(d, e):
+                raise
+            d.listed_at = clock()
+            return
         if not self.cfg.trust_listing:
             await self.fill_metadata(d)
 

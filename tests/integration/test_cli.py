@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,9 @@ def mountpoint(workdir):
 
 
 def mount_args(s3, bucket, mp, *extra):
-    return ["mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint, *extra]
+    # the local tier of a test lives in its work directory, not the system's cache
+    cache = ["-o", f"cache_dir={Path(mp).parent / 'cache'}"]
+    return ["mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint, *cache, *extra]
 
 
 # -- the normal life of a mount ------------------------------------------------------

@@ -24,7 +24,7 @@ F = stat.S_IFREG | 0o644
 def run_fs(tmp_path, body, *opts, store=None):
     store = store or MemoryStore()
     cfg = build("bucket", "", "/mnt", o_options=[f"staging_dir={tmp_path}", "part_size=5M",
-                                                  *opts])
+                                                  f"cache_dir={tmp_path}/cache", *opts])
 
     async def main():
         async with trio.open_nursery() as n:
@@ -32,6 +32,7 @@ def run_fs(tmp_path, body, *opts, store=None):
             await fs.start(n)
             await body(fs, store)
             n.cancel_scope.cancel()
+        fs.close()
 
     trio.run(main)
     return store

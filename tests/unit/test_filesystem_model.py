@@ -136,6 +136,7 @@ class FilesystemModel(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory(prefix="objectfs-model-")
         self.cfg = build("bucket", "", "/mnt", o_options=[
             f"staging_dir={self.tmp.name},part_size=5M,write_buffer_memory=32M",
+            f"cache_dir={self.tmp.name}/cache,cache_size=8M",
             f"metadata_ttl={self.metadata_ttl},negative_ttl={self.metadata_ttl}",
             "read_part_size=1M,prefetch_max=4M"])
         self.store = MemoryStore()
@@ -149,6 +150,7 @@ class FilesystemModel(RuleBasedStateMachine):
             for fh in list(self.handles):
                 self.run(self.fs.release, fh)
         finally:
+            self.fs.close()
             self.trio.close()
             self.tmp.cleanup()
 
@@ -561,6 +563,7 @@ class FilesystemModel(RuleBasedStateMachine):
             self.run(self.fs.release, fh)
         self.handles.clear()
         assert self.run(self.fs.flush_all) == []
+        self.fs.close()
         assert not self.store.uploads, "a multipart upload was left behind"
         self.fs = self._mount()
         self.check_dir((), self.root, deep=True)

@@ -24,6 +24,7 @@ FILES = {
     "obs": "tests/integration/test_observability.py",
     "sse": "tests/integration/test_sse.py",
     "wb": "tests/integration/test_writeback.py",
+    "tier": "tests/integration/test_tier.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 

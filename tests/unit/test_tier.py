@@ -1,0 +1,524 @@
+"""The local tier's store: block format, byte bound, pins, integrity, persistence.
+
+The state machine drives random puts, reads, pins, unpins, evictions,
+corruptions and reopenings of a small store against a model of what was
+stored, and checks after every step that the bytes on disk and in the index
+never exceed the limit, that pinned blocks are never evicted, and that a
+read returns exactly what was stored or a miss.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import tempfile
+
+import pytest
+import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                 run_state_machine_as_test)
+
+from objectfs.errors import FsError, StoreUnavailable
+from objectfs.store.memory import MemoryStore
+from objectfs.tier import blockfile
+from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
+from objectfs.tier.tier import PinPolicy, Tier
+
+NS = "http://test|bucket"
+MiB = 1 << 20
+
+
+def payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def disk_usage(root: str) -> int:
+    total = 0
+    for top, _, names in os.walk(os.path.join(root, "data")):
+        for n in names:
+            st = os.stat(os.path.join(top, n))
+            total += max(-(-st.st_size // DISK_UNIT) * DISK_UNIT, st.st_blocks * 512)
+    return total
+
+
+# -- block files ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_block_round_trip_and_every_corruption_is_detected(compress):
+    import zstandard
+
+    ident = bytes(24)
+    data = b"hello world " * 500 if compress else payload(1, 5000)
+    blob = b"".join(bytes(p) for p in blockfile.encode(
+        ident, data, zstandard.ZstdCompressor() if compress else None))
+    assert blockfile.decode(ident, blob) == data
+    if compress:
+        assert len(blob) < len(data)
+    for pos in range(0, len(blob), max(1, len(blob) // 97)):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x40
+        with pytest.raises(blockfile.Corrupt):
+            blockfile.decode(ident, bytes(bad))
+    for cut in (0, 5, len(blob) - 1):
+        with pytest.raises(blockfile.Corrupt):
+            blockfile.decode(ident, blob[:cut])
+    with pytest.raises(blockfile.Corrupt):
+        blockfile.decode(ident, blob + b"x")
+    with pytest.raises(blockfile.Corrupt):  # the file of another block
+        blockfile.decode(bytes(23) + b"\1", blob)
+
+
+def test_incompressible_blocks_are_stored_plain():
+    import zstandard
+
+    data = payload(2, 4096)
+    header, stored = blockfile.encode(bytes(24), data, zstandard.ZstdCompressor())
+    assert bytes(stored) == data
+
+
+# -- the store -------------------------------------------------------------------------
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "cache")
+
+
+def test_a_corrupt_or_truncated_block_is_dropped_and_never_served(root):
+    s = TierStore(root, 16 * MiB)
+    ref = ObjectRef(NS, "k", '"e1"', BLOCK_SIZE + 10)
+    data = payload(3, ref.size)
+    assert s.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 2
+    assert s.load(ref, 0) == data[:BLOCK_SIZE]
+    p = s.path(ref.oid, 0)
+    with open(p, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0\1\2")
+    assert s.load(ref, 0) is None
+    assert not os.path.exists(p) and s.corrupt == 1
+    os.truncate(s.path(ref.oid, 1), 5)
+    assert s.load(ref, 1) is None
+    assert s.usage() == 0
+    assert s.put(ref, [(0, data[:BLOCK_SIZE])]) == 1  # the refetch is cached again
+    assert s.load(ref, 0) == data[:BLOCK_SIZE]
+    s.close()
+
+
+def test_the_index_survives_reopening_and_a_new_version_replaces_the_old(root):
+    s = TierStore(root, 16 * MiB)
+    v1 = ObjectRef(NS, "k", '"e1"', 100)
+    s.put(v1, [(0, b"a" * 100)])
+    s.pin(NS, "k", False)
+    s.close()
+    s = TierStore(root, 16 * MiB)
+    assert s.exclusive_at_start
+    assert s.load(v1, 0) == b"a" * 100
+    assert s.stats()["pinned_bytes"] == DISK_UNIT
+    v2 = ObjectRef(NS, "k", '"e2"', 50)
+    s.put(v2, [(0, b"b" * 50)])
+    assert s.load(v1, 0) is None and s.load(v2, 0) == b"b" * 50
+    assert s.stats()["pinned_bytes"] == DISK_UNIT  # pins follow the key
+    s.close()
+
+
+def test_pinned_data_beyond_the_limit_is_refused_without_evicting_anything(root):
+    s = TierStore(root, 3 * DISK_UNIT)
+    s.pin(NS, "p/", True)
+    for i in range(2):
+        assert s.put(ObjectRef(NS, f"p/{i}", "e", 10), [(0, b"x" * 10)]) == 1
+    cold = ObjectRef(NS, "cold", "e", 10)
+    assert s.put(cold, [(0, b"c" * 10)]) == 1
+    assert s.put(ObjectRef(NS, "p/big", "e", 2 * DISK_UNIT), [(0, b"y" * 2 * DISK_UNIT)]) == 0
+    assert s.load(cold, 0) == b"c" * 10 and s.refused == 1
+    assert s.put(ObjectRef(NS, "p/2", "e", 10), [(0, b"z" * 10)]) == 1  # evicts cold
+    assert s.load(cold, 0) is None
+    s.close()
+
+
+def test_recently_and_frequently_used_blocks_are_kept(root):
+    now = [1000.0]
+    s = TierStore(root, 3 * DISK_UNIT, clock=lambda: now[0])
+    refs = [ObjectRef(NS, f"k{i}", "e", 10) for i in range(4)]
+    for r in refs[:3]:
+        s.put(r, [(0, b"x" * 10)])
+        now[0] += 60
+    for _ in range(3):  # k0 is the oldest but used often
+        s.load(refs[0], 0)
+        s.flush()
+    now[0] += 60
+    s.load(refs[2], 0)
+    s.flush()
+    s.put(refs[3], [(0, b"y" * 10)])
+    assert s.load(refs[1], 0) is None  # used once, long ago: evicted
+    assert all(s.load(r, 0) is not None for r in (refs[0], refs[2], refs[3]))
+    s.close()
+
+
+def test_two_stores_on_one_directory_share_the_bound(root):
+    a = TierStore(root, 4 * DISK_UNIT)
+    b = TierStore(root, 4 * DISK_UNIT)
+    assert a.exclusive_at_start and not b.exclusive_at_start
+    for i in range(6):
+        (a if i % 2 else b).put(ObjectRef("x|b" + str(i % 2), f"k{i}", "e", 10),
+                                [(0, b"x" * 10)])
+        assert a.usage() <= 4 * DISK_UNIT and disk_usage(root) <= 4 * DISK_UNIT
+    a.close()
+    b.close()
+
+
+def test_a_crash_between_index_and_file_leaves_nothing_unaccounted(root):
+    s = TierStore(root, 16 * MiB)
+    ref = ObjectRef(NS, "k", "e", 10)
+    s.put(ref, [(0, b"x" * 10)])
+    os.unlink(s.path(ref.oid, 0))          # row without file: a miss
+    stray = s.path(ref.oid, 7) + ".tmp999-1"
+    open(stray, "wb").write(b"junk")       # a half-written temporary file
+    s.close()
+    s = TierStore(root, 16 * MiB)          # alone: reconciles
+    assert s.usage() == 0 and not os.path.exists(stray)
+    assert s.load(ref, 0) is None
+    s.close()
+
+
+def test_evict_and_unpin_of_a_tree(root):
+    s = TierStore(root, 16 * MiB)
+    for k in ("d/a", "d/sub/b", "e/c"):
+        s.put(ObjectRef(NS, k, "e", 10), [(0, b"x" * 10)])
+    s.pin(NS, "d/sub/b", False)
+    blocks, nbytes, kept = s.evict(NS, "d/", True)
+    assert (blocks, nbytes, kept) == (1, DISK_UNIT, 1)
+    assert s.unpin(NS, "d/", True) == 1
+    assert s.evict(NS, "d/", True)[0] == 1
+    assert s.stats()["blocks"] == 1
+    s.close()
+
+
+def test_a_new_cache_pin_policy_pins_what_is_already_cached(root):
+    s = TierStore(root, 16 * MiB)
+    for k in ("pre/a.db", "pre/b.txt"):
+        s.put(ObjectRef(NS, k, "e", 10), [(0, b"x" * 10)])
+    s.close()
+    s = TierStore(root, 16 * MiB, extra_pinned=PinPolicy(NS, "pre/", ("*.db",)))
+    assert s.apply_policy(NS) == 1
+    assert s.stats()["pinned_bytes"] == DISK_UNIT
+    s.close()
+    s = TierStore(root, 16 * MiB)  # the glob removed: still pinned until unpinned
+    assert s.stats()["pinned_bytes"] == DISK_UNIT
+    s.unpin(NS, "pre/a.db", False)
+    assert s.stats()["pinned_bytes"] == 0
+    s.close()
+
+
+def test_pin_policy_globs_are_relative_to_the_mount_root():
+    p = PinPolicy(NS, "pre/", ("models/*", "*.db"))
+    assert p(NS, "pre/models/a/b.bin") and p(NS, "pre/x/y.db")
+    assert not p(NS, "models/a") and not p(NS, "pre/other") and not p("x|y", "pre/a.db")
+
+
+# -- the read path over the store ------------------------------------------------------
+
+def test_tier_read_fetches_only_missing_whole_blocks_and_caches_them(root):
+    data = payload(4, 3 * BLOCK_SIZE + 100)
+    calls = []
+
+    async def fetch(s, e):
+        calls.append((s, e))
+        return data[s:e]
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            assert await tier.read(ref, 10, 20, fetch) == data[10:20]
+            assert calls == [(0, BLOCK_SIZE)]
+            await tier.warm(ref, 2 * BLOCK_SIZE, len(data), fetch)
+            assert calls[1:] == [(2 * BLOCK_SIZE, len(data))]
+            while tier._queued:
+                await trio.sleep(0.01)
+            calls.clear()
+            got = await tier.read(ref, 5, len(data), fetch)
+            assert got == data[5:]
+            assert calls == [(BLOCK_SIZE, 2 * BLOCK_SIZE)]  # only the one never read
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
+# -- the property: bound, pins, exact reads --------------------------------------------
+
+KEYS = [f"k{i}" for i in range(6)]
+LIMIT = 2 * MiB + 8 * DISK_UNIT
+
+
+class TierModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="objectfs-tier-")
+        self.compress = False
+        self.store = TierStore(self.dir, LIMIT)
+        self.stored: dict[tuple[ObjectRef, int], bytes] = {}   # what a read may return
+        self.pins: set[str] = set()
+        self.version: dict[str, int] = {}
+
+    def teardown(self):
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def ref(self, key: str, size: int) -> ObjectRef:
+        return ObjectRef(NS, key, f'"v{self.version.get(key, 0)}"', size)
+
+    @rule(key=st.sampled_from(KEYS),
+          size=st.one_of(st.integers(1, 3 * DISK_UNIT), st.integers(BLOCK_SIZE - 3,
+                                                                    BLOCK_SIZE + 5000)),
+          seed=st.integers(0, 1000), new_version=st.booleans())
+    def put(self, key, size, seed, new_version):
+        if new_version:
+            self.version[key] = self.version.get(key, 0) + 1
+            for k in [k for k in self.stored if k[0].key == key]:
+                del self.stored[k]  # older versions are dropped with the new one
+        ref = self.ref(key, size)
+        data = payload(seed, size)
+        blocks = [(b, data[b * BLOCK_SIZE:(b + 1) * BLOCK_SIZE]) for b in range(ref.nblocks)]
+        if self.store.put(ref, blocks):
+            for k in [k for k in self.stored if k[0].key == key and k[0] != ref]:
+                del self.stored[k]
+            for b, piece in blocks:
+                self.stored[(ref, b)] = piece
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.stored)
+    def read(self, data):
+        ref, b = data.draw(st.sampled_from(sorted(self.stored, key=str)))
+        got = self.store.load(ref, b)
+        if got is None:
+            assert ref.key not in self.pins, "a pinned block was evicted"
+            del self.stored[(ref, b)]
+        else:
+            assert got == self.stored[(ref, b)]
+
+    @rule(key=st.sampled_from(KEYS))
+    def pin(self, key):
+        self.store.pin(NS, key, False)
+        self.pins.add(key)
+        # blocks already evicted are not coming back; the rest must stay
+        for k in [k for k in self.stored if k[0].key == key and not self.store.has(*k)]:
+            del self.stored[k]
+
+    @rule(key=st.sampled_from(KEYS))
+    def unpin(self, key):
+        self.store.unpin(NS, key, False)
+        self.pins.discard(key)
+
+    @rule(key=st.sampled_from(KEYS))
+    def evict(self, key):
+        self.store.evict(NS, key, False)
+        if key not in self.pins:
+            for k in [k for k in self.stored if k[0].key == key]:
+                del self.stored[k]
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.stored)
+    def corrupt(self, data):
+        ref, b = data.draw(st.sampled_from(sorted(self.stored, key=str)))
+        p = self.store.path(ref.oid, b)
+        if not os.path.exists(p):
+            return
+        with open(p, "r+b") as f:
+            f.seek(data.draw(st.integers(0, os.path.getsize(p) - 1)))
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        assert self.store.load(ref, b) is None
+        del self.stored[(ref, b)]
+
+    @rule()
+    def flush(self):
+        self.store.flush()
+
+    @rule(compress=st.booleans())
+    def reopen(self, compress):
+        self.store.close()
+        self.store = TierStore(self.dir, LIMIT, compress=compress)
+
+    @invariant()
+    def bounded(self):
+        assert self.store.usage() <= LIMIT
+        assert disk_usage(self.dir) <= LIMIT
+
+    @invariant()
+    def pinned_blocks_stay(self):
+        for (ref, b), piece in self.stored.items():
+            if ref.key in self.pins:
+                assert self.store.has(ref, b), "a pinned block was evicted"
+
+
+def test_tier_model():
+    run_state_machine_as_test(TierModel, settings=settings(
+        max_examples=40, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
+
+
+# -- the filesystem core while S3 is unreachable ----------------------------------------
+
+class Unplugged(MemoryStore):
+    """A MemoryStore whose every request fails as unreachable while ``down``."""
+
+    down = False
+
+    def _count(self, op: str) -> None:
+        super()._count(op)
+        if self.down:
+            raise StoreUnavailable("Unreachable", "ConnectionRefused", op=op)
+
+
+def test_offline_known_files_are_served_from_the_tier_with_one_failed_request(tmp_path):
+    from objectfs.config import build
+    from objectfs.filesystem import Filesystem
+
+    store = Unplugged()
+    hot, cold = payload(20, 2 * MiB + 1), payload(21, 5000)
+    store.put_sync("d/hot", hot)
+    store.put_sync("d/cold", cold)
+    cfg = build("bucket", "", "/mnt", o_options=[
+        f"staging_dir={tmp_path}", f"cache_dir={tmp_path}/cache", "metadata_ttl=0.2",
+        "negative_ttl=0.2"])
+
+    async def read_all(fs, node) -> bytes:
+        h = await fs.open(node.ino, os.O_RDONLY)
+        try:
+            return await fs.read(h.fh, 0, node.attr.size + 1)
+        finally:
+            await fs.release(h.fh)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            fs = Filesystem(store, cfg)
+            await fs.start(n)
+            d = await fs.lookup(1, b"d")
+            assert await read_all(fs, await fs.lookup(d.ino, b"hot")) == hot
+            await fs.lookup(d.ino, b"cold")
+            while fs.tier._queued:
+                await trio.sleep(0.01)
+            store.down = True
+            await trio.sleep(0.3)  # every attribute is stale now
+            before = sum(store.calls.values())
+            d = await fs.lookup(1, b"d")
+            node = await fs.lookup(d.ino, b"hot")
+            await fs.getattr(node.ino)
+            assert await read_all(fs, node) == hot
+            assert sum(store.calls.values()) - before == 1  # then S3 is known to be down
+            cold_node = await fs.lookup(d.ino, b"cold")
+            with pytest.raises(FsError) as e:
+                await read_all(fs, cold_node)
+            assert e.value.errno == errno.EIO
+            with pytest.raises(FsError) as e:
+                await fs.lookup(d.ino, b"never-seen")
+            assert e.value.errno == errno.EIO
+            store.down = False
+            await trio.sleep(0.3)
+            assert await read_all(fs, cold_node) == cold  # back online
+            n.cancel_scope.cancel()
+        fs.close()
+
+    trio.run(main)
+
+
+def test_unlink_and_rename_through_the_mount_drop_the_old_keys_cached_data(tmp_path):
+    from objectfs.config import build
+    from objectfs.filesystem import Filesystem
+
+    store = MemoryStore()
+    for k in ("a", "b"):
+        store.put_sync(k, payload(30, 3000))
+    cfg = build("bucket", "", "/mnt", o_options=[
+        f"staging_dir={tmp_path}", f"cache_dir={tmp_path}/cache"])
+
+    async def main():
+        async with trio.open_nursery() as n:
+            fs = Filesystem(store, cfg)
+            await fs.start(n)
+            for name in (b"a", b"b"):
+                node = await fs.lookup(1, name)
+                h = await fs.open(node.ino, os.O_RDONLY)
+                await fs.read(h.fh, 0, 4096)
+                await fs.release(h.fh)
+            while fs.tier._queued:
+                await trio.sleep(0.01)
+            assert fs.tier.store.stats()["objects"] == 2
+            await fs.unlink(1, b"a")
+            await fs.rename(1, b"b", 1, b"c", 0)
+            assert fs.tier.store.stats()["objects"] == 0
+            n.cancel_scope.cancel()
+        fs.close()
+
+    trio.run(main)
+
+
+# -- objectfs cache warm: progress and Ctrl-C ---------------------------------------------
+
+class FakeTTY:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def fake_daemon(monkeypatch, tmp_path, interrupt_after=None):
+    from types import SimpleNamespace
+
+    from objectfs.tier import cli
+
+    sent = []
+
+    def mount_of(path):
+        return SimpleNamespace(mountpoint=str(tmp_path)), os.path.relpath(path, tmp_path)
+
+    def request(mountpoint, req, timeout=600):
+        sent.append(req)
+        if interrupt_after is not None and len(sent) > interrupt_after:
+            raise KeyboardInterrupt
+        size = os.path.getsize(os.path.join(mountpoint, req["path"]))
+        nxt = min(size, req["offset"] + 32 * MiB)
+        return {"ok": True, "size": size, "next": nxt, "fetched": nxt - req["offset"]}
+
+    monkeypatch.setattr(cli.control, "mount_of", mount_of)
+    monkeypatch.setattr(cli.control, "request", request)
+    return cli, sent
+
+
+def test_warm_walks_a_tree_chunk_by_chunk_with_a_progress_bar(monkeypatch, tmp_path, capsys):
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "big").write_bytes(b"")
+    os.truncate(tmp_path / "t" / "big", 70 * MiB)
+    (tmp_path / "t" / "sub" / "small").write_bytes(b"x" * 10)
+    os.symlink("big", tmp_path / "t" / "link")
+    cli, sent = fake_daemon(monkeypatch, tmp_path)
+    tty = FakeTTY()
+    monkeypatch.setattr(cli.sys, "stderr", tty)
+    assert cli.warm([str(tmp_path / "t")]) == 0
+    assert [(r["path"], r["offset"]) for r in sent] == [
+        ("t/big", 0), ("t/big", 32 * MiB), ("t/big", 64 * MiB), ("t/sub/small", 0)]
+    assert "100.0%" in tty.text and "2/2 files" in tty.text and "\r[" in tty.text
+    assert "2 file(s)" in capsys.readouterr().out
+
+
+def test_warm_stops_at_ctrl_c_and_says_how_far_it_got(monkeypatch, tmp_path, capsys):
+    (tmp_path / "f").write_bytes(b"")
+    os.truncate(tmp_path / "f", 100 * MiB)
+    cli, sent = fake_daemon(monkeypatch, tmp_path, interrupt_after=2)
+    assert cli.warm([str(tmp_path / "f")]) == 130
+    assert len(sent) == 3  # nothing is sent after the interrupt
+    err = capsys.readouterr().err
+    assert "interrupted; 64.0 MiB of 100.0 MiB warmed" in err
