@@ -89,7 +89,9 @@ def _copy_round(mount, bucket, s3_client, proxy, workdir, files, name):
     # a second mount reads everything back (no page cache of the writer);
     # its bucket check at start makes only two attempts: no faults then
     proxy.clear()
-    m2 = mount(bucket, options=["read_part_size=1M", "prefetch_max=4M"], server=proxy)
+    # its own local tier: the writer's tier already holds what it uploaded
+    m2 = mount(bucket, options=["read_part_size=1M", "prefetch_max=4M",
+                                f"cache_dir={workdir / ('tier-' + name)}"], server=proxy)
     _faults_on(proxy)
     out = workdir / f"out-{name}"
     out.mkdir()
