@@ -138,11 +138,22 @@ class Filesystem:
             except NotFound:
                 pass
 
+    def _pending_nodes(self) -> list:
+        return [node for node in list(self.table.inodes.values())
+                if node.data is not None and node.data.dirty and not node.data.detached]
+
+    def pending_uploads(self) -> list[str]:
+        """Paths of files with data not yet in S3."""
+        return [self.table.path(node) for node in self._pending_nodes()]
+
     async def flush_all(self) -> list[str]:
-        """Upload every dirty file (unmount, SIGTERM); returns the paths that failed."""
+        """Upload every dirty file (unmount, SIGTERM), logging each one; returns
+        the paths that failed."""
         failed = []
-        for node in list(self.table.inodes.values()):
-            if node.data is not None and node.data.dirty and not node.data.detached:
+        for node in self._pending_nodes():
+            if node.data.dirty:
+                log.warning("shutdown: uploading %s (%d bytes) before exit",
+                            self.table.path(node), node.data.size)
                 try:
                     await self._upload(node)
                 except FsError as e:

@@ -19,6 +19,7 @@ Order of events, each failure reported as one line (``UserError``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -32,11 +33,11 @@ import time
 
 import trio
 
-from . import procmounts
+from . import credentials, procmounts
 from .control import ControlServer, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
-from .store.s3 import S3Settings, S3Store, make_client
+from .store.s3 import S3Settings, S3Store, chain_has_credentials, make_client
 
 log = logging.getLogger("objectfs")
 
@@ -92,12 +93,21 @@ def setup_logging(cfg: Config, daemon: bool) -> None:
 
 
 def s3_settings(cfg: Config) -> S3Settings:
-    return S3Settings(
+    """The store's settings, with credentials from an s3fs passwd file if one applies."""
+    settings = S3Settings(
         bucket=cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
         profile=cfg.profile, max_connections=cfg.max_connections,
         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
         max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
-        upload_checksum=cfg.upload_checksum)
+        upload_checksum=cfg.upload_checksum,
+        addressing_style="path" if cfg.path_style else None)
+    pair = credentials.resolve(cfg.bucket, cfg.passwd_file, cfg.profile,
+                               lambda: chain_has_credentials(settings))
+    if pair is None:
+        return settings
+    log.info("using credentials from %s", pair.source)
+    return dataclasses.replace(settings, access_key=pair.access_key,
+                               secret_key=pair.secret_key)
 
 
 def explain(err: StoreError, cfg: Config) -> str:
@@ -121,9 +131,9 @@ def explain(err: StoreError, cfg: Config) -> str:
     return f"cannot access bucket {cfg.bucket!r} at {where}: {code}"
 
 
-def check_bucket(cfg: Config) -> S3Store:
+def check_bucket(cfg: Config, settings: S3Settings | None = None) -> S3Store:
     """Build the store and prove the bucket can be listed (UserError if not)."""
-    settings = s3_settings(cfg)
+    settings = settings or s3_settings(cfg)
     checker = S3Store(settings, client=make_client(
         settings, max_attempts=CHECK_ATTEMPTS, connect_timeout=CHECK_CONNECT_TIMEOUT,
         read_timeout=CHECK_READ_TIMEOUT))
@@ -153,6 +163,7 @@ def fuse_options(cfg: Config) -> set[str]:
     for name in ("allow_other", "allow_root", "default_permissions", "ro"):
         if cfg.values.get(name):
             opts.add(name)
+    opts.update(cfg.kernel_flags)  # nosuid, nodev, noexec... from mount(8)
     return opts
 
 
@@ -177,7 +188,8 @@ class Lifecycle:
         self.fs = fs
         self.ready_fd = ready_fd
         self.stopping = False
-        self.abort = False
+        self.notified_stopping = False
+        self.failed: set[str] = set()  # paths whose upload failed at shutdown
 
     def _report(self, text: str) -> None:
         if self.ready_fd is not None:
@@ -221,28 +233,63 @@ class Lifecycle:
         except OSError:
             pass
 
-    async def _signals(self) -> None:
-        import pyfuse3
-
+    async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for signum in sigs:
                 if signum == signal.SIGHUP:
                     continue
                 if self.stopping:
-                    log.warning("second signal: stopping without uploading")
-                    self.abort = True
-                    pyfuse3.terminate()
-                    continue
+                    self.hard_stop("a second signal")
                 self.stopping = True
                 log.info("signal %d: uploading pending data, then unmounting", signum)
-                sd_notify("STOPPING=1")
-                await self.fs.flush_all()
-                # Unmount while we still serve requests: the kernel then ends
-                # the session and pyfuse3.main() returns by itself.
-                if not await trio.to_thread.run_sync(unmount, self.cfg.mountpoint, False):
-                    log.warning("%s is busy; open files there will fail with ENOTCONN",
-                                self.cfg.mountpoint)
-                    pyfuse3.terminate()
+                # in its own task, so that a second signal is seen at once
+                nursery.start_soon(self._stop, nursery)
+
+    async def _stop(self, nursery: trio.Nursery) -> None:
+        import pyfuse3
+
+        self._notify_stopping()
+        await self.flush_bounded(nursery)
+        # Unmount while we still serve requests: the kernel then ends
+        # the session and pyfuse3.main() returns by itself.
+        if not await trio.to_thread.run_sync(unmount, self.cfg.mountpoint, False):
+            log.warning("%s is busy; open files there will fail with ENOTCONN",
+                        self.cfg.mountpoint)
+            pyfuse3.terminate()
+
+    def _notify_stopping(self) -> None:
+        if not self.notified_stopping:
+            self.notified_stopping = True
+            sd_notify("STOPPING=1")
+
+    async def flush_bounded(self, nursery: trio.Nursery) -> None:
+        """Upload everything pending; after ``shutdown_timeout`` give up and exit."""
+        async def deadline(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await trio.sleep(self.cfg.shutdown_timeout)
+                self.hard_stop(f"shutdown_timeout ({self.cfg.shutdown_timeout:g} s)")
+
+        watchdog = await nursery.start(deadline)
+        try:
+            self.failed.update(await self.fs.flush_all())
+        finally:
+            watchdog.cancel()
+
+    def hard_stop(self, reason: str) -> None:
+        """Stop now, without uploading: log what is lost, detach, exit 1.
+
+        Store requests run in threads that cannot be cancelled, so waiting
+        for them could take minutes; the process exits instead, which also
+        ends the FUSE connection."""
+        for path in self.fs.pending_uploads():
+            log.error("not uploaded, stopped by %s: %s", reason, path)
+        log.warning("stopped by %s without finishing uploads", reason)
+        self._notify_stopping()
+        self._clear_state()
+        unmount(self.cfg.mountpoint, lazy=True)
+        logging.shutdown()
+        os._exit(1)
 
     def control_handlers(self) -> dict:
         async def ping(req: dict) -> dict:
@@ -264,24 +311,25 @@ class Lifecycle:
                 await nursery.start(server.serve)
             except OSError as e:
                 log.warning("no control socket (%s): objectfs refresh will not work", e)
-            nursery.start_soon(self._signals)
+            nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._probe_ready)
             await pyfuse3.main()
-            if not self.abort:
-                failed = await self.fs.flush_all()
-                if failed:
-                    log.error("%d file(s) could not be uploaded before exit", len(failed))
+            self._notify_stopping()
+            await self.flush_bounded(nursery)
+            if self.failed:
+                log.error("%d file(s) could not be uploaded before exit", len(self.failed))
             nursery.cancel_scope.cancel()
 
 
-def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
+def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
+        settings: S3Settings | None = None) -> int:
     """Mount and serve until unmounted; returns the process exit code.
 
     Failures before the mount is up raise UserError (nothing is left
     mounted); ``ready_fd`` gets "OK" once the mount answers.
     """
     setup_logging(cfg, daemon)
-    store = check_bucket(cfg)
+    store = check_bucket(cfg, settings)
 
     import pyfuse3
 
@@ -301,6 +349,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     code = 0
     try:
         trio.run(life.main)
+        code = 1 if life.failed else 0
     except BaseException:
         log.exception("mount loop failed")
         code = 1

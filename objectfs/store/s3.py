@@ -15,7 +15,7 @@ import errno
 import functools
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import trio
@@ -55,6 +55,9 @@ class S3Settings:
     upload_checksum: str = "auto"
     verify_ssl: bool = True
     addressing_style: str | None = None
+    # Explicit keys (s3fs passwd file); None: boto3's credential chain.
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
 
 def _ms(dt) -> int:
@@ -79,7 +82,9 @@ def make_client(settings: S3Settings, *, max_attempts: int | None = None,
 
     try:
         session = boto3.session.Session(profile_name=settings.profile,
-                                        region_name=settings.region)
+                                        region_name=settings.region,
+                                        aws_access_key_id=settings.access_key,
+                                        aws_secret_access_key=settings.secret_key)
     except botocore.exceptions.ProfileNotFound as e:
         raise UserError(f"AWS profile not found: {settings.profile} ({e})") from None
     style = settings.addressing_style or ("path" if settings.endpoint_url else "auto")
@@ -102,6 +107,18 @@ def make_client(settings: S3Settings, *, max_attempts: int | None = None,
     # every implementation, AWS included, so always add it.
     client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
     return client
+
+
+def chain_has_credentials(settings: S3Settings) -> bool:
+    """Whether boto3's own chain finds credentials (may ask instance metadata)."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.session.Session(profile_name=settings.profile).get_credentials() \
+            is not None
+    except botocore.exceptions.BotoCoreError:
+        return False
 
 
 def _add_content_md5(request, **_):
