@@ -110,13 +110,15 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def probe(path: str, timeout: float = PROBE_TIMEOUT) -> OSError | None:
-    """stat() ``path`` in a thread: None if it answered, else the error
-    (ETIMEDOUT if a hung daemon did not answer within ``timeout``)."""
+    """Open the directory ``path`` in a thread: None if its filesystem
+    answered, else the error (ETIMEDOUT if a hung daemon did not answer
+    within ``timeout``).  Not stat(): the kernel answers that from its
+    attribute cache even after the daemon died; an open always asks."""
     result: list = []
 
     def run():
         try:
-            os.stat(path)
+            os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
             result.append(None)
         except OSError as e:
             result.append(e)

@@ -18,6 +18,7 @@ FILES = {
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
     "smoke": "tests/integration/test_smoke.py",
+    "mnt": "tests/integration/test_mounting.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
