@@ -12,9 +12,12 @@ Order of events, each failure reported as one line (``UserError``):
    (to the parent of a daemon through a pipe, and to systemd).
 4. The loop ends when the filesystem is unmounted (``fusermount3 -u``,
    ``umount``, ``objectfs umount``) or on SIGTERM/SIGINT, which first
-   upload everything pending.  A second SIGINT/SIGTERM stops at once.
-   Anything still dirty when the loop ends is uploaded before the process
-   exits; ``pyfuse3.close`` then makes sure nothing is left mounted.
+   upload everything pending.  Anything still dirty when the loop ends is
+   uploaded before the process exits (exit code 0, or 1 if an upload
+   failed); ``pyfuse3.close`` then makes sure nothing is left mounted.
+5. Those final uploads are bounded by ``shutdown_timeout``; when it
+   expires, or on a second SIGINT/SIGTERM, the daemon logs every file not
+   uploaded, detaches the mount and exits 1 at once (``hard_stop``).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def explain(err: StoreError, cfg: Config) -> str:
         return f"the S3 credentials were rejected by {where} ({code})"
     if "no AWS credentials" in str(err):
         return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "use --profile, or configure ~/.aws/credentials")
+                "use --profile or -o passwd_file=, or configure ~/.aws/credentials")
     if err.errno == errno.EACCES:
         return f"access to bucket {cfg.bucket!r} denied ({code})"
     if code == "PermanentRedirect":

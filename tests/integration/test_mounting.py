@@ -202,11 +202,26 @@ def test_mount8_with_a_bad_option_fails_with_one_clear_line(installed, s3, bucke
         r = subprocess.run(["mount", "-t", fstype, bucket, str(mountpoint), "-o",
                             f"_netdev,no_such_thing=1,{mount_opts(s3, workdir)}"],
                            env=mount8_env(s3), capture_output=True, text=True, timeout=90)
-        assert r.returncode != 0
+        assert r.returncode == 2, "mount(8) passes on the exit code"
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert any("unknown option 'no_such_thing'" in ln for ln in lines), r.stderr
+        assert lines == ["objectfs: unknown option 'no_such_thing' (-o); see "
+                         "'objectfs mount --help'"], r.stderr
         assert "Traceback" not in r.stderr
         assert not is_mounted(str(mountpoint))
+
+
+def test_help_version_and_exit_codes():
+    r = run_cli(["--help"])
+    assert r.returncode == 0
+    for words in ("examples:", "mount -t fuse.objectfs", "/etc/fstab", "BUCKET:/PREFIX",
+                  "exit codes: 0 ok, 1 the operation failed, 2 bad usage"):
+        assert words in r.stdout, words
+    r = run_cli(["--version"])
+    assert r.returncode == 0 and re.fullmatch(r"objectfs \d+\.\d+\.\d+\n", r.stdout)
+    r = run_cli([])
+    assert r.returncode == 2 and "usage:" in r.stdout
+    r = run_cli(["mount", "s3://b"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
 # -- systemd (Type=notify) -------------------------------------------------------------
