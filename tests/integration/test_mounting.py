@@ -99,14 +99,22 @@ def test_make_install_without_a_venv_says_so(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+MARKER = "/run/lock/objectfs-test-installed"
+
+
 @pytest.fixture(scope="module")
 def installed():
-    """ObjectFS installed into /sbin and /usr/local for mount(8), then removed."""
+    """ObjectFS installed into /sbin and /usr/local for mount(8), then removed.
+
+    A marker file says the installed files are the tests' own, so files left
+    by an interrupted run are replaced and removed, but a real installation
+    is never touched."""
     with open("/run/lock/objectfs-test-install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         present = [p for p in INSTALLED if os.path.lexists(p)]
-        if present:
+        if present and not os.path.exists(MARKER):
             pytest.skip(f"ObjectFS is already installed ({present[0]}); not touching it")
+        Path(MARKER).write_text("installed by tests/integration/test_mounting.py\n")
         try:
             r = make("install-files", f"VENV={VENV}")
             assert r.returncode == 0, r.stderr
@@ -114,6 +122,7 @@ def installed():
         finally:
             make("uninstall")
             assert not any(os.path.lexists(p) for p in INSTALLED)
+            os.unlink(MARKER)
 
 
 def mount8_env(s3) -> dict:

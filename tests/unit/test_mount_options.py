@@ -170,3 +170,51 @@ def test_credential_precedence(tmp_path, monkeypatch):
     os.remove(home / ".passwd-s3fs")
     assert credentials.resolve("b", None, None, ask, env={}) is None
     assert calls == [1], "the chain is not asked when no passwd file exists"
+
+
+def test_mount_flags_in_a_yaml_file(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("nosuid: true\nnoexec: yes\n_netdev: true\nnoauto: yes\nrw: true\n")
+    c = build("bucket", "", "/mnt", yaml_path=str(y))
+    assert set(c.kernel_flags) == {"nosuid", "noexec"} and c.ro is False
+
+
+# -- the files in etc/ and mount_helpers/ -------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_fstab_example_lines_are_accepted():
+    lines = [ln.split() for ln in open(os.path.join(REPO, "etc", "fstab.example"))
+             if ln.strip() and not ln.startswith("#")]
+    assert len(lines) == 3
+    for source, mountpoint, fstype, options, dump, passno in lines:
+        assert fstype in ("fuse.objectfs", "objectfs")
+        bucket, prefix = cli.parse_source(source)
+        build(bucket, prefix, mountpoint, o_options=[options])
+
+
+def run_helper(tmp_path, *args):
+    """mount_helpers/mount.objectfs with objectfs replaced by a recorder."""
+    import subprocess
+
+    recorder = tmp_path / "objectfs"
+    recorder.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    recorder.chmod(0o755)
+    text = open(os.path.join(REPO, "mount_helpers", "mount.objectfs")).read()
+    assert "\nOBJECTFS=objectfs\n" in text
+    helper = tmp_path / "mount.objectfs"
+    helper.write_text(text.replace("\nOBJECTFS=objectfs\n", f"\nOBJECTFS={recorder}\n"))
+    helper.chmod(0o755)
+    r = subprocess.run([str(helper), *args], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout.splitlines()
+
+
+def test_mount_helper_translates_mount8_arguments(tmp_path):
+    assert run_helper(tmp_path, "b:/p", "/mnt", "-o", "rw,_netdev", "-n", "-v") == \
+        (0, ["mount", "b:/p", "/mnt", "-o", "rw,_netdev"])
+    assert run_helper(tmp_path, "s3://b", "/mnt", "-sn", "-o", "a", "-ob=1") == \
+        (0, ["mount", "s3://b", "/mnt", "-o", "a,b=1"])
+    assert run_helper(tmp_path, "b", "/mnt") == (0, ["mount", "b", "/mnt"])
+    assert run_helper(tmp_path, "b", "/mnt", "-f", "-o", "x") == (0, []), "-f: fake"
+    assert run_helper(tmp_path, "b")[0] == 2
