@@ -191,9 +191,10 @@ def test_mount_t_on_the_command_line(installed, s3, bucket, s3_client, workdir, 
     s3_client.put_object(Bucket=bucket, Key="f", Body=b"data")
     with mount8_cleanup(mountpoint):
         r = subprocess.run(["mount", "-t", fstype, bucket, str(mountpoint), "-o",
-                            f"ro,_netdev,{mount_opts(s3, workdir)}"],
+                            f"ro,_netdev,allow_root,{mount_opts(s3, workdir)}"],
                            env=mount8_env(s3), capture_output=True, text=True, timeout=90)
         assert r.returncode == 0, r.stderr
+        assert "ro" in mount_entry(str(mountpoint))["options"].split(",")
         assert (mountpoint / "f").read_bytes() == b"data"
         with pytest.raises(OSError) as ei:
             (mountpoint / "g").write_bytes(b"x")
