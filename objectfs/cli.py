@@ -45,7 +45,7 @@ exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
 # How long "objectfs mount" waits for the daemon to report that the mount
 # answers.  The bucket check itself is bounded to well under this.
 READY_TIMEOUT = 60.0
-# How long a stat() of an existing mount may take before it counts as hung.
+# How long opening an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 5.0
 
 

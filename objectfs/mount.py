@@ -108,9 +108,8 @@ def s3_settings(cfg: Config) -> S3Settings:
                                lambda: chain_has_credentials(settings))
     if pair is None:
         return settings
-    log.info("using credentials from %s", pair.source)
     return dataclasses.replace(settings, access_key=pair.access_key,
-                               secret_key=pair.secret_key)
+                               secret_key=pair.secret_key, credential_source=pair.source)
 
 
 def explain(err: StoreError, cfg: Config) -> str:
@@ -242,7 +241,7 @@ class Lifecycle:
                 if signum == signal.SIGHUP:
                     continue
                 if self.stopping:
-                    self.hard_stop("a second signal")
+                    self.hard_stop("a second signal")  # does not return
                 self.stopping = True
                 log.info("signal %d: uploading pending data, then unmounting", signum)
                 # in its own task, so that a second signal is seen at once
@@ -275,7 +274,9 @@ class Lifecycle:
 
         watchdog = await nursery.start(deadline)
         try:
-            self.failed.update(await self.fs.flush_all())
+            # the last attempt decides: a file that failed at SIGTERM may
+            # succeed at the final flush
+            self.failed = set(await self.fs.flush_all())
         finally:
             watchdog.cancel()
 
@@ -332,6 +333,9 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
     mounted); ``ready_fd`` gets "OK" once the mount answers.
     """
     setup_logging(cfg, daemon)
+    settings = settings or s3_settings(cfg)
+    if settings.credential_source:
+        log.info("using the key pair from %s", settings.credential_source)
     store = check_bucket(cfg, settings)
 
     import pyfuse3

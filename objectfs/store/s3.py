@@ -58,6 +58,7 @@ class S3Settings:
     # Explicit keys (s3fs passwd file); None: boto3's credential chain.
     access_key: str | None = None
     secret_key: str | None = field(default=None, repr=False)
+    credential_source: str = ""  # where access_key came from, for the log
 
 
 def _ms(dt) -> int:

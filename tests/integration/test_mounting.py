@@ -335,7 +335,9 @@ def test_notify_on_abstract_socket_and_sigterm(s3, bucket, workdir, mountpoint):
 @pytest.fixture(scope="module")
 def iam_s3(tmp_path_factory):
     policy = {"Version": "2012-10-17",
-              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"},
+                            {"Effect": "Deny", "Action": "s3:PutObject",
+                             "Resource": "arn:aws:s3:::*/denied*"}]}
     server = MotoServer(policy=policy,
                         log_path=str(tmp_path_factory.mktemp("moto-iam") / "log"))
     try:
@@ -439,6 +441,28 @@ def test_sigint_uploads_every_open_file_with_a_log_line_each(s3, bucket, s3_clie
         assert s3_client.get_object(Bucket=bucket, Key=name)["Body"].read() == name.encode() * 10
         assert f"shutdown: uploading /{name} (10 bytes)" in log_of(workdir / "daemon.log")
     no_traceback(workdir / "daemon.log")
+
+
+def test_upload_refused_at_shutdown_is_logged_and_exit_code_1(iam_s3, workdir, mountpoint):
+    bucket = iam_s3.new_bucket()
+    with mount8_cleanup(mountpoint):
+        proc = start_foreground(iam_s3, bucket, mountpoint, workdir)
+        f = open(mountpoint / "denied.txt", "wb")
+        try:
+            f.write(b"S3 refuses this")
+            f.flush()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 1
+            assert not is_mounted(str(mountpoint))
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = log_of(workdir / "daemon.log")
+    assert "could not upload /denied.txt at shutdown" in log
+    assert "1 file(s) could not be uploaded before exit" in log
 
 
 @pytest.fixture(scope="module")
