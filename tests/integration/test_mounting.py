@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from objectfs import procmounts
 from objectfs.mount import read_state
 from tests.conftest import REPO, fuse_usable, run_cli
 from tests.integration.test_cli import (alive, daemon_pid, mount_args,  # noqa: F401
@@ -567,3 +568,20 @@ def test_dead_mount_of_another_filesystem_is_reported(objectfs_cli, s3, bucket, 
         assert mount_entry(str(mountpoint))["fstype"] == "fuse.s3fs", "left alone"
     finally:
         other.stop()
+
+
+def test_mount_on_a_hung_mount_says_so(objectfs_cli, s3, bucket, mountpoint):
+    """A daemon that is alive but does not answer is not mistaken for a dead one."""
+    with mount8_cleanup(mountpoint):
+        assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+        pid = daemon_pid(mountpoint)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            r = objectfs_cli(*mount_args(s3, bucket, mountpoint))
+            assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "already mounted" in r.stderr and "does not answer" in r.stderr
+            # (procmounts.find: is_mounted would stat the hung mountpoint)
+            assert procmounts.find(str(mountpoint)) is not None, "left to the administrator"
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGCONT)
