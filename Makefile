@@ -12,8 +12,16 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv s3fs
 SWIFT_PKGS := swift swift-proxy swift-object swift-container swift-account memcached python3-swift curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Where "make install" puts things.  mount(8) looks for mount.TYPE helpers in
+# /sbin only (and /sbin/fs.d, /sbin/fs); mount.fuse3 and systemd find
+# objectfs in /usr/local/bin.  DESTDIR stages the files elsewhere.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+SBINDIR ?= /sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DESTDIR ?=
 
-.PHONY: help deps venv demo demo-stop test unit integration soak posix-score bench bench-deps swift-deps clean
+.PHONY: help deps venv demo demo-stop test unit integration soak posix-score bench bench-deps swift-deps clean install install-files uninstall
 
 help:
 	@echo "make demo   - set up, start a local S3 server, mount a bucket and show it working"
@@ -22,6 +30,8 @@ help:
 	@echo "make soak   - long randomized and fault-injection runs"
 	@echo "make bench  - side-by-side benchmarks (ObjectFS, s3fs, rclone, boto3)"
 	@echo "make posix-score - run posix_suite against every available filesystem"
+	@echo "make install - set up, then install objectfs, mount.objectfs and the systemd unit"
+	@echo "make uninstall - remove what make install installed"
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -72,6 +82,24 @@ bench-deps: venv swift-deps
 
 bench: bench-deps
 	$(VPY) benchmarks/run.py --server swift
+
+install: venv install-files
+
+# The files alone, for a venv that already exists (VENV=/path/to/venv).
+install-files:
+	@[ -x $(VENV)/bin/objectfs ] || { echo "$(VENV)/bin/objectfs is missing: run make venv or pass VENV=" >&2; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR)
+	ln -sfn $(abspath $(VENV))/bin/objectfs $(DESTDIR)$(BINDIR)/objectfs
+	sed 's|^OBJECTFS=.*|OBJECTFS=$(BINDIR)/objectfs|' mount_helpers/mount.objectfs \
+	  > $(DESTDIR)$(SBINDIR)/mount.objectfs
+	chmod 755 $(DESTDIR)$(SBINDIR)/mount.objectfs
+	sed 's|/usr/local/bin/objectfs|$(BINDIR)/objectfs|' etc/objectfs@.service \
+	  > $(DESTDIR)$(UNITDIR)/objectfs@.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/objectfs@.service
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/objectfs $(DESTDIR)$(SBINDIR)/mount.objectfs \
+	  $(DESTDIR)$(UNITDIR)/objectfs@.service
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -15,6 +15,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 
 from . import __version__, config, procmounts, uploads
@@ -25,14 +26,23 @@ examples:
   objectfs mount s3://my-bucket /mnt/data
   objectfs mount s3://my-bucket/photos /mnt/photos --profile work -o allow_other
   objectfs mount s3://test /mnt/t --endpoint-url http://127.0.0.1:9000 -o uid=1000,gid=1000
+  objectfs mount my-bucket:/photos /mnt/photos -o passwd_file=/etc/passwd-s3fs
   objectfs mount s3://my-bucket /mnt/data --config /etc/objectfs.yaml -f
   objectfs refresh /mnt/data/reports      # after another program changed the bucket
   objectfs stats /mnt/data                # requests, latency, caches, pending uploads
   objectfs cache warm /mnt/data/models    # fetch a tree into the local tier
   objectfs cache stats /mnt/data
   objectfs umount /mnt/data
+  mount -t fuse.objectfs my-bucket:/photos /mnt/photos -o allow_other   # after make install
+  # /etc/fstab:  my-bucket:/photos /mnt/photos fuse.objectfs _netdev,allow_other,nofail 0 0
 
-Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
+SOURCE is s3://BUCKET[/PREFIX], BUCKET[/PREFIX] or BUCKET:/PREFIX (s3fs style);
+"objectfs SOURCE DIR -o OPTS" (as mount.fuse3 runs it) means "objectfs mount".
+Options for -o are listed, with their defaults, in etc/objectfs.example.yaml;
+mount(8) options (_netdev, nofail, noauto, x-systemd.*, nosuid, ...) are accepted.
+
+exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
+130 interrupted.
 """
 
 # How long "objectfs mount" waits for the daemon to report that the mount
@@ -40,6 +50,8 @@ Options for -o are listed, with their defaults, in etc/objectfs.example.yaml.
 READY_TIMEOUT = 60.0
 # The daemon answers a stats request from memory, at once.
 STATS_TIMEOUT = 10.0
+# How long opening an existing mount may take before it counts as hung.
+PROBE_TIMEOUT = 5.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"objectfs {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    p.commands = sub.choices  # "objectfs SOURCE DIR" means "objectfs mount SOURCE DIR"
 
     m = sub.add_parser("mount", help="mount a bucket", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,18 +136,74 @@ def parse_source(source: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def probe(path: str, timeout: float = PROBE_TIMEOUT) -> OSError | None:
+    """Open the directory ``path`` in a thread: None if its filesystem
+    answered, else the error (ETIMEDOUT if a hung daemon did not answer
+    within ``timeout``).  Not stat(): the kernel answers that from its
+    attribute cache even after the daemon died; an open always asks."""
+    result: list = []
+
+    def run():
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+            result.append(None)
+        except OSError as e:
+            result.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else OSError(errno.ETIMEDOUT, "no answer")
+
+
+def clear_dead_mount(mp: str) -> bool:
+    """Detach a FUSE mount whose daemon is gone; True if it is gone."""
+    for cmd in (["fusermount3", "-u", mp], ["fusermount3", "-uz", mp]):
+        subprocess.run(cmd, capture_output=True, timeout=30)
+        if procmounts.find(mp) is None:
+            break
+    from .mount import state_path
+
+    try:
+        os.unlink(state_path(mp))
+    except OSError:
+        pass
+    return procmounts.find(mp) is None
+
+
+# What a FUSE mount whose daemon is gone answers: ENOTCONN, or ECONNABORTED
+# once its connection was aborted (fusectl's abort file, the kernel at exit).
+DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def check_mountpoint(path: str) -> str:
+    """The canonical mountpoint, usable for a new mount (UserError if not).
+
+    A dead ObjectFS mount on it (its daemon was killed) is cleared, with a
+    line on stderr; a dead mount of another filesystem is reported."""
     mp = procmounts.canonical(path)
     entry = procmounts.find(mp)
     if entry is not None:
-        raise UserError(f"{path} is already mounted ({entry.fstype} {entry.source}); "
-                        f"unmount it first (objectfs umount {path})")
+        err = probe(mp)
+        dead = err is not None and err.errno in DEAD_MOUNT_ERRNOS
+        if dead and entry.fstype == "fuse.objectfs" and clear_dead_mount(mp):
+            print(f"objectfs: cleared a dead ObjectFS mount of {entry.source} on {path} "
+                  "(its daemon had exited)", file=sys.stderr)
+        elif dead:
+            raise UserError(f"{path} is a dead {entry.fstype} mount of {entry.source} "
+                            f"(its daemon has exited); clear it with fusermount3 -u {path}")
+        elif err is not None and err.errno == errno.ETIMEDOUT:
+            raise UserError(f"{path} is already mounted ({entry.fstype} {entry.source}) and "
+                            f"does not answer; clear it with objectfs umount -z {path}")
+        else:
+            raise UserError(f"{path} is already mounted ({entry.fstype} {entry.source}); "
+                            f"unmount it first (objectfs umount {path})")
     try:
         st = os.stat(mp)
     except FileNotFoundError:
         raise UserError(f"mountpoint {path} does not exist") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in DEAD_MOUNT_ERRNOS:
             raise UserError(f"{path} is a dead mount; clear it with objectfs umount {path}") \
                 from None
         raise UserError(f"mountpoint {path}: {e.strerror}") from None
@@ -151,12 +220,14 @@ def cmd_mount(args) -> int:
     flags = {"endpoint_url": args.endpoint_url, "region": args.region, "profile": args.profile}
     cfg = config.build(bucket, prefix, mountpoint, foreground=args.foreground,
                        yaml_path=args.config, o_options=args.options, flags=flags)
-    check_mountpoint(args.mountpoint)
     from . import mount
 
+    # Credentials are resolved here so a bad passwd file is exit code 2.
+    settings = mount.s3_settings(cfg)
+    check_mountpoint(args.mountpoint)
     if args.foreground:
-        return mount.run(cfg)
-    code = _daemonize(cfg)
+        return mount.run(cfg, settings=settings)
+    code = _daemonize(cfg, settings)
     from .logs import no_log_warning
 
     # the daemon's own log may be out of sight: say these where the user looks
@@ -167,7 +238,7 @@ def cmd_mount(args) -> int:
     return code
 
 
-def _daemonize(cfg) -> int:
+def _daemonize(cfg, settings) -> int:
     """Fork a daemon and wait until it reports the mount usable (or fails)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -184,7 +255,7 @@ def _daemonize(cfg) -> int:
                 os.dup2(devnull, fd)
             from . import mount
 
-            code = mount.run(cfg, ready_fd=w, daemon=True)
+            code = mount.run(cfg, ready_fd=w, daemon=True, settings=settings)
         except UserError as e:
             try:
                 os.write(w, f"ERR {e}\n".encode())
@@ -250,8 +321,13 @@ def cmd_umount(args) -> int:
         detail = (res.stderr.strip().splitlines() or ["unmount failed"])[-1]
         raise UserError(f"cannot unmount {args.mountpoint}: {detail}")
     pid = state.get("pid") if state else None
-    if pid:
+    if pid and _alive(int(pid)):
         _wait_exit(int(pid), args.timeout, args.mountpoint)
+    elif state is not None:  # the daemon was killed: its state file is stale
+        try:
+            os.unlink(state_path(mp))
+        except OSError:
+            pass
     return 0
 
 
@@ -327,6 +403,10 @@ def _wait_exit(pid: int, timeout: float, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # mount.fuse3 (mount -t fuse.objectfs, fstab) runs "objectfs SOURCE DIR -o OPTS"
+    if argv and not argv[0].startswith("-") and argv[0] not in parser.commands:
+        argv.insert(0, "mount")
     try:
         args = parser.parse_args(argv)
         if args.command == "mount":

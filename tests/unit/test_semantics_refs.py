@@ -25,6 +25,7 @@ FILES = {
     "sse": "tests/integration/test_sse.py",
     "wb": "tests/integration/test_writeback.py",
     "tier": "tests/integration/test_tier.py",
+    "mnt": "tests/integration/test_mounting.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
