@@ -25,8 +25,8 @@ class DataContext:
 
     ``nursery`` runs background part uploads and prefetches; it belongs to
     the mount's lifecycle, so nothing outlives the mount unaccounted for.
-    ``write_budget`` bounds write-buffer memory (writers wait when it is
-    spent); ``read_budget`` bounds prefetch memory (prefetch shrinks when it
+    ``write_budget`` bounds write-buffer memory (a streaming writer moves
+    to staging when it is spent, a staged upload waits for it); ``read_budget`` bounds prefetch memory (prefetch shrinks when it
     is spent; a read never waits for it).  ``upload_slots`` bounds parts in
     flight for the whole mount.
     """

@@ -109,11 +109,20 @@ class FileData:
         assert self.stream is not None
         self.mark_dirty()
         try:
-            await self.stream.append(data)
+            taken = await self.stream.append(data)
         except FsError as e:
             self._fail_stream(e)
             raise
         self.size = self.stream.size
+        if taken < len(data):
+            # the mount's write budget is spent: go on on the staging disk
+            # rather than wait (see StreamingUpload.append)
+            log.debug("write buffers full: staging %r on disk", self.stream.key)
+            await self._to_staging()
+            assert self.staging is not None
+            self.staging.write(self.size, memoryview(data)[taken:])
+            self.size += len(data) - taken
+            self.mark_dirty()
 
     def _fail_stream(self, e: Exception) -> None:
         self.broken = f"upload failed, data of this file was lost: {e}"

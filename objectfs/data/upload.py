@@ -4,8 +4,8 @@
 offset 0.  Nothing is sent until the first part is full; from then on each
 full part is uploaded in the background while the writer goes on, up to
 ``upload_concurrency`` parts in flight for the mount, with the bytes held
-counted against the mount's write budget (so writers wait, memory does not
-grow).  ``finish`` sends the tail and completes the upload, or sends one
+counted against the mount's write budget (when it is spent, the file moves
+to staging on disk: memory does not grow).  ``finish`` sends the tail and completes the upload, or sends one
 PutObject if the file never filled a part.  A failed part aborts the whole
 upload and the error is raised by ``finish`` (and so reaches close/fsync as
 EIO); it is never dropped.
@@ -58,20 +58,35 @@ class StreamingUpload:
         """True once a multipart upload exists on the server."""
         return self.upload_id is not None
 
-    async def append(self, data: bytes | memoryview) -> None:
+    async def append(self, data: bytes | memoryview) -> int:
+        """Buffer ``data``, sending each part as it fills; returns how many
+        bytes were taken.
+
+        Takes fewer than ``len(data)`` (perhaps none) when the write budget
+        is spent, and the caller moves the file to staging instead.  Waiting
+        here could deadlock: with more writers than the budget has parts
+        (16 writers, 256M, 24M parts), every writer can end up holding part
+        of a part, none full, each waiting for the others; and a program
+        writing to many files in turn waits on one file while the others
+        hold the budget.
+        """
         view = memoryview(data)
+        taken = 0
         while len(view):
             room = part_size(self.next_part, self.ctx.part_size) - len(self.buf)
             chunk = view[:room]
-            await self.ctx.write_budget.acquire(len(chunk))
+            if not self.ctx.write_budget.try_acquire(len(chunk)):
+                break
             self._held += len(chunk)
             self.buf += chunk
             self.size += len(chunk)
+            taken += len(chunk)
             view = view[len(chunk):]
             if len(self.buf) == part_size(self.next_part, self.ctx.part_size):
                 await self._ship()
         if self.error is not None:
             raise upload_error(self.error, f"upload of {self.key!r}")
+        return taken
 
     def read_tail(self, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` if they are still in the buffer, else None."""

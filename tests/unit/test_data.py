@@ -265,6 +265,35 @@ def test_streaming_respects_the_write_budget(tmp_path):
     assert max(peaks) <= 10 * MiB
 
 
+def test_writers_beyond_the_budget_move_to_staging_instead_of_deadlocking(tmp_path):
+    """More sequential writers than the budget has parts, written in turn by
+    one task (as ``split -n r/N`` does): each would hold part of a part and
+    wait for the others.  A writer the budget cannot serve goes on on the
+    staging disk instead; every file arrives whole."""
+    store = CountingStore()
+    n_files, size, chunk = 4, 12 * MiB, 256 * KiB
+    datas = [blob(size, 10 + i) for i in range(n_files)]
+
+    async def body(ctx):
+        files = [FileData(ctx, (lambda k=f"f{i}": k), lambda: HEADERS, base_etag=None,
+                          base_size=0) for i in range(n_files)]
+        for off in range(0, size, chunk):
+            for f, data in zip(files, datas):
+                assert await f.write(off, data[off:off + chunk]) == chunk
+                assert ctx.write_budget.used <= ctx.write_budget.limit
+        assert any(f.staging is not None for f in files), "the budget was never spent"
+        for f, data in zip(files, datas):
+            assert await f.read(0, size) == data
+            await f.flush()
+            await f.close()
+
+    # budget for two parts; four writers
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    for i, data in enumerate(datas):
+        assert store.objects[f"f{i}"].data == data
+    assert not store.uploads
+
+
 def test_non_sequential_write_after_streaming_started_converts(tmp_path):
     store = CountingStore()
     first = blob(7 * MiB, 1)
