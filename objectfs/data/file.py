@@ -34,7 +34,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import FsError, IOFailure, PreconditionFailed, Stale, upload_error
+from ..errors import FsError, IOFailure, NoSpace, PreconditionFailed, Stale, upload_error
 from ..store.base import MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
 from .extents import Extents
@@ -186,9 +186,7 @@ class FileData:
                 if tail is not None:
                     return tail
             await self._to_staging()
-            await self._fill(off, end)
-            assert self.staging is not None
-            return self.staging.read(off, end - off)
+            return await self._read_range(off, end)
 
     async def _fill(self, start: int, end: int) -> None:
         """Fetch the base's bytes of ``[start, end)`` that are not staged."""
@@ -209,12 +207,7 @@ class FileData:
                 chunks.append((s, min(ge, s + self.ctx.read_part_size)))
 
         async def fetch(s: int, e: int) -> None:
-            try:
-                data = await self.ctx.store.get(key, s, e, etag=self.base_etag)
-            except PreconditionFailed:
-                raise Stale("object changed in S3 while open") from None
-            if len(data) != e - s:
-                raise Stale("object shorter than expected")
+            data = await self._get_base(key, s, e)
             if staging.present.overlaps(s, e):
                 # written locally while we fetched: keep those bytes
                 for gs, ge in staging.present.gaps(s, e):
@@ -229,10 +222,30 @@ class FileData:
             for s, e in chunks:
                 nursery.start_soon(fetch, s, e)
 
+    async def _get_base(self, key: str, start: int, end: int) -> bytes:
+        try:
+            data = await self.ctx.store.get(key, start, end, etag=self.base_etag)
+        except PreconditionFailed:
+            raise Stale("object changed in S3 while open") from None
+        if len(data) != end - start:
+            raise Stale("object shorter than expected")
+        return data
+
     async def _read_range(self, start: int, end: int) -> bytes:
-        await self._fill(start, end)
-        assert self.staging is not None
-        return self.staging.read(start, end - start)
+        staging = self.staging
+        assert staging is not None
+        try:
+            await self._fill(start, end)
+        except NoSpace:
+            # The staging disk is full: the base's bytes are fetched for this
+            # read without being kept, so reads (and the upload, which reads
+            # through here) go on working.
+            out = bytearray(staging.read(start, end - start))
+            key = self.key_fn()
+            for gs, ge in staging.present.gaps(start, min(end, self.base_size)):
+                out[gs - start:ge - start] = await self._get_base(key, gs, ge)
+            return bytes(out)
+        return staging.read(start, end - start)
 
     # -- upload -----------------------------------------------------------
 
