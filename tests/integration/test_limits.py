@@ -69,8 +69,8 @@ def check_written(s3_client, bucket: str, n_files: int, size: int) -> None:
 
 
 def test_sixteen_writers_stay_within_the_write_budget(mount, bucket, s3_client):
-    # 16 x 24 MiB with a 32 MiB budget of 5 MiB parts: more writers than parts
-    budget, size = 32 * MiB, 24 * MiB
+    # 16 x 12 MiB with a 32 MiB budget of 5 MiB parts: more writers than parts
+    budget, size = 32 * MiB, 12 * MiB
     m = mount(bucket, options=["part_size=5M", f"write_buffer_memory={budget}"])
     write_in_parallel(m, 16, size, budget, slack=96 * MiB)
     check_written(s3_client, bucket, 16, size)
