@@ -18,6 +18,9 @@ FILES = {
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
     "smoke": "tests/integration/test_smoke.py",
+    "hostile": "tests/integration/test_hostile.py",
+    "limits": "tests/integration/test_limits.py",
+    "model": "tests/integration/test_model.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
