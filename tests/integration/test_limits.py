@@ -2,7 +2,8 @@
 
 * Write buffers: 16 files written at once stay within ``write_buffer_memory``
   (the daemon's peak RSS, VmHWM, is measured; writers beyond the budget go
-  on in staging files instead of waiting for each other).
+  on in staging files instead of waiting for each other), and reading them
+  back at once stays within the prefetch memory.
 * A full staging disk (a 20 MiB tmpfs as ``staging_dir``) gives ENOSPC to
   the writer; what is in S3 afterwards is exactly the writes that succeeded.
 * Running out of file descriptors (the daemon's RLIMIT_NOFILE lowered with
@@ -59,6 +60,29 @@ def write_in_parallel(m, n_files: int, size: int, budget: int, slack: int) -> di
     return figures
 
 
+def read_in_parallel(m, n_files: int, size: int, budget: int, slack: int) -> dict:
+    """Read the files back at once through the mount (sequential reads,
+    prefetched): bytes right, peak RSS growth under ``budget + slack``."""
+    pid, mp = m.proc.pid, m.mountpoint
+    chunk = random.Random(7).randbytes(MiB)
+    base = vm_kib(pid, "VmRSS") * 1024
+    reset_peak_rss(pid)
+
+    def read(i: int) -> bool:
+        want = bytes([i]) + chunk[1:]
+        with open(os.path.join(mp, f"w{i:02d}"), "rb", buffering=0) as f:
+            return all(f.read(MiB) == want for _ in range(size // MiB)) and f.read(1) == b""
+
+    with ThreadPoolExecutor(n_files) as pool:
+        assert all(pool.map(read, range(n_files)))
+    peak = vm_kib(pid, "VmHWM") * 1024
+    figures = {"read_budget_mib": budget // MiB, "rss_before_mib": base // MiB,
+               "peak_rss_mib": peak // MiB, "growth_mib": (peak - base) // MiB}
+    print(f"16 readers: {figures}")
+    assert peak - base < budget + slack, figures
+    return figures
+
+
 def check_written(s3_client, bucket: str, n_files: int, size: int) -> None:
     chunk = random.Random(7).randbytes(MiB)
     for i in range(n_files):
@@ -71,9 +95,12 @@ def check_written(s3_client, bucket: str, n_files: int, size: int) -> None:
 def test_sixteen_writers_stay_within_the_write_budget(mount, bucket, s3_client):
     # 16 x 12 MiB with a 32 MiB budget of 5 MiB parts: more writers than parts
     budget, size = 32 * MiB, 12 * MiB
-    m = mount(bucket, options=["part_size=5M", f"write_buffer_memory={budget}"])
+    # prefetch memory: max(write_buffer_memory, 4 x prefetch_max) = 32 MiB
+    m = mount(bucket, options=["part_size=5M", f"write_buffer_memory={budget}",
+                               "prefetch_max=8M", "read_part_size=1M"])
     write_in_parallel(m, 16, size, budget, slack=96 * MiB)
     check_written(s3_client, bucket, 16, size)
+    read_in_parallel(m, 16, size, budget, slack=96 * MiB)
     assert m.proc.poll() is None
 
 
@@ -85,6 +112,7 @@ def test_sixteen_writers_of_200_mib_stay_within_the_default_budget(mount, bucket
     m = mount(bucket, options=[f"write_buffer_memory={budget}"])
     write_in_parallel(m, 16, size, budget, slack=128 * MiB)
     check_written(s3_client, bucket, 16, size)
+    read_in_parallel(m, 16, size, budget, slack=128 * MiB)  # 4 x prefetch_max = 256M
 
 
 # -- a full staging disk -------------------------------------------------------------------
