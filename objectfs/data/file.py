@@ -96,6 +96,7 @@ class FileData:
             if (self.stream is None and self.staging is None and self.size == 0
                     and self.base_size == 0 and off == 0):
                 self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn)
+                self.ctx.streaming.add(self)
                 await self._append(data)
                 return n
             await self._to_staging()
@@ -148,6 +149,19 @@ class FileData:
             self.base_size = min(self.base_size, new_size)
             self.size = new_size
             self.mark_dirty()
+
+    async def spill(self) -> None:
+        """Move an idle stream's part buffer to the staging disk (freeing
+        its write budget); a file busy with an operation is left alone."""
+        if self.stream is None or self.stream.closed or self.lock.locked():
+            return
+        async with self.lock:
+            if self.stream is None or self.stream.closed:
+                return
+            try:
+                await self._to_staging()
+            except FsError as e:  # the file is broken; its writer sees EIO
+                log.warning("could not move %r to staging: %s", self.key_fn(), e)
 
     async def _to_staging(self) -> None:
         """Move from streaming (or nothing) to a staging file."""

@@ -197,13 +197,16 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     within the base are copied server-side.
     """
     if size <= ctx.single_put_max:
-        body = await read(0, size)
+        await ctx.acquire_for_upload(size)
         try:
+            body = await read(0, size)
             return await ctx.store.put(key, body, metadata=headers.metadata,
                                        content_type=headers.content_type,
                                        headers=headers.headers)
         except StoreError as e:
             raise upload_error(e, f"upload of {key!r}") from e
+        finally:
+            ctx.write_budget.release(size)
     upload_id = await ctx.store.create_multipart(key, metadata=headers.metadata,
                                                  content_type=headers.content_type,
                                                  headers=headers.headers)
@@ -221,7 +224,7 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                         key, upload_id, number, base_key, start, end, src_etag=base_etag))
                     copied += end - start
                     return
-                await ctx.write_budget.acquire(end - start)
+                await ctx.acquire_for_upload(end - start)
                 try:
                     body = await read(start, end)
                     parts.append(await ctx.store.upload_part(key, upload_id, number, body))

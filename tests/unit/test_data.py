@@ -599,3 +599,32 @@ def test_prefetch_closed_early_releases_its_budget(tmp_path):
         pf.close()  # segments still in flight release when they land
 
     run_data(body, store, tmp_path)
+
+
+def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path):
+    """One task writes two files in turn (streams holding most of the
+    budget) and then closes a staged file: the streams' buffers move to
+    disk instead of the close waiting for them forever."""
+    store = CountingStore()
+    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
+    staged = blob(PART + MiB, 3)
+
+    async def body(ctx):
+        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
+                            base_size=0) for i in range(2)]
+        for s, data in zip(streams, datas):
+            await s.write(0, data)
+        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
+        await f.write(1, staged[1:])  # not from offset 0: staged
+        await f.write(0, b"\0")
+        assert f.staging is not None
+        await f.flush()
+        assert all(s.staging is not None for s in streams)
+        await f.close()
+        for s in streams:
+            await s.flush()
+            await s.close()
+
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    assert store.objects["staged"].data == b"\0" + staged[1:]
+    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
