@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
-
-import weakref
 
 import trio
 
@@ -28,9 +27,9 @@ class DataContext:
     ``nursery`` runs background part uploads and prefetches; it belongs to
     the mount's lifecycle, so nothing outlives the mount unaccounted for.
     ``write_budget`` bounds write-buffer memory (a streaming writer moves
-    to staging when it is spent, a staged upload waits for it, see
-    ``acquire_for_upload``); ``read_budget`` bounds prefetch memory (prefetch shrinks when it
-    is spent; a read never waits for it).  ``upload_slots`` bounds parts in
+    to staging when it is spent, a staged upload waits for it: see
+    ``acquire_for_upload``); ``read_budget`` bounds prefetch memory
+    (prefetch shrinks when it is spent; a read never waits for it).  ``upload_slots`` bounds parts in
     flight for the whole mount.
     """
 

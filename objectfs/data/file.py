@@ -153,7 +153,8 @@ class FileData:
     async def spill(self) -> None:
         """Move an idle stream's part buffer to the staging disk (freeing
         its write budget); a file busy with an operation is left alone."""
-        if self.stream is None or self.stream.closed or self.lock.locked():
+        if (self.stream is None or self.stream.closed or not self.stream.buf
+                or self.lock.locked()):
             return
         async with self.lock:
             if self.stream is None or self.stream.closed:

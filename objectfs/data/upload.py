@@ -5,8 +5,8 @@ offset 0.  Nothing is sent until the first part is full; from then on each
 full part is uploaded in the background while the writer goes on, up to
 ``upload_concurrency`` parts in flight for the mount, with the bytes held
 counted against the mount's write budget (when it is spent, the file moves
-to staging on disk: memory does not grow).  ``finish`` sends the tail and completes the upload, or sends one
-PutObject if the file never filled a part.  A failed part aborts the whole
+to staging on disk: memory does not grow).  ``finish`` sends the tail and
+completes the upload, or sends one PutObject if the file never filled a part.  A failed part aborts the whole
 upload and the error is raised by ``finish`` (and so reaches close/fsync as
 EIO); it is never dropped.
 
