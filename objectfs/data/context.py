@@ -29,8 +29,8 @@ class DataContext:
     ``write_budget`` bounds write-buffer memory (a streaming writer moves
     to staging when it is spent, a staged upload waits for it: see
     ``acquire_for_upload``); ``read_budget`` bounds prefetch memory
-    (prefetch shrinks when it is spent; a read never waits for it).  ``upload_slots`` bounds parts in
-    flight for the whole mount.
+    (prefetch shrinks when it is spent; a read never waits for it).
+    ``upload_slots`` bounds parts in flight for the whole mount.
     """
 
     def __init__(self, store: ObjectStore, nursery: trio.Nursery, *, part_size: int,

@@ -6,9 +6,9 @@ full part is uploaded in the background while the writer goes on, up to
 ``upload_concurrency`` parts in flight for the mount, with the bytes held
 counted against the mount's write budget (when it is spent, the file moves
 to staging on disk: memory does not grow).  ``finish`` sends the tail and
-completes the upload, or sends one PutObject if the file never filled a part.  A failed part aborts the whole
-upload and the error is raised by ``finish`` (and so reaches close/fsync as
-EIO); it is never dropped.
+completes the upload, or sends one PutObject if the file never filled a part.
+A failed part aborts the whole upload and the error is raised by ``finish``
+(and so reaches close/fsync as EIO); it is never dropped.
 
 ``upload_staged`` uploads a file whose bytes are partly local (a staging
 file) and partly the unchanged object in S3: parts that were not touched
