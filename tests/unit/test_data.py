@@ -628,3 +628,28 @@ def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path):
     run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
     assert store.objects["staged"].data == b"\0" + staged[1:]
     assert [store.objects[f"s{i}"].data for i in range(2)] == datas
+
+
+def test_readers_beyond_the_read_budget_fetch_only_what_they_read(tmp_path):
+    """Many sequential readers at once: what the read budget cannot cover is
+    fetched read by read, never whole segments outside the budget."""
+    store = CountingStore()
+    data, etag = make_object(store, 24 * MiB, 9)
+    chunk = 128 * KiB
+
+    async def body(ctx):
+        pfs = [Prefetcher(ctx, lambda: KEY, etag, len(data)) for _ in range(8)]
+        outs = [[] for _ in pfs]
+        for off in range(0, len(data), chunk):
+            for pf, out in zip(pfs, outs):
+                out.append(await pf.read(off, chunk))
+                unaccounted = sum(s.end - s.start for p in pfs for s in p.segments
+                                  if not s.held and not s.dropped)
+                assert unaccounted <= len(pfs) * FIRST_WINDOW
+        assert all(b"".join(out) == data for out in outs)
+        for pf in pfs:
+            pf.close()
+
+    # read memory 4 x prefetch_max = 16 MiB for 8 readers of 4 MiB segments
+    run_data(body, store, tmp_path, read_part_size=4 * MiB, prefetch_max=4 * MiB)
+    assert max(e - s for s, e in store.gets) <= 4 * MiB
