@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
 import time
 import unicodedata
