@@ -72,7 +72,7 @@ integration: venv
 	$(VPY) -m pytest tests/integration $(PYTEST_ARGS)
 
 soak: venv
-	OBJECTFS_SOAK=1 $(VPY) -m pytest -m slow tests $(PYTEST_ARGS)
+	OBJECTFS_SOAK=1 OBJECTFS_TEST_WATCHDOG=3600 $(VPY) -m pytest -m slow -s tests $(PYTEST_ARGS)
 
 posix-score: venv
 	$(VPY) posix_suite/score.py

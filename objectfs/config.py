@@ -260,7 +260,8 @@ OPTIONS: list[Option] = [
            "Raise it for a remote endpoint with high latency and a machine with more cores.",
            "data"),
     Option("write_buffer_memory", parse_size, 256 * MiB, "Bytes of write buffers in memory for "
-           "the whole mount; writers wait when it is full.", "data", "256M"),
+           "the whole mount; when it is full, files being written move to the staging disk.",
+           "data", "256M"),
     Option("read_part_size", parse_size, 16 * MiB, "Size of each ranged GET during sequential "
            "prefetch.", "data", "16M"),
     Option("prefetch_max", parse_size, 64 * MiB, "Largest read-ahead window per open file.",

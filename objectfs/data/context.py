@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -28,10 +29,11 @@ class DataContext:
 
     ``nursery`` runs background part uploads and prefetches; it belongs to
     the mount's lifecycle, so nothing outlives the mount unaccounted for.
-    ``write_budget`` bounds write-buffer memory (writers wait when it is
-    spent); ``read_budget`` bounds prefetch memory (prefetch shrinks when it
-    is spent; a read never waits for it).  ``upload_slots`` bounds parts in
-    flight for the whole mount.
+    ``write_budget`` bounds write-buffer memory (a streaming writer moves
+    to staging when it is spent, a staged upload waits for it: see
+    ``acquire_for_upload``); ``read_budget`` bounds prefetch memory
+    (prefetch shrinks when it is spent; a read never waits for it).
+    ``upload_slots`` bounds parts in flight for the whole mount.
     """
 
     def __init__(self, store: ObjectStore, nursery: trio.Nursery, *, part_size: int,
@@ -57,3 +59,21 @@ class DataContext:
         # fetched whole on its first read (see prefetch.py).
         self.tier: Tier | None = None
         self.whole_file_max = 0
+        # open files whose sequential writes stream from memory (FileData)
+        self.streaming: weakref.WeakSet = weakref.WeakSet()
+
+    async def acquire_for_upload(self, n: int) -> None:
+        """Write budget for ``n`` bytes of a staged file about to be sent.
+
+        If the budget is spent, the part buffers of streams nobody is
+        writing to right now are moved to the staging disk first: their
+        writers may be waiting for this very upload (one program writing
+        many files in turn, then closing them one by one), so waiting for
+        them to free the budget could deadlock.  Active streams free it by
+        themselves: they never wait for the budget while others do.
+        """
+        if self.write_budget.try_acquire(n):
+            return
+        for f in list(self.streaming):
+            await f.spill()
+        await self.write_budget.acquire(n)

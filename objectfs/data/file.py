@@ -41,7 +41,7 @@ from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
 
 import trio
 
-from ..errors import (FsError, IOFailure, ObjectNotFound, PreconditionFailed, Stale,
+from ..errors import (FsError, IOFailure, NoSpace, ObjectNotFound, PreconditionFailed, Stale,
                       upload_error)
 from ..store.base import MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
@@ -121,6 +121,7 @@ class FileData:
                     and self.base_size == 0 and off == 0
                     and not (self.ctx.writeback and n >= self.ctx.part_size)):
                 self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn)
+                self.ctx.streaming.add(self)
                 await self._append(data)
                 return n
             await self._to_staging()
@@ -134,11 +135,20 @@ class FileData:
         assert self.stream is not None
         self.mark_dirty()
         try:
-            await self.stream.append(data)
+            taken = await self.stream.append(data)
         except FsError as e:
             self._fail_stream(e)
             raise
         self.size = self.stream.size
+        if taken < len(data):
+            # the mount's write budget is spent: go on on the staging disk
+            # rather than wait (see StreamingUpload.append)
+            log.debug("write buffers full: staging %r on disk", self.stream.key)
+            await self._to_staging()
+            assert self.staging is not None
+            self.staging.write(self.size, memoryview(data)[taken:])
+            self.size += len(data) - taken
+            self.mark_dirty()
 
     def _fail_stream(self, e: Exception) -> None:
         self.broken = f"upload failed, data of this file was lost: {e}"
@@ -165,6 +175,20 @@ class FileData:
             self.base_size = min(self.base_size, new_size)
             self.size = new_size
             self.mark_dirty()
+
+    async def spill(self) -> None:
+        """Move an idle stream's part buffer to the staging disk (freeing
+        its write budget); a file busy with an operation is left alone."""
+        if (self.stream is None or self.stream.closed or not self.stream.buf
+                or self.lock.locked()):
+            return
+        async with self.lock:
+            if self.stream is None or self.stream.closed:
+                return
+            try:
+                await self._to_staging()
+            except FsError as e:  # the file is broken; its writer sees EIO
+                log.warning("could not move %r to staging: %s", self.key_fn(), e)
 
     async def _to_staging(self) -> None:
         """Move from streaming (or nothing) to a staging file."""
@@ -203,9 +227,7 @@ class FileData:
                 if tail is not None:
                     return tail
             await self._to_staging()
-            await self._fill(off, end)
-            assert self.staging is not None
-            return self.staging.read(off, end - off)
+            return await self._read_range(off, end)
 
     async def _fill(self, start: int, end: int) -> None:
         """Fetch the base's bytes of ``[start, end)`` that are not staged."""
@@ -230,14 +252,7 @@ class FileData:
                 chunks.append((s, min(ge, s + self.ctx.read_part_size)))
 
         async def fetch(s: int, e: int) -> None:
-            try:
-                data = await self.ctx.store.get(key, s, e, etag=self.base_etag)
-            except PreconditionFailed:
-                raise Stale("object changed in S3 while open") from None
-            except ObjectNotFound:
-                raise Stale("object deleted in S3 while open") from None
-            if len(data) != e - s:
-                raise Stale("object shorter than expected")
+            data = await self._get_base(key, s, e)
             if staging.present.overlaps(s, e):
                 # written locally while we fetched: keep those bytes
                 for gs, ge in staging.present.gaps(s, e):
@@ -264,10 +279,32 @@ class FileData:
             os.close(self.local_base_fd)
             self.local_base_fd = None
 
+    async def _get_base(self, key: str, start: int, end: int) -> bytes:
+        try:
+            data = await self.ctx.store.get(key, start, end, etag=self.base_etag)
+        except PreconditionFailed:
+            raise Stale("object changed in S3 while open") from None
+        except ObjectNotFound:
+            raise Stale("object deleted in S3 while open") from None
+        if len(data) != end - start:
+            raise Stale("object shorter than expected")
+        return data
+
     async def _read_range(self, start: int, end: int) -> bytes:
-        await self._fill(start, end)
-        assert self.staging is not None
-        return self.staging.read(start, end - start)
+        staging = self.staging
+        assert staging is not None
+        try:
+            await self._fill(start, end)
+        except NoSpace:
+            # The staging disk is full: the base's bytes are fetched for this
+            # read without being kept, so reads (and the upload, which reads
+            # through here) go on working.
+            out = bytearray(staging.read(start, end - start))
+            key = self.key_fn()
+            for gs, ge in staging.present.gaps(start, min(end, self.base_size)):
+                out[gs - start:ge - start] = await self._get_base(key, gs, ge)
+            return bytes(out)
+        return staging.read(start, end - start)
 
     # -- upload -----------------------------------------------------------
 

@@ -15,7 +15,8 @@ ahead of the reader:
   reads never pull megabytes.  Up to 1 MiB behind the reader is kept for
   small backward seeks.
 * Prefetch memory is taken from the mount's read budget; when it is spent,
-  read-ahead stops short but reads are still served.
+  read-ahead stops short but reads are still served (fetching only what
+  they need).
 
 Every GET is pinned to the ETag the file was opened with: if the object is
 replaced or deleted in S3 while it is open, the reader gets ESTALE, never a
@@ -81,12 +82,20 @@ class Prefetcher:
 
     # -- scheduling -------------------------------------------------------
 
-    def _fetch(self, start: int, end: int, needed: bool) -> bool:
-        """Schedule ``[start, end)``; False if the budget refused a prefetch."""
+    def _fetch(self, start: int, end: int, need_end: int) -> bool:
+        """Schedule ``[start, end)``; False if the budget refused a prefetch.
+
+        Bytes the current read needs (below ``need_end``) are fetched even
+        when the budget is spent, but then only those: a read never waits,
+        and many readers at once do not each hold a whole segment outside
+        the budget.
+        """
         n = end - start
         held = n if self.ctx.read_budget.try_acquire(n) else 0
-        if not held and not needed:
-            return False
+        if not held:
+            if start >= need_end:
+                return False
+            end = min(end, max(need_end, start + MIN_RANDOM_FETCH))
         seg = Segment(start, end, held)
         self.segments.append(seg)
         self.next_fetch = end
@@ -151,7 +160,7 @@ class Prefetcher:
             end = min(until, start + step)
             if start >= need_end and end - start < step and end < self.size:
                 break  # a short tail: leave it for a later whole segment
-            if not self._fetch(start, end, needed=start < need_end):
+            if not self._fetch(start, end, need_end):
                 break
 
     # -- reading ----------------------------------------------------------

@@ -7,7 +7,9 @@ the object in S3, fetched for reading).  Bytes not present are either the unchan
 the file's base size) or zeros (above it); the owner (``FileData``) decides.
 Local I/O is done inline: pread/pwrite on a page-cached temporary file take
 microseconds, far less than handing them to a thread.  A full disk raises
-``NoSpace`` (ENOSPC to the writer) and leaves the previous state intact.
+``NoSpace`` (ENOSPC to the writer) and leaves the previous state intact
+(blocks are reserved before they are written); running out of file
+descriptors gives EMFILE or ENFILE.
 """
 
 from __future__ import annotations
@@ -16,26 +18,51 @@ import errno
 import os
 import tempfile
 
-from ..errors import IOFailure, NoSpace
+from ..errors import FsError, IOFailure, NoSpace
 from .extents import Extents
+
+
+_OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate ``[offset, offset+length)`` of ``fd``; ENOSPC if it does not fit.
+
+    Filesystems without fallocate (EOPNOTSUPP, EINVAL) are written without
+    the reservation.
+    """
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 class Staging:
     def __init__(self, directory: str):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         try:
-            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
-        except OSError:
-            # filesystems without O_TMPFILE: a named file, unlinked at once
-            fd, path = tempfile.mkstemp(dir=directory, prefix="staging-")
-            os.unlink(path)
-            self.fd = fd
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            try:
+                self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+            except OSError as e:
+                if e.errno in _OUT_OF_FILES:
+                    raise
+                # filesystems without O_TMPFILE: a named file, unlinked at once
+                fd, path = tempfile.mkstemp(dir=directory, prefix="staging-")
+                os.unlink(path)
+                self.fd = fd
+        except OSError as e:
+            raise self._os_error(e, "creating") from None
         self.present = Extents()
         self.dirty = Extents()
 
     def _os_error(self, e: OSError, what: str) -> Exception:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return NoSpace(f"staging disk full while {what}")
+        if e.errno in _OUT_OF_FILES:
+            # the daemon's file descriptors (or the system's) are spent: the
+            # caller gets that errno, not EIO, and the mount goes on
+            return FsError(f"staging file {what}: {e.strerror}", errno=e.errno)
         return IOFailure(f"staging file {what}: {e.strerror}")
 
     def write(self, offset: int, data: bytes | memoryview, *, dirty: bool = True) -> None:
@@ -43,6 +70,10 @@ class Staging:
         view = memoryview(data)
         pos = offset
         try:
+            # Reserve the blocks first: a disk that fills up in the middle of
+            # pwrite would leave bytes overwritten by a write that failed.
+            if len(view):
+                _reserve(self.fd, offset, len(view))
             while len(view):
                 n = os.pwrite(self.fd, view, pos)
                 view = view[n:]

@@ -4,11 +4,11 @@
 offset 0.  Nothing is sent until the first part is full; from then on each
 full part is uploaded in the background while the writer goes on, up to
 ``upload_concurrency`` parts in flight for the mount, with the bytes held
-counted against the mount's write budget (so writers wait, memory does not
-grow).  ``finish`` sends the tail and completes the upload, or sends one
-PutObject if the file never filled a part.  A failed part aborts the whole
-upload and the error is raised by ``finish`` (and so reaches close/fsync as
-EIO); it is never dropped.
+counted against the mount's write budget (when it is spent, the file moves
+to staging on disk: memory does not grow).  ``finish`` sends the tail and
+completes the upload, or sends one PutObject if the file never filled a part.
+A failed part aborts the whole upload and the error is raised by ``finish``
+(and so reaches close/fsync as EIO); it is never dropped.
 
 ``upload_staged`` uploads a file whose bytes are partly local (a staging
 file) and partly the unchanged object in S3: parts that were not touched
@@ -58,20 +58,35 @@ class StreamingUpload:
         """True once a multipart upload exists on the server."""
         return self.upload_id is not None
 
-    async def append(self, data: bytes | memoryview) -> None:
+    async def append(self, data: bytes | memoryview) -> int:
+        """Buffer ``data``, sending each part as it fills; returns how many
+        bytes were taken.
+
+        Takes fewer than ``len(data)`` (perhaps none) when the write budget
+        is spent, and the caller moves the file to staging instead.  Waiting
+        here could deadlock: with more writers than the budget has parts
+        (16 writers, 256M, 24M parts), every writer can end up holding part
+        of a part, none full, each waiting for the others; and a program
+        writing to many files in turn waits on one file while the others
+        hold the budget.
+        """
         view = memoryview(data)
+        taken = 0
         while len(view):
             room = part_size(self.next_part, self.ctx.part_size) - len(self.buf)
             chunk = view[:room]
-            await self.ctx.write_budget.acquire(len(chunk))
+            if not self.ctx.write_budget.try_acquire(len(chunk)):
+                break
             self._held += len(chunk)
             self.buf += chunk
             self.size += len(chunk)
+            taken += len(chunk)
             view = view[len(chunk):]
             if len(self.buf) == part_size(self.next_part, self.ctx.part_size):
                 await self._ship()
         if self.error is not None:
             raise upload_error(self.error, f"upload of {self.key!r}")
+        return taken
 
     def read_tail(self, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` if they are still in the buffer, else None."""
@@ -182,13 +197,16 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     within the base are copied server-side.
     """
     if size <= ctx.single_put_max:
-        body = await read(0, size)
+        await ctx.acquire_for_upload(size)
         try:
+            body = await read(0, size)
             return await ctx.store.put(key, body, metadata=headers.metadata,
                                        content_type=headers.content_type,
                                        headers=headers.headers)
         except StoreError as e:
             raise upload_error(e, f"upload of {key!r}") from e
+        finally:
+            ctx.write_budget.release(size)
     upload_id = await ctx.store.create_multipart(key, metadata=headers.metadata,
                                                  content_type=headers.content_type,
                                                  headers=headers.headers)
@@ -206,7 +224,7 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                         key, upload_id, number, base_key, start, end, src_etag=base_etag))
                     copied += end - start
                     return
-                await ctx.write_budget.acquire(end - start)
+                await ctx.acquire_for_upload(end - start)
                 try:
                     body = await read(start, end)
                     parts.append(await ctx.store.upload_part(key, upload_id, number, body))

@@ -24,6 +24,9 @@ NAME_MAX = 255
 # s3fs's legacy (pre-1.63) and other tools' directory placeholder suffix.
 FOLDER_SUFFIX = "_$folder$"
 
+# Keys already logged as hidden.  A bucket can hold millions of them: after
+# this many, further ones are not logged at all (one line says so), so the
+# log and this set stay bounded and nothing is logged at every listing.
 _logged_skips: set[str] = set()
 _MAX_LOGGED_SKIPS = 10_000
 
@@ -35,11 +38,15 @@ def valid_component(name: str) -> bool:
 
 
 def skip(key: str, why: str) -> None:
-    """Log (once per key, bounded) that a key cannot be shown."""
-    if key in _logged_skips:
+    """Log (once per key, for the first _MAX_LOGGED_SKIPS keys) that a key
+    cannot be shown."""
+    if key in _logged_skips or len(_logged_skips) > _MAX_LOGGED_SKIPS:
         return
-    if len(_logged_skips) < _MAX_LOGGED_SKIPS:
-        _logged_skips.add(key)
+    _logged_skips.add(key)
+    if len(_logged_skips) > _MAX_LOGGED_SKIPS:
+        log.warning("more than %d keys hidden: further ones are not logged",
+                    _MAX_LOGGED_SKIPS)
+        return
     log.warning("hiding key %r: %s", key, why)
 
 

@@ -558,9 +558,18 @@ class Namespace:
                 else:
                     self.apply_info(child, info, is_dir=child.is_dir)
 
+        # A fixed pool of workers, not one task per entry: a listing of
+        # 100,000 names would otherwise hold 100,000 tasks at once (about
+        # 4 KiB each) while they queue for the limiter.
+        pending = iter(todo)
+
+        async def worker() -> None:
+            for child in pending:
+                await one(child)
+
         async with open_nursery() as n:
-            for child in todo:
-                n.start_soon(one, child)
+            for _ in range(min(len(todo), self.cfg.stat_concurrency)):
+                n.start_soon(worker)
 
     async def ensure_metadata(self, node: Inode) -> None:
         """Make sure ``node.remote.metadata`` is the full set from a HEAD

@@ -356,3 +356,40 @@ def test_concurrent_reads_of_one_handle_all_get_their_bytes(tmp_path):
         await fs.release(h.fh)
 
     run_fs(tmp_path, body, "read_part_size=1M", store=store)
+
+
+# -- listing a big directory holds a bounded number of tasks ------------------------------
+
+def test_listing_heads_entries_with_a_fixed_pool_of_tasks(tmp_path):
+    """The HEADs that fill in a listing's attributes run in stat_concurrency
+    workers, not one task per entry (100,000 entries meant 100,000 tasks,
+    about 4 KiB each, alive at once)."""
+    store = MemoryStore()
+    for i in range(3000):
+        store.put_sync(f"big/f{i:05d}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+
+    class LiveTasks(trio.abc.Instrument):
+        def __init__(self):
+            self.live = self.peak = 0
+
+        def task_spawned(self, task):
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+
+        def task_exited(self, task):
+            self.live -= 1
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"big")
+        counter = LiveTasks()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            fh = (await fs.opendir(d.ino)).fh
+            entries = await fs.readdir(fh, 0)
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert len(entries) == 3000
+        assert all(stat.S_IMODE(n.attr.mode) == 0o600 for _, n in entries)
+        assert counter.peak <= 8 + 16, counter.peak
+
+    run_fs(tmp_path, body, "stat_concurrency=8", store=store)

@@ -265,6 +265,35 @@ def test_streaming_respects_the_write_budget(tmp_path):
     assert max(peaks) <= 10 * MiB
 
 
+def test_writers_beyond_the_budget_move_to_staging_instead_of_deadlocking(tmp_path):
+    """More sequential writers than the budget has parts, written in turn by
+    one task (as ``split -n r/N`` does): each would hold part of a part and
+    wait for the others.  A writer the budget cannot serve goes on on the
+    staging disk instead; every file arrives whole."""
+    store = CountingStore()
+    n_files, size, chunk = 4, 12 * MiB, 256 * KiB
+    datas = [blob(size, 10 + i) for i in range(n_files)]
+
+    async def body(ctx):
+        files = [FileData(ctx, (lambda k=f"f{i}": k), lambda: HEADERS, base_etag=None,
+                          base_size=0) for i in range(n_files)]
+        for off in range(0, size, chunk):
+            for f, data in zip(files, datas):
+                assert await f.write(off, data[off:off + chunk]) == chunk
+                assert ctx.write_budget.used <= ctx.write_budget.limit
+        assert any(f.staging is not None for f in files), "the budget was never spent"
+        for f, data in zip(files, datas):
+            assert await f.read(0, size) == data
+            await f.flush()
+            await f.close()
+
+    # budget for two parts; four writers
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    for i, data in enumerate(datas):
+        assert store.objects[f"f{i}"].data == data
+    assert not store.uploads
+
+
 def test_non_sequential_write_after_streaming_started_converts(tmp_path):
     store = CountingStore()
     first = blob(7 * MiB, 1)
@@ -570,3 +599,57 @@ def test_prefetch_closed_early_releases_its_budget(tmp_path):
         pf.close()  # segments still in flight release when they land
 
     run_data(body, store, tmp_path)
+
+
+def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path):
+    """One task writes two files in turn (streams holding most of the
+    budget) and then closes a staged file: the streams' buffers move to
+    disk instead of the close waiting for them forever."""
+    store = CountingStore()
+    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
+    staged = blob(PART + MiB, 3)
+
+    async def body(ctx):
+        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
+                            base_size=0) for i in range(2)]
+        for s, data in zip(streams, datas):
+            await s.write(0, data)
+        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
+        await f.write(1, staged[1:])  # not from offset 0: staged
+        await f.write(0, b"\0")
+        assert f.staging is not None
+        await f.flush()
+        assert all(s.staging is not None for s in streams)
+        await f.close()
+        for s in streams:
+            await s.flush()
+            await s.close()
+
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    assert store.objects["staged"].data == b"\0" + staged[1:]
+    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
+
+
+def test_readers_beyond_the_read_budget_fetch_only_what_they_read(tmp_path):
+    """Many sequential readers at once: what the read budget cannot cover is
+    fetched read by read, never whole segments outside the budget."""
+    store = CountingStore()
+    data, etag = make_object(store, 24 * MiB, 9)
+    chunk = 128 * KiB
+
+    async def body(ctx):
+        pfs = [Prefetcher(ctx, lambda: KEY, etag, len(data)) for _ in range(8)]
+        outs = [[] for _ in pfs]
+        for off in range(0, len(data), chunk):
+            for pf, out in zip(pfs, outs):
+                out.append(await pf.read(off, chunk))
+                unaccounted = sum(s.end - s.start for p in pfs for s in p.segments
+                                  if not s.held and not s.dropped)
+                assert unaccounted <= len(pfs) * FIRST_WINDOW
+        assert all(b"".join(out) == data for out in outs)
+        for pf in pfs:
+            pf.close()
+
+    # read memory 4 x prefetch_max = 16 MiB for 8 readers of 4 MiB segments
+    run_data(body, store, tmp_path, read_part_size=4 * MiB, prefetch_max=4 * MiB)
+    assert max(e - s for s, e in store.gets) <= 4 * MiB

@@ -185,3 +185,15 @@ def test_hidden_key_is_logged_once(caplog):
     assert entry_from_listing("once/", key) is None
     assert entry_from_listing("once/", key) is None
     assert sum(key in r.getMessage() for r in caplog.records) == 1
+
+
+def test_hidden_keys_beyond_the_cap_are_not_logged_at_all(caplog, monkeypatch):
+    caplog.set_level(logging.WARNING, logger="objectfs.namespace.keys")
+    monkeypatch.setattr(keys, "_logged_skips", set())
+    monkeypatch.setattr(keys, "_MAX_LOGGED_SKIPS", 3)
+    for _ in range(3):  # three listings of the same five hidden keys
+        for i in range(5):
+            assert entry_from_listing("cap/", f"cap/{i}" + "z" * 300) is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("hiding key" in m for m in messages) == 3
+    assert sum("further ones are not logged" in m for m in messages) == 1

@@ -26,6 +26,9 @@ FILES = {
     "wb": "tests/integration/test_writeback.py",
     "tier": "tests/integration/test_tier.py",
     "mnt": "tests/integration/test_mounting.py",
+    "hostile": "tests/integration/test_hostile.py",
+    "limits": "tests/integration/test_limits.py",
+    "model": "tests/integration/test_model.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 

@@ -1,0 +1,234 @@
+"""Resource limits of the daemon, through a real FUSE mount of ObjectFS.
+
+* Write buffers: 16 files written at once stay within ``write_buffer_memory``
+  (the daemon's peak RSS, VmHWM, is measured; writers beyond the budget go
+  on in staging files instead of waiting for each other), and reading them
+  back at once stays within the prefetch memory.
+* A full staging disk (a 20 MiB tmpfs as ``staging_dir``) gives ENOSPC to
+  the writer; what is in S3 afterwards is exactly the writes that succeeded.
+* Running out of file descriptors (the daemon's RLIMIT_NOFILE lowered with
+  prlimit) gives the caller EMFILE, and the mount recovers once files close.
+
+The soak run (OBJECTFS_SOAK=1, ``make soak``) writes 16 x 200 MiB with the
+default 256M budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import resource
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_hostile import SOAK, reset_peak_rss, vm_kib
+
+MiB = 1 << 20
+
+
+# -- write buffers -------------------------------------------------------------------------
+
+def write_in_parallel(m, n_files: int, size: int, budget: int, slack: int) -> dict:
+    """Write ``n_files`` files of ``size`` bytes at once; check them in S3
+    and that the daemon's peak RSS grew by less than ``budget + slack``."""
+    pid, mp = m.proc.pid, m.mountpoint
+    chunk = random.Random(7).randbytes(MiB)
+    base = vm_kib(pid, "VmRSS") * 1024
+    reset_peak_rss(pid)
+
+    def write(i: int) -> None:
+        with open(os.path.join(mp, f"w{i:02d}"), "wb") as f:
+            for j in range(size // MiB):
+                f.write(bytes([i]) + chunk[1:])  # each file's chunks differ from the others'
+
+    t = time.monotonic()
+    with ThreadPoolExecutor(n_files) as pool:
+        list(pool.map(write, range(n_files)))
+    elapsed = time.monotonic() - t
+    peak = vm_kib(pid, "VmHWM") * 1024
+    figures = {"files": n_files, "size_mib": size // MiB, "budget_mib": budget // MiB,
+               "rss_before_mib": base // MiB, "peak_rss_mib": peak // MiB,
+               "growth_mib": (peak - base) // MiB, "seconds": round(elapsed, 1)}
+    print(f"\n16 writers: {figures}")
+    assert peak - base < budget + slack, figures
+    return figures
+
+
+def read_in_parallel(m, n_files: int, size: int, budget: int, slack: int) -> dict:
+    """Read the files back at once through the mount (sequential reads,
+    prefetched): bytes right, peak RSS growth under ``budget + slack``."""
+    pid, mp = m.proc.pid, m.mountpoint
+    chunk = random.Random(7).randbytes(MiB)
+    base = vm_kib(pid, "VmRSS") * 1024
+    reset_peak_rss(pid)
+
+    def read(i: int) -> bool:
+        want = bytes([i]) + chunk[1:]
+        with open(os.path.join(mp, f"w{i:02d}"), "rb", buffering=0) as f:
+            return all(f.read(MiB) == want for _ in range(size // MiB)) and f.read(1) == b""
+
+    with ThreadPoolExecutor(n_files) as pool:
+        assert all(pool.map(read, range(n_files)))
+    peak = vm_kib(pid, "VmHWM") * 1024
+    figures = {"read_budget_mib": budget // MiB, "rss_before_mib": base // MiB,
+               "peak_rss_mib": peak // MiB, "growth_mib": (peak - base) // MiB}
+    print(f"16 readers: {figures}")
+    assert peak - base < budget + slack, figures
+    return figures
+
+
+def check_written(s3_client, bucket: str, n_files: int, size: int) -> None:
+    chunk = random.Random(7).randbytes(MiB)
+    for i in range(n_files):
+        body = s3_client.get_object(Bucket=bucket, Key=f"w{i:02d}")["Body"].read()
+        assert len(body) == size
+        assert body == (bytes([i]) + chunk[1:]) * (size // MiB), f"w{i:02d} differs"
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_sixteen_writers_stay_within_the_write_budget(mount, bucket, s3_client):
+    # 16 x 12 MiB with a 32 MiB budget of 5 MiB parts: more writers than parts
+    budget, size = 32 * MiB, 12 * MiB
+    # prefetch memory: max(write_buffer_memory, 4 x prefetch_max) = 32 MiB
+    m = mount(bucket, options=["part_size=5M", f"write_buffer_memory={budget}",
+                               "prefetch_max=8M", "read_part_size=1M"])
+    write_in_parallel(m, 16, size, budget, slack=96 * MiB)
+    check_written(s3_client, bucket, 16, size)
+    read_in_parallel(m, 16, size, budget, slack=96 * MiB)
+    assert m.proc.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(not SOAK, reason="OBJECTFS_SOAK=1 (make soak) writes 16 x 200 MiB")
+def test_sixteen_writers_of_200_mib_stay_within_the_default_budget(mount, bucket, s3_client):
+    budget, size = 256 * MiB, 200 * MiB
+    m = mount(bucket, options=[f"write_buffer_memory={budget}"])
+    write_in_parallel(m, 16, size, budget, slack=256 * MiB)
+    check_written(s3_client, bucket, 16, size)
+    read_in_parallel(m, 16, size, budget, slack=256 * MiB)  # 4 x prefetch_max = 256M
+
+
+# -- a full staging disk -------------------------------------------------------------------
+
+@pytest.fixture
+def small_staging(workdir):
+    """A 20 MiB tmpfs to stage on, unmounted at the end even on failure."""
+    d = workdir / "small-staging"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,mode=0700", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        # the mount fixture has stopped the daemon by now (fixtures unwind
+        # in reverse); a lazy unmount also covers a daemon that still holds it
+        if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_full_staging_disk_gives_enospc_and_keeps_s3_consistent(small_staging, mount, bucket,
+                                                                 s3_client):
+    rng = random.Random(3)
+    original = rng.randbytes(8 * MiB)
+    s3_client.put_object(Bucket=bucket, Key="big", Body=original)
+    s3_client.put_object(Bucket=bucket, Key="other", Body=b"untouched")
+    m = mount(bucket, options=[f"staging_dir={small_staging}"])
+    path = os.path.join(m.mountpoint, "big")
+    model = bytearray(original)
+    error = None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        # random writes (staged, not streamed) over 40 MiB: the tmpfs fills
+        for _ in range(400):
+            off = rng.randrange(0, 40 * MiB)
+            data = rng.randbytes(rng.choice([4096, 100_000, 1 * MiB]))
+            try:
+                # a short count is a legal answer (the kernel sends a big
+                # write as several requests, and a later one failed): the
+                # rest is tried again and gives the error
+                while data:
+                    n = os.pwrite(fd, data, off)
+                    assert 0 < n <= len(data)
+                    if off > len(model):
+                        model.extend(bytes(off - len(model)))
+                    model[off:off + n] = data[:n]
+                    off, data = off + n, data[n:]
+            except OSError as e:
+                error = e
+                break
+        assert error is not None and error.errno == errno.ENOSPC, error
+        # what the writer was told is there reads back
+        assert os.pread(fd, len(model) + 10, 0) == bytes(model)
+        os.fsync(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    # S3 holds exactly the acknowledged writes; the other object is untouched
+    assert s3_client.get_object(Bucket=bucket, Key="big")["Body"].read() == bytes(model)
+    assert s3_client.get_object(Bucket=bucket, Key="other")["Body"].read() == b"untouched"
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    # the space is back once the file is closed: staging works again
+    with open(os.path.join(m.mountpoint, "other"), "r+b") as f:
+        f.seek(2)
+        f.write(b"UCHED")
+    assert s3_client.get_object(Bucket=bucket, Key="other")["Body"].read() == b"unUCHEDed"
+    assert m.proc.poll() is None
+    assert "staging disk full" in Path(m.log_path).read_text(errors="replace")
+
+
+# -- file descriptors --------------------------------------------------------------------------
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_file_descriptor_exhaustion_gives_emfile_and_the_mount_recovers(mount, bucket,
+                                                                       s3_client):
+    n_files = 40
+    for i in range(n_files):
+        s3_client.put_object(Bucket=bucket, Key=f"e{i:02d}", Body=b"0123456789")
+    m = mount(bucket)
+    mp, pid = m.mountpoint, m.proc.pid
+    os.listdir(mp)  # connections and the listing come first
+    # every file edited in place needs a staging file (one descriptor) in
+    # the daemon; leave room for 10
+    limit = open_fds(pid) + 10
+    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, old[1]))
+    held, refused = [], []
+    try:
+        for i in range(n_files):
+            fd = os.open(os.path.join(mp, f"e{i:02d}"), os.O_RDWR)
+            held.append(fd)
+            try:
+                os.pwrite(fd, b"X", 3)
+            except OSError as e:
+                refused.append(e.errno)
+        assert refused and set(refused) <= {errno.EMFILE, errno.ENFILE}, refused
+        assert len(refused) < n_files
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        for fd in held[:-1]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    os.close(held[-1])  # closes (uploads) succeed again
+    # the edits that were accepted are in S3, the refused ones left no trace
+    bodies = [s3_client.get_object(Bucket=bucket, Key=f"e{i:02d}")["Body"].read()
+              for i in range(n_files)]
+    assert bodies.count(b"012X456789") == n_files - len(refused)
+    assert bodies.count(b"0123456789") == len(refused)
+    # descriptors are back: the mount works as before
+    with open(os.path.join(mp, "e00"), "r+b") as f:
+        f.seek(0)
+        f.write(b"Y")
+    assert s3_client.get_object(Bucket=bucket, Key="e00")["Body"].read()[:1] == b"Y"
+    assert m.proc.poll() is None
