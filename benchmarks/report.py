@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import statistics
 
-FS_ORDER = ["objectfs", "s3fs", "rclone-full", "rclone-off", "boto3"]
+# objectfs-wb: ObjectFS with -o writeback (close returns once staged on local
+# disk, upload 5 s later), the counterpart of rclone's full cache mode.
+FS_ORDER = ["objectfs", "objectfs-wb", "s3fs", "rclone-full", "rclone-off", "boto3"]
 BASELINES = ["objectfs", "boto3"]
 
 WORKLOADS = ["seq_write", "seq_read", "random_read", "small_files", "untar", "rename_dir",
@@ -279,7 +281,7 @@ def chart(summary: Summary, path: str) -> str | None:
     metrics = summary.metrics
     fig, axes = plt.subplots(3, 1, figsize=(14, 15),
                              gridspec_kw={"height_ratios": [2.2, 1, 1]})
-    colors = {"objectfs": "#d62728", "s3fs": "#1f77b4", "rclone-full": "#2ca02c",
+    colors = {"objectfs": "#d62728", "objectfs-wb": "#ff9896", "s3fs": "#1f77b4", "rclone-full": "#2ca02c",
               "rclone-off": "#98df8a", "boto3": "#7f7f7f"}
     width = 0.8 / len(fs)
 

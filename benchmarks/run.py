@@ -253,8 +253,12 @@ class Bench:
         logp = str(self.workdir / "logs" / f"{fs}-{self._n}.log")
         bucket = self.buckets[fs]
         try:
-            if fs == "objectfs":
-                h = M.ObjectFSMount(self.server, bucket, str(mp), log_path=logp)
+            if fs in ("objectfs", "objectfs-wb"):
+                # a fresh local tier per mount, as rclone gets a fresh cache:
+                # "cold" means nothing of the bucket is on local disk yet
+                tier = self.workdir / "tier" / f"{fs}-{self._n}"
+                opts = [f"cache_dir={tier}"] + (["writeback"] if fs == "objectfs-wb" else [])
+                h = M.ObjectFSMount(self.server, bucket, str(mp), log_path=logp, options=opts)
             elif fs == "s3fs":
                 h = M.S3fsMount(self.server, bucket, str(mp), log_path=logp)
             elif fs in ("rclone-full", "rclone-off"):

@@ -115,7 +115,8 @@ def make_mount(name: str, server, mountpoint: str, base: str, attempt: int):
     if name == "objectfs":
         staging = os.path.join(base, "objectfs-staging")
         os.makedirs(staging, exist_ok=True)
-        opts = OBJECTFS_OPTIONS + [f"staging_dir={staging}"]
+        opts = OBJECTFS_OPTIONS + [f"staging_dir={staging}",
+                                   f"cache_dir={os.path.join(base, 'objectfs-cache')}"]
         return (ObjectFSMount(server, bucket, mountpoint, options=opts, log_path=log),
                 "-o " + ",".join(OBJECTFS_OPTIONS))
     raise ValueError(f"unknown filesystem {name!r}")
