@@ -63,6 +63,30 @@ def s3(tmp_path_factory):
         server.stop()
 
 
+# Denials the authorisation tests rely on (one server for all of them).
+AUTH_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/secret/*"},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": [
+            "arn:aws:s3:::*/readonly/locked*", "arn:aws:s3:::*/locked/f*",
+            "arn:aws:s3:::*/denied*"]},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def auth_s3(tmp_path_factory):
+    """A moto server that checks credentials and applies AUTH_POLICY."""
+    server = MotoServer(policy=AUTH_POLICY,
+                        log_path=str(tmp_path_factory.mktemp("moto-auth") / "moto.log"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def s3_client(s3):
     return s3.client()

@@ -33,6 +33,7 @@ filesystem hears of the outcome through ``on_done(pending, info, conflict)``.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import time
@@ -43,7 +44,7 @@ import trio
 
 from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
-from ..errors import FsError, NotFound, NotSupported, PreconditionFailed
+from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
 from .journal import Entry, Journal, Manifest
 
@@ -255,9 +256,12 @@ class WriteBack:
             return sorted(p.key for p in self.active)
         with trio.move_on_after(timeout):
             while self.active:
+                now = trio.current_time()
                 for p in list(self.active):
+                    # a failed entry is retried once a second here, not in
+                    # a tight loop against a server that keeps refusing it
                     if not p.busy:
-                        p.due = trio.current_time()
+                        p.due = now if p.error is None else min(p.due, now + RETRY_FIRST)
                 self._kick()
                 p = next(iter(self.active))
                 with trio.move_on_after(1):
@@ -373,8 +377,9 @@ class WriteBack:
             return await self.ctx.store.put(key, body, metadata=h.metadata,
                                             content_type=h.content_type, headers=h.headers,
                                             **cond)
-        except NotSupported:
-            if not cond:
+        except FsError as e:
+            # Swift's s3api, older MinIO and Ceph answer 501 NotImplemented
+            if not cond or e.errno != errno.EOPNOTSUPP:
                 raise
             log.info("the server refuses conditional writes; relying on HEAD checks")
             self._conditional = False

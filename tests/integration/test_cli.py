@@ -15,7 +15,7 @@ import pytest
 from objectfs.mount import read_state
 from tests.conftest import REPO, WATCHDOG_SECONDS, fuse_usable, run_cli
 from tests.support.mounts import abort_connection, force_unmount, is_mounted, wait_mounted
-from tests.support.s3server import MotoServer, free_port
+from tests.support.s3server import free_port
 
 pytestmark = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
 
@@ -284,26 +284,6 @@ def test_bad_source_url(objectfs_cli, mountpoint):
 
 
 # -- credentials and authorisation against a server that checks them --------------------
-
-POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"},
-        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/secret/*"},
-        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::*/readonly/locked*"},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def auth_s3(tmp_path_factory):
-    server = MotoServer(policy=POLICY,
-                        log_path=str(tmp_path_factory.mktemp("moto-auth") / "log"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def test_rejected_credentials(auth_s3, mountpoint):
     bucket = auth_s3.new_bucket()

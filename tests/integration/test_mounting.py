@@ -334,20 +334,6 @@ def test_notify_on_abstract_socket_and_sigterm(s3, bucket, workdir, mountpoint):
 
 # -- s3fs passwd files against a server that checks credentials ---------------------------
 
-@pytest.fixture(scope="module")
-def iam_s3(tmp_path_factory):
-    policy = {"Version": "2012-10-17",
-              "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"},
-                            {"Effect": "Deny", "Action": "s3:PutObject",
-                             "Resource": "arn:aws:s3:::*/denied*"}]}
-    server = MotoServer(policy=policy,
-                        log_path=str(tmp_path_factory.mktemp("moto-iam") / "log"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def env_without_aws(workdir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AWSACCESS",
                                                                       "AWSSECRET"))}
@@ -364,13 +350,13 @@ def write_secret(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def test_passwd_file_option(iam_s3, workdir, mountpoint):
-    bucket = iam_s3.new_bucket()
-    iam_s3.client().put_object(Bucket=bucket, Key="k", Body=b"v")
+def test_passwd_file_option(auth_s3, workdir, mountpoint):
+    bucket = auth_s3.new_bucket()
+    auth_s3.client().put_object(Bucket=bucket, Key="k", Body=b"v")
     env = env_without_aws(workdir)
     good = write_secret(workdir / "pw", f"# s3fs format\nWRONGKEY:wrongsecret\n"
-                        f"{bucket}:{iam_s3.access_key}:{iam_s3.secret_key}\n")
-    args = mount_args(iam_s3, bucket, mountpoint, "-o", f"passwd_file={good}")
+                        f"{bucket}:{auth_s3.access_key}:{auth_s3.secret_key}\n")
+    args = mount_args(auth_s3, bucket, mountpoint, "-o", f"passwd_file={good}")
     r = run_cli(args, env=env)
     assert r.returncode == 0, r.stderr
     try:
@@ -381,26 +367,26 @@ def test_passwd_file_option(iam_s3, workdir, mountpoint):
     os.chmod(good, 0o640)
     r = run_cli(args, env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "group or others" in r.stderr and iam_s3.secret_key not in r.stderr
+    assert "group or others" in r.stderr and auth_s3.secret_key not in r.stderr
     # a wrong pair: rejected by the server, one line
-    bad = write_secret(workdir / "bad", f"{iam_s3.access_key}:not-the-secret\n")
-    r = run_cli(mount_args(iam_s3, bucket, mountpoint, "-o", f"passwd_file={bad}"), env=env)
+    bad = write_secret(workdir / "bad", f"{auth_s3.access_key}:not-the-secret\n")
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint, "-o", f"passwd_file={bad}"), env=env)
     assert r.returncode == 1 and "credentials were rejected" in r.stderr, r.stderr
     assert "not-the-secret" not in r.stderr
     assert not is_mounted(str(mountpoint))
 
 
-def test_home_passwd_s3fs_when_boto3_has_no_credentials(iam_s3, workdir, mountpoint):
-    bucket = iam_s3.new_bucket()
+def test_home_passwd_s3fs_when_boto3_has_no_credentials(auth_s3, workdir, mountpoint):
+    bucket = auth_s3.new_bucket()
     env = env_without_aws(workdir)
     write_secret(workdir / "home" / ".passwd-s3fs",
-                 f"{iam_s3.access_key}:{iam_s3.secret_key}\n")
-    r = run_cli(mount_args(iam_s3, bucket, mountpoint), env=env)
+                 f"{auth_s3.access_key}:{auth_s3.secret_key}\n")
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint), env=env)
     assert r.returncode == 0, r.stderr
     assert run_cli(["umount", str(mountpoint)], env=env).returncode == 0
     # boto3's own configuration wins over the old s3fs file
     env.update(AWS_ACCESS_KEY_ID="AKIAFROMENVIRONMENT0", AWS_SECRET_ACCESS_KEY="wrong")
-    r = run_cli(mount_args(iam_s3, bucket, mountpoint), env=env)
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint), env=env)
     assert r.returncode == 1 and "credentials were rejected" in r.stderr, r.stderr
 
 
@@ -445,10 +431,10 @@ def test_sigint_uploads_every_open_file_with_a_log_line_each(s3, bucket, s3_clie
     no_traceback(workdir / "daemon.log")
 
 
-def test_upload_refused_at_shutdown_is_logged_and_exit_code_1(iam_s3, workdir, mountpoint):
-    bucket = iam_s3.new_bucket()
+def test_upload_refused_at_shutdown_is_logged_and_exit_code_1(auth_s3, workdir, mountpoint):
+    bucket = auth_s3.new_bucket()
     with mount8_cleanup(mountpoint):
-        proc = start_foreground(iam_s3, bucket, mountpoint, workdir)
+        proc = start_foreground(auth_s3, bucket, mountpoint, workdir)
         f = open(mountpoint / "denied.txt", "wb")
         try:
             f.write(b"S3 refuses this")

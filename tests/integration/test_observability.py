@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tests.support.s3server import MotoServer, free_port
+from tests.support.s3server import free_port
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -192,26 +192,6 @@ def test_metrics_port_in_use_fails_the_mount(s3, bucket, workdir):
 
 
 # -- the log ---------------------------------------------------------------------------
-
-POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"},
-        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/secret/*"},
-        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::*/locked/f*"},
-    ],
-}
-
-
-@pytest.fixture(scope="module")
-def auth_s3(tmp_path_factory):
-    server = MotoServer(policy=POLICY,
-                        log_path=str(tmp_path_factory.mktemp("moto-auth") / "log"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def test_failed_s3_call_is_one_log_line_with_op_key_and_code(auth_s3, mount):
     bucket = auth_s3.new_bucket()

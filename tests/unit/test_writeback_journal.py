@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from objectfs.config import ConfigError, WRITEBACK_DEFAULT_DELAY, build
 from objectfs.data.context import DataContext
+from objectfs.errors import store_error
 from objectfs.store.memory import MemoryStore
 from objectfs.writeback.journal import Journal, Manifest
 from objectfs.writeback.uploader import CONFLICT_INFIX, WriteBack, conflict_key
@@ -262,3 +263,29 @@ def test_conflict_copies_never_replace_each_other():
     assert store.objects["k"].data == b"theirs"
     copies = sorted(store.objects[k].data for k in store.objects if CONFLICT_INFIX in k)
     assert copies == [b"a", b"b"]
+
+
+class NoConditionalPuts(MemoryStore):
+    """A server without conditional writes (Swift's s3api: 501 NotImplemented)."""
+
+    async def put(self, key, body, *, if_none_match=False, if_match=None, **kw):
+        if if_none_match or if_match is not None:
+            self._count("PutObject")
+            raise store_error("NotImplemented", "Conditional object PUTs are not supported.",
+                              op="PutObject", key=key, status=501)
+        return await super().put(key, body, **kw)
+
+
+def test_uploads_fall_back_to_head_checks_without_conditional_puts():
+    store = NoConditionalPuts()
+    store.put_sync("changed", b"base")
+    base = store.objects["changed"].etag
+    staged = [manifest("new"), manifest("changed", base=base), manifest("changed2")]
+    store.put_sync("changed2", b"appeared meanwhile")
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root, staged, [b"1", b"2", b"3"])
+    assert [c for _, c in done] == [False, False, True]
+    assert store.objects["new"].data == b"1" and store.objects["changed"].data == b"2"
+    assert store.objects["changed2"].data == b"appeared meanwhile"
+    # one refused conditional PUT, then plain PUTs (the HEAD checks still find conflicts)
+    assert store.calls["PutObject"] == 4
