@@ -96,8 +96,10 @@ class Counters:
 
 
 class MountVersusLocal(RuleBasedStateMachine):
-    # set by the test function before the run
+    # set by the test function before the run; the mounts use mount_server
+    # (a fault proxy in front of server) when it is set
     server = None
+    mount_server = None
     workdir: Path
     counters: Counters
 
@@ -119,9 +121,10 @@ class MountVersusLocal(RuleBasedStateMachine):
     def _mount(self) -> ObjectFSMount:
         mp = self.dir / f"mnt{len(self.mounts)}"
         mp.mkdir()
-        m = ObjectFSMount(type(self).server, self.bucket, str(mp),
+        cls = type(self)
+        m = ObjectFSMount(cls.mount_server or cls.server, self.bucket, str(mp),
                           options=["log_level=debug", f"staging_dir={self.dir / 'staging'}",
-                                   *OPTIONS],
+                                   f"cache_dir={self.dir / 'cache'}", *OPTIONS],
                           log_path=str(self.dir / f"objectfs{len(self.mounts)}.log"))
         self.mounts.append(m)
         self._watchdog = m.watchdog(MOUNT_SECONDS)
@@ -325,7 +328,7 @@ def model_server(s3):
     return s3
 
 
-def run_model(server, tmp_path, soak: bool) -> Counters:
+def run_model(server, tmp_path, soak: bool, mount_server=None) -> Counters:
     from tests.conftest import fuse_usable
 
     reason = fuse_usable()
@@ -333,6 +336,7 @@ def run_model(server, tmp_path, soak: bool) -> Counters:
         pytest.skip(reason)
     counters = Counters()
     MountVersusLocal.server = server
+    MountVersusLocal.mount_server = mount_server
     MountVersusLocal.workdir = tmp_path
     MountVersusLocal.counters = counters
     try:
@@ -354,3 +358,30 @@ def test_mount_behaves_like_a_local_directory(model_server, tmp_path):
 @pytest.mark.skipif(not SOAK, reason="OBJECTFS_SOAK=1 (make soak) runs the long random search")
 def test_mount_behaves_like_a_local_directory_long_random(model_server, tmp_path):
     run_model(model_server, tmp_path, soak=True)
+
+
+# Faults at about 5% of requests.  A request is faulted at most once in a row
+# (max_consecutive=1), fewer than the mount's retries, so every operation must
+# still give exactly what the local directory gives.
+MODEL_FAULT_RATES = {
+    "*": {"error": 0.02, "slowdown": 0.015, "reset": 0.015},
+    "GetObject": {"error": 0.01, "reset_mid": 0.02, "truncate": 0.02},
+    "PutObject": {"error": 0.02, "reset": 0.01, "corrupt_upload": 0.02},
+    "UploadPart": {"error": 0.02, "reset": 0.01, "corrupt_upload": 0.02},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(6 * 3600)
+@pytest.mark.skipif(not SOAK, reason="OBJECTFS_SOAK=1 (make soak) runs the model under faults")
+def test_mount_behaves_like_a_local_directory_under_faults(s3, tmp_path):
+    from tests.support.faultproxy import FaultProxy
+
+    with FaultProxy(s3, seed=int(os.environ.get("OBJECTFS_SOAK_SEED", "5")), retry_after=0.2,
+                    delay=0.2, max_consecutive=1) as proxy:
+        proxy.set_rates(MODEL_FAULT_RATES)
+        counters = run_model(s3, tmp_path, soak=True, mount_server=proxy)
+        injected, requests = proxy.injected(), sum(proxy.requests.values())
+    print(f"model under faults: {requests} requests, {injected} faults injected, "
+          f"{counters.steps} operations, {counters.bytes_compared} bytes compared, 0 wrong")
+    assert injected > 0
