@@ -188,6 +188,37 @@ def test_full_staging_disk_gives_enospc_and_keeps_s3_consistent(small_staging, m
     assert "staging disk full" in Path(m.log_path).read_text(errors="replace")
 
 
+def test_full_cache_disk_gives_enospc_at_close_with_writeback(small_staging, mount, bucket,
+                                                               s3_client):
+    """cache_dir (local tier and write-back journal) on a 20 MiB tmpfs: a file
+    that does not fit fails close() with ENOSPC and S3 keeps the old version;
+    reads through the full tier still work, and so does a file that fits."""
+    rng = random.Random(4)
+    old = rng.randbytes(2 * MiB)
+    s3_client.put_object(Bucket=bucket, Key="doc", Body=old)
+    m = mount(bucket, options=[f"cache_dir={small_staging}", "writeback=60"])
+    path = os.path.join(m.mountpoint, "doc")
+    assert open(path, "rb").read() == old  # cached in the tier
+    big = rng.randbytes(30 * MiB)
+    f = open(path, "wb")
+    try:
+        f.write(big)
+        with pytest.raises(OSError) as ei:
+            f.close()  # staging the 30 MiB file durably cannot fit
+        assert ei.value.errno == errno.ENOSPC, ei.value
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
+    assert s3_client.get_object(Bucket=bucket, Key="doc")["Body"].read() == old
+    small = rng.randbytes(100_000)
+    with open(os.path.join(m.mountpoint, "small"), "wb") as g:
+        g.write(small)
+        g.flush()
+        os.fsync(g.fileno())  # fsync: in S3 now, write-back or not
+    assert s3_client.get_object(Bucket=bucket, Key="small")["Body"].read() == small
+    assert m.proc.poll() is None
+
+
 # -- file descriptors --------------------------------------------------------------------------
 
 def open_fds(pid: int) -> int:
