@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from objectfs import control
+from objectfs.tier.blockfile import HEADER
+from objectfs.tier.store import disk_bytes
 from tests.conftest import fuse_usable
 from tests.support.s3server import MotoServer
 
@@ -309,7 +311,8 @@ def test_mounts_of_two_buckets_share_one_cache_dir_and_its_bound(mount, logged_s
     data = {b: blob(2 * MiB, i) for i, b in enumerate(buckets)}
     for b in buckets:
         c.put_object(Bucket=b, Key="same-key", Body=data[b])
-    limit = 3 * (MiB + 4096)  # room for three of the four blocks (each with its header)
+    # room for three of the four blocks (as the store counts a block file's disk space)
+    limit = 3 * disk_bytes(HEADER.size + MiB)
     mounts = [mount(b, server=logged_s3, options=[f"cache_size={limit}"]) for b in buckets]
     for m, b in zip(mounts, buckets):
         assert read_uncached(Path(m.mountpoint) / "same-key") == data[b]
