@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -348,26 +347,11 @@ class Bench:
         mounted everywhere; killing the daemon closes /dev/fuse, which aborts the
         connection in every case, so a child blocked in the filesystem wakes up with
         ENOTCONN.  The sample fails; the mount is cleaned up by its stop()."""
-        proc = getattr(m, "proc", None)
-        if proc is None:
+        if getattr(m, "proc", None) is None:
             yield
             return
-
-        def fire():
-            m.watchdog_fired = True
-            with contextlib.suppress(Exception):
-                M.abort_connection(m.mountpoint)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-        t = threading.Timer(seconds, fire)
-        t.daemon = True
-        t.start()
-        try:
+        with m.watchdog(seconds, kill=True):
             yield
-        finally:
-            t.cancel()
 
     @staticmethod
     def _result_line(p: subprocess.Popen, timeout: float) -> tuple[str | None, str]:

@@ -255,7 +255,6 @@ class S3Store:
             settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.congestion = Congestion(self.limiter, settings.max_connections)
-        self.stats: dict[str, int] = {}
         self.retries = 0            # attempts repeated after a transient failure
 
     # -- plumbing ---------------------------------------------------------
@@ -270,7 +269,6 @@ class S3Store:
         answer was lost may have taken effect on the server.  A failure after
         the last attempt is logged once, counted and raised.
         """
-        self.stats[op] = self.stats.get(op, 0) + 1
         attempts = max(1, self.settings.max_attempts)
         took = [0.0]
 

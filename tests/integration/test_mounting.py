@@ -41,6 +41,16 @@ INSTALLED = ("/sbin/mount.objectfs", "/usr/local/bin/objectfs",
              "/usr/local/lib/systemd/system/objectfs@.service")
 
 
+def reap(proc: subprocess.Popen, *files) -> None:
+    """Test clean-up: close our descriptors on the mount, kill the daemon if alive."""
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.close()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -302,9 +312,7 @@ def test_systemd_unit_notifies_ready_only_when_the_mount_answers(s3, bucket, s3_
             assert proc.wait(timeout=60) == 0
             assert not is_mounted(str(mountpoint))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
         assert "Traceback" not in proc.stderr.read()
     no_traceback(workdir / "daemon.log")
 
@@ -326,9 +334,7 @@ def test_notify_on_abstract_socket_and_sigterm(s3, bucket, workdir, mountpoint):
             assert proc.wait(timeout=60) == 0
             assert not is_mounted(str(mountpoint))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
     no_traceback(workdir / "daemon.log")
 
 
@@ -419,12 +425,7 @@ def test_sigint_uploads_every_open_file_with_a_log_line_each(s3, bucket, s3_clie
             assert proc.wait(timeout=120) == 0
             assert not is_mounted(str(mountpoint))
         finally:
-            for f in files:
-                with contextlib.suppress(OSError):
-                    f.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc, *files)
     for name in ("a", "b"):
         assert s3_client.get_object(Bucket=bucket, Key=name)["Body"].read() == name.encode() * 10
         assert f"shutdown: uploading /{name} (10 bytes)" in log_of(workdir / "daemon.log")
@@ -443,11 +444,7 @@ def test_upload_refused_at_shutdown_is_logged_and_exit_code_1(auth_s3, workdir, 
             assert proc.wait(timeout=120) == 1
             assert not is_mounted(str(mountpoint))
         finally:
-            with contextlib.suppress(OSError):
-                f.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc, f)
     log = log_of(workdir / "daemon.log")
     assert "could not upload /denied.txt at shutdown" in log
     assert "1 file(s) could not be uploaded before exit" in log
@@ -492,11 +489,7 @@ def test_stuck_upload_second_sigint_or_timeout_stops_at_once(private_s3, workdir
             assert proc.wait(timeout=60) == 1
             assert not is_mounted(str(mountpoint))
         finally:
-            with contextlib.suppress(OSError):
-                f.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc, f)
     reason = "a second signal" if how == "second SIGINT" else "shutdown_timeout (1 s)"
     assert f"not uploaded, stopped by {reason}: /stuck" in log_of(workdir / "daemon.log")
     assert read_state(str(mountpoint)) is None

@@ -185,20 +185,22 @@ class Mount:
         finally:
             self._log.close()
 
-    def abort(self) -> None:
-        """Unblock every caller of a hung mount: abort the FUSE connection, or,
-        without fusectl, kill the daemon (the kernel then fails the requests)."""
+    def abort(self, kill: bool = False) -> None:
+        """Unblock every caller of a hung mount: abort the FUSE connection and,
+        if that is impossible (no fusectl) or ``kill`` asks for it, kill the
+        daemon (closing /dev/fuse makes the kernel fail the requests)."""
         self.watchdog_fired = True
-        if not abort_connection(self.mountpoint) and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        aborted = abort_connection(self.mountpoint)
+        if (kill or not aborted) and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     @contextlib.contextmanager
-    def watchdog(self, seconds: float):
-        """Abort the FUSE connection if the block takes longer than ``seconds``."""
+    def watchdog(self, seconds: float, kill: bool = False):
+        """Abort the mount (see ``abort``) if the block takes longer than ``seconds``."""
 
         def fire():
-            self.abort()
+            self.abort(kill)
 
         t = threading.Timer(seconds, fire)
         t.daemon = True

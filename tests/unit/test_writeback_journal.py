@@ -165,16 +165,21 @@ def test_writeback_option(given_, expected):
 
 # -- the uploader's conflict rules against the in-memory store -----------------
 
+def writeback(store: MemoryStore, root: str, nursery, done: list) -> WriteBack:
+    """An uploader with no delay over ``root/wb``; (key, conflict) of each
+    finished upload is appended to ``done``."""
+    ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                      write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                      prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+    return WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0, accept=lambda m: True,
+                     on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+
+
 async def run_writeback(store: MemoryStore, root: str, staged: list[Manifest],
                         bodies: list[bytes]) -> list[tuple[str, bool]]:
     done: list[tuple[str, bool]] = []
     async with trio.open_nursery() as nursery:
-        ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
-                          write_buffer_memory=16 << 20, read_part_size=1 << 20,
-                          prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
-        wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
-                       accept=lambda m: True,
-                       on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+        wb = writeback(store, root, nursery, done)
         await wb.start(nursery)
         for m, b in zip(staged, bodies):
             p = await wb.stage(m, [b])
@@ -231,12 +236,7 @@ def test_a_recovered_entry_is_never_silently_replaced():
         dead.stage(manifest("k", base=old), [b"recovered"])
         crash(dead)
         async with trio.open_nursery() as nursery:
-            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
-                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
-                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
-            wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
-                           accept=lambda m: True,
-                           on_done=lambda p, info, conflict: done.append((info.key, conflict)))
+            wb = writeback(store, root, nursery, done)
             assert len(await wb.start(nursery)) == 1
             await wb.sync(await wb.stage(manifest("k", base=old), [b"newer"]))
             assert await wb.drain(10) == []
