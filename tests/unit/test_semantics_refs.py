@@ -29,6 +29,7 @@ FILES = {
     "hostile": "tests/integration/test_hostile.py",
     "limits": "tests/integration/test_limits.py",
     "model": "tests/integration/test_model.py",
+    "progs": "tests/integration/test_programs.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 
