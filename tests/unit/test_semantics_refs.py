@@ -17,6 +17,7 @@ FILES = {
     "attrs": "tests/integration/test_attributes.py",
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
+    "rclone": "tests/integration/test_interop_rclone.py",
     "smoke": "tests/integration/test_smoke.py",
     "faults": "tests/integration/test_faults.py",
     "storefaults": "tests/integration/test_store_faults.py",
