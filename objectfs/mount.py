@@ -97,7 +97,7 @@ def s3_settings(cfg: Config) -> S3Settings:
         connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
         max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
         upload_checksum=cfg.upload_checksum, request_options=request_options(cfg),
-        addressing_style="path" if cfg.path_style else None)
+        addressing_style="path" if cfg.path_style else None, lean_requests=cfg.lean_requests)
     pair = credentials.resolve(cfg.bucket, cfg.passwd_file, cfg.profile,
                                lambda: chain_has_credentials(settings))
     if pair is None:
@@ -142,7 +142,10 @@ def check_bucket(cfg: Config, settings: S3Settings | None = None) -> S3Store:
         trio.run(checker.check_bucket, normalise_prefix(cfg.prefix))
     except StoreError as e:
         raise UserError(explain(e, cfg)) from None
-    return S3Store(settings)
+    store = S3Store(settings)
+    if store.lean is not None and checker.lean is not None:
+        store.lean.adopt(checker.lean)  # the bucket's URL, from the check's listing
+    return store
 
 
 def check_writeback_dir(cfg: Config) -> None:

@@ -34,6 +34,7 @@ from .. import logs, metrics
 from ..errors import (PreconditionFailed, StoreError, StoreUnavailable, UserError,
                       store_error)
 from ..tasks import open_nursery
+from . import lean as _lean
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
@@ -67,6 +68,8 @@ class S3Settings:
     upload_checksum: str = "auto"
     verify_ssl: bool = True
     addressing_style: str | None = None
+    # HeadObject/GetObject without botocore's per-call work (see lean.py)
+    lean_requests: bool = True
     # SSE, storage class, requester-pays: added to every call that takes them
     request_options: RequestOptions = field(default_factory=RequestOptions)
 
@@ -169,6 +172,10 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
     """botocore exception -> StoreError (no credentials or URLs in the text)."""
     import botocore.exceptions as be
 
+    if isinstance(exc, _lean.LeanError):
+        e = store_error(exc.code, exc.message[:200], op=op, key=key, status=exc.status)
+        e.retry_after = parse_retry_after(exc.headers.get("retry-after"))
+        return e
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -254,10 +261,25 @@ class S3Store:
         self.content_md5 = settings.upload_checksum == "md5" or (
             settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
+        self.lean = self._make_lean()
         self.congestion = Congestion(self.limiter, settings.max_connections)
         self.retries = 0            # attempts repeated after a transient failure
 
     # -- plumbing ---------------------------------------------------------
+
+    def _make_lean(self) -> _lean.LeanRequests | None:
+        why = _lean.usable(self.settings)
+        if why is None:
+            try:
+                return _lean.LeanRequests(self.client, self.bucket)
+            except Exception as e:  # an endpoint shape we do not know: boto3 it is
+                why = f"{type(e).__name__}: {e}"
+        log.debug("HEAD and GET go through boto3 (%s)", why)
+        return None
+
+    def _lean_or_none(self) -> _lean.LeanRequests | None:
+        lean = self.lean
+        return lean if lean is not None and lean.ready else None
 
     async def _call(self, op: str, key: str, fn: Callable[[], Any], *, sent: int = 0,
                     retried: list[StoreError] | None = None) -> Any:
@@ -332,9 +354,16 @@ class S3Store:
             self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
 
     async def head(self, key: str) -> ObjectInfo:
-        r = await self._call("HeadObject", key, functools.partial(
-            self.client.head_object, Bucket=self.bucket, Key=key))
-        return self._info_from_head(key, r)
+        def fetch():
+            lean = self._lean_or_none()
+            if lean is not None:
+                try:
+                    return lean.head(key)
+                except _lean.Fallback:
+                    pass
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+
+        return self._info_from_head(key, await self._call("HeadObject", key, fetch))
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -363,6 +392,14 @@ class S3Store:
             kw["IfMatch"] = etag
 
         def fetch():
+            lean = self._lean_or_none()
+            if lean is not None:
+                try:
+                    r, data = lean.get(key, kw.get("Range"), etag)
+                except _lean.Fallback:
+                    pass
+                else:
+                    return _checked_body(r, data, key, start, end, etag)
             r = self.client.get_object(**kw)
             body = r["Body"]
             try:

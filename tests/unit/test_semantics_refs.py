@@ -18,6 +18,7 @@ FILES = {
     "cli": "tests/integration/test_cli.py",
     "interop": "tests/integration/test_interop_s3fs.py",
     "rclone": "tests/integration/test_interop_rclone.py",
+    "lean": "tests/integration/test_store_lean.py",
     "smoke": "tests/integration/test_smoke.py",
     "faults": "tests/integration/test_faults.py",
     "storefaults": "tests/integration/test_store_faults.py",

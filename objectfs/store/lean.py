@@ -1,0 +1,170 @@
+"""HeadObject and GetObject without botocore's per-call machinery.
+
+A boto3 call spends about 1.8 ms of CPU on parameter validation,
+serialisation, endpoint rules, event hooks and response parsing, for a
+request whose answer is a few headers.  A cold ``ls -l`` makes one HEAD per
+entry and a random read one GET per block, so on two cores that CPU, not the
+server, sets the pace.  ``LeanRequests`` builds those two requests itself
+and hands them to the *client's own* signer and HTTP session, so the
+credentials (and their refresh), the signing region and version, the
+connection pool, TLS verification, CA bundle, proxies and timeouts are
+exactly the client's.  Through the store that is about 1.8 ms of CPU a
+request instead of 2.8 ms (measured on Swift).
+
+Only the answers it fully understands are decoded here: a 200/206, a HEAD's
+404, and errors with an S3 XML body.  Anything else (redirects, a region
+mismatch, a header we would decode differently from botocore such as
+``Expires``) raises ``Fallback``, and the caller makes the same call through
+boto3; a redirect also turns the lean path off for the mount, since boto3
+then knows the bucket's region and we don't.  Mounts with SSE-C keys or
+requester-pays always use boto3 (``usable``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import logging
+import re
+from typing import Any, Mapping
+from urllib.parse import quote, urlsplit
+
+log = logging.getLogger(__name__)
+
+_META = "x-amz-meta-"
+_XML_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+_XML_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+# Response headers -> the names botocore gives them (the ones we read).
+_HEADERS = {"content-length": "ContentLength", "etag": "ETag", "content-type": "ContentType",
+            "content-range": "ContentRange", "cache-control": "CacheControl",
+            "content-disposition": "ContentDisposition",
+            "content-encoding": "ContentEncoding", "content-language": "ContentLanguage",
+            "x-amz-storage-class": "StorageClass"}
+
+
+class Fallback(Exception):
+    """Make this call through boto3 instead."""
+
+
+class LeanError(Exception):
+    """An S3 error answer, in the shape ``translate`` gives botocore's."""
+
+    def __init__(self, code: str, message: str, status: int, headers: Mapping[str, str]):
+        super().__init__(code)
+        self.code, self.message, self.status, self.headers = code, message, status, headers
+
+
+def usable(settings) -> str | None:
+    """Why the lean path cannot serve this mount, or None if it can."""
+    if not getattr(settings, "lean_requests", True):
+        return "lean_requests=off"
+    opts = settings.request_options
+    if opts.sse_c_key is not None or opts.requester_pays:
+        return "SSE-C or requester-pays headers"
+    return None
+
+
+class LeanRequests:
+    def __init__(self, client, bucket: str):
+        self._client = client
+        self._signer = client._request_signer
+        self._http = client._endpoint.http_session
+        self.bucket = bucket
+        # Object URLs are the bucket's URL plus the key.  The bucket's URL is
+        # the one botocore's endpoint rules give (addressing style, region,
+        # endpoint, dualstack...): taken from the first listing sent, which
+        # the mount's bucket check makes before anything else.
+        self._base: str | None = None
+        client.meta.events.register("before-send.s3.ListObjectsV2", self._learn_base)
+        self.enabled = True
+
+    def _learn_base(self, request, **_) -> None:
+        if self._base is None:
+            parts = urlsplit(request.url)
+            self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
+
+    def adopt(self, other: "LeanRequests") -> None:
+        """Take the bucket URL another client with the same settings learnt."""
+        if self._base is None:
+            self._base = other._base
+
+    @property
+    def ready(self) -> bool:
+        return self.enabled and self._base is not None
+
+    def url(self, key: str) -> str:
+        assert self._base is not None
+        return self._base + quote(key, safe="/~")
+
+    def _send(self, op: str, method: str, key: str, headers: dict[str, str]):
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method=method, url=self.url(key), headers=headers)
+        self._signer.sign(op, request)
+        prepared = request.prepare()
+        return self._http.send(prepared)
+
+    def _error(self, op: str, response) -> LeanError:
+        status = response.status_code
+        headers = response.headers
+        if status in (301, 302, 307, 308) or (status == 400 and b"Region" in response.content):
+            # the bucket lives elsewhere: boto3 follows the redirect and
+            # remembers the region; from now on it makes every call
+            self.enabled = False
+            log.info("S3 answered %s to a lean %s: using boto3 for all requests", status, op)
+            raise Fallback(str(status))
+        body = response.content or b""
+        m = _XML_CODE.search(body)
+        if m:
+            msg = _XML_MESSAGE.search(body)
+            return LeanError(m[1].decode(errors="replace"),
+                             msg[1].decode(errors="replace") if msg else "", status, headers)
+        if op == "HeadObject" or not body:
+            # botocore's answer to an error without a body
+            return LeanError(str(status), http.client.responses.get(status, ""), status,
+                             headers)
+        raise Fallback(f"{status} with an unrecognised body")
+
+    def head(self, key: str) -> dict[str, Any]:
+        """HeadObject's answer, shaped as boto3's (the fields we use)."""
+        response = self._send("HeadObject", "HEAD", key, {})
+        if response.status_code != 200:
+            raise self._error("HeadObject", response)
+        return _decode(response.headers)
+
+    def get(self, key: str, range_header: str | None, if_match: str | None):
+        """GetObject's answer as (boto3-shaped fields, body bytes)."""
+        headers = {}
+        if range_header:
+            headers["Range"] = range_header
+        if if_match:
+            headers["If-Match"] = if_match
+        response = self._send("GetObject", "GET", key, headers)
+        if response.status_code not in (200, 206):
+            raise self._error("GetObject", response)
+        return _decode(response.headers), response.content
+
+
+def _decode(headers: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname.startswith(_META):
+            metadata[lname[len(_META):]] = value
+        elif lname in _HEADERS:
+            out[_HEADERS[lname]] = value
+        elif lname == "last-modified":
+            try:
+                out["LastModified"] = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                raise Fallback("Last-Modified") from None
+        elif lname == "expires":
+            raise Fallback("Expires")   # botocore's own date rules decide this one
+    if "ContentLength" in out:
+        try:
+            out["ContentLength"] = int(out["ContentLength"])
+        except ValueError:
+            raise Fallback("Content-Length") from None
+    out["Metadata"] = metadata
+    return out

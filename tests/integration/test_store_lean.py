@@ -1,0 +1,165 @@
+"""The lean HeadObject/GetObject path (objectfs/store/lean.py) against a real server.
+
+Every answer it decodes must be exactly what the same call through boto3
+gives: attributes, bytes, and errors (code, errno, status).  Calls it does
+not understand go through boto3, and mounts it cannot serve never use it.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import trio
+
+from objectfs.errors import StoreError
+from objectfs.store import lean
+from objectfs.store.s3 import S3Settings, S3Store
+from objectfs.store.s3options import RequestOptions
+
+KEY = "dir/odd name+%&=~ü.txt"
+BODY = bytes(range(256)) * 40
+
+
+def stores(s3, bucket, **kw) -> tuple[S3Store, S3Store]:
+    base = dict(bucket=bucket, endpoint_url=s3.endpoint, access_key=s3.access_key,
+                secret_key=s3.secret_key, region="us-east-1", **kw)
+    return S3Store(S3Settings(**base)), S3Store(S3Settings(**{**base, "lean_requests": False}))
+
+
+def boto3_calls(store: S3Store) -> list[str]:
+    """Operation names of the calls that went through boto3."""
+    calls: list[str] = []
+    store.client.meta.events.register(
+        "before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+async def outcome(fn):
+    try:
+        return "ok", await fn()
+    except StoreError as e:
+        return type(e).__name__, e.code, e.errno, e.status
+
+
+def test_answers_are_those_of_boto3(s3, s3_client, bucket):
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY, ContentType="text/x-odd",
+                         CacheControl="max-age=60", ContentLanguage="de",
+                         Metadata={"mode": "33188", "Mtime": "1700000000.5", "uid": "7"})
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    fast, slow = stores(s3, bucket)
+    assert fast.lean is not None and slow.lean is None
+    used = boto3_calls(fast)
+
+    async def main():
+        await fast.check_bucket()
+        used.clear()
+        info = await fast.head(KEY)
+        assert info == await slow.head(KEY)
+        assert info.metadata == {"mode": "33188", "mtime": "1700000000.5", "uid": "7"}
+        assert info.headers == {"CacheControl": "max-age=60", "ContentLanguage": "de"}
+        assert info.size == len(BODY) and info.content_type == "text/x-odd"
+        assert await fast.head("empty") == await slow.head("empty")
+        for rng in [(0, None), (0, 1), (5, 300), (len(BODY) - 3, len(BODY)),
+                    (len(BODY) - 3, len(BODY) + 100), (len(BODY), len(BODY) + 10)]:
+            assert await fast.get(KEY, *rng) == await slow.get(KEY, *rng) == \
+                BODY[rng[0]:rng[1]]
+        assert await fast.get(KEY, 10, 20, etag=info.etag) == BODY[10:20]
+        assert await fast.get("empty") == b""
+        # errors: missing keys by HEAD (no body) and GET (XML), a changed ETag
+        for call in (lambda s: s.head("missing"), lambda s: s.get("missing"),
+                     lambda s: s.get(KEY, 0, 10, etag='"0123456789abcdef"'),
+                     lambda s: s.head("missing/")):
+            assert await outcome(lambda: call(fast)) == await outcome(lambda: call(slow))
+        assert (await outcome(lambda: fast.head("missing")))[2] == 2   # ENOENT
+
+    trio.run(main)
+    assert used == []   # none of it needed boto3
+
+
+def test_a_header_it_does_not_decode_goes_through_boto3(s3, s3_client, bucket):
+    expires = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    s3_client.put_object(Bucket=bucket, Key="exp", Body=b"x", Expires=expires)
+    fast, slow = stores(s3, bucket)
+    used = boto3_calls(fast)
+
+    async def main():
+        await fast.check_bucket()
+        used.clear()
+        info = await fast.head("exp")
+        assert info == await slow.head("exp")
+        assert info.headers["Expires"] == expires
+        assert await fast.get("exp") == b"x"
+
+    trio.run(main)
+    assert used == ["HeadObject", "GetObject"]
+
+
+def test_mounts_it_cannot_serve_use_boto3(s3, bucket):
+    sse_c = RequestOptions(sse_c_key=b"k" * 32)
+    payer = RequestOptions(requester_pays=True)
+    for kw in ({"request_options": sse_c}, {"request_options": payer},
+               {"lean_requests": False}):
+        fast, _ = stores(s3, bucket, **kw)
+        assert fast.lean is None, kw
+    assert lean.usable(S3Settings(bucket=bucket)) is None
+
+
+def test_object_urls_follow_botocore_addressing(s3, bucket):
+    """The bucket's URL is the one botocore sent the first listing to."""
+    fast, _ = stores(s3, bucket)
+    assert not fast.lean.ready   # nothing listed yet: boto3 serves HEAD and GET
+    trio.run(fast.check_bucket)
+    assert fast.lean.url("a b/c+d") == f"{s3.endpoint}/{bucket}/a%20b/c%2Bd"
+    for kw, url in [({}, "https://my-bucket.s3.eu-west-1.amazonaws.com/k/%C3%A9"),
+                    ({"addressing_style": "path"},
+                     "https://s3.eu-west-1.amazonaws.com/my-bucket/k/%C3%A9")]:
+        aws = S3Store(S3Settings(bucket="my-bucket", region="eu-west-1",
+                                 access_key="AKIDEXAMPLE", secret_key="x", **kw))
+        seen = []
+
+        def stop(request, **_):
+            seen.append(request.url)
+            raise lean.Fallback("not sent")   # nothing leaves this machine
+
+        aws.client.meta.events.register("before-send.s3.ListObjectsV2", stop)
+        with pytest.raises(lean.Fallback):
+            aws.client.list_objects_v2(Bucket="my-bucket", MaxKeys=1)
+        assert seen and aws.lean.ready
+        assert aws.lean.url("k/é") == url
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirect_turns_the_lean_path_off(s3, bucket, status):
+    """A bucket in another region answers with a redirect: boto3 handles it
+    (and learns the region), and every later call goes through boto3."""
+    fast, _ = stores(s3, bucket)
+
+    class Redirect:
+        status_code = status
+        headers = {"location": "https://elsewhere.example/"}
+        content = b""
+
+    with pytest.raises(lean.Fallback):
+        fast.lean._error("HeadObject", Redirect())
+    assert not fast.lean.enabled
+    used = boto3_calls(fast)
+
+    async def main():
+        assert (await outcome(lambda: fast.head("missing")))[1] == "404"
+
+    trio.run(main)
+    assert used == ["HeadObject"]
+
+
+def test_the_mounts_store_is_lean_from_its_first_request(s3, bucket, monkeypatch):
+    """The mount's bucket check lists the bucket; the store the mount then uses
+    knows the bucket's URL before its first HEAD."""
+    from objectfs import config, mount
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    for opts, ready in ([], True), (["lean_requests=no"], None):
+        cfg = config.build(bucket, "", "/mnt", o_options=[f"endpoint_url={s3.endpoint}", *opts])
+        store = mount.check_bucket(cfg)
+        assert (store.lean.ready if store.lean else None) is ready
