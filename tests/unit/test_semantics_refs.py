@@ -26,6 +26,7 @@ FILES = {
     "wb": "tests/integration/test_writeback.py",
     "tier": "tests/integration/test_tier.py",
     "mnt": "tests/integration/test_mounting.py",
+    "user": "tests/integration/test_user_mounts.py",
     "hostile": "tests/integration/test_hostile.py",
     "limits": "tests/integration/test_limits.py",
     "model": "tests/integration/test_model.py",
