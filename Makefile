@@ -96,6 +96,12 @@ install-files:
 	sed 's|/usr/local/bin/objectfs|$(BINDIR)/objectfs|' etc/objectfs@.service \
 	  > $(DESTDIR)$(UNITDIR)/objectfs@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/objectfs@.service
+	@# user mounts from fstab run objectfs as the user: say so if they cannot
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v runuser >/dev/null && \
+	    ! runuser -u nobody -- $(BINDIR)/objectfs --version >/dev/null 2>&1; then \
+	  echo "warning: users other than root cannot run $(BINDIR)/objectfs (is the venv or its" \
+	       "Python under a private directory such as /root?): fstab lines with 'user' will fail" >&2; \
+	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/objectfs $(DESTDIR)$(SBINDIR)/mount.objectfs \
