@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_source(source: str) -> tuple[str, str]:
     """'s3://bucket/prefix', 'bucket:/prefix' or 'bucket' -> (bucket, prefix)."""
     s = source
+    if not s.strip():
+        # objectfs@.service with no /etc/objectfs/MOUNTPOINT.env gives SOURCE=""
+        raise ConfigError("no bucket given: expected s3://BUCKET[/PREFIX] (for objectfs@.service: "
+                          "SOURCE= in /etc/objectfs/MOUNTPOINT.env)")
     if s.startswith("s3://"):
         s = s[5:]
         bucket, _, prefix = s.partition("/")
