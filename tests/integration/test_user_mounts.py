@@ -374,3 +374,33 @@ def test_unusable_staging_dir_fails_the_mount_with_one_line(objectfs_cli, s3, bu
         assert os.listdir(mp) == []
     finally:
         assert objectfs_cli("umount", str(mp)).returncode == 0
+
+
+def test_user_line_with_allow_root_lets_root_in_and_nobody_else(namespace, user, s3, bucket,
+                                                                s3_client, workdir):
+    ns = namespace
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"root may read")
+    pw = write_owned(user, user.home / "s3.passwd", f"{s3.access_key}:{s3.secret_key}\n")
+    mp = user_dir(user, workdir / "mnt")
+    line = (f"{bucket} {mp} fuse.objectfs user,noauto,passwd_file={pw},"
+            f"endpoint_url={s3.endpoint},cache_dir={user.home}/cache,{{}} 0 0\n")
+    ns.fuse_conf.write_text("user_allow_other\n")  # fusermount3 wants it for allow_root too
+    # both: refused before anything happens (libfuse would keep allow_root alone)
+    ns.fstab.write_text(line.format("allow_other,allow_root"))
+    r = ns.run("mount", str(mp), user=user)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("objectfs: allow_other and allow_root cannot be used together: "
+                                "allow_other already lets root in")
+    assert not mounted(ns, mp)
+
+    ns.fstab.write_text(line.format("allow_root"))
+    r = ns.run("mount", str(mp), user=user)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert ns.run("cat", str(mp / "f"), check=True).stdout == "root may read"
+        other = ns.run("su", "-s", "/bin/sh", "-c", f"cat {mp / 'f'}", "nobody")
+        assert other.returncode != 0 and "Permission denied" in other.stderr, other
+    finally:
+        r = ns.run("umount", str(mp), user=user)
+    assert r.returncode == 0, r.stderr
+    wait_no_daemon(user)
