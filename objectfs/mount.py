@@ -35,7 +35,7 @@ import time
 import trio
 
 from . import credentials, logs, metrics_http, procmounts, stats
-from .control import ControlServer, socket_path
+from .control import ControlServer, private_dir, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
 from .store.s3 import S3Settings, S3Store, chain_has_credentials, make_client
@@ -321,7 +321,7 @@ class Lifecycle:
 
     def _write_state(self) -> None:
         try:
-            os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+            private_dir(runtime_dir())
             tmp = state_path(self.cfg.mountpoint) + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,

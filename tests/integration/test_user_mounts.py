@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -96,10 +97,15 @@ def user(workdir):
                        timeout=60)
     assert r.returncode == 0, r.stderr
     pw = pwd.getpwnam(name)
+    # without $XDG_RUNTIME_DIR the account's mount state goes to /tmp/objectfs-UID
+    runtime = Path(f"/tmp/objectfs-{pw.pw_uid}")
+    existed = runtime.exists()
     try:
         yield User(name, pw.pw_uid, pw.pw_gid, home)
     finally:
         kill_processes_of(pw.pw_uid)
+        if not existed:
+            shutil.rmtree(runtime, ignore_errors=True)
         subprocess.run(["userdel", "--force", "--remove", name], capture_output=True,
                        timeout=60)
         with contextlib.suppress(KeyError):
@@ -404,3 +410,28 @@ def test_user_line_with_allow_root_lets_root_in_and_nobody_else(namespace, user,
         r = ns.run("umount", str(mp), user=user)
     assert r.returncode == 0, r.stderr
     wait_no_daemon(user)
+
+
+def test_runtime_dir_made_by_someone_else_is_not_used(namespace, user, s3, bucket, workdir):
+    """/tmp/objectfs-UID (no $XDG_RUNTIME_DIR) could be made by anyone first: a
+    directory the account does not own privately gets no state or control socket."""
+    ns = namespace
+    runtime = Path(f"/tmp/objectfs-{user.uid}")
+    if runtime.exists():
+        pytest.skip(f"{runtime} exists already")
+    runtime.mkdir(mode=0o777)  # made by root, open to all
+    os.chmod(runtime, 0o777)
+    pw = write_owned(user, user.home / "s3.passwd", f"{s3.access_key}:{s3.secret_key}\n")
+    mp = user_dir(user, workdir / "mnt")
+    log = user.home / "daemon.log"
+    ns.fstab.write_text(f"{bucket} {mp} fuse.objectfs user,noauto,passwd_file={pw},"
+                        f"endpoint_url={s3.endpoint},log_file={log} 0 0\n")
+    r = ns.run("mount", str(mp), user=user)
+    assert r.returncode == 0, r.stderr
+    r = ns.run("umount", str(mp), user=user)
+    assert r.returncode == 0, r.stderr
+    wait_no_daemon(user)
+    assert list(runtime.iterdir()) == [], "nothing written into it"
+    text = log.read_text()
+    assert f"{runtime} is not a private directory of uid {user.uid}" in text, text
+    assert "Traceback" not in text
