@@ -117,6 +117,10 @@ def explain(err: StoreError, cfg: Config) -> str:
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                 "InvalidToken"):
         return f"the S3 credentials were rejected by {where} ({code})"
+    if code == "CredentialError":
+        detail = getattr(err, "detail", "") or "unknown error"
+        hint = " (run aws sso login)" if "SSO" in detail else ""
+        return f"could not get AWS credentials for the profile: {detail}{hint}"
     if "no AWS credentials" in str(err):
         return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                 "use --profile or -o passwd_file=, or configure ~/.aws/credentials")
