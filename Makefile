@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-# fuse3 + headers to build pyfuse3; s3fs for the interop tests.
-APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv s3fs
+# fuse3 + headers to build pyfuse3; s3fs for the interop tests; systemd for the
+# unit tests (systemd-analyze, the fstab generator, systemd --user; never booted).
+APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv s3fs systemd
 # OpenStack Swift's s3api, for benchmarks against a production S3 implementation.
 SWIFT_PKGS := swift swift-proxy swift-object swift-container swift-account memcached python3-swift curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -96,6 +97,12 @@ install-files:
 	sed 's|/usr/local/bin/objectfs|$(BINDIR)/objectfs|' etc/objectfs@.service \
 	  > $(DESTDIR)$(UNITDIR)/objectfs@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/objectfs@.service
+	@# user mounts from fstab run objectfs as the user: say so if they cannot
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v runuser >/dev/null && \
+	    ! runuser -u nobody -- $(BINDIR)/objectfs --version >/dev/null 2>&1; then \
+	  echo "warning: users other than root cannot run $(BINDIR)/objectfs (is the venv or its" \
+	       "Python under a private directory such as /root?): fstab lines with 'user' will fail" >&2; \
+	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/objectfs $(DESTDIR)$(SBINDIR)/mount.objectfs \

@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_source(source: str) -> tuple[str, str]:
     """'s3://bucket/prefix', 'bucket:/prefix' or 'bucket' -> (bucket, prefix)."""
     s = source
+    if not s.strip():
+        # objectfs@.service with no /etc/objectfs/MOUNTPOINT.env gives SOURCE=""
+        raise ConfigError("no bucket given: expected s3://BUCKET[/PREFIX] (for objectfs@.service: "
+                          "SOURCE= in /etc/objectfs/MOUNTPOINT.env)")
     if s.startswith("s3://"):
         s = s[5:]
         bucket, _, prefix = s.partition("/")
@@ -214,7 +218,40 @@ def check_mountpoint(path: str) -> str:
     return mp
 
 
+def use_own_home(env=None) -> str | None:
+    """Point $HOME at the user's own home directory when it is not theirs.
+
+    A user mount from fstab reaches us through the set-uid mount(8), which
+    drops HOME from the environment, and mount.fuse3 then sets HOME=/root
+    for every file system it starts.  A non-root user's ~/.passwd-s3fs,
+    ~/.aws/ and ~/.cache/objectfs must come from their own home (the
+    password database), never from another user's.  Returns the home
+    directory put in place, or None when $HOME was left alone."""
+    env = os.environ if env is None else env
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    home = env.get("HOME")
+    if home:
+        try:
+            if os.stat(home).st_uid == uid:
+                return None
+        except OSError:
+            pass
+    import pwd
+
+    try:
+        own = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return None
+    if not own or own == home:
+        return None
+    env["HOME"] = own
+    return own
+
+
 def cmd_mount(args) -> int:
+    use_own_home()
     bucket, prefix = parse_source(args.source)
     mountpoint = procmounts.canonical(args.mountpoint)
     flags = {"endpoint_url": args.endpoint_url, "region": args.region, "profile": args.profile}

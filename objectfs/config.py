@@ -236,8 +236,9 @@ OPTIONS: list[Option] = [
            "(including prefixes with no marker object).", "permissions", "0755"),
     Option("allow_other", parse_bool, False, "Let other users access the mount (needs root or "
            "user_allow_other in /etc/fuse.conf).", "permissions", fuse=True),
-    Option("allow_root", parse_bool, False, "Let root access the mount.", "permissions",
-           fuse=True),
+    Option("allow_root", parse_bool, False, "Let root (besides the mounting user) access the "
+           "mount; not together with allow_other, which includes root. Needs user_allow_other "
+           "in /etc/fuse.conf for users other than root.", "permissions", fuse=True),
     Option("default_permissions", parse_bool, True, "Let the kernel enforce mode bits and "
            "ownership.", "permissions", fuse=True),
     Option("ro", parse_bool, False, "Mount read-only.", "permissions", fuse=True),
@@ -477,6 +478,11 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sse_c_key_file (SSE-C) and sse cannot be used together")
     if v["no_verify_ssl"]:
         v["verify_ssl"] = False
+    if v["allow_other"] and v["allow_root"]:
+        # libfuse would quietly keep allow_root only: everyone but root and
+        # the owner would be refused, the opposite of what allow_other says
+        raise ConfigError("allow_other and allow_root cannot be used together: "
+                          "allow_other already lets root in")
 
 
 def default_cache_dir() -> str:

@@ -14,6 +14,7 @@ other argument.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -35,13 +36,29 @@ def socket_path(state_file: str) -> str:
     return state_file[:-len(".json")] + ".sock"
 
 
+def private_dir(path: str) -> None:
+    """Create ``path`` (mode 0700) or check that it is ours and private.
+
+    Without $XDG_RUNTIME_DIR a user's runtime directory is /tmp/objectfs-UID,
+    a name anyone could create first; a directory of someone else's, or one
+    others can enter, is not used (OSError): its mount state and control
+    socket could be read or replaced."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{path} is not a private directory of uid "
+                      f"{os.geteuid()} (owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+
+
 class ControlServer:
     def __init__(self, path: str, handlers: dict[str, Handler]):
         self.path = path
         self.handlers = handlers
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        private_dir(os.path.dirname(self.path))
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -71,6 +71,8 @@ S3_ERRNO: dict[str, int] = {
     "ExpiredToken": _errno.EACCES,
     "InvalidToken": _errno.EACCES,
     "AccountProblem": _errno.EACCES,
+    # botocore could not get credentials (assume-role, SSO, web identity)
+    "CredentialError": _errno.EACCES,
     # If-Match / If-None-Match failed: the object is not the one we pinned.
     "PreconditionFailed": _errno.ESTALE,
     "412": _errno.ESTALE,

@@ -35,7 +35,7 @@ import time
 import trio
 
 from . import credentials, logs, metrics_http, procmounts, stats
-from .control import ControlServer, socket_path
+from .control import ControlServer, private_dir, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
 from .store.s3 import S3Settings, S3Store, chain_has_credentials, make_client
@@ -124,6 +124,10 @@ def explain(err: StoreError, cfg: Config) -> str:
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                 "InvalidToken"):
         return f"the S3 credentials were rejected by {where} ({code})"
+    if code == "CredentialError":
+        detail = getattr(err, "detail", "") or "unknown error"
+        hint = " (run aws sso login)" if "SSO" in detail else ""
+        return f"could not get AWS credentials for the profile: {detail}{hint}"
     if "no AWS credentials" in str(err):
         return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                 "use --profile or -o passwd_file=, or configure ~/.aws/credentials")
@@ -171,6 +175,24 @@ def check_writeback_dir(cfg: Config) -> None:
         raise UserError(f"the write-back directory {path} is not writable")
 
 
+def check_staging_dir(cfg: Config) -> None:
+    """Writes are staged on local disk: the directory must be usable before we
+    mount, or random writes would fail later with EIO.  (A user without a home
+    directory, such as nobody, has no ~/.cache: set staging_dir=.)"""
+    if cfg.ro:
+        return
+    from .config import default_staging_dir
+
+    path = cfg.staging_dir or default_staging_dir()
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the staging directory {path}: {e.strerror} "
+                        "(set -o staging_dir=DIR)") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"the staging directory {path} is not writable (set -o staging_dir=DIR)")
+
+
 def unmount(mountpoint: str, lazy: bool) -> bool:
     """fusermount3 -u [-z]; True if ``mountpoint`` is no longer mounted."""
     cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
@@ -190,6 +212,76 @@ def fuse_options(cfg: Config) -> set[str]:
             opts.add(name)
     opts.update(cfg.kernel_flags)  # nosuid, nodev, noexec... from mount(8)
     return opts
+
+
+class FuseMessages:
+    """What libfuse and fusermount3 say on stderr while mounting.
+
+    A daemon's stderr is /dev/null, so without this the reason a mount fails
+    ("option allow_other only allowed if 'user_allow_other' is set in
+    /etc/fuse.conf", "user has no write access to mountpoint") would be lost
+    and the user would see only "fuse_session_mount failed".  File
+    descriptor 2 goes to a temporary file for the length of the block; lines
+    from libfuse ("fuse: ...") and fusermount3 are kept, anything else (our
+    own log lines in the foreground) is written back to stderr afterwards."""
+
+    PREFIXES = ("fuse:", "fusermount3:", "fusermount:")
+
+    def __init__(self):
+        self.fuse_lines: list[str] = []
+        self._saved: int | None = None
+        self._tmp = None
+
+    def __enter__(self) -> "FuseMessages":
+        import sys
+        import tempfile
+
+        try:
+            self._tmp = tempfile.TemporaryFile()
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            os.dup2(self._tmp.fileno(), 2)
+        except OSError:  # nowhere to capture: leave stderr alone
+            self._restore()
+        return self
+
+    def _restore(self) -> None:
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        if self._tmp is None:
+            return
+        sys.stderr.flush()
+        self._restore()
+        with self._tmp:
+            self._tmp.seek(0)
+            text = self._tmp.read().decode(errors="replace")
+        other = []
+        for line in text.splitlines(keepends=True):
+            if line.strip().startswith(self.PREFIXES):
+                self.fuse_lines.append(line.strip())
+            else:
+                other.append(line)
+        if other:
+            try:
+                os.write(2, "".join(other).encode())
+            except OSError:
+                pass
+
+    def reason(self) -> str | None:
+        """The last thing libfuse or fusermount3 said, with a hint if we have one."""
+        if not self.fuse_lines:
+            return None
+        line = self.fuse_lines[-1]
+        if "/dev/fuse" in line and "Permission denied" in line and os.geteuid() != 0:
+            line += (" (mounts by users other than root need /dev/fuse readable and "
+                     "writable by all, mode 0666, as udev sets it)")
+        return line
 
 
 def sd_notify(message: str) -> None:
@@ -243,7 +335,7 @@ class Lifecycle:
 
     def _write_state(self) -> None:
         try:
-            os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+            private_dir(runtime_dir())
             tmp = state_path(self.cfg.mountpoint) + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,
@@ -409,6 +501,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
     if settings.credential_source:
         log.info("using the key pair from %s", settings.credential_source)
     store = check_bucket(cfg, settings)
+    check_staging_dir(cfg)
     check_writeback_dir(cfg)
     metrics_sock = metrics_http.bind(cfg.metrics_port) if cfg.metrics_port else None
 
@@ -422,13 +515,19 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
     ops = FuseOperations(fs)
     stats.install_gauges(fs)
     try:
-        pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
+        with FuseMessages() as messages:
+            pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
     except RuntimeError as e:
         notifier.stop()
         if metrics_sock is not None:
             metrics_sock.close()
+        reason = messages.reason()
+        if reason:
+            raise UserError(f"cannot mount on {cfg.mountpoint}: {reason}") from None
         raise UserError(f"cannot mount on {cfg.mountpoint}: {e} (is FUSE available "
                         "and the mountpoint usable?)") from None
+    for line in messages.fuse_lines:
+        log.warning("%s", line)
     life = Lifecycle(cfg, fs, ready_fd)
     if metrics_sock is not None:
         life.metrics = metrics_http.MetricsServer(metrics_sock)

@@ -168,6 +168,18 @@ def _add_content_md5(request, **_):
         request.headers["Content-MD5"] = _md5_b64(bytes(data))
 
 
+# Requests botocore makes itself to get credentials (assume-role profiles, web
+# identity, SSO): their failure is about credentials, not about the bucket.
+CREDENTIAL_OPS = frozenset({"AssumeRole", "AssumeRoleWithWebIdentity",
+                            "AssumeRoleWithSAML", "GetRoleCredentials"})
+
+
+def credential_error(detail: str, op: str, key: str) -> StoreError:
+    e = StoreError("CredentialError", detail, op=op, key=key)
+    e.detail = detail
+    return e
+
+
 def translate(exc: BaseException, op: str, key: str) -> StoreError:
     """botocore exception -> StoreError (no credentials or URLs in the text)."""
     import botocore.exceptions as be
@@ -176,6 +188,15 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
         e = store_error(exc.code, exc.message[:200], op=op, key=key, status=exc.status)
         e.retry_after = parse_retry_after(exc.headers.get("retry-after"))
         return e
+    if isinstance(exc, be.ClientError) and \
+            getattr(exc, "operation_name", None) in CREDENTIAL_OPS:
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(err.get("Code") or status or "Unknown")
+        return credential_error(f"{exc.operation_name} failed: {code}", op, key)
+    if isinstance(exc, (be.CredentialRetrievalError, be.TokenRetrievalError, be.SSOError,
+                        be.PartialCredentialsError)):
+        return credential_error(type(exc).__name__, op, key)
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

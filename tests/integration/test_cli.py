@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,57 @@ def test_refresh_shows_a_remote_change_before_the_ttl(objectfs_cli, s3, bucket, 
         assert r.returncode == 1 and "not on an ObjectFS mount" in r.stderr
     finally:
         objectfs_cli("umount", str(mountpoint))
+
+
+def test_assume_role_profile_from_shared_config(auth_s3, mountpoint, workdir):
+    """A profile that assumes a role (role_arn + source_profile): boto3 calls STS,
+    and the mount works with the role's temporary credentials, which moto checks
+    against the role's policy."""
+    import json
+
+    iam = boto3_client(auth_s3, "iam")
+    role = f"objectfs-test-{uuid.uuid4().hex[:8]}"
+    arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                               "Principal": {"AWS": "*"}}]}))["Role"]["Arn"]
+    iam.put_role_policy(RoleName=role, PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                                               "Resource": "*"}]}))
+    bucket = auth_s3.new_bucket()
+    auth_s3.client().put_object(Bucket=bucket, Key="k", Body=b"via the role")
+    config = workdir / "config"
+    config.write_text(f"[profile src]\naws_access_key_id = {auth_s3.access_key}\n"
+                      f"aws_secret_access_key = {auth_s3.secret_key}\n\n"
+                      f"[profile role]\nrole_arn = {arn}\nsource_profile = src\n"
+                      f"role_session_name = objectfs-test\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(workdir / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL_STS=auth_s3.endpoint, HOME=str(workdir))
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint, "--profile", "role"), env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert (mountpoint / "k").read_bytes() == b"via the role"
+    finally:
+        assert run_cli(["umount", str(mountpoint)], env=env).returncode == 0
+    # a source user that may not assume roles: STS refuses, and the one line says it
+    # is about the profile's credentials, not "access to bucket denied"
+    iam.create_user(UserName=role + "-nosts")
+    key = iam.create_access_key(UserName=role + "-nosts")["AccessKey"]
+    config.write_text(config.read_text()
+                      .replace(auth_s3.access_key, key["AccessKeyId"])
+                      .replace(auth_s3.secret_key, key["SecretAccessKey"]))
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint, "--profile", "role"), env=env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "objectfs: could not get AWS credentials for the profile: AssumeRole failed: "
+        "AccessDenied"], r.stderr
+    assert key["SecretAccessKey"] not in r.stderr
+
+
+def boto3_client(server, service: str):
+    import boto3
+
+    return boto3.client(service, endpoint_url=server.endpoint, region_name=server.region,
+                        aws_access_key_id=server.access_key,
+                        aws_secret_access_key=server.secret_key)

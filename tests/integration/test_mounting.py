@@ -197,6 +197,39 @@ def test_fstab_line_mounts_and_umount_unmounts(installed, s3, bucket, s3_client,
     no_traceback(workdir / "daemon.log")
 
 
+def test_mount_a_mounts_auto_lines_and_skips_noauto(installed, s3, bucket, s3_client,
+                                                    workdir):
+    """mount -a (what a boot without systemd does with fstab): noauto lines are left
+    for later, a failing line is reported in one line and the others still mount
+    (exit code 64, "some mounts succeeded"; nofail matters to systemd, see
+    test_systemd.py)."""
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"x")
+    mps = {name: workdir / f"mnt-{name}" for name in ("auto", "noauto", "broken")}
+    for mp in mps.values():
+        mp.mkdir()
+    opts = mount_opts(s3, workdir)
+    fstab = workdir / "fstab"
+    fstab.write_text(
+        f"{bucket} {mps['auto']} fuse.objectfs _netdev,{opts} 0 0\n"
+        f"{bucket} {mps['noauto']} fuse.objectfs noauto,_netdev,{opts} 0 0\n"
+        f"no-such-bucket-{bucket} {mps['broken']} objectfs nofail,_netdev,{opts} 0 0\n")
+    with contextlib.ExitStack() as stack:
+        for mp in mps.values():
+            stack.enter_context(mount8_cleanup(mp))
+        r = subprocess.run(["mount", "-a", "--fstab", str(fstab)], env=mount8_env(s3),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 64, (r.returncode, r.stderr)
+        assert is_mounted(str(mps["auto"])) and os.listdir(mps["auto"]) == ["f"]
+        assert not is_mounted(str(mps["noauto"])) and not is_mounted(str(mps["broken"]))
+        # the broken line's reason is on stderr, one line
+        assert r.stderr.strip().splitlines() == [
+            f"objectfs: bucket 'no-such-bucket-{bucket}' does not exist at {s3.endpoint}"]
+        pid = daemon_pid(mps["auto"])
+        assert subprocess.run(["umount", str(mps["auto"])], timeout=60).returncode == 0
+        wait_daemon_gone(pid)
+    no_traceback(workdir / "daemon.log")
+
+
 @pytest.mark.parametrize("fstype", ["fuse.objectfs", "objectfs"])
 def test_mount_t_on_the_command_line(installed, s3, bucket, s3_client, workdir, mountpoint,
                                      fstype):

@@ -4,6 +4,7 @@ through a real mount against moto."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import textwrap
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +291,60 @@ def test_botocore_debug_output_is_redacted(s3, bucket, tmp_path):
                       "X-Amz-Credential=AKIA", "Credential=AKIA"):
         assert forbidden not in log, forbidden
     assert not re.search(r"Signature=[0-9a-f]{16}", log)
+
+
+def test_daemon_logs_to_syslog_dev_log(s3, bucket, workdir):
+    """A daemon without log_file logs to /dev/log, as syslog and journald read it.
+
+    This machine may have no /dev/log, and the real one must not be touched: in a
+    private mount namespace /dev is a tmpfs holding the few devices needed (bind
+    mounts of the real ones) and, as log, a datagram socket of the test's."""
+    import socket
+
+    from tests.conftest import fuse_usable
+    from tests.integration.test_cli import objectfs_processes
+    from tests.integration.test_user_mounts import Namespace
+
+    if fuse_usable():
+        pytest.skip(fuse_usable())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(workdir / "log.sock"))
+    listener.settimeout(60)
+    mp = workdir / "mnt"
+    mp.mkdir()
+    ns = Namespace(workdir)
+    try:
+        dev = workdir / "dev"
+        dev.mkdir()
+        ns.run("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(dev), check=True)
+        for name in ("null", "zero", "full", "random", "urandom", "tty", "fuse"):
+            ns.run("touch", str(dev / name), check=True)
+            ns.bind(Path("/dev") / name, str(dev / name))
+        ns.run("touch", str(dev / "log"), check=True)
+        ns.bind(workdir / "log.sock", str(dev / "log"))
+        ns.run("mount", "--rbind", str(dev), "/dev", check=True)
+        env = s3.env()
+        env["PYTHONPATH"] = str(REPO)
+        r = ns.run(sys.executable, "-m", "objectfs", "mount", f"s3://{bucket}", str(mp),
+                   "--endpoint-url", s3.endpoint, "-o",
+                   f"log_level=info,cache_dir={workdir / 'cache'}", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "no syslog" not in r.stderr, r.stderr
+        lines = []
+        while not any("mounted s3://" in ln for ln in lines):
+            lines.append(listener.recv(65536).decode(errors="replace"))
+        r = ns.run(sys.executable, "-m", "objectfs", "umount", str(mp), env=env)
+        assert r.returncode == 0, r.stderr
+        while not any("unmounted" in ln for ln in lines):
+            lines.append(listener.recv(65536).decode(errors="replace"))
+    finally:
+        for pid in objectfs_processes(mp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        ns.close()
+        listener.close()
+    # <PRI>ident[pid]: text, facility daemon (3), INFO (6): 3 * 8 + 6 = 30
+    mounted = next(ln for ln in lines if "mounted s3://" in ln)
+    assert re.match(rf"<30>objectfs\[\d+\]: INFO objectfs: mounted s3://{bucket}/ on {mp}",
+                    mounted), mounted
+    assert all(ln.startswith("<") and "objectfs[" in ln for ln in lines), lines

@@ -61,10 +61,20 @@ def test_s3fs_aliases():
 
 
 def test_options_people_know_exist():
-    c = cfg("allow_other,allow_root,default_permissions,ro,uid=1000,gid=100,umask=022,"
+    c = cfg("allow_other,default_permissions,ro,uid=1000,gid=100,umask=022,"
             "file_mode=0600,dir_mode=0700")
     assert (c.uid, c.gid, c.umask, c.file_mode, c.dir_mode) == (1000, 100, 0o22, 0o600, 0o700)
-    assert {"allow_other", "allow_root", "default_permissions", "ro"} <= fuse_options(c)
+    assert {"allow_other", "default_permissions", "ro"} <= fuse_options(c)
+    assert "allow_root" in fuse_options(cfg("allow_root"))
+
+
+def test_allow_other_with_allow_root_is_refused():
+    """libfuse keeps allow_root alone when both are given, so other users would be
+    refused (seen through a real mount: nobody got EACCES)."""
+    with pytest.raises(ConfigError, match="allow_other and allow_root cannot be used together"):
+        cfg("allow_other,allow_root")
+    with pytest.raises(ConfigError, match="cannot be used together"):
+        cfg("allow_root", "allow_other")
 
 
 # -- source forms and the mount.fuse3 calling convention -----------------------------------

@@ -28,6 +28,8 @@ FILES = {
     "wb": "tests/integration/test_writeback.py",
     "tier": "tests/integration/test_tier.py",
     "mnt": "tests/integration/test_mounting.py",
+    "user": "tests/integration/test_user_mounts.py",
+    "sd": "tests/integration/test_systemd.py",
     "hostile": "tests/integration/test_hostile.py",
     "limits": "tests/integration/test_limits.py",
     "model": "tests/integration/test_model.py",
