@@ -3,9 +3,11 @@
 ``WriteBack`` owns the journal (``journal.py``) and a scheduler task in the
 mount's nursery.  Each staged file is a ``Pending``; there is at most one
 per key that is not yet being uploaded, since staging a key again replaces
-its previous entry (coalescing) -- except an entry recovered from an earlier
-mount, which this mount's writes were not based on: it is uploaded first,
-and a newer version of its key then follows the conflict rule below.
+its previous entry (coalescing).  Entries recovered from an earlier mount are
+handed to the filesystem, which shows them like entries staged by this mount;
+one it cannot show (``recovered`` stays set) is one this mount's writes were
+not based on: it is uploaded first, and a newer version of its key then
+follows the conflict rule below.
 Entries of one key are uploaded one at a time, oldest first.  An entry
 becomes due ``delay`` seconds
 after it was last staged, but no later than ``MAX_DEBOUNCE`` delays after it
@@ -85,8 +87,9 @@ class Pending:
         self.attempts = 0
         self.attempted = trio.Event()  # set after each upload attempt
         self.successor: Pending | None = None  # the entry that superseded this one
-        # left by an earlier mount: never superseded by a version staged in
-        # this mount (which was not based on it), uploaded before it
+        # left by an earlier mount and not shown by this one (see
+        # WriteBack.start): never superseded by a version staged in this
+        # mount (which was not based on it), uploaded before it
         self.recovered = False
         self.node = None            # the inode showing it (set by the filesystem)
 
@@ -124,9 +127,15 @@ class WriteBack:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self, nursery: trio.Nursery) -> list[Pending]:
+    async def start(self, nursery: trio.Nursery,
+                    show: Callable[[Pending], None] = lambda p: None) -> list[Pending]:
         """Open the journal, adopt what dead mounts left for this bucket and
-        start the scheduler.  Recovered entries are due at once."""
+        start the scheduler.  Recovered entries are due at once.
+
+        ``show`` is called with each recovered entry before any upload can
+        start; a filesystem that shows it (sets ``node``) clears its
+        ``recovered`` flag, so it is then treated exactly like an entry
+        staged in this mount."""
         await self._io(self.journal.open)
         recovered = await self._io(self.journal.adopt, self.accept)
         out = []
@@ -139,6 +148,8 @@ class WriteBack:
             self.pending[p.key] = p
             self.active.add(p)
             out.append(p)
+        for p in out:
+            show(p)
         nursery.start_soon(self._run, nursery)
         return out
 

@@ -289,3 +289,42 @@ def test_uploads_fall_back_to_head_checks_without_conditional_puts():
     assert store.objects["changed2"].data == b"appeared meanwhile"
     # one refused conditional PUT, then plain PUTs (the HEAD checks still find conflicts)
     assert store.calls["PutObject"] == 4
+
+
+def test_a_shown_recovered_entry_is_replaced_like_one_staged_here():
+    """A recovered entry the mount shows (``show`` clears ``recovered``) is
+    what a new version of its file was based on: the new version replaces it
+    (no conflict copy), as for a file staged in this mount."""
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    done: list[tuple[str, bool]] = []
+
+    def show(p) -> None:
+        p.recovered = False
+
+    async def main(root: str) -> None:
+        dead = Journal(os.path.join(root, "wb"))
+        dead.open()
+        dead.stage(manifest("k", base=old), [b"recovered"])
+        crash(dead)
+        async with trio.open_nursery() as nursery:
+            wb = writeback(store, root, nursery, done)
+            [p] = await wb.start(nursery, show=show)
+            assert not p.recovered
+            # what S3 should hold (as the filesystem says it): the recovered
+            # entry's base while it waits, what its upload stored once done
+            def base():
+                return old if not p.finished else store.objects["k"].etag
+
+            await wb.sync(await wb.stage(manifest("k", base=base()), [b"recovered + newer"],
+                                         base_fn=base))
+            assert await wb.drain(10) == []
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+    assert store.objects["k"].data == b"recovered + newer"
+    assert not [k for k in store.objects if CONFLICT_INFIX in k]
+    assert all(not c for _, c in done)
