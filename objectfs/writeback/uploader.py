@@ -48,7 +48,7 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
-from .journal import Entry, Journal, Manifest
+from .journal import SPARE_BATCH, Entry, Journal, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class WriteBack:
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(FILE_CONCURRENCY)
         self._conditional = True     # the server accepts If-Match on PutObject
+        self._nursery: trio.Nursery | None = None
+        self._refilling = False      # spare entry files being made
 
     async def _io(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args)
@@ -137,6 +139,8 @@ class WriteBack:
         ``recovered`` flag, so it is then treated exactly like an entry
         staged in this mount."""
         await self._io(self.journal.open)
+        await self._io(self.journal.make_spares)
+        self._nursery = nursery
         recovered = await self._io(self.journal.adopt, self.accept)
         out = []
         now = trio.current_time()
@@ -192,7 +196,9 @@ class WriteBack:
         meanwhile (then the manifest is corrected).  ``attach`` is called with
         the new entry before anything else can happen to it (its upload may
         finish before this returns)."""
+        started = time.perf_counter()
         entry = await self._io(self.journal.stage, manifest, chunks)
+        took = time.perf_counter() - started
         while base_fn is not None and base_fn() != entry.manifest.base_etag:
             await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
         now = trio.current_time()
@@ -200,25 +206,47 @@ class WriteBack:
         first = old.first if old is not None else now
         p = Pending(entry, min(now + self.delay, first + MAX_DEBOUNCE * self.delay), first)
         attach(p)
-        log.debug("write-back: staged %r (%d bytes, base %s) as %s", p.key, p.manifest.size,
-                  p.manifest.base_etag, entry.id)
+        log.debug("write-back: staged %r (%d bytes, base %s) as %s; staged in %.2f ms "
+                  "(%.2f ms of it syncing)", p.key, p.manifest.size, p.manifest.base_etag,
+                  entry.id, took * 1e3, entry.sync_s * 1e3)
         self.pending[p.key] = p
         self.active.add(p)
         if old is not None and not old.busy and not old.recovered:
             old.successor = p
-            await self.drop(old)
+            await self.drop(old, lazy=True)
         self._kick()
+        self._refill()
         return p
 
-    async def drop(self, p: Pending) -> None:
+    def _refill(self) -> None:
+        """Make spare entry files in the background before they run out, so
+        that a close rarely waits for a batch of them."""
+        if self._refilling or self._nursery is None \
+                or self.journal.spares >= SPARE_BATCH // 2:
+            return
+        self._refilling = True
+
+        async def refill() -> None:
+            try:
+                await self._io(self.journal.make_spares)
+            except OSError as e:
+                # staging makes them itself (and reports the error) if need be
+                log.warning("write-back: cannot prepare entry files: %s", e)
+            finally:
+                self._refilling = False
+
+        self._nursery.start_soon(refill)
+
+    async def drop(self, p: Pending, lazy: bool = False) -> None:
         """Forget a staged file (unlinked, replaced).  The caller holds
-        ``p.lock``, or knows no upload of it is in progress."""
+        ``p.lock``, or knows no upload of it is in progress.  ``lazy``: it
+        was replaced by a newer entry of its key (see ``Journal.remove``)."""
         p.finished = True
         self.active.discard(p)
         if self.pending.get(p.key) is p:
             del self.pending[p.key]
         p.attempted.set()
-        await self._io(self.journal.remove, p.entry)
+        await self._io(self.journal.remove, p.entry, lazy)
 
     async def _persist(self, entry: Entry, manifest: Manifest) -> None:
         """Change an entry's manifest: in memory at once (so every decision

@@ -136,8 +136,11 @@ def test_other_buckets_and_live_mounts_are_left_alone():
         assert os.path.exists(theirs.data_path)
         j.close()
         assert os.path.exists(theirs.data_path)
-        # the live mount's entry is untouched
-        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")]) == 1
+        # the live mount's entry (and its spares) are untouched
+        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")
+                    and os.path.getsize(os.path.join(alive.directory, n))]) == 1
+        assert alive.spares == len([n for n in os.listdir(alive.directory)
+                                    if n.endswith(".entry")]) - 1
 
 
 def test_clean_close_removes_an_empty_directory():
@@ -328,3 +331,95 @@ def test_a_shown_recovered_entry_is_replaced_like_one_staged_here():
     assert store.objects["k"].data == b"recovered + newer"
     assert not [k for k in store.objects if CONFLICT_INFIX in k]
     assert all(not c for _, c in done)
+
+
+# -- spare entry files (one fdatasync per close) ---------------------------------
+
+def test_spares_and_torn_entries_at_recovery(caplog):
+    """Staging fills a spare made ahead of time; at recovery, unused spares are
+    removed silently and a spare whose filling was torn (no complete
+    trailer: its close never returned) is discarded, never uploaded."""
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        j.make_spares(4)
+        assert j.spares == 4
+        spare_names = sorted(n for n in os.listdir(j.directory) if n.endswith(".entry"))
+        assert len(spare_names) == 4
+        assert all(os.path.getsize(os.path.join(j.directory, n)) == 0 for n in spare_names)
+        good = j.stage(manifest("good"), [b"good ", b"bytes"])
+        assert os.path.basename(good.data_path) == spare_names[0]   # filled in place
+        assert j.spares == 3
+        # two stagings torn by a power cut: bytes without the manifest, and a
+        # trailer cut short
+        full = j.stage(manifest("torn-trailer"), [b"x" * 5000])
+        raw = read(full.data_path)
+        with open(full.data_path, "r+b") as f:
+            f.truncate(len(raw) - 5)
+        half = j._take_spare()
+        with open(os.path.join(j.directory, half + ".entry"), "r+b") as f:
+            f.write(b"data only, no manifest")
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        with caplog.at_level("INFO", logger="objectfs.writeback.journal"):
+            adopted = j2.adopt(lambda m: True)
+        assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            ("good", b"good bytes")]
+        assert sorted(os.listdir(j.directory)) == sorted(["lock",
+                                                          os.path.basename(good.data_path)])
+        discarded = [r for r in caplog.records if "incomplete staging" in r.getMessage()]
+        assert len(discarded) == 2          # the torn ones; spares say nothing
+        j2.stage(manifest("more"), [b"x"])        # makes spares in j2's own directory
+        assert j2.spares > 0
+        j2.close()
+        # its spares are removed at close; the staged entry stays
+        assert len([n for n in os.listdir(j2.directory) if n.endswith(".entry")]) == 1
+
+
+def test_staging_from_many_threads_uses_each_spare_once():
+    import threading
+
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        j.make_spares(3)
+        out: list = []
+
+        def worker(i: int) -> None:
+            for n in range(10):
+                out.append(j.stage(manifest(f"k{i}-{n}"), [b"%d-%d" % (i, n)]))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({e.data_path for e in out}) == 60
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        got = {e.manifest.key: read(e.data_path)[:e.manifest.size]
+               for e in j2.adopt(lambda m: True)}
+        assert got == {f"k{i}-{n}": b"%d-%d" % (i, n) for i in range(6) for n in range(10)}
+
+
+def test_a_lazily_removed_older_entry_that_comes_back_is_dropped():
+    """A version replaced by a newer one of its key is unlinked without an
+    fsync; if a power cut brings it back, the newer entry still wins."""
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        old = j.stage(manifest("k"), [b"old"])
+        saved = read(old.data_path)
+        new = j.stage(manifest("k"), [b"new"])
+        j.remove(old, lazy=True)
+        with open(old.data_path, "wb") as f:    # the unlink did not reach the disk
+            f.write(saved)
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        adopted = j2.adopt(lambda m: True)
+        assert [(e.data_path, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            (new.data_path, b"new")]
+        assert not os.path.exists(old.data_path)
