@@ -20,7 +20,9 @@ A later change of the manifest (rename, chmod while staged) is written to a
 sidecar ``ID.json`` (written to ``ID.json.tmp``, fsync'd, renamed, directory
 fsync'd), which overrides the trailer.  Removal unlinks ``ID.entry`` first,
 then the sidecar, then fsyncs the directory, so neither an uploaded entry
-nor an entry under its old name comes back after a power cut.  An entry of
+nor an entry under its old name comes back after a power cut (after an
+upload, the uploader unlinks and then calls ``sync``: one fsync of the
+directory serves every upload that finished meanwhile).  An entry of
 this mount's directory replaced by a newer version of its key (``lazy``)
 is unlinked without that fsync: if a power cut brings it back, recovery
 drops it as the older entry of its key, and every later change that could
@@ -349,6 +351,11 @@ class Journal:
         _unlink(entry.manifest_path)
         if not (lazy and entry.directory == self.directory):
             _fsync_dir(entry.directory)
+
+    def sync(self) -> None:
+        """Make every change to this mount's directory durable (the
+        removals ``remove(lazy=True)`` left to it)."""
+        _fsync_dir(self.directory)
 
     # -- recovery -----------------------------------------------------------
 

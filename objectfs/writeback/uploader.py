@@ -123,6 +123,11 @@ class WriteBack:
         self._conditional = True     # the server accepts If-Match on PutObject
         self._nursery: trio.Nursery | None = None
         self._refilling = False      # spare entry files being made
+        # group commit of removals after uploads (see _sync_journal)
+        self._sync_wanted = 0
+        self._sync_done = 0
+        self._sync_running = False
+        self._synced = trio.Event()
 
     async def _io(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args)
@@ -248,6 +253,26 @@ class WriteBack:
         p.attempted.set()
         await self._io(self.journal.remove, p.entry, lazy)
 
+    async def _sync_journal(self) -> None:
+        """Make the removals done so far in this mount's journal directory
+        durable: one fsync of the directory shared by every upload that
+        finished meanwhile (group commit), instead of one per upload."""
+        self._sync_wanted += 1
+        ticket = self._sync_wanted
+        while self._sync_done < ticket:
+            if self._sync_running:
+                await self._synced.wait()
+                continue
+            self._sync_running = True
+            target = self._sync_wanted
+            try:
+                await self._io(self.journal.sync)
+                self._sync_done = max(self._sync_done, target)
+            finally:
+                self._sync_running = False
+                synced, self._synced = self._synced, trio.Event()
+                synced.set()
+
     async def _persist(self, entry: Entry, manifest: Manifest) -> None:
         """Change an entry's manifest: in memory at once (so every decision
         from now on sees it), then on disk."""
@@ -341,7 +366,9 @@ class WriteBack:
                                                              base_etag=info.etag))
                 self.on_done(p, info, conflict)
                 with trio.CancelScope(shield=True):
-                    await self._io(self.journal.remove, p.entry)
+                    await self._io(self.journal.remove, p.entry, True)
+                    if p.entry.directory == self.journal.directory:
+                        await self._sync_journal()
         finally:
             p.busy = False
             self._busy_keys.discard(key)

@@ -423,3 +423,59 @@ def test_a_lazily_removed_older_entry_that_comes_back_is_dropped():
         assert [(e.data_path, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
             (new.data_path, b"new")]
         assert not os.path.exists(old.data_path)
+
+
+def test_removals_after_uploads_share_one_directory_fsync():
+    """Uploads finishing while the journal's directory is being fsync'd wait
+    for the next fsync, which serves them all (group commit); every entry is
+    still removed before its upload counts as done."""
+    import threading
+
+    gate = threading.Event()
+    syncs: list[int] = []
+
+    class GatedJournal(Journal):
+        def sync(self) -> None:
+            syncs.append(1)
+            gate.wait(30)
+            super().sync()
+
+    store = MemoryStore()
+
+    async def main(root: str) -> None:
+        async with trio.open_nursery() as nursery:
+            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+            journal = GatedJournal(os.path.join(root, "wb"))
+            wb = WriteBack(ctx, journal, delay=600, accept=lambda m: True,
+                           on_done=lambda p, info, conflict: None)
+            await wb.start(nursery)
+            for i in range(16):
+                await wb.stage(manifest(f"k{i}"), [b"%d" % i])
+            left: list = []
+            drained = trio.Event()
+
+            async def drain() -> None:
+                left.extend(await wb.drain(60))
+                drained.set()
+
+            nursery.start_soon(drain)
+            # FILE_CONCURRENCY uploads finish; one fsync holds the others back
+            with trio.fail_after(30):
+                while wb._sync_wanted < 8:
+                    await trio.sleep(0.01)
+            assert len(syncs) == 1
+            gate.set()
+            with trio.fail_after(30):
+                await drained.wait()
+            assert left == []
+            nursery.cancel_scope.cancel()   # the last removals finish (shielded)
+        wb.close()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+        assert sorted(store.objects) == sorted(f"k{i}" for i in range(16))
+        assert len(syncs) <= 10      # one per upload before: 16
+        assert not any(n.endswith(".entry") and os.path.getsize(os.path.join(d, n))
+                       for d, _, names in os.walk(os.path.join(root, "wb")) for n in names)
