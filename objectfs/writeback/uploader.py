@@ -144,8 +144,8 @@ class WriteBack:
         ``recovered`` flag, so it is then treated exactly like an entry
         staged in this mount."""
         await self._io(self.journal.open)
-        await self._io(self.journal.make_spares)
         self._nursery = nursery
+        self._refill()   # the first closes need not wait for entry files
         recovered = await self._io(self.journal.adopt, self.accept)
         out = []
         now = trio.current_time()
