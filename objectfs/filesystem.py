@@ -132,6 +132,9 @@ class Filesystem:
         self._wb_locks: weakref.WeakKeyDictionary[Inode, trio.Lock] = \
             weakref.WeakKeyDictionary()
         self.tier: Tier | None = None
+        # files recovered from the journal whose ``remote`` (the object they
+        # replace) comes from the manifest, which does not record its size
+        self._size_unknown: weakref.WeakSet[Inode] = weakref.WeakSet()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class Filesystem:
                                 delay=cfg.writeback, accept=self._owns,
                                 on_done=self._written_back)
             try:
-                await self.wb.start(nursery)
+                await self.wb.start(nursery, show=self._show_recovered)
             except OSError as e:
                 raise UserError(f"cannot use the write-back directory under "
                                 f"{cache_root(cfg)}: {e.strerror}") from None
@@ -323,6 +326,7 @@ class Filesystem:
 
     def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
         node.remote = info
+        self._size_unknown.discard(node)
         node.local = False
         node.head_wall_ns = time.time_ns()  # we know what we just stored
         node.cache_etag = info.etag
@@ -401,6 +405,66 @@ class Filesystem:
         async with self._wb_lock(node):
             await data.export(sink)
 
+    def _show_recovered(self, p: Pending) -> None:
+        """Show a file staged by an earlier mount (recovered from the journal)
+        at once, exactly as if it had been staged by this mount: lookups,
+        listings and stat give its recorded attributes and reads its staged
+        bytes until its upload.  Called before any FUSE request is served."""
+        m = p.manifest
+        rel = m.key[len(self.table.root_prefix):]
+        names = rel.split("/")
+        if not all(keys.valid_component(n) for n in names):
+            return  # no name in this mount: uploaded all the same, unseen
+        d = self.table.root
+        for name in names[:-1]:
+            assert d.children is not None
+            child = d.children.get(name)
+            if child is not None and not child.is_dir:
+                # "a" and "a/b" both staged: the directory wins, as in listings
+                self._hide_recovered(child)
+                child = None
+            if child is None:
+                child = self.table.new(d, name, self.ns.default_attr(True))
+                child.implicit = True
+                child.meta_known = False   # a marker in S3 may hold its attributes
+            d = child
+        assert d.children is not None
+        old = d.children.get(names[-1])
+        if old is not None:
+            if old.is_dir:
+                return  # the directory wins
+            self._hide_recovered(old)
+        pa = md.parse_attrs(m.metadata)
+        mtime = m.mtime_ns or pa.mtime_ns or self.ns.mount_time_ns
+        attr = Attr(mode=stat.S_IFREG | stat.S_IMODE(m.mode), uid=m.uid, gid=m.gid,
+                    size=m.size, mtime_ns=mtime, ctime_ns=pa.ctime_ns or mtime,
+                    atime_ns=pa.atime_ns or mtime)
+        node = self.table.new(d, names[-1], attr)
+        raw = m.metadata.get(md.XATTR_KEY)
+        node.xattrs = md.parse_xattrs(raw) if raw else None
+        node.meta_known = True
+        if m.base_etag is None:
+            node.local = True        # a new file: nothing in S3 to replace
+        else:
+            # the object it replaces, as far as the journal knows it (the
+            # metadata it kept is already merged into the manifest's)
+            node.remote = ObjectInfo(key=m.key, size=m.size, etag=m.base_etag, mtime_ns=mtime,
+                                     metadata=dict(m.metadata), content_type=m.content_type,
+                                     headers=dict(m.headers))
+            self._size_unknown.add(node)
+        node.pending = p
+        p.node = node
+        p.recovered = False          # shown: what this mount writes now is based on it
+        self.ns.touch(node)
+
+    def _hide_recovered(self, node: Inode) -> None:
+        p = node.pending
+        if p is not None:
+            node.pending = None
+            p.node = None
+            p.recovered = True
+        self.table.detach(node, remember=False)
+
     def _written_back(self, p: Pending, info: ObjectInfo, conflict: bool) -> None:
         """An upload of the journal finished (``conflict``: it went beside the
         object it would have replaced)."""
@@ -420,6 +484,7 @@ class Filesystem:
             # S3's version wins under this name: show it from now on
             node.local = False
             node.remote = None
+            self._size_unknown.discard(node)
             node.validated_at = float("-inf")
             node.meta_known = False
             node.cache_etag = None
@@ -922,6 +987,15 @@ class Filesystem:
                 # another name: the object it replaces must go now
                 await self.store.delete(new_key)
         src.attr.ctime_ns = time.time_ns()
+        if not src.local and src.remote is not None and src in self._size_unknown:
+            # recovered from the journal, which does not record the size of
+            # the object being replaced (the copy below needs it)
+            try:
+                info = await self.store.head(old_key)
+                src.remote = replace(src.remote, size=info.size)
+            except NotFound:
+                src.local, src.remote = True, None   # nothing left to move
+            self._size_unknown.discard(src)
         if not src.local and src.remote is not None:
             await self.ns.ensure_metadata(src)
             remote = src.remote

@@ -172,6 +172,12 @@ class Namespace:
         now = clock() if now is None else now
         return now - node.validated_at < self.cfg.metadata_ttl
 
+    def holds_staged(self, node: Inode) -> bool:
+        """True for a directory with a file staged for write-back under it:
+        it stays, though S3 may hold nothing under its prefix until that
+        upload (a file recovered from an earlier mount, say)."""
+        return node.is_dir and any(n.pending is not None for n in self.table.walk(node))
+
     def listing_fresh(self, d: Inode, now: float | None = None) -> bool:
         now = clock() if now is None else now
         return d.listed_at is not None and now - d.listed_at < self.cfg.metadata_ttl
@@ -342,6 +348,10 @@ class Namespace:
             node = self.make_child(parent, name, stat.S_IFDIR, None, is_dir=True)
             node.legacy = folder[0].key
             return node
+        if current is not None and self.holds_staged(current):
+            # nothing in S3 yet, but a staged file under it will create it
+            self.apply_info(current, None, is_dir=True)
+            return current
         # nothing: forget any stale child and cache the miss
         if current is not None:
             self.notifier.invalidate_entry(parent.ino, name)
@@ -448,7 +458,8 @@ class Namespace:
             if name in dirs or name in files:
                 continue
             if child.local or child.changed_at >= started or child.data is not None \
-                    or child.open_count or child.pending is not None:
+                    or child.open_count or child.pending is not None \
+                    or self.holds_staged(child):
                 continue
             if child.is_dir and child.legacy is not None:
                 continue  # a legacy (no-slash) dir object shows as a file in listings

@@ -6,18 +6,28 @@ whole life, and one file per staged file, ``ID.entry``: the file's bytes,
 then its manifest (bucket, endpoint, key, size, MD5 of the bytes, the base
 ETag the upload must find in S3, metadata, Content-Type, system headers and
 the mode/uid/gid/mtime shown while staged) as JSON, then a 16-byte trailer
-(the JSON's length and a magic number).  One file means one fsync per close:
+(the JSON's length and a magic number).
 
-1. ``ID.entry`` is written and fsync'd;
-2. the directory is fsync'd, making its name durable.
+One flush of the disk per close: entry files are created ahead of time,
+empty (*spares*), a batch at a time, and their names made durable with one
+fsync of the directory per batch; staging writes into a spare and
+``fdatasync``s it, so no directory entry has to be made durable when a file
+is closed.  An empty ``ID.entry`` is an unused spare; an ``ID.entry``
+without a valid trailer is an interrupted staging (its close never
+returned).  Both are deleted at recovery.
 
 A later change of the manifest (rename, chmod while staged) is written to a
 sidecar ``ID.json`` (written to ``ID.json.tmp``, fsync'd, renamed, directory
-fsync'd), which overrides the trailer.  An ``ID.entry`` without a valid
-trailer is an interrupted staging (its close never returned) and is deleted
-at recovery.  Removal unlinks ``ID.entry`` first, then the sidecar, then
-fsyncs the directory, so neither an uploaded entry nor an entry under its old
-name comes back after a power cut.
+fsync'd), which overrides the trailer.  Removal unlinks ``ID.entry`` first,
+then the sidecar, then fsyncs the directory, so neither an uploaded entry
+nor an entry under its old name comes back after a power cut (after an
+upload, the uploader unlinks and then calls ``sync``: one fsync of the
+directory serves every upload that finished meanwhile).  An entry of
+this mount's directory replaced by a newer version of its key (``lazy``)
+is unlinked without that fsync: if a power cut brings it back, recovery
+drops it as the older entry of its key, and every later change that could
+make it the newest (a rename or removal of the newer entry) fsyncs the same
+directory first, which makes its removal durable too.
 
 Recovery: the lock of a dead mount is free (the kernel drops ``flock`` when
 the process dies, even by ``kill -9``), so a new mount locks every unlocked
@@ -31,11 +41,12 @@ entries are unlocked again and left alone; empty ones are removed.
 
 Everything here is blocking file I/O; the caller runs it in a worker thread
 (an fsync can take as long as the disk wants, and must not stall the FUSE
-loop).
+loop).  Staging and making spares may run in several threads at once.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -43,6 +54,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -58,6 +70,8 @@ TRAILER = struct.Struct("<Q8s")
 MAGIC = b"OFSWB\x00v1"
 # Bytes copied per read/write while staging or hashing.
 CHUNK = 1 << 20
+# Spare entry files made (and their names fsync'd) at a time.
+SPARE_BATCH = 64
 
 _seq = itertools.count()
 
@@ -110,6 +124,7 @@ class Entry:
     directory: str
     id: str
     manifest: Manifest
+    sync_s: float = 0.0     # seconds staging it spent in fsync (for the debug log)
 
     @property
     def data_path(self) -> str:
@@ -137,24 +152,36 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _write_entry(path: str, chunks: Iterable[bytes | memoryview],
-                 manifest: Manifest) -> Manifest:
-    """Create ``path`` (must not exist) with the bytes, the manifest (size and
-    MD5 filled in) and the trailer; fsync it.  Returns the manifest."""
+                 manifest: Manifest) -> tuple[Manifest, float]:
+    """Fill the spare ``path`` (an empty file whose name is durable) with the
+    bytes, the manifest (size and MD5 filled in) and the trailer, and
+    fdatasync it.  Returns the manifest and the seconds the sync took."""
     md5 = hashlib.md5()
     size = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY)
     try:
+        if os.fstat(fd).st_size:
+            raise OSError(errno.EEXIST, "spare entry file is not empty", path)
+        pending = bytearray()
         for chunk in chunks:
             md5.update(chunk)
             size += len(chunk)
+            if len(chunk) < 65536 and len(pending) + len(chunk) <= CHUNK:
+                pending += chunk   # small files: one write() with the manifest
+                continue
+            if pending:
+                _write_all(fd, pending)
+                pending = bytearray()
             _write_all(fd, chunk)
         manifest = replace(manifest, size=size, md5=md5.hexdigest())
         raw = manifest.to_json()
-        _write_all(fd, raw + TRAILER.pack(len(raw), MAGIC))
-        os.fsync(fd)
+        _write_all(fd, bytes(pending) + raw + TRAILER.pack(len(raw), MAGIC))
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        synced = time.perf_counter() - t
     finally:
         os.close(fd)
-    return manifest
+    return manifest, synced
 
 
 def read_entry_manifest(path: str) -> Manifest:
@@ -228,6 +255,9 @@ class Journal:
         self.root = root
         self.directory = ""
         self._locks: dict[str, int] = {}   # directory -> locked fd
+        # ids of empty entry files in ``directory`` whose names are durable
+        self._spares: list[str] = []
+        self._spare_lock = threading.Lock()
 
     def open(self) -> None:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -240,7 +270,11 @@ class Journal:
         _fsync_dir(self.root)
 
     def close(self) -> None:
-        """Release the locks; remove directories left empty."""
+        """Release the locks; remove unused spares and directories left empty."""
+        with self._spare_lock:
+            spares, self._spares = self._spares, []
+        for id_ in spares:
+            _unlink(os.path.join(self.directory, id_ + ENTRY_SUFFIX))
         for d, fd in list(self._locks.items()):
             _remove_if_empty(d)
             os.close(fd)
@@ -248,17 +282,45 @@ class Journal:
 
     # -- entries ------------------------------------------------------------
 
+    @property
+    def spares(self) -> int:
+        """Spare entry files ready for staging."""
+        return len(self._spares)
+
+    def make_spares(self, n: int = SPARE_BATCH) -> None:
+        """Create ``n`` empty entry files and make their names durable (one
+        fsync of the directory); only then may staging use them."""
+        made: list[str] = []
+        try:
+            for _ in range(n):
+                id_ = f"{_next_seq():024d}"
+                fd = os.open(os.path.join(self.directory, id_ + ENTRY_SUFFIX),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.close(fd)
+                made.append(id_)
+        finally:
+            if made:
+                _fsync_dir(self.directory)
+                with self._spare_lock:
+                    self._spares.extend(made)
+
+    def _take_spare(self) -> str:
+        while True:
+            with self._spare_lock:
+                if self._spares:
+                    return self._spares.pop(0)
+            self.make_spares()
+
     def stage(self, manifest: Manifest, chunks: Iterable[bytes | memoryview]) -> Entry:
-        """Write a new entry durably (see the module docstring for the order).
+        """Write a new entry durably: into a spare, then one fdatasync.
 
         ``manifest.size`` and ``md5`` are filled in from the bytes written.
         On any error the partial file is removed and the error raised.
         """
-        seq = _next_seq()
-        entry = Entry(self.directory, f"{seq:024d}", manifest)
+        entry = Entry(self.directory, self._take_spare(), manifest)
         try:
-            entry.manifest = _write_entry(entry.data_path, chunks, replace(manifest, seq=seq))
-            _fsync_dir(self.directory)
+            entry.manifest, entry.sync_s = _write_entry(
+                entry.data_path, chunks, replace(manifest, seq=_next_seq()))
         except BaseException:
             _unlink(entry.data_path)
             raise
@@ -280,11 +342,20 @@ class Journal:
         _fsync_dir(entry.directory)
         entry.manifest = manifest
 
-    def remove(self, entry: Entry) -> None:
-        """Delete an entry (uploaded or superseded); durable when this returns."""
+    def remove(self, entry: Entry, lazy: bool = False) -> None:
+        """Delete an entry (uploaded or superseded); durable when this returns,
+        unless ``lazy`` and the entry is in this mount's own directory (a
+        version replaced by a newer entry of its key: see the module
+        docstring)."""
         _unlink(entry.data_path)
         _unlink(entry.manifest_path)
-        _fsync_dir(entry.directory)
+        if not (lazy and entry.directory == self.directory):
+            _fsync_dir(entry.directory)
+
+    def sync(self) -> None:
+        """Make every change to this mount's directory durable (the
+        removals ``remove(lazy=True)`` left to it)."""
+        _fsync_dir(self.directory)
 
     # -- recovery -----------------------------------------------------------
 
@@ -333,6 +404,9 @@ class Journal:
                 continue
             entry = Entry(d, n[:-len(ENTRY_SUFFIX)], None)  # type: ignore[arg-type]
             try:
+                if os.path.getsize(entry.data_path) == 0:
+                    _unlink(entry.data_path)   # an unused spare
+                    continue
                 manifest = read_entry_manifest(entry.data_path)
             except (OSError, ValueError, TypeError):
                 # staging interrupted: its close() never returned

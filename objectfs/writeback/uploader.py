@@ -3,9 +3,11 @@
 ``WriteBack`` owns the journal (``journal.py``) and a scheduler task in the
 mount's nursery.  Each staged file is a ``Pending``; there is at most one
 per key that is not yet being uploaded, since staging a key again replaces
-its previous entry (coalescing) -- except an entry recovered from an earlier
-mount, which this mount's writes were not based on: it is uploaded first,
-and a newer version of its key then follows the conflict rule below.
+its previous entry (coalescing).  Entries recovered from an earlier mount are
+handed to the filesystem, which shows them like entries staged by this mount;
+one it cannot show (``recovered`` stays set) is one this mount's writes were
+not based on: it is uploaded first, and a newer version of its key then
+follows the conflict rule below.
 Entries of one key are uploaded one at a time, oldest first.  An entry
 becomes due ``delay`` seconds
 after it was last staged, but no later than ``MAX_DEBOUNCE`` delays after it
@@ -46,7 +48,7 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
-from .journal import Entry, Journal, Manifest
+from .journal import SPARE_BATCH, Entry, Journal, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,9 @@ class Pending:
         self.attempts = 0
         self.attempted = trio.Event()  # set after each upload attempt
         self.successor: Pending | None = None  # the entry that superseded this one
-        # left by an earlier mount: never superseded by a version staged in
-        # this mount (which was not based on it), uploaded before it
+        # left by an earlier mount and not shown by this one (see
+        # WriteBack.start): never superseded by a version staged in this
+        # mount (which was not based on it), uploaded before it
         self.recovered = False
         self.node = None            # the inode showing it (set by the filesystem)
 
@@ -118,16 +121,31 @@ class WriteBack:
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(FILE_CONCURRENCY)
         self._conditional = True     # the server accepts If-Match on PutObject
+        self._nursery: trio.Nursery | None = None
+        self._refilling = False      # spare entry files being made
+        # group commit of removals after uploads (see _sync_journal)
+        self._sync_wanted = 0
+        self._sync_done = 0
+        self._sync_running = False
+        self._synced = trio.Event()
 
     async def _io(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args)
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self, nursery: trio.Nursery) -> list[Pending]:
+    async def start(self, nursery: trio.Nursery,
+                    show: Callable[[Pending], None] = lambda p: None) -> list[Pending]:
         """Open the journal, adopt what dead mounts left for this bucket and
-        start the scheduler.  Recovered entries are due at once."""
+        start the scheduler.  Recovered entries are due at once.
+
+        ``show`` is called with each recovered entry before any upload can
+        start; a filesystem that shows it (sets ``node``) clears its
+        ``recovered`` flag, so it is then treated exactly like an entry
+        staged in this mount."""
         await self._io(self.journal.open)
+        self._nursery = nursery
+        self._refill()   # the first closes need not wait for entry files
         recovered = await self._io(self.journal.adopt, self.accept)
         out = []
         now = trio.current_time()
@@ -139,6 +157,8 @@ class WriteBack:
             self.pending[p.key] = p
             self.active.add(p)
             out.append(p)
+        for p in out:
+            show(p)
         nursery.start_soon(self._run, nursery)
         return out
 
@@ -181,7 +201,9 @@ class WriteBack:
         meanwhile (then the manifest is corrected).  ``attach`` is called with
         the new entry before anything else can happen to it (its upload may
         finish before this returns)."""
+        started = time.perf_counter()
         entry = await self._io(self.journal.stage, manifest, chunks)
+        took = time.perf_counter() - started
         while base_fn is not None and base_fn() != entry.manifest.base_etag:
             await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
         now = trio.current_time()
@@ -189,25 +211,67 @@ class WriteBack:
         first = old.first if old is not None else now
         p = Pending(entry, min(now + self.delay, first + MAX_DEBOUNCE * self.delay), first)
         attach(p)
-        log.debug("write-back: staged %r (%d bytes, base %s) as %s", p.key, p.manifest.size,
-                  p.manifest.base_etag, entry.id)
+        log.debug("write-back: staged %r (%d bytes, base %s) as %s; staged in %.2f ms "
+                  "(%.2f ms of it syncing)", p.key, p.manifest.size, p.manifest.base_etag,
+                  entry.id, took * 1e3, entry.sync_s * 1e3)
         self.pending[p.key] = p
         self.active.add(p)
         if old is not None and not old.busy and not old.recovered:
             old.successor = p
-            await self.drop(old)
+            await self.drop(old, lazy=True)
         self._kick()
+        self._refill()
         return p
 
-    async def drop(self, p: Pending) -> None:
+    def _refill(self) -> None:
+        """Make spare entry files in the background before they run out, so
+        that a close rarely waits for a batch of them."""
+        if self._refilling or self._nursery is None \
+                or self.journal.spares >= SPARE_BATCH // 2:
+            return
+        self._refilling = True
+
+        async def refill() -> None:
+            try:
+                await self._io(self.journal.make_spares)
+            except OSError as e:
+                # staging makes them itself (and reports the error) if need be
+                log.warning("write-back: cannot prepare entry files: %s", e)
+            finally:
+                self._refilling = False
+
+        self._nursery.start_soon(refill)
+
+    async def drop(self, p: Pending, lazy: bool = False) -> None:
         """Forget a staged file (unlinked, replaced).  The caller holds
-        ``p.lock``, or knows no upload of it is in progress."""
+        ``p.lock``, or knows no upload of it is in progress.  ``lazy``: it
+        was replaced by a newer entry of its key (see ``Journal.remove``)."""
         p.finished = True
         self.active.discard(p)
         if self.pending.get(p.key) is p:
             del self.pending[p.key]
         p.attempted.set()
-        await self._io(self.journal.remove, p.entry)
+        await self._io(self.journal.remove, p.entry, lazy)
+
+    async def _sync_journal(self) -> None:
+        """Make the removals done so far in this mount's journal directory
+        durable: one fsync of the directory shared by every upload that
+        finished meanwhile (group commit), instead of one per upload."""
+        self._sync_wanted += 1
+        ticket = self._sync_wanted
+        while self._sync_done < ticket:
+            if self._sync_running:
+                await self._synced.wait()
+                continue
+            self._sync_running = True
+            target = self._sync_wanted
+            try:
+                await self._io(self.journal.sync)
+                self._sync_done = max(self._sync_done, target)
+            finally:
+                self._sync_running = False
+                synced, self._synced = self._synced, trio.Event()
+                synced.set()
 
     async def _persist(self, entry: Entry, manifest: Manifest) -> None:
         """Change an entry's manifest: in memory at once (so every decision
@@ -302,7 +366,9 @@ class WriteBack:
                                                              base_etag=info.etag))
                 self.on_done(p, info, conflict)
                 with trio.CancelScope(shield=True):
-                    await self._io(self.journal.remove, p.entry)
+                    await self._io(self.journal.remove, p.entry, True)
+                    if p.entry.directory == self.journal.directory:
+                        await self._sync_journal()
         finally:
             p.busy = False
             self._busy_keys.discard(key)

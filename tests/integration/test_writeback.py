@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import time
 
 import pytest
 
+from tests.support.faultproxy import FaultProxy
 from tests.support.mounts import is_mounted
 
 STAY = "writeback=600"   # long enough that nothing is uploaded by the delay
@@ -59,11 +61,24 @@ def wait_for(pred, timeout: float = UPLOAD_WAIT, what: str = "condition") -> Non
         time.sleep(0.1)
 
 
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def journal_entries(workdir) -> list[str]:
+    """Staged entries (empty entry files are spares made ahead of time)."""
     root = workdir / "cache" / "writeback"
     if not root.exists():
         return []
-    return sorted(str(p) for p in root.glob("*/*.entry"))
+    out = []
+    for p in root.glob("*/*.entry"):
+        try:
+            if p.stat().st_size:
+                out.append(str(p))
+        except FileNotFoundError:
+            pass
+    return sorted(out)
 
 
 def test_close_stages_and_fsync_uploads(mount, workdir, s3_client, bucket):
@@ -308,3 +323,121 @@ def test_failed_upload_is_retried_and_fsync_reports_it(mount, workdir, s3_client
             os.close(fd)
         assert body(s3_client, bucket, "retry.txt") == b"kept until S3 takes it"
     assert "write-back upload of 'retry.txt' failed" in m.log()
+
+
+UPLOADS = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
+
+
+def test_recovered_files_show_at_once_while_their_upload_waits(mount, workdir, s3, s3_client,
+                                                               bucket):
+    """A file staged by a daemon killed with kill -9 shows in the next mount at
+    once (lookup, listing, stat, bytes) while S3 refuses its upload; renames
+    and unlinks done before the kill stay done; then it is uploaded, and an
+    object changed in S3 meanwhile keeps both versions."""
+    s3_client.put_object(Bucket=bucket, Key="old.txt", Body=b"old version")
+    s3_client.put_object(Bucket=bucket, Key="theirs.txt", Body=b"base version")
+    rng = random.Random(7)
+    big = rng.randbytes(300_000)
+    # the journal belongs to one endpoint: both mounts go through the proxy
+    proxy = FaultProxy(s3, seed=1)
+    try:
+        run_recovery_scenario(mount, workdir, s3_client, bucket, proxy, big)
+    finally:
+        proxy.stop()
+
+
+def run_recovery_scenario(mount, workdir, s3_client, bucket, proxy, big) -> None:
+    m = mount(bucket, options=wb_options(workdir, STAY), server=proxy)
+    mp = m.mountpoint
+    with m.watchdog(120):
+        os.mkdir(os.path.join(mp, "d"))
+        os.mkdir(os.path.join(mp, "d", "e"))
+        with open(os.path.join(mp, "d", "e", "big.bin"), "wb") as f:
+            f.write(big)
+        os.chmod(os.path.join(mp, "d", "e", "big.bin"), 0o640)
+        os.utime(os.path.join(mp, "d", "e", "big.bin"), ns=(1_500_000_000 * 10**9,
+                                                            1_600_000_000_123_456_789))
+        with open(os.path.join(mp, "old.txt"), "ab") as f:
+            f.write(b" + appended")
+        with open(os.path.join(mp, "a.txt"), "wb") as f:
+            f.write(b"renamed before the kill")
+        os.rename(os.path.join(mp, "a.txt"), os.path.join(mp, "d", "b.txt"))
+        with open(os.path.join(mp, "gone.txt"), "wb") as f:
+            f.write(b"unlinked before the kill")
+        os.unlink(os.path.join(mp, "gone.txt"))
+        with open(os.path.join(mp, "theirs.txt"), "wb") as f:
+            f.write(b"our version")
+        os.setxattr(os.path.join(mp, "theirs.txt"), "user.note", b"kept")
+        expect = {p: os.stat(os.path.join(mp, p))
+                  for p in ("d/e/big.bin", "old.txt", "d/b.txt", "theirs.txt")}
+        kill9(m)
+    assert len(journal_entries(workdir)) == 4
+    # another client changes one of them while no daemon runs, and removes
+    # the marker of a directory that looks empty in S3
+    s3_client.put_object(Bucket=bucket, Key="theirs.txt", Body=b"their version")
+    s3_client.delete_object(Bucket=bucket, Key="d/e/")
+    staged = {"d/e/big.bin": big, "old.txt": b"old version + appended",
+              "d/b.txt": b"renamed before the kill", "theirs.txt": b"our version"}
+
+    proxy.set_rates({op: {"error": 1.0} for op in UPLOADS})   # S3 refuses every upload
+    # metadata_ttl=0: every lookup and listing asks S3, which knows nothing of them
+    m2 = mount(bucket, options=wb_options(workdir, STAY, "retries=1", "metadata_ttl=0"),
+               server=proxy)
+    mp2 = m2.mountpoint
+    with m2.watchdog(180):
+        wait_for(lambda: proxy.injected() >= 4, what="upload attempts to be refused")
+        assert sorted(os.listdir(mp2)) == ["d", "old.txt", "theirs.txt"]
+        assert sorted(os.listdir(os.path.join(mp2, "d"))) == ["b.txt", "e"]
+        assert os.listdir(os.path.join(mp2, "d", "e")) == ["big.bin"]
+        for path, data in staged.items():
+            st = os.stat(os.path.join(mp2, path))
+            was = expect[path]
+            assert (st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+                was.st_size, was.st_mode, was.st_uid, was.st_gid, was.st_mtime_ns), path
+            with open(os.path.join(mp2, path), "rb") as f:
+                assert f.read() == data, path
+        assert stat.S_IMODE(os.stat(os.path.join(mp2, "d/e/big.bin")).st_mode) == 0o640
+        assert os.getxattr(os.path.join(mp2, "theirs.txt"), "user.note") == b"kept"
+        for gone in ("a.txt", "gone.txt"):
+            assert not os.path.exists(os.path.join(mp2, gone))
+        # nothing of it has reached S3
+        assert keys(s3_client, bucket) == ["d/", "old.txt", "theirs.txt"]
+        assert body(s3_client, bucket, "old.txt") == b"old version"
+        # they are changed like files staged by this mount: a rename moves the
+        # staged copy, a rewrite starts from the staged bytes and replaces them
+        os.rename(os.path.join(mp2, "old.txt"), os.path.join(mp2, "old2.txt"))
+        with open(os.path.join(mp2, "d", "b.txt"), "ab") as f:
+            f.write(b" and appended after")
+        staged["old2.txt"] = staged.pop("old.txt")
+        staged["d/b.txt"] += b" and appended after"
+        assert read_file(os.path.join(mp2, "old2.txt")) == staged["old2.txt"]
+        assert read_file(os.path.join(mp2, "d", "b.txt")) == staged["d/b.txt"]
+
+        proxy.clear()                                             # S3 is back
+        fd = os.open(os.path.join(mp2, "d", "b.txt"), os.O_RDONLY)
+        try:
+            os.fsync(fd)      # the rewrite waits for its own delay, unless fsync'd
+        finally:
+            os.close(fd)
+        wait_for(lambda: journal_entries(workdir) == [], what="recovered uploads")
+        for path in ("d/e/big.bin", "old2.txt", "d/b.txt"):
+            assert body(s3_client, bucket, path) == staged[path], path
+        assert not exists(s3_client, bucket, "old.txt")
+        meta = s3_client.head_object(Bucket=bucket, Key="d/e/big.bin")["Metadata"]
+        assert int(meta["mode"]) & 0o777 == 0o640
+        # the conflict rule: theirs stays under the name, ours goes beside it
+        assert body(s3_client, bucket, "theirs.txt") == b"their version"
+        copies = [k for k in keys(s3_client, bucket)
+                  if k.startswith("theirs.txt.objectfs-conflict-")]
+        assert len(copies) == 1 and body(s3_client, bucket, copies[0]) == b"our version"
+        assert sorted(keys(s3_client, bucket)) == sorted(
+            ["d/", "d/b.txt", "d/e/big.bin", "old2.txt", "theirs.txt", copies[0]])
+        assert not exists(s3_client, bucket, "a.txt")
+        assert not exists(s3_client, bucket, "gone.txt")
+        # and the mount now shows S3's version under the name
+        wait_for(lambda: read_file(os.path.join(mp2, "theirs.txt")) == b"their version",
+                 what="the remote version to show")
+        assert m2.unmount() == 0
+    log = m2.log()
+    assert log.count("write-back: recovered") == 4
+    assert "write-back conflict" in log

@@ -136,8 +136,11 @@ def test_other_buckets_and_live_mounts_are_left_alone():
         assert os.path.exists(theirs.data_path)
         j.close()
         assert os.path.exists(theirs.data_path)
-        # the live mount's entry is untouched
-        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")]) == 1
+        # the live mount's entry (and its spares) are untouched
+        assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")
+                    and os.path.getsize(os.path.join(alive.directory, n))]) == 1
+        assert alive.spares == len([n for n in os.listdir(alive.directory)
+                                    if n.endswith(".entry")]) - 1
 
 
 def test_clean_close_removes_an_empty_directory():
@@ -289,3 +292,190 @@ def test_uploads_fall_back_to_head_checks_without_conditional_puts():
     assert store.objects["changed2"].data == b"appeared meanwhile"
     # one refused conditional PUT, then plain PUTs (the HEAD checks still find conflicts)
     assert store.calls["PutObject"] == 4
+
+
+def test_a_shown_recovered_entry_is_replaced_like_one_staged_here():
+    """A recovered entry the mount shows (``show`` clears ``recovered``) is
+    what a new version of its file was based on: the new version replaces it
+    (no conflict copy), as for a file staged in this mount."""
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    done: list[tuple[str, bool]] = []
+
+    def show(p) -> None:
+        p.recovered = False
+
+    async def main(root: str) -> None:
+        dead = Journal(os.path.join(root, "wb"))
+        dead.open()
+        dead.stage(manifest("k", base=old), [b"recovered"])
+        crash(dead)
+        async with trio.open_nursery() as nursery:
+            wb = writeback(store, root, nursery, done)
+            [p] = await wb.start(nursery, show=show)
+            assert not p.recovered
+            # what S3 should hold (as the filesystem says it): the recovered
+            # entry's base while it waits, what its upload stored once done
+            def base():
+                return old if not p.finished else store.objects["k"].etag
+
+            await wb.sync(await wb.stage(manifest("k", base=base()), [b"recovered + newer"],
+                                         base_fn=base))
+            assert await wb.drain(10) == []
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+    assert store.objects["k"].data == b"recovered + newer"
+    assert not [k for k in store.objects if CONFLICT_INFIX in k]
+    assert all(not c for _, c in done)
+
+
+# -- spare entry files (one fdatasync per close) ---------------------------------
+
+def test_spares_and_torn_entries_at_recovery(caplog):
+    """Staging fills a spare made ahead of time; at recovery, unused spares are
+    removed silently and a spare whose filling was torn (no complete
+    trailer: its close never returned) is discarded, never uploaded."""
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        j.make_spares(4)
+        assert j.spares == 4
+        spare_names = sorted(n for n in os.listdir(j.directory) if n.endswith(".entry"))
+        assert len(spare_names) == 4
+        assert all(os.path.getsize(os.path.join(j.directory, n)) == 0 for n in spare_names)
+        good = j.stage(manifest("good"), [b"good ", b"bytes"])
+        assert os.path.basename(good.data_path) == spare_names[0]   # filled in place
+        assert j.spares == 3
+        # two stagings torn by a power cut: bytes without the manifest, and a
+        # trailer cut short
+        full = j.stage(manifest("torn-trailer"), [b"x" * 5000])
+        raw = read(full.data_path)
+        with open(full.data_path, "r+b") as f:
+            f.truncate(len(raw) - 5)
+        half = j._take_spare()
+        with open(os.path.join(j.directory, half + ".entry"), "r+b") as f:
+            f.write(b"data only, no manifest")
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        with caplog.at_level("INFO", logger="objectfs.writeback.journal"):
+            adopted = j2.adopt(lambda m: True)
+        assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            ("good", b"good bytes")]
+        assert sorted(os.listdir(j.directory)) == sorted(["lock",
+                                                          os.path.basename(good.data_path)])
+        discarded = [r for r in caplog.records if "incomplete staging" in r.getMessage()]
+        assert len(discarded) == 2          # the torn ones; spares say nothing
+        j2.stage(manifest("more"), [b"x"])        # makes spares in j2's own directory
+        assert j2.spares > 0
+        j2.close()
+        # its spares are removed at close; the staged entry stays
+        assert len([n for n in os.listdir(j2.directory) if n.endswith(".entry")]) == 1
+
+
+def test_staging_from_many_threads_uses_each_spare_once():
+    import threading
+
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        j.make_spares(3)
+        out: list = []
+
+        def worker(i: int) -> None:
+            for n in range(10):
+                out.append(j.stage(manifest(f"k{i}-{n}"), [b"%d-%d" % (i, n)]))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({e.data_path for e in out}) == 60
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        got = {e.manifest.key: read(e.data_path)[:e.manifest.size]
+               for e in j2.adopt(lambda m: True)}
+        assert got == {f"k{i}-{n}": b"%d-%d" % (i, n) for i in range(6) for n in range(10)}
+
+
+def test_a_lazily_removed_older_entry_that_comes_back_is_dropped():
+    """A version replaced by a newer one of its key is unlinked without an
+    fsync; if a power cut brings it back, the newer entry still wins."""
+    with tempfile.TemporaryDirectory() as root:
+        j = Journal(root)
+        j.open()
+        old = j.stage(manifest("k"), [b"old"])
+        saved = read(old.data_path)
+        new = j.stage(manifest("k"), [b"new"])
+        j.remove(old, lazy=True)
+        with open(old.data_path, "wb") as f:    # the unlink did not reach the disk
+            f.write(saved)
+        crash(j)
+        j2 = Journal(root)
+        j2.open()
+        adopted = j2.adopt(lambda m: True)
+        assert [(e.data_path, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            (new.data_path, b"new")]
+        assert not os.path.exists(old.data_path)
+
+
+def test_removals_after_uploads_share_one_directory_fsync():
+    """Uploads finishing while the journal's directory is being fsync'd wait
+    for the next fsync, which serves them all (group commit); every entry is
+    still removed before its upload counts as done."""
+    import threading
+
+    gate = threading.Event()
+    syncs: list[int] = []
+
+    class GatedJournal(Journal):
+        def sync(self) -> None:
+            syncs.append(1)
+            gate.wait(30)
+            super().sync()
+
+    store = MemoryStore()
+
+    async def main(root: str) -> None:
+        async with trio.open_nursery() as nursery:
+            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+            journal = GatedJournal(os.path.join(root, "wb"))
+            wb = WriteBack(ctx, journal, delay=600, accept=lambda m: True,
+                           on_done=lambda p, info, conflict: None)
+            await wb.start(nursery)
+            for i in range(16):
+                await wb.stage(manifest(f"k{i}"), [b"%d" % i])
+            left: list = []
+            drained = trio.Event()
+
+            async def drain() -> None:
+                left.extend(await wb.drain(60))
+                drained.set()
+
+            nursery.start_soon(drain)
+            # FILE_CONCURRENCY uploads finish; one fsync holds the others back
+            with trio.fail_after(30):
+                while wb._sync_wanted < 8:
+                    await trio.sleep(0.01)
+            assert len(syncs) == 1
+            gate.set()
+            with trio.fail_after(30):
+                await drained.wait()
+            assert left == []
+            nursery.cancel_scope.cancel()   # the last removals finish (shielded)
+        wb.close()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+        assert sorted(store.objects) == sorted(f"k{i}" for i in range(16))
+        assert len(syncs) <= 10      # one per upload before: 16
+        assert not any(n.endswith(".entry") and os.path.getsize(os.path.join(d, n))
+                       for d, _, names in os.walk(os.path.join(root, "wb")) for n in names)
