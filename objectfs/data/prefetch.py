@@ -18,6 +18,10 @@ ahead of the reader:
   read-ahead stops short but reads are still served (fetching only what
   they need).
 
+Readers of the same object version in other handles share GETs that are
+under way (``ctx.inflight``, see coalesce.py; the tier shares whole blocks
+itself), so two programs reading the same cold file fetch it once.
+
 Every GET is pinned to the ETag the file was opened with: if the object is
 replaced or deleted in S3 while it is open, the reader gets ESTALE, never a
 mix of old and new bytes.
@@ -112,7 +116,8 @@ class Prefetcher:
                 assert self.ctx.tier is not None
                 seg.data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end, self._get)
             else:
-                seg.data = await self._get(seg.start, seg.end)
+                seg.data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
+                                                       seg.end, self._get)
         except PreconditionFailed:
             seg.error = Stale("object changed in S3 while open")
         except ObjectNotFound:
