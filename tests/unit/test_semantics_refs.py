@@ -29,7 +29,7 @@ FILES = {
     "hostile": "tests/integration/test_hostile.py",
     "limits": "tests/integration/test_limits.py",
     "model": "tests/integration/test_model.py",
-    "coalesce": "tests/integration/test_coalescing.py",
+    "read": "tests/integration/test_read_path.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 

@@ -1,6 +1,6 @@
-"""Request coalescing through the real mount: concurrent readers share GETs.
+"""The read path through the real mount: request coalescing, kernel readahead.
 
-Several threads, each with its own file descriptor (so its own FUSE handle
+Coalescing: several threads, each with its own file descriptor (so its own FUSE handle
 and prefetcher), read the same cold file at the same time.  The reads use
 O_DIRECT, so the kernel's page cache (which already makes readers of one
 page wait for each other) is out of the way and every read reaches the
@@ -103,3 +103,37 @@ def test_concurrent_readers_of_one_cold_file_share_its_gets(mount, bucket, s3_cl
     print(f"\nFIGURES coalescing {tier}: {got / size:.2f}x the file in {gets} GETs")
     assert got < 1.5 * size, f"{got / size:.2f}x the file fetched in {gets} GETs"
     assert gets >= 1
+
+
+def fuse_reads(m) -> float:
+    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+    return sum(s["value"] for s in snap["objectfs_fuse_requests_total"]["samples"]
+               if s["labels"].get("op") == "read")
+
+
+def bdi_read_ahead_kb(mountpoint: str) -> int:
+    dev = os.stat(mountpoint).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")
+@pytest.mark.parametrize("read_ahead", [None, "0"])
+def test_sequential_reads_reach_the_daemon_in_1_mib_requests(mount, bucket, s3_client,
+                                                             read_ahead):
+    size = 16 * MiB
+    data = random.Random(4).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="seq.bin", Body=data)
+    options = ["cache_size=0"] + ([f"read_ahead={read_ahead}"] if read_ahead else [])
+    m = mount(bucket, options=options)
+    path = os.path.join(m.mountpoint, "seq.bin")
+    before = fuse_reads(m)
+    with open(path, "rb") as f:
+        assert f.read() == data
+    requests = fuse_reads(m) - before
+    if read_ahead == "0":  # the kernel's own 128 KiB
+        assert bdi_read_ahead_kb(m.mountpoint) == 128
+        assert requests >= size // (128 << 10)
+    else:
+        assert bdi_read_ahead_kb(m.mountpoint) == 1024
+        assert requests <= size // MiB + 4
