@@ -30,7 +30,10 @@ With the local tier (``ctx.tier``), segments go through it: cached blocks
 are read from disk and only missing blocks are fetched.  Segments are then
 aligned to the tier's blocks, so every fetched block is whole and can be
 cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
-on its first read (later reads at any offset are local).
+on its first read (later reads at any offset are local).  A file no larger
+than ``ctx.fill_max`` that is read at random (a second read out of
+sequence) is fetched whole into the tier in the background; the reads go on
+meanwhile and wait only for blocks that fill is fetching at that moment.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Prefetcher:
         self.next_fetch = 0          # end of what is scheduled
         self.window = FIRST_WINDOW
         self.last_end: int | None = None
+        self.random_reads = 0        # reads out of sequence
         self.gets = 0                # GETs issued (for tests and stats)
         # The kernel sends readahead requests of one file concurrently; they
         # are served one at a time (in arrival order) so that one cannot
@@ -185,6 +189,11 @@ class Prefetcher:
             return b""
         sequential = self._in_window(off)
         if not sequential:
+            self.random_reads += 1
+            if (self.random_reads == 2 and self.tier_ref is not None and not self.whole
+                    and self.size <= self.ctx.fill_max):
+                assert self.ctx.tier is not None
+                self.ctx.tier.fill(self.tier_ref, self._get, self.ctx.nursery)
             self._reset(off, end)
             self._schedule(off + self.window, end)
         else:

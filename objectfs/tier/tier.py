@@ -38,6 +38,9 @@ QUEUE_BYTES = 64 << 20
 FLUSH_INTERVAL = 2.0
 # Parallel disk operations of one mount.
 DISK_THREADS = 4
+# Background fill of a file read at random: GET size and GETs in parallel.
+FILL_STEP = 4 << 20
+FILL_CONCURRENCY = 4
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -78,6 +81,8 @@ class Tier:
         self.miss_bytes = 0
         self.skipped = 0         # fetched blocks not cached (no room, or no writer)
         self.shared = 0          # blocks taken from another reader's fetch
+        self.fills = 0           # files fetched whole in the background
+        self._filling: set[str] = set()
         # blocks being fetched, or fetched and not yet written: (oid, blockno)
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._queued = 0
@@ -235,6 +240,33 @@ class Tier:
         await self._blocks(ref, start, end, fetch, wait=True)
         return self.miss_bytes - before
 
+    def fill(self, ref: ObjectRef, fetch: Fetch, nursery: trio.Nursery) -> None:
+        """Fetch every block of ``ref`` not cached yet, in the background
+        (a file read at random: the reads that follow become local).  Blocks
+        go through the usual path, so readers share them while they arrive;
+        a failure only leaves the rest to be fetched when read."""
+        if ref.oid in self._filling:
+            return
+        self._filling.add(ref.oid)
+        self.fills += 1
+        nursery.start_soon(self._fill, ref, fetch)
+
+    async def _fill(self, ref: ObjectRef, fetch: Fetch) -> None:
+        limiter = trio.CapacityLimiter(FILL_CONCURRENCY)
+
+        async def one(s: int, e: int) -> None:
+            async with limiter:
+                await self._blocks(ref, s, e, fetch, wait=False)
+
+        try:
+            async with open_nursery() as nursery:
+                for s in range(0, ref.size, FILL_STEP):
+                    nursery.start_soon(one, s, min(ref.size, s + FILL_STEP))
+        except Exception as e:  # the reads fetch what they need themselves
+            log.info("background fill of %r stopped: %s", ref.key, e)
+        finally:
+            self._filling.discard(ref.oid)
+
     # -- write-behind ------------------------------------------------------
 
     def offer(self, key: str, etag: str | None, data: bytes | bytearray) -> None:
@@ -317,7 +349,7 @@ class Tier:
     def stats(self) -> dict:
         s = self.store.stats()
         s.update(hits=self.hits, misses=self.misses, hit_bytes=self.hit_bytes,
-                 miss_bytes=self.miss_bytes, skipped=self.skipped, shared=self.shared,
+                 miss_bytes=self.miss_bytes, skipped=self.skipped, shared=self.shared, fills=self.fills,
                  queued_bytes=self._queued, compress="zstd" if self.store.compress else "none")
         return s
 
