@@ -40,7 +40,7 @@ FLUSH_INTERVAL = 2.0
 DISK_THREADS = 4
 # Background fill of a file read at random: GET size and GETs in parallel.
 FILL_STEP = 4 << 20
-FILL_CONCURRENCY = 4
+FILL_CONCURRENCY = 8
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
