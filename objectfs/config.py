@@ -303,8 +303,8 @@ OPTIONS: list[Option] = [
            "offset are local. 0 turns this off.", "cache", "4M"),
     Option("cache_fill_max", parse_size, 128 * MiB, "With the local tier, a file up to this "
            "size that is read at random (a second read out of sequence in one open file) is "
-           "fetched whole into the tier in the background, in parallel 4 MiB GETs (8 at a time), so the "
-           "reads that follow are local. 0 turns this off.", "cache", "128M"),
+           "fetched whole into the tier in the background, in parallel 4 MiB GETs (8 at a "
+           "time), so the reads that follow are local. 0 turns this off.", "cache", "128M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),

@@ -349,7 +349,8 @@ class Tier:
     def stats(self) -> dict:
         s = self.store.stats()
         s.update(hits=self.hits, misses=self.misses, hit_bytes=self.hit_bytes,
-                 miss_bytes=self.miss_bytes, skipped=self.skipped, shared=self.shared, fills=self.fills,
+                 miss_bytes=self.miss_bytes, skipped=self.skipped, shared=self.shared,
+                 fills=self.fills,
                  queued_bytes=self._queued, compress="zstd" if self.store.compress else "none")
         return s
 
