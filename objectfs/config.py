@@ -271,6 +271,11 @@ OPTIONS: list[Option] = [
            "prefetch.", "data", "16M"),
     Option("prefetch_max", parse_size, 64 * MiB, "Largest read-ahead window per open file.",
            "data", "64M"),
+    Option("read_ahead", parse_size, 1 * MiB, "Kernel readahead of the mount (its "
+           "read_ahead_kb in /sys/class/bdi), so sequential reads reach ObjectFS in requests "
+           "of up to 1 MiB instead of 128 KiB: 8 times fewer requests and a third less CPU. "
+           "Needs root (otherwise the kernel's 128K stays); 0 leaves the kernel's value.",
+           "data", "1M"),
     Option("staging_dir", _str, None, "Directory for local staging of random writes. Default: "
            "/var/tmp/objectfs for root, else $XDG_CACHE_HOME/objectfs/staging.", "data",
            "see text"),
@@ -301,6 +306,10 @@ OPTIONS: list[Option] = [
     Option("cache_whole_file_max", parse_size, 4 * MiB, "With the local tier, the first read "
            "of a file up to this size fetches and caches the whole file, so later reads at any "
            "offset are local. 0 turns this off.", "cache", "4M"),
+    Option("cache_fill_max", parse_size, 128 * MiB, "With the local tier, a file up to this "
+           "size that is read at random (a second read out of sequence in one open file) is "
+           "fetched whole into the tier in the background, in parallel 4 MiB GETs (8 at a "
+           "time), so the reads that follow are local. 0 turns this off.", "cache", "128M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),

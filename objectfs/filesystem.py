@@ -162,6 +162,7 @@ class Filesystem:
         if self.tier is not None:
             self.ctx.tier = self.tier
             self.ctx.whole_file_max = cfg.cache_whole_file_max
+            self.ctx.fill_max = cfg.cache_fill_max
             await nursery.start(self.tier.run)
         root = self.table.root
         if self.table.root_prefix:

@@ -10,6 +10,7 @@ import trio
 
 from ..store.base import ObjectStore
 from .budget import ByteBudget
+from .coalesce import InFlight
 
 if TYPE_CHECKING:
     from ..tier.tier import Tier
@@ -59,6 +60,11 @@ class DataContext:
         # fetched whole on its first read (see prefetch.py).
         self.tier: Tier | None = None
         self.whole_file_max = 0
+        # ... and the size up to which a file read at random is fetched whole
+        # into the tier in the background (see prefetch.py)
+        self.fill_max = 0
+        # ranged GETs under way, shared by readers of the same object version
+        self.inflight = InFlight()
         # open files whose sequential writes stream from memory (FileData)
         self.streaming: weakref.WeakSet = weakref.WeakSet()
 

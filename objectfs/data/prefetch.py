@@ -18,6 +18,10 @@ ahead of the reader:
   read-ahead stops short but reads are still served (fetching only what
   they need).
 
+Readers of the same object version in other handles share GETs that are
+under way (``ctx.inflight``, see coalesce.py; the tier shares whole blocks
+itself), so two programs reading the same cold file fetch it once.
+
 Every GET is pinned to the ETag the file was opened with: if the object is
 replaced or deleted in S3 while it is open, the reader gets ESTALE, never a
 mix of old and new bytes.
@@ -26,7 +30,10 @@ With the local tier (``ctx.tier``), segments go through it: cached blocks
 are read from disk and only missing blocks are fetched.  Segments are then
 aligned to the tier's blocks, so every fetched block is whole and can be
 cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
-on its first read (later reads at any offset are local).
+on its first read (later reads at any offset are local).  A file no larger
+than ``ctx.fill_max`` that is read at random (a second read out of
+sequence) is fetched whole into the tier in the background; the reads go on
+meanwhile and wait only for blocks that fill is fetching at that moment.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Prefetcher:
         self.next_fetch = 0          # end of what is scheduled
         self.window = FIRST_WINDOW
         self.last_end: int | None = None
+        self.random_reads = 0        # reads out of sequence
         self.gets = 0                # GETs issued (for tests and stats)
         # The kernel sends readahead requests of one file concurrently; they
         # are served one at a time (in arrival order) so that one cannot
@@ -112,7 +120,8 @@ class Prefetcher:
                 assert self.ctx.tier is not None
                 seg.data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end, self._get)
             else:
-                seg.data = await self._get(seg.start, seg.end)
+                seg.data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
+                                                       seg.end, self._get)
         except PreconditionFailed:
             seg.error = Stale("object changed in S3 while open")
         except ObjectNotFound:
@@ -180,6 +189,11 @@ class Prefetcher:
             return b""
         sequential = self._in_window(off)
         if not sequential:
+            self.random_reads += 1
+            if (self.random_reads == 2 and self.tier_ref is not None and not self.whole
+                    and self.size <= self.ctx.fill_max):
+                assert self.ctx.tier is not None
+                self.ctx.tier.fill(self.tier_ref, self._get, self.ctx.nursery)
             self._reset(off, end)
             self._schedule(off + self.window, end)
         else:

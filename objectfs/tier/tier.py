@@ -38,6 +38,9 @@ QUEUE_BYTES = 64 << 20
 FLUSH_INTERVAL = 2.0
 # Parallel disk operations of one mount.
 DISK_THREADS = 4
+# Background fill of a file read at random: GET size and GETs in parallel.
+FILL_STEP = 4 << 20
+FILL_CONCURRENCY = 8
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -55,6 +58,19 @@ class PinPolicy:
         return any(fnmatch.fnmatchcase(rel, g) for g in self.globs)
 
 
+class _Pending:
+    """A block one reader is fetching (``data`` once it has it, until it is
+    written); other readers wait for it instead of fetching it again."""
+
+    __slots__ = ("data", "error", "done", "written")
+
+    def __init__(self):
+        self.data: memoryview | None = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()      # data or error is there
+        self.written = trio.Event()   # stored (or given up): no longer shared
+
+
 class Tier:
     def __init__(self, store: TierStore, ns: str):
         self.store = store
@@ -64,6 +80,11 @@ class Tier:
         self.hit_bytes = 0
         self.miss_bytes = 0
         self.skipped = 0         # fetched blocks not cached (no room, or no writer)
+        self.shared = 0          # blocks taken from another reader's fetch
+        self.fills = 0           # files fetched whole in the background
+        self._filling: set[str] = set()
+        # blocks being fetched, or fetched and not yet written: (oid, blockno)
+        self._pending: dict[tuple[str, int], _Pending] = {}
         self._queued = 0
         self._room = trio.Event()   # set (and replaced) whenever the queue shrinks
         self._running = False
@@ -81,28 +102,54 @@ class Tier:
         return [self.store.load(ref, b) for b in range(first, last + 1)]
 
     async def _blocks(self, ref: ObjectRef, start: int, end: int, fetch: Fetch,
-                      wait: bool) -> tuple[int, list[bytes]]:
-        """The whole blocks covering ``[start, end)``: (first block, data)."""
+                      wait: bool) -> tuple[int, list[bytes | memoryview | None], bytes | None]:
+        """The whole blocks covering ``[start, end)``: (first block, data,
+        and the fetched bytes when one GET brought every block, so the
+        caller need not join them)."""
         first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        blocks = await trio.to_thread.run_sync(self._load, ref, first, last,
-                                               limiter=self._disk)
-        runs: list[tuple[int, int]] = []
-        for i, b in enumerate(blocks):
-            if b is None:
-                if runs and runs[-1][1] == i:
-                    runs[-1] = (runs[-1][0], i + 1)
-                else:
-                    runs.append((i, i + 1))
+        blocks: list[bytes | memoryview | None] = await trio.to_thread.run_sync(
+            self._load, ref, first, last, limiter=self._disk)
         hit = [b for b in blocks if b is not None]
         self.hits += len(hit)
         self.hit_bytes += sum(len(b) for b in hit)
+        # Blocks not on disk may be in memory: fetched by another reader and
+        # waiting to be written, or being fetched right now.  Those are
+        # shared, never fetched twice; the others are fetched and announced.
+        waits: list[tuple[int, _Pending]] = []
+        runs: list[tuple[int, int]] = []
+        for i, b in enumerate(blocks):
+            if b is not None:
+                continue
+            p = self._pending.get((ref.oid, first + i))
+            if p is not None and p.data is not None:
+                blocks[i] = p.data
+                self.shared += 1
+                if wait:
+                    waits.append((i, p))  # warm: until it is stored
+                continue
+            if p is not None and not p.done.is_set():
+                waits.append((i, p))
+                continue
+            self._pending[(ref.oid, first + i)] = _Pending()
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        whole: list[bytes] = []
 
         async def get(i: int, j: int) -> None:
             s = (first + i) * BLOCK_SIZE
             e = min((first + j) * BLOCK_SIZE, ref.size)
-            data = await fetch(s, e)
+            mine = [(first + k, self._pending[(ref.oid, first + k)]) for k in range(i, j)]
+            try:
+                data = await fetch(s, e)
+            except BaseException as exc:
+                self._abandon(ref, mine, exc)
+                raise
             self.misses += j - i
             self.miss_bytes += len(data)
+            if i == 0 and j == len(blocks) and len(data) == e - s:
+                whole.append(data)
             view = memoryview(data)
             got = []
             for k in range(i, j):
@@ -110,29 +157,79 @@ class Tier:
                 if len(piece) != ref.block_len(first + k):
                     break  # short: the object changed; the caller sees it
                 blocks[k] = piece
+                p = mine[k - i][1]
+                p.data = piece
+                p.done.set()
                 got.append((first + k, piece))
+            self._abandon(ref, mine[len(got):], None)
             if got:
-                await self._store(ref, got, wait)
+                try:
+                    await self._store(ref, got, wait)
+                except BaseException:
+                    self._written(ref, got)
+                    raise
 
-        if len(runs) == 1:
+        async def share(i: int, p: _Pending) -> None:
+            await p.done.wait()
+            if p.data is not None:
+                if blocks[i] is None:
+                    blocks[i] = p.data
+                    self.shared += 1
+                if wait:
+                    await p.written.wait()
+            elif isinstance(p.error, Exception):
+                raise p.error
+            else:  # its reader was cancelled, or the object was short: ask S3
+                s = (first + i) * BLOCK_SIZE
+                data = await fetch(s, s + ref.block_len(first + i))
+                self.misses += 1
+                self.miss_bytes += len(data)
+                if len(data) == ref.block_len(first + i):
+                    blocks[i] = data
+
+        if len(runs) == 1 and not waits:
             await get(*runs[0])
-        elif runs:
+        elif runs or waits:
             async with open_nursery() as nursery:
                 for i, j in runs:
                     nursery.start_soon(get, i, j)
-        return first, blocks
+                for i, p in waits:
+                    nursery.start_soon(share, i, p)
+        return first, blocks, whole[0] if whole else None
+
+    def _abandon(self, ref: ObjectRef, mine: list[tuple[int, "_Pending"]],
+                 error: BaseException | None) -> None:
+        """Blocks this reader announced but will not bring: wake whoever
+        waits for them (they re-raise ``error``, or fetch the block)."""
+        for blockno, p in mine:
+            if not p.done.is_set():
+                p.error = error
+                p.done.set()
+            p.written.set()
+            if self._pending.get((ref.oid, blockno)) is p:
+                del self._pending[(ref.oid, blockno)]
+
+    def _written(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]]) -> None:
+        """``blocks`` are on disk now (or will never be): forget them here."""
+        for blockno, piece in blocks:
+            p = self._pending.get((ref.oid, blockno))
+            if p is not None and p.data is piece:
+                del self._pending[(ref.oid, blockno)]
+                p.written.set()
 
     async def read(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> bytes:
         """Bytes ``[start, end)`` of ``ref`` (``end`` at most its size), from
         cached blocks and ``fetch(s, e)`` for missing whole blocks."""
-        first, blocks = await self._blocks(ref, start, end, fetch, wait=False)
+        first, blocks, whole = await self._blocks(ref, start, end, fetch, wait=False)
+        lo = start - first * BLOCK_SIZE
+        if whole is not None:  # one GET brought it all: no copy
+            return whole if lo == 0 and len(whole) == end - start else whole[lo:lo + end - start]
         out = []
         for b in blocks:
             if b is None:
                 break  # a short fetch: return what there is
             out.append(b)
         data = b"".join(out)
-        lo = start - first * BLOCK_SIZE
         if lo == 0 and len(data) == end - start:
             return data
         return data[lo:lo + end - start]
@@ -142,6 +239,33 @@ class Tier:
         before = self.miss_bytes
         await self._blocks(ref, start, end, fetch, wait=True)
         return self.miss_bytes - before
+
+    def fill(self, ref: ObjectRef, fetch: Fetch, nursery: trio.Nursery) -> None:
+        """Fetch every block of ``ref`` not cached yet, in the background
+        (a file read at random: the reads that follow become local).  Blocks
+        go through the usual path, so readers share them while they arrive;
+        a failure only leaves the rest to be fetched when read."""
+        if ref.oid in self._filling:
+            return
+        self._filling.add(ref.oid)
+        self.fills += 1
+        nursery.start_soon(self._fill, ref, fetch)
+
+    async def _fill(self, ref: ObjectRef, fetch: Fetch) -> None:
+        limiter = trio.CapacityLimiter(FILL_CONCURRENCY)
+
+        async def one(s: int, e: int) -> None:
+            async with limiter:
+                await self._blocks(ref, s, e, fetch, wait=False)
+
+        try:
+            async with open_nursery() as nursery:
+                for s in range(0, ref.size, FILL_STEP):
+                    nursery.start_soon(one, s, min(ref.size, s + FILL_STEP))
+        except Exception as e:  # the reads fetch what they need themselves
+            log.info("background fill of %r stopped: %s", ref.key, e)
+        finally:
+            self._filling.discard(ref.oid)
 
     # -- write-behind ------------------------------------------------------
 
@@ -158,7 +282,10 @@ class Tier:
     async def _store(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]],
                      wait: bool) -> None:
         if wait:
-            await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
+            try:
+                await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
+            finally:
+                self._written(ref, blocks)
             return
         size = sum(len(b) for _, b in blocks)
         while self._running and self._queued and self._queued + size > QUEUE_BYTES:
@@ -169,6 +296,7 @@ class Tier:
         size = sum(len(b) for _, b in blocks)
         if not self._running or (self._queued and self._queued + size > QUEUE_BYTES):
             self.skipped += len(blocks)
+            self._written(ref, blocks)
             return
         self._queued += size
         self._send.send_nowait((ref, blocks, size))
@@ -203,6 +331,7 @@ class Tier:
                 try:
                     await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)
                 finally:
+                    self._written(ref, blocks)
                     self._queued -= size
                     self._room.set()
                     self._room = trio.Event()
@@ -220,7 +349,8 @@ class Tier:
     def stats(self) -> dict:
         s = self.store.stats()
         s.update(hits=self.hits, misses=self.misses, hit_bytes=self.hit_bytes,
-                 miss_bytes=self.miss_bytes, skipped=self.skipped,
+                 miss_bytes=self.miss_bytes, skipped=self.skipped, shared=self.shared,
+                 fills=self.fills,
                  queued_bytes=self._queued, compress="zstd" if self.store.compress else "none")
         return s
 

@@ -323,3 +323,30 @@ def test_mounts_of_two_buckets_share_one_cache_dir_and_its_bound(mount, logged_s
     assert on_disk <= limit
     for m, b in zip(mounts, buckets):  # same key, other bucket: never mixed up
         assert read_uncached(Path(m.mountpoint) / "same-key") == data[b]
+
+
+@pytest.mark.parametrize("fill", ["default", "off"])
+def test_a_file_read_at_random_is_fetched_whole_in_the_background(mount, logged_s3, workdir,
+                                                                   fill):
+    bucket = logged_s3.new_bucket()
+    data = blob(12 * MiB + 77, 9)
+    logged_s3.client().put_object(Bucket=bucket, Key="r.bin", Body=data)
+    m = mount(bucket, server=logged_s3,
+              options=["cache_fill_max=0"] if fill == "off" else [])
+    f = Path(m.mountpoint) / "r.bin"
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for off in (9 * MiB + 4096, 2 * MiB + 8192):  # two reads out of sequence
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+    finally:
+        os.close(fd)
+    if fill == "off":
+        s = settle(m)
+        assert s["blocks"] == 2 and s["fills"] == 0
+        return
+    s = settle(m, blocks=13)  # every block, fetched in the background
+    assert s["fills"] == 1 and s["used"] <= s["limit"]
+    before = gets(logged_s3, bucket, "r.bin")
+    assert read_uncached(f) == data
+    assert gets(logged_s3, bucket, "r.bin") == before

@@ -34,6 +34,7 @@ FILES = {
     "limits": "tests/integration/test_limits.py",
     "model": "tests/integration/test_model.py",
     "progs": "tests/integration/test_programs.py",
+    "read": "tests/integration/test_read_path.py",
 }
 DIRS = {"unit": "tests/unit", "posix": "posix_suite"}
 

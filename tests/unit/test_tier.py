@@ -357,6 +357,87 @@ class TierModel(RuleBasedStateMachine):
                 assert self.store.has(ref, b), "a pinned block was evicted"
 
 
+def test_tier_readers_share_blocks_being_fetched_or_waiting_to_be_written(root):
+    data = payload(5, 4 * BLOCK_SIZE)
+    calls = []
+    gate = trio.Event()
+
+    async def fetch(s, e):
+        calls.append((s, e))
+        await gate.wait()
+        return data[s:e]
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        got = {}
+
+        async def read(name, s, e):
+            got[name] = await tier.read(ref, s, e, fetch)
+
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read, "a", 0, 2 * BLOCK_SIZE)
+                await trio.sleep(0.05)
+                readers.start_soon(read, "b", BLOCK_SIZE, 3 * BLOCK_SIZE)
+                await trio.sleep(0.05)
+                gate.set()
+            assert got == {"a": data[:2 * BLOCK_SIZE], "b": data[BLOCK_SIZE:3 * BLOCK_SIZE]}
+            # b took block 1 from a's GET and fetched only block 2
+            assert calls == [(0, 2 * BLOCK_SIZE), (2 * BLOCK_SIZE, 3 * BLOCK_SIZE)]
+            assert tier.shared == 1
+            while tier._queued:
+                await trio.sleep(0.01)
+            assert not tier._pending  # written: served from disk from now on
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
+def test_a_failed_shared_fetch_fails_every_reader_and_is_not_remembered(root):
+    data = payload(6, 2 * BLOCK_SIZE)
+    calls = []
+    gate = trio.Event()
+
+    async def failing(s, e):
+        calls.append((s, e))
+        await gate.wait()
+        raise StoreUnavailable("Unreachable", "down", op="GetObject", key="k")
+
+    async def fetch(s, e):
+        calls.append((s, e))
+        return data[s:e]
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        errors = []
+
+        async def read():
+            try:
+                await tier.read(ref, 0, BLOCK_SIZE, failing)
+            except FsError as e:
+                errors.append(e)
+
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read)
+                await trio.sleep(0.05)
+                readers.start_soon(read)
+                await trio.sleep(0.05)
+                gate.set()
+            assert len(errors) == 2 and calls == [(0, BLOCK_SIZE)]
+            assert not tier._pending
+            assert await tier.read(ref, 0, BLOCK_SIZE, fetch) == data[:BLOCK_SIZE]
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
 def test_tier_model():
     run_state_machine_as_test(TierModel, settings=settings(
         max_examples=40, stateful_step_count=30, deadline=None,

@@ -1,0 +1,139 @@
+"""The read path through the real mount: request coalescing, kernel readahead.
+
+Coalescing: several threads, each with its own file descriptor (so its own FUSE handle
+and prefetcher), read the same cold file at the same time.  The reads use
+O_DIRECT, so the kernel's page cache (which already makes readers of one
+page wait for each other) is out of the way and every read reaches the
+daemon.  A fault proxy between the mount and moto delays every GET, so the
+readers' GETs are under way together.  The proxy counts the GETs and the
+daemon's metrics count the bytes received: with sharing, the file crosses
+the wire about once, not once per reader.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import threading
+
+import pytest
+
+from objectfs import control
+from tests.conftest import fuse_usable
+from tests.support.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
+
+MiB = 1 << 20
+READERS = 3
+
+
+@pytest.fixture
+def slow_proxy(s3):
+    """Every GetObject answered 0.4 s late; nothing else touched."""
+    with FaultProxy(s3, seed=7, delay=0.4) as p:
+        p.set_rates({"GetObject": {"delay": 1.0}})
+        yield p
+
+
+def received_bytes(m) -> float:
+    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+    fam = snap.get("objectfs_s3_received_bytes_total", {"samples": []})
+    return sum(s["value"] for s in fam["samples"])
+
+
+def read_direct(path: str, size: int) -> bytes:
+    """The whole file in 1 MiB O_DIRECT reads (aligned buffer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, MiB)
+    out = bytearray()
+    try:
+        while len(out) < size:
+            n = os.preadv(fd, [buf], len(out))
+            if n == 0:
+                break
+            out += buf[:n]
+        return bytes(out)
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def read_together(path: str, size: int, n: int) -> list[bytes | BaseException]:
+    results: list[bytes | BaseException] = [b""] * n
+    start = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            results[i] = read_direct(path, size)
+        except BaseException as e:  # reported by the test
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a reader hung"
+    return results
+
+
+@pytest.mark.parametrize("tier", ["tier", "no-tier"])
+def test_concurrent_readers_of_one_cold_file_share_its_gets(mount, bucket, s3_client,
+                                                            slow_proxy, tier):
+    size = 8 * MiB + 5
+    data = random.Random(3).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="shared.bin", Body=data)
+    options = [] if tier == "tier" else ["cache_size=0"]
+    m = mount(bucket, options=options, server=slow_proxy)
+    path = os.path.join(m.mountpoint, "shared.bin")
+    assert os.stat(path).st_size == size
+    gets_before = slow_proxy.requests["GetObject"]
+    with m.watchdog(120):
+        results = read_together(path, size, READERS)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+        assert r == data
+    got = received_bytes(m)
+    gets = slow_proxy.requests["GetObject"] - gets_before
+    # alone, each reader would fetch the whole file: READERS x size
+    print(f"\nFIGURES coalescing {tier}: {got / size:.2f}x the file in {gets} GETs")
+    assert got < 1.5 * size, f"{got / size:.2f}x the file fetched in {gets} GETs"
+    assert gets >= 1
+
+
+def fuse_reads(m) -> float:
+    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+    return sum(s["value"] for s in snap["objectfs_fuse_requests_total"]["samples"]
+               if s["labels"].get("op") == "read")
+
+
+def bdi_read_ahead_kb(mountpoint: str) -> int:
+    dev = os.stat(mountpoint).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")
+@pytest.mark.parametrize("read_ahead", [None, "0"])
+def test_sequential_reads_reach_the_daemon_in_1_mib_requests(mount, bucket, s3_client,
+                                                             read_ahead):
+    size = 16 * MiB
+    data = random.Random(4).randbytes(size)
+    s3_client.put_object(Bucket=bucket, Key="seq.bin", Body=data)
+    options = ["cache_size=0"] + ([f"read_ahead={read_ahead}"] if read_ahead else [])
+    m = mount(bucket, options=options)
+    path = os.path.join(m.mountpoint, "seq.bin")
+    before = fuse_reads(m)
+    with open(path, "rb") as f:
+        assert f.read() == data
+    requests = fuse_reads(m) - before
+    if read_ahead == "0":  # the kernel's own 128 KiB
+        assert bdi_read_ahead_kb(m.mountpoint) == 128
+        assert requests >= size // (128 << 10)
+    else:
+        assert bdi_read_ahead_kb(m.mountpoint) == 1024
+        assert requests <= size // MiB + 4
