@@ -252,20 +252,28 @@ class Tier:
         nursery.start_soon(self._fill, ref, fetch)
 
     async def _fill(self, ref: ObjectRef, fetch: Fetch) -> None:
+        """The first failure (the object changed or went away, S3 down)
+        stops the fill; it is logged, never raised: the fill runs in the
+        mount's nursery, where an error beside the Cancelled of an unmount
+        would end the mount loop with a traceback."""
         limiter = trio.CapacityLimiter(FILL_CONCURRENCY)
-
-        async def one(s: int, e: int) -> None:
-            async with limiter:
-                await self._blocks(ref, s, e, fetch, wait=False)
-
+        failed: list[Exception] = []
         try:
-            async with open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
+                async def one(s: int, e: int) -> None:
+                    try:
+                        async with limiter:
+                            await self._blocks(ref, s, e, fetch, wait=False)
+                    except Exception as exc:  # the reads fetch what they need themselves
+                        failed.append(exc)
+                        nursery.cancel_scope.cancel()
+
                 for s in range(0, ref.size, FILL_STEP):
                     nursery.start_soon(one, s, min(ref.size, s + FILL_STEP))
-        except Exception as e:  # the reads fetch what they need themselves
-            log.info("background fill of %r stopped: %s", ref.key, e)
         finally:
             self._filling.discard(ref.oid)
+            if failed:
+                log.info("background fill of %r stopped: %s", ref.key, failed[0])
 
     # -- write-behind ------------------------------------------------------
 

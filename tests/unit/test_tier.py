@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from objectfs.errors import FsError, StoreUnavailable
+from objectfs.errors import FsError, ObjectNotFound, StoreUnavailable
 from objectfs.store.memory import MemoryStore
 from objectfs.tier import blockfile
 from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
-from objectfs.tier.tier import PinPolicy, Tier
+from objectfs.tier.tier import FILL_CONCURRENCY, PinPolicy, Tier
 
 NS = "http://test|bucket"
 MiB = 1 << 20
@@ -603,3 +603,43 @@ def test_warm_stops_at_ctrl_c_and_says_how_far_it_got(monkeypatch, tmp_path, cap
     assert len(sent) == 3  # nothing is sent after the interrupt
     err = capsys.readouterr().err
     assert "interrupted; 64.0 MiB of 100.0 MiB warmed" in err
+
+
+def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
+    """The fill runs in the mount's nursery: its fetch errors (the object was
+    deleted) must never reach that nursery, also when they coincide with the
+    unmount's cancellation (that ended the mount loop with a traceback)."""
+    data = payload(7, 40 * BLOCK_SIZE)   # ten 4 MiB steps, eight fetched at a time
+    calls = []
+    gate: list[trio.Event] = []
+
+    async def gone(s, e):
+        calls.append((s, e))
+        await gate[0].wait()
+        raise ObjectNotFound("NoSuchKey", "deleted", op="GetObject", key="k")
+
+    async def main(cancel_too: bool):
+        gate[:] = [trio.Event()]
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        with trio.move_on_after(10) as guard:
+            async with trio.open_nursery() as mount_nursery:
+                await mount_nursery.start(tier.run)
+                tier.fill(ref, gone, mount_nursery)
+                while len(calls) < FILL_CONCURRENCY:   # every fetch under way waits
+                    await trio.sleep(0.01)
+                assert tier._filling
+                gate[0].set()
+                if cancel_too:  # the unmount arrives as the fetches fail
+                    mount_nursery.cancel_scope.cancel()
+                else:
+                    while tier._filling:
+                        await trio.sleep(0.01)
+                    assert len(calls) == FILL_CONCURRENCY   # the first failure stopped it
+                    mount_nursery.cancel_scope.cancel()
+        assert not guard.cancelled_caught and not tier._filling, (calls, tier._filling)
+        tier.store.close()
+
+    trio.run(main, False)
+    calls.clear()
+    trio.run(main, True)
