@@ -56,7 +56,7 @@ class LeanError(Exception):
 
 def usable(settings) -> str | None:
     """Why the lean path cannot serve this mount, or None if it can."""
-    if not getattr(settings, "lean_requests", True):
+    if not settings.lean_requests:
         return "lean_requests=off"
     opts = settings.request_options
     if opts.sse_c_key is not None or opts.requester_pays:
@@ -65,11 +65,9 @@ def usable(settings) -> str | None:
 
 
 class LeanRequests:
-    def __init__(self, client, bucket: str):
-        self._client = client
+    def __init__(self, client):
         self._signer = client._request_signer
         self._http = client._endpoint.http_session
-        self.bucket = bucket
         # Object URLs are the bucket's URL plus the key.  The bucket's URL is
         # the one botocore's endpoint rules give (addressing style, region,
         # endpoint, dualstack...): taken from the first listing sent, which

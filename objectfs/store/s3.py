@@ -180,31 +180,32 @@ def credential_error(detail: str, op: str, key: str) -> StoreError:
     return e
 
 
+def _answer(code: str, message: str, status: int | None, headers: Mapping[str, str],
+            op: str, key: str) -> StoreError:
+    """The StoreError for an S3 error answer, with its Retry-After."""
+    e = store_error(code, message[:200], op=op, key=key, status=status)
+    e.retry_after = parse_retry_after(headers.get("retry-after"))
+    return e
+
+
 def translate(exc: BaseException, op: str, key: str) -> StoreError:
     """botocore exception -> StoreError (no credentials or URLs in the text)."""
     import botocore.exceptions as be
 
     if isinstance(exc, _lean.LeanError):
-        e = store_error(exc.code, exc.message[:200], op=op, key=key, status=exc.status)
-        e.retry_after = parse_retry_after(exc.headers.get("retry-after"))
-        return e
-    if isinstance(exc, be.ClientError) and \
-            getattr(exc, "operation_name", None) in CREDENTIAL_OPS:
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(err.get("Code") or status or "Unknown")
-        return credential_error(f"{exc.operation_name} failed: {code}", op, key)
+        return _answer(exc.code, exc.message, exc.status, exc.headers, op, key)
     if isinstance(exc, (be.CredentialRetrievalError, be.TokenRetrievalError, be.SSOError,
                         be.PartialCredentialsError)):
         return credential_error(type(exc).__name__, op, key)
     if isinstance(exc, be.ClientError):
         err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        meta = exc.response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode")
         code = str(err.get("Code") or status or "Unknown")
-        e = store_error(code, str(err.get("Message", ""))[:200], op=op, key=key, status=status)
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
-        e.retry_after = parse_retry_after(headers.get("retry-after"))
-        return e
+        if getattr(exc, "operation_name", None) in CREDENTIAL_OPS:
+            return credential_error(f"{exc.operation_name} failed: {code}", op, key)
+        return _answer(code, str(err.get("Message", "")), status,
+                       meta.get("HTTPHeaders") or {}, op, key)
     if isinstance(exc, be.SSLError):
         return StoreError("TLSError", "TLS handshake or certificate verification failed",
                           op=op, key=key)
@@ -292,8 +293,8 @@ class S3Store:
         why = _lean.usable(self.settings)
         if why is None:
             try:
-                return _lean.LeanRequests(self.client, self.bucket)
-            except Exception as e:  # an endpoint shape we do not know: boto3 it is
+                return _lean.LeanRequests(self.client)
+            except Exception as e:  # a client without the botocore internals it uses
                 why = f"{type(e).__name__}: {e}"
         log.debug("HEAD and GET go through boto3 (%s)", why)
         return None
