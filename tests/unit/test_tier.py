@@ -357,15 +357,23 @@ class TierModel(RuleBasedStateMachine):
                 assert self.store.has(ref, b), "a pinned block was evicted"
 
 
+class Gated:
+    """A fetch that records its calls and waits for ``gate`` before answering
+    with ``answer(start, end)`` (which may raise instead)."""
+
+    def __init__(self, answer):
+        self.answer, self.calls, self.gate = answer, [], trio.Event()
+
+    async def __call__(self, s: int, e: int):
+        self.calls.append((s, e))
+        await self.gate.wait()
+        return self.answer(s, e)
+
+
 def test_tier_readers_share_blocks_being_fetched_or_waiting_to_be_written(root):
     data = payload(5, 4 * BLOCK_SIZE)
-    calls = []
-    gate = trio.Event()
-
-    async def fetch(s, e):
-        calls.append((s, e))
-        await gate.wait()
-        return data[s:e]
+    fetch = Gated(lambda s, e: data[s:e])
+    calls, gate = fetch.calls, fetch.gate
 
     async def main():
         tier = Tier(TierStore(root, 64 * MiB), NS)
@@ -398,13 +406,12 @@ def test_tier_readers_share_blocks_being_fetched_or_waiting_to_be_written(root):
 
 def test_a_failed_shared_fetch_fails_every_reader_and_is_not_remembered(root):
     data = payload(6, 2 * BLOCK_SIZE)
-    calls = []
-    gate = trio.Event()
 
-    async def failing(s, e):
-        calls.append((s, e))
-        await gate.wait()
+    def down(s, e):
         raise StoreUnavailable("Unreachable", "down", op="GetObject", key="k")
+
+    failing = Gated(down)
+    calls, gate = failing.calls, failing.gate
 
     async def fetch(s, e):
         calls.append((s, e))
@@ -610,16 +617,13 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
     deleted) must never reach that nursery, also when they coincide with the
     unmount's cancellation (that ended the mount loop with a traceback)."""
     data = payload(7, 40 * BLOCK_SIZE)   # ten 4 MiB steps, eight fetched at a time
-    calls = []
-    gate: list[trio.Event] = []
 
-    async def gone(s, e):
-        calls.append((s, e))
-        await gate[0].wait()
+    def deleted(s, e):
         raise ObjectNotFound("NoSuchKey", "deleted", op="GetObject", key="k")
 
     async def main(cancel_too: bool):
-        gate[:] = [trio.Event()]
+        gone = Gated(deleted)
+        calls = gone.calls
         tier = Tier(TierStore(root, 64 * MiB), NS)
         ref = tier.ref("k", "e", len(data))
         with trio.move_on_after(10) as guard:
@@ -629,7 +633,7 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
                 while len(calls) < FILL_CONCURRENCY:   # every fetch under way waits
                     await trio.sleep(0.01)
                 assert tier._filling
-                gate[0].set()
+                gone.gate.set()
                 if cancel_too:  # the unmount arrives as the fetches fail
                     mount_nursery.cancel_scope.cancel()
                 else:
@@ -641,5 +645,4 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
         tier.store.close()
 
     trio.run(main, False)
-    calls.clear()
     trio.run(main, True)

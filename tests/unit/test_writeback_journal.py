@@ -38,6 +38,14 @@ def crash(j: Journal) -> None:
     j._locks.clear()
 
 
+def left_by_a_dead_mount(root: str, m, body: bytes) -> None:
+    """A journal under ``root`` holding one staged entry, its mount killed."""
+    dead = Journal(os.path.join(root, "wb"))
+    dead.open()
+    dead.stage(m, [body])
+    crash(dead)
+
+
 def read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -234,10 +242,7 @@ def test_a_recovered_entry_is_never_silently_replaced():
     done: list[tuple[str, bool]] = []
 
     async def main(root: str) -> None:
-        dead = Journal(os.path.join(root, "wb"))
-        dead.open()
-        dead.stage(manifest("k", base=old), [b"recovered"])
-        crash(dead)
+        left_by_a_dead_mount(root, manifest("k", base=old), b"recovered")
         async with trio.open_nursery() as nursery:
             wb = writeback(store, root, nursery, done)
             assert len(await wb.start(nursery)) == 1
@@ -307,10 +312,7 @@ def test_a_shown_recovered_entry_is_replaced_like_one_staged_here():
         p.recovered = False
 
     async def main(root: str) -> None:
-        dead = Journal(os.path.join(root, "wb"))
-        dead.open()
-        dead.stage(manifest("k", base=old), [b"recovered"])
-        crash(dead)
+        left_by_a_dead_mount(root, manifest("k", base=old), b"recovered")
         async with trio.open_nursery() as nursery:
             wb = writeback(store, root, nursery, done)
             [p] = await wb.start(nursery, show=show)
