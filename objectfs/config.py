@@ -255,6 +255,11 @@ OPTIONS: list[Option] = [
            "Last-Modified, default mode and owner) and skip the per-entry HEAD; fast, but modes, "
            "owners, mtimes and symlink types stored in metadata show only after a lookup.",
            "metadata"),
+    Option("small_file_prefetch", parse_size, 16 * KiB, "A file up to this size whose "
+           "attributes are fetched (ls -l, stat, a lookup after a listing) is fetched whole with "
+           "a GET instead of a HEAD: the same one request, and its first read then needs none. "
+           "The bytes are kept in memory (16 MiB at most) only while the object's ETag is the "
+           "one they came with. 0 turns this off.", "metadata", "16K"),
     Option("compat_dir", parse_bool, False, "Also read 'name_$folder$' objects as directories "
            "(s3fs compat_dir; old S3 tools).", "metadata"),
     # -- data path

@@ -536,8 +536,13 @@ class Namespace:
                 if child.parent is not d:
                     return
                 key = self.table.key(child)  # "x/" for directories
+                # a small file is fetched whole for the same price: its
+                # first read then asks S3 nothing (see small_file_prefetch)
+                small = (not child.is_dir and stat.S_ISREG(child.attr.mode)
+                         and 0 < child.attr.size <= self.cfg.small_file_prefetch)
                 try:
-                    info = await self.store.head(key)
+                    info = await self.store.head(
+                        key, body_max=self.cfg.small_file_prefetch if small else 0)
                 except NotFound:
                     if child.is_dir:
                         await self._legacy_dir(child)

@@ -65,8 +65,10 @@ class Part:
 class ObjectStore(Protocol):
     bucket: str
 
-    async def head(self, key: str) -> ObjectInfo:
-        """Metadata of ``key``; ObjectNotFound if missing."""
+    async def head(self, key: str, *, body_max: int = 0) -> ObjectInfo:
+        """Metadata of ``key``; ObjectNotFound if missing.  ``body_max``: an
+        object up to this size may be fetched whole with the same request
+        and kept for ``get`` of that version (a hint; stores may ignore it)."""
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:

@@ -83,7 +83,7 @@ class MemoryStore:
 
     # ObjectStore --------------------------------------------------------------
 
-    async def head(self, key: str) -> ObjectInfo:
+    async def head(self, key: str, *, body_max: int = 0) -> ObjectInfo:
         self._count("HeadObject")
         await trio.lowlevel.checkpoint()
         return self._info(key, self._get("HeadObject", key))

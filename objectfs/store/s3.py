@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import cachetools
 import trio
 
 from .. import logs, metrics
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 # Part size for server-side multipart copies of objects over 5 GiB: large
 # parts mean few requests; the size grows for objects over 5 TiB / 10,000.
 COPY_PART_SIZE = 512 * MiB
+# Bodies of small objects fetched by ``head(body_max=...)``, kept for the
+# read that usually follows (``ls -l`` then reading the files)
+BODY_CACHE_BYTES = 16 * MiB
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -284,6 +288,9 @@ class S3Store:
             settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
         self.lean = self._make_lean()
+        # (key, ETag) -> the whole object, from head(body_max=...): a body is
+        # only ever served for the version it came with
+        self._bodies: cachetools.LRUCache = cachetools.LRUCache(BODY_CACHE_BYTES, getsizeof=len)
         self.congestion = Congestion(self.limiter, settings.max_connections)
         self.retries = 0            # attempts repeated after a transient failure
 
@@ -375,7 +382,15 @@ class S3Store:
         await self._call("ListObjectsV2", prefix, functools.partial(
             self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
 
-    async def head(self, key: str) -> ObjectInfo:
+    async def head(self, key: str, *, body_max: int = 0) -> ObjectInfo:
+        """``body_max``: ask with a GET of the first ``body_max`` bytes
+        instead (the same headers, one request); an object that fits is
+        kept for ``get`` of this version (see ``_bodies``)."""
+        if body_max > 0 and self._lean_or_none() is not None:
+            got = await self._head_by_get(key, body_max)
+            if got is not None:
+                return got
+
         def fetch():
             lean = self._lean_or_none()
             if lean is not None:
@@ -386,6 +401,39 @@ class S3Store:
             return self.client.head_object(Bucket=self.bucket, Key=key)
 
         return self._info_from_head(key, await self._call("HeadObject", key, fetch))
+
+    async def _head_by_get(self, key: str, body_max: int) -> ObjectInfo | None:
+        """HeadObject's answer from a ranged GET; None to ask with a HEAD
+        instead: any error answer (so errors are exactly HEAD's, and an
+        object emptied since the listing has no satisfiable range) or one
+        the lean path does not decode."""
+        lean = self._lean_or_none()
+
+        def fetch():
+            if lean is None:
+                return None
+            try:
+                return lean.get(key, f"bytes=0-{body_max - 1}", None)
+            except (_lean.Fallback, _lean.LeanError):
+                return None
+
+        got = await self._call("GetObject", key, fetch)
+        if got is None:
+            return None
+        r, data = got
+        total = len(data)
+        content_range = r.get("ContentRange")
+        if content_range:
+            m = _CONTENT_RANGE.fullmatch(content_range.strip())
+            if m is None or m[3] == "*" or int(m[1]) != 0:
+                return None
+            total = int(m[3])
+        elif r.get("ContentLength") is not None and int(r["ContentLength"]) != len(data):
+            return None  # a short body: ask again with a HEAD
+        metrics.counter("objectfs_s3_received_bytes_total").inc(len(data))
+        if total == len(data) and r.get("ETag"):
+            self._bodies[(key, _bare_etag(r["ETag"]))] = data
+        return self._info_from_head(key, {**r, "ContentLength": total})
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:
@@ -407,6 +455,11 @@ class S3Store:
                   etag: str | None = None) -> bytes:
         if end is not None and end <= start:
             return b""
+        if etag and self._bodies:
+            body = self._bodies.get((key, _bare_etag(etag)))
+            metrics.cache("body", hit=body is not None)
+            if body is not None:
+                return body[start:end]
         kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or end is not None:
             kw["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))

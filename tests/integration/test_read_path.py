@@ -16,6 +16,7 @@ import mmap
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -137,3 +138,61 @@ def test_sequential_reads_reach_the_daemon_in_1_mib_requests(mount, bucket, s3_c
     else:
         assert bdi_read_ahead_kb(m.mountpoint) == 1024
         assert requests <= size // MiB + 4
+
+
+def s3_requests(m, op: str) -> float:
+    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+    return sum(s["value"] for s in snap["objectfs_s3_requests_total"]["samples"]
+               if s["labels"].get("op") == op)
+
+
+@pytest.mark.parametrize("prefetch", ["16K", "0"])
+@pytest.mark.parametrize("tier", ["tier", "no-tier"])
+def test_ls_l_fetches_small_files_whole_so_their_first_read_asks_nothing(
+        mount, bucket, s3_client, tier, prefetch):
+    """``ls -l`` then reading the files (the usual pattern of find, grep,
+    cat *): a file up to small_file_prefetch comes whole with the GET that
+    replaces its HEAD, so its read asks S3 nothing; bigger and empty files
+    are HEADed and read as before.  Turned off, every file is read by GET."""
+    files = {"a.txt": b"a" * 4000, "b.txt": b"b" * 16384, "big.bin": b"c" * 16385,
+             "empty": b""}
+    for name, body in files.items():
+        s3_client.put_object(Bucket=bucket, Key=f"d/{name}", Body=body,
+                             Metadata={"mode": "33152"})   # 0600: only the HEAD knows
+    options = [f"small_file_prefetch={prefetch}"] + (
+        [] if tier == "tier" else ["cache_size=0"])
+    m = mount(bucket, options=options)
+    d = os.path.join(m.mountpoint, "d")
+    os.stat(d)
+    heads, gets = s3_requests(m, "HeadObject"), s3_requests(m, "GetObject")
+    for name in sorted(os.listdir(d)):
+        st = os.stat(os.path.join(d, name))
+        assert (st.st_size, st.st_mode & 0o777) == (len(files[name]), 0o600)
+    small = 2 if prefetch == "16K" else 0
+    assert s3_requests(m, "GetObject") - gets == small
+    assert s3_requests(m, "HeadObject") - heads == 4 - small
+    gets = s3_requests(m, "GetObject")
+    for name, body in files.items():
+        with open(os.path.join(d, name), "rb") as f:
+            assert f.read() == body
+    assert s3_requests(m, "GetObject") - gets == 3 - small   # empty files need no GET
+
+
+def test_a_prefetched_body_serves_only_its_own_version(mount, bucket, s3_client):
+    """Replaced by another S3 client after ``ls -l``: once the change shows
+    (metadata_ttl), the read returns the new bytes, never the kept ones."""
+    s3_client.put_object(Bucket=bucket, Key="f.txt", Body=b"old " * 100)
+    m = mount(bucket, options=["metadata_ttl=0.2", "cache_size=0"])
+    path = os.path.join(m.mountpoint, "f.txt")
+    assert os.stat(path).st_size == 400
+    gets = s3_requests(m, "GetObject")
+    s3_client.put_object(Bucket=bucket, Key="f.txt", Body=b"new " * 100)
+    deadline = time.monotonic() + 30
+    while True:   # until the kernel and the daemon see the new version
+        with open(path, "rb") as f:
+            got = f.read()
+        if got == b"new " * 100 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert got == b"new " * 100
+    assert s3_requests(m, "GetObject") > gets

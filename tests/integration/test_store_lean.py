@@ -12,6 +12,7 @@ import datetime
 import pytest
 import trio
 
+from objectfs import metrics
 from objectfs.errors import StoreError
 from objectfs.store import lean
 from objectfs.store.s3 import S3Settings, S3Store
@@ -163,3 +164,46 @@ def test_the_mounts_store_is_lean_from_its_first_request(s3, bucket, monkeypatch
         cfg = config.build(bucket, "", "/mnt", o_options=[f"endpoint_url={s3.endpoint}", *opts])
         store = mount.check_bucket(cfg)
         assert (store.lean.ready if store.lean else None) is ready
+
+
+def s3_requests(op: str) -> float:
+    fam = metrics.snapshot().get("objectfs_s3_requests_total", {"samples": []})
+    return sum(s["value"] for s in fam["samples"] if s["labels"].get("op") == op)
+
+
+def test_head_by_get_answers_as_head_and_keeps_small_bodies(s3, s3_client, bucket):
+    """head(body_max=N) asks with a GET of the first N bytes: the attributes
+    must be exactly HEAD's (size from Content-Range, metadata, headers,
+    errors); an object that fits is kept, and a read of that version needs
+    no request, while another version is never served from it."""
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY, ContentType="text/x-odd",
+                         CacheControl="max-age=60", Metadata={"mode": "33188", "uid": "7"})
+    s3_client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    fast, slow = stores(s3, bucket)
+
+    async def main():
+        await fast.check_bucket()
+        big = await fast.head(KEY, body_max=len(BODY) - 1)   # does not fit
+        assert big == await slow.head(KEY) and big.size == len(BODY)
+        assert await fast.head("empty", body_max=100) == await slow.head("empty")
+        for missing in ("missing", "missing/"):
+            assert (await outcome(lambda: fast.head(missing, body_max=100))
+                    == await outcome(lambda: slow.head(missing)))
+        gets = s3_requests("GetObject")
+        assert await fast.get(KEY, 0, 10, etag=big.etag) == BODY[:10]
+        assert s3_requests("GetObject") == gets + 1   # not kept: it did not fit
+
+        info = await fast.head(KEY, body_max=len(BODY))
+        assert info == await slow.head(KEY)
+        gets = s3_requests("GetObject")
+        for rng in [(0, None), (5, 300), (len(BODY) - 3, len(BODY) + 100)]:
+            assert await fast.get(KEY, *rng, etag=info.etag) == BODY[rng[0]:rng[1]]
+        assert s3_requests("GetObject") == gets   # all from the kept body
+        # another version: the kept bytes are not served for it
+        s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY[::-1])
+        new = await fast.head(KEY)
+        assert await fast.get(KEY, 0, 50, etag=new.etag) == BODY[::-1][:50]
+        assert (await outcome(lambda: fast.get(KEY, 0, 50, etag='"0123456789abcdef"'))
+                == await outcome(lambda: slow.get(KEY, 0, 50, etag='"0123456789abcdef"')))
+
+    trio.run(main)
