@@ -142,7 +142,8 @@ def test_pending_upload_and_write_buffer_gauges(mount, bucket):
 
 def test_stats_command_shows_the_same_figures(mount, bucket, s3, s3_client):
     port = free_port()
-    s3_client.put_object(Bucket=bucket, Key="gone", Body=b"soon deleted")
+    # bigger than small_file_prefetch: the stat is a HEAD, the read a GET
+    s3_client.put_object(Bucket=bucket, Key="gone", Body=b"soon deleted" * 2000)
     m = mount(bucket, options=[f"metrics_port={port}", "metadata_ttl=60"])
     with open(os.path.join(m.mountpoint, "a.txt"), "wb") as f:
         f.write(b"hello")
@@ -232,7 +233,8 @@ def test_debug_log_never_shows_secrets(mount, bucket, s3, s3_client):
     token = f"TOKEN{marker}"
     env = {"AWS_ACCESS_KEY_ID": "AKIAOBJECTFSTEST", "AWS_SECRET_ACCESS_KEY": secret,
            "AWS_SESSION_TOKEN": token}
-    s3_client.put_object(Bucket=bucket, Key="gone", Body=b"soon deleted")
+    # bigger than small_file_prefetch: the stat is a HEAD, the read a GET
+    s3_client.put_object(Bucket=bucket, Key="gone", Body=b"soon deleted" * 2000)
     m = mount(bucket, env=env, options=["log_level=debug", "metadata_ttl=60"])
     mp = m.mountpoint
     with open(os.path.join(mp, "a.txt"), "wb") as f:
