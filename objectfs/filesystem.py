@@ -834,8 +834,6 @@ class Filesystem:
             else:
                 node.data = None
                 await data.close()
-                if data.stream is not None:
-                    pass
 
     async def unlink(self, parent_ino: int, raw: bytes) -> None:
         parent = self._dir(parent_ino)
@@ -853,7 +851,7 @@ class Filesystem:
                 key = self.table.key(node)
                 await self.store.delete(key)
                 if self.tier is not None:
-                    await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, key)
+                    await self.tier.forget(key)
             self._remove(parent, node)
 
     async def _cancel_pending(self, node: Inode, p: Pending) -> None:
@@ -1006,7 +1004,7 @@ class Filesystem:
                                          headers=h.headers)
             await self.store.delete(old_key)
             if self.tier is not None:  # the old key's cached data is of no use now
-                await trio.to_thread.run_sync(self.tier.store.forget_key, self.tier.ns, old_key)
+                await self.tier.forget(old_key)
             src.remote = replace(info, key=new_key, metadata=h.metadata,
                                  content_type=h.content_type, headers=h.headers)
             if src.data is not None:

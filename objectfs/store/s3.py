@@ -577,9 +577,17 @@ class S3Store:
                           headers=dict(headers or {}))
 
     async def delete(self, key: str) -> None:
+        def fetch():
+            lean = self._lean_or_none()
+            if lean is not None:
+                try:
+                    return lean.delete(key)
+                except _lean.Fallback:
+                    pass
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
         try:
-            await self._call("DeleteObject", key, functools.partial(
-                self.client.delete_object, Bucket=self.bucket, Key=key))
+            await self._call("DeleteObject", key, fetch)
         except StoreError as e:
             if e.errno != errno.ENOENT:  # deleting a missing key succeeds
                 raise

@@ -309,6 +309,24 @@ class Tier:
         self._queued += size
         self._send.send_nowait((ref, blocks, size))
 
+    async def forget(self, key: str) -> None:
+        """``key`` was deleted or replaced through this mount: drop what is
+        cached of it, after any of its blocks still queued (in the
+        write-behind task, off the caller's path: until then the blocks are
+        only held under a version nobody reads any more)."""
+        if self._running:
+            self._send.send_nowait(key)
+        else:
+            await trio.to_thread.run_sync(self._forget, key, limiter=self._disk)
+
+    def _forget(self, key: str) -> None:
+        try:
+            self.store.forget_key(self.ns, key)
+        except Closed:
+            pass
+        except Exception:  # a broken disk must not break an unlink
+            log.exception("could not drop the cached blocks of %r", key)
+
     def _put(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]]) -> None:
         try:
             self.store.put(ref, blocks)
@@ -334,7 +352,9 @@ class Tier:
             item = None
             with trio.move_on_after(FLUSH_INTERVAL):
                 item = await self._recv.receive()
-            if item is not None:
+            if isinstance(item, str):
+                await trio.to_thread.run_sync(self._forget, item, limiter=self._disk)
+            elif item is not None:
                 ref, blocks, size = item
                 try:
                     await trio.to_thread.run_sync(self._put, ref, blocks, limiter=self._disk)

@@ -207,3 +207,22 @@ def test_head_by_get_answers_as_head_and_keeps_small_bodies(s3, s3_client, bucke
                 == await outcome(lambda: slow.get(KEY, 0, 50, etag='"0123456789abcdef"')))
 
     trio.run(main)
+
+
+def test_delete_answers_as_boto3(s3, s3_client, bucket):
+    """DeleteObject by the lean path: the object goes, a missing key is no
+    error (as through boto3), and nothing needs boto3."""
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=b"x")
+    fast, slow = stores(s3, bucket)
+    used = boto3_calls(fast)
+
+    async def main():
+        await fast.check_bucket()
+        used.clear()
+        assert await outcome(lambda: fast.delete(KEY)) == ("ok", None)
+        assert await outcome(lambda: fast.delete("missing")) == \
+            await outcome(lambda: slow.delete("missing")) == ("ok", None)
+
+    trio.run(main)
+    assert used == []
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
