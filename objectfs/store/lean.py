@@ -1,4 +1,5 @@
-"""HeadObject, GetObject and DeleteObject without botocore's per-call machinery.
+"""HeadObject, GetObject, DeleteObject and ListObjectsV2 without botocore's
+per-call machinery.
 
 A boto3 call spends about 1.8 ms of CPU on parameter validation,
 serialisation, endpoint rules, event hooks and response parsing, for a
@@ -23,12 +24,14 @@ requester-pays always use boto3 (``usable``).
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import http.client
 import logging
 import re
+import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,11 @@ class LeanRequests:
         assert self._base is not None
         return self._base + quote(key, safe="/~")
 
-    def _send(self, op: str, method: str, key: str, headers: dict[str, str]):
+    def _send(self, op: str, method: str, key: str, headers: dict[str, str],
+              url: str | None = None):
         from botocore.awsrequest import AWSRequest
 
-        request = AWSRequest(method=method, url=self.url(key), headers=headers)
+        request = AWSRequest(method=method, url=url or self.url(key), headers=headers)
         self._signer.sign(op, request)
         prepared = request.prepare()
         return self._http.send(prepared)
@@ -149,6 +153,90 @@ class LeanRequests:
         response = self._send("DeleteObject", "DELETE", key, {})
         if response.status_code not in (200, 204):
             raise self._error("DeleteObject", response)
+
+
+    def list(self, prefix: str, delimiter: str | None, token: str | None,
+             max_keys: int) -> dict[str, Any]:
+        """ListObjectsV2's answer, shaped as boto3's (the fields we use).
+
+        botocore parses the XML into a generic shape and every LastModified
+        with dateutil, about 60 us an entry: a 1,000-key page costs tens of
+        milliseconds of CPU, the bulk of an ``ls`` of a big directory."""
+        assert self._base is not None
+        params = [("list-type", "2"), ("encoding-type", "url"), ("prefix", prefix),
+                  ("max-keys", str(max_keys))]
+        if delimiter:
+            params.append(("delimiter", delimiter))
+        if token:
+            params.append(("continuation-token", token))
+        query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params))
+        root = self._base if urlsplit(self._base).path == "/" else self._base[:-1]
+        response = self._send("ListObjectsV2", "GET", prefix, {}, url=f"{root}?{query}")
+        if response.status_code != 200:
+            raise self._error("ListObjectsV2", response)
+        return _decode_listing(response.content)
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _decode_listing(body: bytes) -> dict[str, Any]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise Fallback("a listing that is not XML") from None
+    if _local(root.tag) != "ListBucketResult":
+        raise Fallback(f"a listing answered with <{_local(root.tag)}>")
+    out: dict[str, Any] = {}
+    contents: list[dict[str, Any]] = []
+    prefixes: list[dict[str, str]] = []
+    encoded = False
+    for el in root:
+        name = _local(el.tag)
+        if name == "Contents":
+            o: dict[str, Any] = {}
+            for f in el:
+                fname, text = _local(f.tag), f.text or ""
+                if fname == "Key":
+                    o["Key"] = text
+                elif fname == "Size":
+                    o["Size"] = int(text)
+                elif fname == "ETag":
+                    o["ETag"] = text
+                elif fname == "LastModified":
+                    o["LastModified"] = _timestamp(text)
+            if "Key" not in o:
+                raise Fallback("a listed object without a key")
+            contents.append(o)
+        elif name == "CommonPrefixes":
+            for f in el:
+                if _local(f.tag) == "Prefix":
+                    prefixes.append({"Prefix": f.text or ""})
+        elif name == "IsTruncated":
+            out["IsTruncated"] = (el.text or "").strip() == "true"
+        elif name == "NextContinuationToken":
+            out["NextContinuationToken"] = el.text or ""
+        elif name == "EncodingType":
+            encoded = (el.text or "").strip() == "url"
+    if encoded:  # as botocore decodes what it asked to be encoded
+        for o in contents:
+            o["Key"] = unquote_plus(o["Key"])
+        for p in prefixes:
+            p["Prefix"] = unquote_plus(p["Prefix"])
+    if contents:
+        out["Contents"] = contents
+    if prefixes:
+        out["CommonPrefixes"] = prefixes
+    return out
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    try:
+        t = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise Fallback(f"LastModified {text[:40]!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
 
 
 def _decode(headers: Mapping[str, str]) -> dict[str, Any]:

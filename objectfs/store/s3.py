@@ -442,8 +442,16 @@ class S3Store:
             kw["Delimiter"] = delimiter
         if token:
             kw["ContinuationToken"] = token
-        r = await self._call("ListObjectsV2", prefix,
-                             functools.partial(self.client.list_objects_v2, **kw))
+        def fetch():
+            lean = self._lean_or_none()
+            if lean is not None:
+                try:
+                    return lean.list(prefix, delimiter, token, max_keys)
+                except _lean.Fallback:
+                    pass
+            return self.client.list_objects_v2(**kw)
+
+        r = await self._call("ListObjectsV2", prefix, fetch)
         objects = [ObjectInfo(key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag"),
                               mtime_ns=_ms(o.get("LastModified")))
                    for o in r.get("Contents", ())]

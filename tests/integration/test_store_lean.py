@@ -226,3 +226,46 @@ def test_delete_answers_as_boto3(s3, s3_client, bucket):
     trio.run(main)
     assert used == []
     assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+
+
+def test_listings_are_those_of_boto3(s3, s3_client, bucket):
+    """ListObjectsV2 by the lean path: the same objects (keys decoded as
+    botocore decodes them, sizes, ETags, times), prefixes and continuation,
+    page by page, for odd names too; errors as boto3's."""
+    names = ["a", "a b", "a+b", "a%2Bb", "ü/x", "dir/one", "dir/two", "dir/sub/deep",
+             "tab\tname", "amp&lt;", "q?x=1", "~tilde", "sp ace/x"]
+    for n in names:
+        s3_client.put_object(Bucket=bucket, Key=n, Body=n.encode())
+    fast, slow = stores(s3, bucket)
+    used = boto3_calls(fast)
+
+    async def pages(store, prefix, delimiter, max_keys):
+        out, token = [], None
+        while True:
+            page = await store.list_page(prefix, delimiter=delimiter, token=token,
+                                         max_keys=max_keys)
+            out.append(page)
+            token = page.next_token
+            if token is None:
+                return out
+
+    async def main():
+        await fast.check_bucket()
+        used.clear()
+        for prefix, delimiter, max_keys in [("", "/", 1000), ("", None, 1000), ("", "/", 3),
+                                            ("dir/", "/", 1), ("a", None, 2),
+                                            ("nothing/", "/", 10)]:
+            got = await pages(fast, prefix, delimiter, max_keys)
+            assert got == await pages(slow, prefix, delimiter, max_keys), (prefix, max_keys)
+        everything = await pages(fast, "", None, 1000)
+        assert sorted(o.key for p in everything for o in p.objects) == sorted(names)
+        # a missing bucket: the same error either way
+        lost_fast, lost_slow = stores(s3, bucket + "-missing")
+        lost_fast.lean._base = fast.lean._base.replace(bucket, bucket + "-missing")
+        assert lost_fast.lean.ready
+        assert (await outcome(lambda: lost_fast.list_page(""))
+                == await outcome(lambda: lost_slow.list_page("")))
+        assert (await outcome(lambda: lost_fast.list_page("")))[1] == "NoSuchBucket"
+
+    trio.run(main)
+    assert used == []
