@@ -113,7 +113,7 @@ def _copy_round(mount, bucket, s3_client, proxy, workdir, files, name):
 def test_copy_in_and_out_under_faults(mount, bucket, s3_client, proxy, workdir):
     rnd = random.Random(5)
     sizes = ([0, 1, 4096, 100_000, 1 * MiB + 17, 6 * MiB + 3, 12 * MiB + 5]
-             + [rnd.randrange(1, 300_000) for _ in range(20)])
+             + [rnd.randrange(1, 300_000) for _ in range(30)])
     files = {f"f{i:02d}-{n}": rnd.randbytes(n) for i, n in enumerate(sizes)}
     verified, wrong = _copy_round(mount, bucket, s3_client, proxy, workdir, files, "d")
     _figures("copy", proxy, verified, wrong)
