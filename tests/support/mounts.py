@@ -237,6 +237,22 @@ class ObjectFSMount(Mount):
         if env:
             full_env.update(env)
         super().__init__(argv, mountpoint, env=full_env, timeout=timeout, log_path=log_path)
+        self._wait_control(min(timeout, 15))
+
+    def _wait_control(self, timeout: float) -> None:
+        """In the foreground the mount shows before the daemon's control
+        socket (``objectfs stats``) is up: wait for that too, briefly (a mount
+        without one, which only warns, is left to its test)."""
+        from objectfs import control
+        from objectfs.errors import UserError
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                control.request(self.mountpoint, {"op": "ping"}, timeout=5)
+                return
+            except (UserError, OSError):
+                time.sleep(0.05)
 
 
 class S3fsMount(Mount):
