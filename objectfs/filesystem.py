@@ -1101,7 +1101,7 @@ class Filesystem:
         node.cache_etag = current
         return keep
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._file_handle(fh)
         node = h.node
         data = node.data

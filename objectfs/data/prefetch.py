@@ -179,11 +179,14 @@ class Prefetcher:
             return self.last_end is not None and off == self.last_end == self.next_fetch
         return self.segments[0].start <= off <= self.next_fetch + self.window
 
-    async def read(self, off: int, n: int) -> bytes:
+    async def read(self, off: int, n: int) -> bytes | memoryview:
+        """Bytes ``[off, off + n)``: a read within one segment is a view of
+        it, not a copy (pyfuse3 replies from any buffer; the view keeps the
+        segment's bytes alive only until the reply is sent)."""
         async with self._lock:
             return await self._read(off, n)
 
-    async def _read(self, off: int, n: int) -> bytes:
+    async def _read(self, off: int, n: int) -> bytes | memoryview:
         end = min(off + n, self.size)
         if off >= end:
             return b""
@@ -205,7 +208,7 @@ class Prefetcher:
                 self.next_fetch = off - off % self.align
             self.window = min(self.window * 2, self.ctx.prefetch_max)
             self._schedule(end + self.window, end)
-        out = []
+        out: list[memoryview] = []
         pos = off
         for seg in list(self.segments):
             if seg.end <= pos:
@@ -218,14 +221,14 @@ class Prefetcher:
                 self._reset(off, end)
                 raise err
             a, b = pos - seg.start, min(end, seg.end) - seg.start
-            out.append(seg.data[a:b])
+            out.append(memoryview(seg.data)[a:b])
             pos = seg.start + b
             if pos >= end:
                 break
         self.last_end = end
         while self.segments and self.segments[0].end <= off - BACKWARD:
             self._drop(self.segments.popleft())
-        data = b"".join(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
         if len(data) != end - off:
             # the object is shorter than it was when opened
             raise Stale("object shorter than expected")

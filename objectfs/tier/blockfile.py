@@ -56,13 +56,32 @@ def encode(ident: bytes, payload: bytes | memoryview, compressor=None) -> list:
     return [header, stored]
 
 
-def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes:
-    """The payload of a block file's bytes; Corrupt if anything is off."""
+def header(blob: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(flags, raw length, stored length, crc) of a block file's first
+    bytes; Corrupt if they are not a header."""
     if len(blob) < HEADER.size:
         raise Corrupt("truncated header")
     magic, flags, raw_len, stored_len, crc = HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise Corrupt("bad magic")
+    return flags, raw_len, stored_len, crc
+
+
+def check_plain(ident: bytes, head: bytes, payload: bytes | memoryview) -> None:
+    """Check an uncompressed block read in two parts (its header, then its
+    payload straight into the caller's buffer); Corrupt if anything is off."""
+    flags, raw_len, stored_len, crc = header(head)
+    if flags & FLAG_ZSTD or stored_len != raw_len:
+        raise Corrupt("not a plain block")
+    if len(payload) != stored_len:
+        raise Corrupt(f"length {len(payload)}, header says {stored_len}")
+    if _crc(ident, flags, raw_len, payload) != crc:
+        raise Corrupt("checksum mismatch")
+
+
+def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes | memoryview:
+    """The payload of a block file's bytes; Corrupt if anything is off."""
+    flags, raw_len, stored_len, crc = header(blob)
     if len(blob) != HEADER.size + stored_len:
         raise Corrupt(f"length {len(blob) - HEADER.size}, header says {stored_len}")
     stored = memoryview(blob)[HEADER.size:]
@@ -81,4 +100,4 @@ def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes:
         return data
     if stored_len != raw_len:
         raise Corrupt("length mismatch")
-    return blob[HEADER.size:]
+    return stored

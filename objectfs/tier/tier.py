@@ -98,17 +98,38 @@ class Tier:
 
     # -- reading ------------------------------------------------------------
 
-    def _load(self, ref: ObjectRef, first: int, last: int) -> list[bytes | None]:
-        return [self.store.load(ref, b) for b in range(first, last + 1)]
+    def _load(self, ref: ObjectRef, first: int,
+              last: int) -> tuple[bytearray | None, list[memoryview | None]]:
+        """The cached blocks among ``first..last``, read into one buffer
+        (allocated at the first hit): (buffer, a view of it per cached
+        block, None for the others).  When every block is cached the buffer
+        is the answer, with no join."""
+        buf: bytearray | None = None
+        view = memoryview(b"")
+        blocks: list[memoryview | None] = []
+        for b in range(first, last + 1):
+            if buf is None and self.store.has(ref, b):
+                buf = bytearray(min(ref.size, (last + 1) * BLOCK_SIZE) - first * BLOCK_SIZE)
+                view = memoryview(buf)
+            piece = None
+            if buf is not None:
+                s = (b - first) * BLOCK_SIZE
+                piece = view[s:s + ref.block_len(b)]
+                if not self.store.load_into(ref, b, piece):
+                    piece = None
+            blocks.append(piece)
+        return buf, blocks
 
     async def _blocks(self, ref: ObjectRef, start: int, end: int, fetch: Fetch,
-                      wait: bool) -> tuple[int, list[bytes | memoryview | None], bytes | None]:
+                      wait: bool) -> tuple[int, list[bytes | memoryview | None],
+                                           bytes | bytearray | None]:
         """The whole blocks covering ``[start, end)``: (first block, data,
-        and the fetched bytes when one GET brought every block, so the
-        caller need not join them)."""
+        and one buffer holding them all in order when one GET brought every
+        block or every block was cached, so the caller need not join them)."""
         first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        blocks: list[bytes | memoryview | None] = await trio.to_thread.run_sync(
+        loaded, found = await trio.to_thread.run_sync(
             self._load, ref, first, last, limiter=self._disk)
+        blocks: list[bytes | memoryview | None] = list(found)
         hit = [b for b in blocks if b is not None]
         self.hits += len(hit)
         self.hit_bytes += sum(len(b) for b in hit)
@@ -135,7 +156,9 @@ class Tier:
                 runs[-1] = (runs[-1][0], i + 1)
             else:
                 runs.append((i, i + 1))
-        whole: list[bytes] = []
+        whole: list[bytes | bytearray] = []
+        if loaded is not None and len(hit) == len(blocks):
+            whole.append(loaded)  # all cached: the buffer holds them in order
 
         async def get(i: int, j: int) -> None:
             s = (first + i) * BLOCK_SIZE
@@ -217,13 +240,16 @@ class Tier:
                 del self._pending[(ref.oid, blockno)]
                 p.written.set()
 
-    async def read(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> bytes:
+    async def read(self, ref: ObjectRef, start: int, end: int,
+                   fetch: Fetch) -> bytes | bytearray | memoryview:
         """Bytes ``[start, end)`` of ``ref`` (``end`` at most its size), from
         cached blocks and ``fetch(s, e)`` for missing whole blocks."""
         first, blocks, whole = await self._blocks(ref, start, end, fetch, wait=False)
         lo = start - first * BLOCK_SIZE
-        if whole is not None:  # one GET brought it all: no copy
-            return whole if lo == 0 and len(whole) == end - start else whole[lo:lo + end - start]
+        if whole is not None:  # one GET or one disk buffer has it all: no copy
+            if lo == 0 and len(whole) == end - start:
+                return whole
+            return memoryview(whole)[lo:lo + end - start]
         out = []
         for b in blocks:
             if b is None:

@@ -269,3 +269,40 @@ def test_listings_are_those_of_boto3(s3, s3_client, bucket):
 
     trio.run(main)
     assert used == []
+
+
+def test_a_get_reads_its_body_in_one_call_and_reuses_its_connection(s3, s3_client, bucket,
+                                                                    monkeypatch):
+    """A lean GET reads the body in one ``read`` of urllib3's response (a
+    few large socket reads into one bytes object), not in 64 KiB chunks
+    joined afterwards; the connection goes back to the pool, and an error
+    answer or a refused one leaves the pool usable."""
+    import urllib3.response
+
+    big = bytes(range(256)) * (4 * 4096 + 3)   # 4 MiB + 768 bytes
+    s3_client.put_object(Bucket=bucket, Key="big", Body=big)
+    fast, _ = stores(s3, bucket)
+    reads: list[int | None] = []
+    real_read = urllib3.response.HTTPResponse.read
+
+    def counting_read(self, amt=None, *a, **kw):
+        reads.append(amt)
+        return real_read(self, amt, *a, **kw)
+
+    monkeypatch.setattr(urllib3.response.HTTPResponse, "read", counting_read)
+    connects = []
+    real_new = urllib3.HTTPConnectionPool._new_conn
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_new_conn",
+                        lambda self: connects.append(1) or real_new(self))
+
+    async def main():
+        await fast.check_bucket()
+        for rng in [(0, None), (1000, 3 * 1024 * 1024)]:
+            reads.clear()
+            assert await fast.get("big", *rng) == big[rng[0]:rng[1]]
+            assert reads == [None], reads   # the whole body at once
+        assert (await outcome(lambda: fast.get("missing")))[1] == "NoSuchKey"
+        assert await fast.get("big", 5, 10) == big[5:10]
+
+    trio.run(main)
+    assert len(connects) == 1, "every request reused the one connection"

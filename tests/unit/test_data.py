@@ -520,6 +520,28 @@ def test_sequential_reads_grow_the_window_and_fetch_each_byte_once(tmp_path):
     assert all(e1 <= s2 for (_, e1), (s2, _) in zip(ranges, ranges[1:]))
 
 
+def test_a_read_within_one_segment_is_a_view_of_it_not_a_copy(tmp_path):
+    store = CountingStore()
+    data, etag = make_object(store, 12 * MiB, 10)
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        owners = []
+        for off in range(0, len(data), MiB):
+            got = await pf.read(off, MiB)
+            assert got == data[off:off + MiB]
+            if isinstance(got, memoryview):
+                owners.append(id(got.obj))
+        pf.close()
+        return owners
+
+    owners = run_data(body, store, tmp_path, read_part_size=4 * MiB, prefetch_max=8 * MiB)
+    # 1 MiB reads of 4 MiB segments: all but the reads that straddle two
+    # segments are views of a segment's bytes, never copies
+    assert len(owners) >= 12 - len(store.gets), owners
+    assert len(set(owners)) <= len(store.gets)
+
+
 def test_random_small_reads_do_not_fetch_megabytes(tmp_path):
     store = CountingStore()
     data, etag = make_object(store, 64 * MiB, 9)
