@@ -57,10 +57,11 @@ BACKWARD = 1 * MiB
 
 
 class Segment:
-    __slots__ = ("start", "end", "data", "error", "done", "held", "dropped")
+    __slots__ = ("start", "end", "data", "error", "done", "held", "dropped", "small")
 
-    def __init__(self, start: int, end: int, held: int):
+    def __init__(self, start: int, end: int, held: int, small: bool = False):
         self.start, self.end, self.held = start, end, held
+        self.small = small  # a random read's first touch: from the tier if there, else S3
         self.data: bytes = b""
         self.error: BaseException | None = None
         self.done = trio.Event()
@@ -82,6 +83,7 @@ class Prefetcher:
         self.window = FIRST_WINDOW
         self.last_end: int | None = None
         self.random_reads = 0        # reads out of sequence
+        self.touched: set[int] = set()  # tier blocks a random read has asked for
         self.gets = 0                # GETs issued (for tests and stats)
         # The kernel sends readahead requests of one file concurrently; they
         # are served one at a time (in arrival order) so that one cannot
@@ -90,7 +92,7 @@ class Prefetcher:
 
     # -- scheduling -------------------------------------------------------
 
-    def _fetch(self, start: int, end: int, need_end: int) -> bool:
+    def _fetch(self, start: int, end: int, need_end: int, small: bool = False) -> bool:
         """Schedule ``[start, end)``; False if the budget refused a prefetch.
 
         Bytes the current read needs (below ``need_end``) are fetched even
@@ -104,7 +106,7 @@ class Prefetcher:
             if start >= need_end:
                 return False
             end = min(end, max(need_end, start + MIN_RANDOM_FETCH))
-        seg = Segment(start, end, held)
+        seg = Segment(start, end, held, small)
         self.segments.append(seg)
         self.next_fetch = end
         self.gets += 1
@@ -116,7 +118,15 @@ class Prefetcher:
 
     async def _run(self, seg: Segment) -> None:
         try:
-            if self.tier_ref is not None:
+            data = None
+            if self.tier_ref is not None and seg.small:
+                assert self.ctx.tier is not None
+                data = await self.ctx.tier.peek(self.tier_ref, seg.start, seg.end)
+                if data is None:
+                    data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
+                                                       seg.end, self._get)
+                seg.data = data
+            elif self.tier_ref is not None:
                 assert self.ctx.tier is not None
                 seg.data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end, self._get)
             else:
@@ -159,6 +169,9 @@ class Prefetcher:
     def _schedule(self, until: int, need_end: int) -> None:
         until = max(until, need_end)
         until = min(until + (-until) % self.align, self.size)
+        if self.segments and self.segments[-1].small and self.next_fetch < self.size:
+            # read on from a random read's small fetch: whole blocks again
+            self.next_fetch -= self.next_fetch % self.align
         step = self.ctx.read_part_size
         # Top the window up in whole segments only: moved on by one kernel
         # read at a time, it would become one small GET per read.
@@ -179,6 +192,17 @@ class Prefetcher:
             return self.last_end is not None and off == self.last_end == self.next_fetch
         return self.segments[0].start <= off <= self.next_fetch + self.window
 
+    def _first_touch(self, off: int, end: int) -> bool:
+        """A random read of blocks no random read of this handle asked for
+        before (with the tier, for a file not fetched whole on first read;
+        the very first read at offset 0 is the start of a sequential read)."""
+        if self.tier_ref is None or self.whole or (off == 0 and self.last_end is None):
+            return False
+        blocks = range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1)
+        new = [b for b in blocks if b not in self.touched]
+        self.touched.update(new)
+        return len(new) == len(blocks)
+
     async def read(self, off: int, n: int) -> bytes:
         async with self._lock:
             return await self._read(off, n)
@@ -195,7 +219,13 @@ class Prefetcher:
                 assert self.ctx.tier is not None
                 self.ctx.tier.fill(self.tier_ref, self._get, self.ctx.nursery)
             self._reset(off, end)
-            self._schedule(off + self.window, end)
+            if self._first_touch(off, end):
+                # only the bytes asked for (at least MIN_RANDOM_FETCH), not
+                # whole blocks: cached blocks, or a small GET
+                self._fetch(off, min(self.size, max(end, off + MIN_RANDOM_FETCH)), end,
+                            small=True)
+            else:
+                self._schedule(off + self.window, end)
         else:
             if off >= self.next_fetch:
                 # skipped ahead within the window: drop what lies behind

@@ -234,6 +234,36 @@ class Tier:
             return data
         return data[lo:lo + end - start]
 
+    async def peek(self, ref: ObjectRef, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` of ``ref`` if every block covering them is
+        on disk or already fetched into memory; None (and nothing fetched,
+        nothing waited for) otherwise.  A random read that touches a block for
+        the first time asks S3 for just its bytes instead of the whole block,
+        and does not wait behind a background fill's GET."""
+        first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        blocks: list[bytes | memoryview | None] = []
+        missing = []
+        for b in range(first, last + 1):
+            p = self._pending.get((ref.oid, b))
+            if p is not None and p.data is not None:
+                blocks.append(p.data)
+            else:
+                blocks.append(None)
+                missing.append(b - first)
+        if missing:
+            loaded = await trio.to_thread.run_sync(
+                lambda: [self.store.load(ref, first + i) for i in missing], limiter=self._disk)
+            for i, b in zip(missing, loaded):
+                if b is None:
+                    return None
+                blocks[i] = b
+            self.hits += len(missing)
+            self.hit_bytes += sum(len(blocks[i]) for i in missing)
+        lo = start - first * BLOCK_SIZE
+        if len(blocks) == 1:
+            return bytes(blocks[0][lo:lo + end - start])
+        return b"".join(blocks)[lo:lo + end - start]
+
     async def warm(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> int:
         """Make sure ``[start, end)`` is cached; returns the bytes fetched."""
         before = self.miss_bytes

@@ -249,6 +249,35 @@ def test_tier_read_fetches_only_missing_whole_blocks_and_caches_them(root):
     trio.run(main)
 
 
+
+def test_tier_peek_serves_only_what_is_there_and_never_fetches_or_waits(root):
+    data = payload(6, 3 * BLOCK_SIZE + 100)
+    fetch = Gated(lambda s, e: data[s:e])
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            assert await tier.peek(ref, 10, 20) is None  # nothing cached
+            n.start_soon(tier.read, ref, 0, 10, fetch)   # block 0 being fetched
+            await trio.sleep(0.05)
+            with trio.fail_after(5):  # a GET under way is not waited for
+                assert await tier.peek(ref, 10, 20) is None
+            fetch.gate.set()
+            while tier._pending or tier._queued:
+                await trio.sleep(0.01)
+            assert await tier.peek(ref, 10, 20) == data[10:20]  # from disk
+            assert await tier.peek(ref, BLOCK_SIZE - 5, BLOCK_SIZE + 5) is None  # 1 is missing
+            await tier.warm(ref, BLOCK_SIZE, len(data), fetch)
+            assert await tier.peek(ref, BLOCK_SIZE - 5, len(data)) == data[BLOCK_SIZE - 5:]
+            assert fetch.calls == [(0, BLOCK_SIZE), (BLOCK_SIZE, len(data))]
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
 # -- the property: bound, pins, exact reads --------------------------------------------
 
 KEYS = [f"k{i}" for i in range(6)]
