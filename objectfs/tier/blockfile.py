@@ -56,7 +56,7 @@ def encode(ident: bytes, payload: bytes | memoryview, compressor=None) -> list:
     return [header, stored]
 
 
-def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes:
+def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes | memoryview:
     """The payload of a block file's bytes; Corrupt if anything is off."""
     if len(blob) < HEADER.size:
         raise Corrupt("truncated header")
@@ -81,4 +81,4 @@ def decode(ident: bytes, blob: bytes, decompressor_factory=None) -> bytes:
         return data
     if stored_len != raw_len:
         raise Corrupt("length mismatch")
-    return blob[HEADER.size:]
+    return stored  # a view: no copy of the block

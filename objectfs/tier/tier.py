@@ -98,7 +98,8 @@ class Tier:
 
     # -- reading ------------------------------------------------------------
 
-    def _load(self, ref: ObjectRef, first: int, last: int) -> list[bytes | None]:
+    def _load(self, ref: ObjectRef, first: int,
+              last: int) -> list[bytes | memoryview | None]:
         return [self.store.load(ref, b) for b in range(first, last + 1)]
 
     async def _blocks(self, ref: ObjectRef, start: int, end: int, fetch: Fetch,
@@ -224,15 +225,7 @@ class Tier:
         lo = start - first * BLOCK_SIZE
         if whole is not None:  # one GET brought it all: no copy
             return whole if lo == 0 and len(whole) == end - start else whole[lo:lo + end - start]
-        out = []
-        for b in blocks:
-            if b is None:
-                break  # a short fetch: return what there is
-            out.append(b)
-        data = b"".join(out)
-        if lo == 0 and len(data) == end - start:
-            return data
-        return data[lo:lo + end - start]
+        return _join(first, blocks, start, end)
 
     async def peek(self, ref: ObjectRef, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` of ``ref`` if every block covering them is
@@ -242,7 +235,7 @@ class Tier:
         and does not wait behind a background fill's GET."""
         first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         blocks: list[bytes | memoryview | None] = []
-        missing = []
+        missing: list[int] = []
         for b in range(first, last + 1):
             p = self._pending.get((ref.oid, b))
             if p is not None and p.data is not None:
@@ -259,10 +252,7 @@ class Tier:
                 blocks[i] = b
             self.hits += len(missing)
             self.hit_bytes += sum(len(blocks[i]) for i in missing)
-        lo = start - first * BLOCK_SIZE
-        if len(blocks) == 1:
-            return bytes(blocks[0][lo:lo + end - start])
-        return b"".join(blocks)[lo:lo + end - start]
+        return _join(first, blocks, start, end)
 
     async def warm(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> int:
         """Make sure ``[start, end)`` is cached; returns the bytes fetched."""
@@ -391,6 +381,24 @@ class Tier:
                  fills=self.fills,
                  queued_bytes=self._queued, compress="zstd" if self.store.compress else "none")
         return s
+
+
+def _join(first: int, blocks: list[bytes | memoryview | None], start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` out of consecutive blocks from block ``first``,
+    copied once (a 4 KiB read of a 1 MiB block copies 4 KiB); up to the
+    first missing or short block (a short fetch: what there is)."""
+    out = []
+    for i, b in enumerate(blocks):
+        if b is None:
+            break
+        base = (first + i) * BLOCK_SIZE
+        a, z = max(start, base) - base, min(end, base + len(b)) - base
+        if z > a:
+            whole = a == 0 and z == len(b) and isinstance(b, bytes)
+            out.append(b if whole else memoryview(b)[a:z])
+        if len(b) < BLOCK_SIZE:
+            break
+    return b"".join(out)  # a single whole bytes block is returned as it is
 
 
 def tier_namespace(endpoint_url: str | None, bucket: str) -> str:
