@@ -278,6 +278,23 @@ def test_tier_peek_serves_only_what_is_there_and_never_fetches_or_waits(root):
     trio.run(main)
 
 
+
+def test_tier_join_copies_exactly_the_bytes_asked_for_from_whole_or_viewed_blocks():
+    from objectfs.tier.tier import _join
+
+    data = payload(7, 3 * BLOCK_SIZE + 100)
+    blocks = [data[:BLOCK_SIZE], memoryview(data)[BLOCK_SIZE:2 * BLOCK_SIZE],
+              data[2 * BLOCK_SIZE:3 * BLOCK_SIZE], memoryview(data)[3 * BLOCK_SIZE:]]
+    for start, end in [(0, 10), (5, BLOCK_SIZE), (BLOCK_SIZE - 3, BLOCK_SIZE + 3),
+                       (0, len(data)), (2 * BLOCK_SIZE + 7, len(data)),
+                       (3 * BLOCK_SIZE, len(data)), (BLOCK_SIZE, 2 * BLOCK_SIZE)]:
+        first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        got = _join(first, blocks[first:last + 1], start, end)
+        assert type(got) is bytes and got == data[start:end], (start, end)
+    assert _join(0, blocks[:1], 0, BLOCK_SIZE) is blocks[0]  # a whole block: no copy
+    assert _join(0, [blocks[0], None], 0, 2 * BLOCK_SIZE) == data[:BLOCK_SIZE]  # up to a gap
+
+
 # -- the property: bound, pins, exact reads --------------------------------------------
 
 KEYS = [f"k{i}" for i in range(6)]
