@@ -30,10 +30,15 @@ With the local tier (``ctx.tier``), segments go through it: cached blocks
 are read from disk and only missing blocks are fetched.  Segments are then
 aligned to the tier's blocks, so every fetched block is whole and can be
 cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
-on its first read (later reads at any offset are local).  A file no larger
-than ``ctx.fill_max`` that is read at random (a second read out of
-sequence) is fetched whole into the tier in the background; the reads go on
-meanwhile and wait only for blocks that fill is fetching at that moment.
+on its first read (later reads at any offset are local).  A random read
+(out of sequence, with the tier) is served from cached blocks when they are
+there, copying only the bytes asked for; otherwise the first random read of
+a block fetches only its own bytes (at least 64 KiB, nothing cached: one
+latency, not a whole block's transfer) and a later one fetches the whole
+block into the tier.  A file no larger than ``ctx.fill_max`` that is read
+at random (a second read out of sequence) is fetched whole into the tier in
+the background; the reads go on meanwhile and never wait for the fill's
+GETs on a block's first random touch.
 """
 
 from __future__ import annotations
@@ -53,14 +58,18 @@ log = logging.getLogger(__name__)
 
 FIRST_WINDOW = 1 * MiB + 128 * KiB
 MIN_RANDOM_FETCH = 64 * KiB
+FIRST_TOUCH, LATER_TOUCH = 1, 2
 BACKWARD = 1 * MiB
 
 
 class Segment:
-    __slots__ = ("start", "end", "data", "error", "done", "held", "dropped")
+    __slots__ = ("start", "end", "data", "error", "done", "held", "dropped", "random")
 
-    def __init__(self, start: int, end: int, held: int):
+    def __init__(self, start: int, end: int, held: int, random: int = 0):
         self.start, self.end, self.held = start, end, held
+        # a random read's own bytes (with the tier): from cached blocks if
+        # there, else FIRST_TOUCH: a GET of these bytes, LATER_TOUCH: whole blocks
+        self.random = random
         self.data: bytes = b""
         self.error: BaseException | None = None
         self.done = trio.Event()
@@ -82,6 +91,7 @@ class Prefetcher:
         self.window = FIRST_WINDOW
         self.last_end: int | None = None
         self.random_reads = 0        # reads out of sequence
+        self.touched: set[int] = set()  # tier blocks a random read has asked for
         self.gets = 0                # GETs issued (for tests and stats)
         # The kernel sends readahead requests of one file concurrently; they
         # are served one at a time (in arrival order) so that one cannot
@@ -90,7 +100,7 @@ class Prefetcher:
 
     # -- scheduling -------------------------------------------------------
 
-    def _fetch(self, start: int, end: int, need_end: int) -> bool:
+    def _fetch(self, start: int, end: int, need_end: int, random: int = 0) -> bool:
         """Schedule ``[start, end)``; False if the budget refused a prefetch.
 
         Bytes the current read needs (below ``need_end``) are fetched even
@@ -104,7 +114,7 @@ class Prefetcher:
             if start >= need_end:
                 return False
             end = min(end, max(need_end, start + MIN_RANDOM_FETCH))
-        seg = Segment(start, end, held)
+        seg = Segment(start, end, held, random)
         self.segments.append(seg)
         self.next_fetch = end
         self.gets += 1
@@ -116,7 +126,17 @@ class Prefetcher:
 
     async def _run(self, seg: Segment) -> None:
         try:
-            if self.tier_ref is not None:
+            if self.tier_ref is not None and seg.random:
+                assert self.ctx.tier is not None
+                data = await self.ctx.tier.peek(self.tier_ref, seg.start, seg.end)
+                if data is None and seg.random == FIRST_TOUCH:
+                    data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
+                                                       seg.end, self._get)
+                elif data is None:
+                    data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end,
+                                                    self._get)
+                seg.data = data
+            elif self.tier_ref is not None:
                 assert self.ctx.tier is not None
                 seg.data = await self.ctx.tier.read(self.tier_ref, seg.start, seg.end, self._get)
             else:
@@ -159,6 +179,9 @@ class Prefetcher:
     def _schedule(self, until: int, need_end: int) -> None:
         until = max(until, need_end)
         until = min(until + (-until) % self.align, self.size)
+        if self.segments and self.segments[-1].random and self.next_fetch < self.size:
+            # read on from a random read's own bytes: whole segments again
+            self.next_fetch -= self.next_fetch % self.align
         step = self.ctx.read_part_size
         # Top the window up in whole segments only: moved on by one kernel
         # read at a time, it would become one small GET per read.
@@ -179,6 +202,19 @@ class Prefetcher:
             return self.last_end is not None and off == self.last_end == self.next_fetch
         return self.segments[0].start <= off <= self.next_fetch + self.window
 
+    def _touch(self, off: int, end: int) -> int:
+        """For a random read with the tier (of a file not fetched whole on
+        its first read; the very first read at offset 0 is the start of a
+        sequential read, not a random one): FIRST_TOUCH if no random read of
+        this handle asked for its blocks before, else LATER_TOUCH; 0 without
+        the tier."""
+        if self.tier_ref is None or self.whole or (off == 0 and self.last_end is None):
+            return 0
+        blocks = range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1)
+        new = [b for b in blocks if b not in self.touched]
+        self.touched.update(new)
+        return FIRST_TOUCH if len(new) == len(blocks) else LATER_TOUCH
+
     async def read(self, off: int, n: int) -> bytes | memoryview:
         """Bytes ``[off, off + n)``: a read within one segment is a view of
         it, not a copy (pyfuse3 replies from any buffer; the view keeps the
@@ -198,7 +234,17 @@ class Prefetcher:
                 assert self.ctx.tier is not None
                 self.ctx.tier.fill(self.tier_ref, self._get, self.ctx.nursery)
             self._reset(off, end)
-            self._schedule(off + self.window, end)
+            touch = self._touch(off, end)
+            if touch:
+                # the bytes asked for (at least MIN_RANDOM_FETCH): from cached
+                # blocks (copying only those bytes), else a GET of just those
+                # bytes the first time, whole blocks into the tier later
+                # (not beyond the last block asked for)
+                block_end = ((end - 1) // BLOCK_SIZE + 1) * BLOCK_SIZE
+                stop = max(end, min(off + MIN_RANDOM_FETCH, block_end))
+                self._fetch(off, min(self.size, stop), end, random=touch)
+            else:
+                self._schedule(off + self.window, end)
         else:
             if off >= self.next_fetch:
                 # skipped ahead within the window: drop what lies behind

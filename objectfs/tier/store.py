@@ -259,7 +259,7 @@ class TierStore:
 
     # -- reading ------------------------------------------------------------
 
-    def load(self, ref: ObjectRef, blockno: int) -> bytes | None:
+    def load(self, ref: ObjectRef, blockno: int) -> bytes | memoryview | None:
         """Block ``blockno`` of ``ref``, or None if it is not (validly) here.
         A corrupt block is dropped, so the caller's refetch replaces it."""
         p = self.path(ref.oid, blockno)

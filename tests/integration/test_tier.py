@@ -341,12 +341,50 @@ def test_a_file_read_at_random_is_fetched_whole_in_the_background(mount, logged_
             assert os.pread(fd, 4096, off) == data[off:off + 4096]
     finally:
         os.close(fd)
-    if fill == "off":
+    if fill == "off":  # each read fetched its own bytes only, and cached nothing
         s = settle(m)
-        assert s["blocks"] == 2 and s["fills"] == 0
+        assert s["blocks"] == 0 and s["fills"] == 0
         return
     s = settle(m, blocks=13)  # every block, fetched in the background
     assert s["fills"] == 1 and s["used"] <= s["limit"]
     before = gets(logged_s3, bucket, "r.bin")
     assert read_uncached(f) == data
     assert gets(logged_s3, bucket, "r.bin") == before
+
+
+def received_bytes(m) -> float:
+    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+    fam = snap.get("objectfs_s3_received_bytes_total", {"samples": []})
+    return sum(x["value"] for x in fam["samples"])
+
+
+def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_again(
+        mount, logged_s3, workdir):
+    bucket = logged_s3.new_bucket()
+    data = blob(12 * MiB + 77, 11)
+    logged_s3.client().put_object(Bucket=bucket, Key="r.bin", Body=data)
+    m = mount(bucket, server=logged_s3, options=["cache_fill_max=0"])
+    fd = os.open(Path(m.mountpoint) / "r.bin", os.O_RDONLY)
+    try:
+        def pread(off: int) -> float:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            before = received_bytes(m)
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+            return received_bytes(m) - before
+
+        # first touch of blocks 9 and 2: a small GET each (64 KiB), nothing cached
+        assert pread(9 * MiB + 4096) <= 64 * 1024
+        assert pread(2 * MiB + 8192) <= 64 * 1024
+        assert settle(m)["blocks"] == 0
+        # block 9 again, elsewhere in it: now the whole block, into the tier
+        assert pread(9 * MiB + 500_000) == MiB
+        assert settle(m, blocks=1)["blocks"] == 1
+        before = gets(logged_s3, bucket, "r.bin")
+        assert pread(9 * MiB + 900_000) == 0  # from the tier
+        assert pread(9 * MiB + 4096) == 0
+        assert gets(logged_s3, bucket, "r.bin") == before
+    finally:
+        os.close(fd)
+    # a sequential read after a random one still goes by whole blocks
+    assert read_uncached(Path(m.mountpoint) / "r.bin") == data
+    assert settle(m, blocks=13)["blocks"] == 13

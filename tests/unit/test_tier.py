@@ -274,6 +274,50 @@ def test_a_cached_range_is_read_into_one_buffer_and_answered_without_a_join(root
     trio.run(main)
 
 
+def test_tier_peek_serves_only_what_is_there_and_never_fetches_or_waits(root):
+    data = payload(6, 3 * BLOCK_SIZE + 100)
+    fetch = Gated(lambda s, e: data[s:e])
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            assert await tier.peek(ref, 10, 20) is None  # nothing cached
+            n.start_soon(tier.read, ref, 0, 10, fetch)   # block 0 being fetched
+            await trio.sleep(0.05)
+            with trio.fail_after(5):  # a GET under way is not waited for
+                assert await tier.peek(ref, 10, 20) is None
+            fetch.gate.set()
+            while tier._pending or tier._queued:
+                await trio.sleep(0.01)
+            assert await tier.peek(ref, 10, 20) == data[10:20]  # from disk
+            assert await tier.peek(ref, BLOCK_SIZE - 5, BLOCK_SIZE + 5) is None  # 1 is missing
+            await tier.warm(ref, BLOCK_SIZE, len(data), fetch)
+            assert await tier.peek(ref, BLOCK_SIZE - 5, len(data)) == data[BLOCK_SIZE - 5:]
+            assert fetch.calls == [(0, BLOCK_SIZE), (BLOCK_SIZE, len(data))]
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
+def test_tier_join_copies_exactly_the_bytes_asked_for_from_whole_or_viewed_blocks():
+    from objectfs.tier.tier import _join
+
+    data = payload(7, 3 * BLOCK_SIZE + 100)
+    blocks = [data[:BLOCK_SIZE], memoryview(data)[BLOCK_SIZE:2 * BLOCK_SIZE],
+              data[2 * BLOCK_SIZE:3 * BLOCK_SIZE], memoryview(data)[3 * BLOCK_SIZE:]]
+    for start, end in [(0, 10), (5, BLOCK_SIZE), (BLOCK_SIZE - 3, BLOCK_SIZE + 3),
+                       (0, len(data)), (2 * BLOCK_SIZE + 7, len(data)),
+                       (3 * BLOCK_SIZE, len(data)), (BLOCK_SIZE, 2 * BLOCK_SIZE)]:
+        first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        got = _join(first, blocks[first:last + 1], start, end)
+        assert type(got) is bytes and got == data[start:end], (start, end)
+    assert _join(0, blocks[:1], 0, BLOCK_SIZE) is blocks[0]  # a whole block: no copy
+    assert _join(0, [blocks[0], None], 0, 2 * BLOCK_SIZE) == data[:BLOCK_SIZE]  # up to a gap
+
+
 # -- the property: bound, pins, exact reads --------------------------------------------
 
 KEYS = [f"k{i}" for i in range(6)]
