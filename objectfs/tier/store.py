@@ -108,7 +108,11 @@ class ObjectRef:
     oid: str = field(init=False, compare=False)
 
     def __post_init__(self):
-        h = hashlib.blake2b(f"{self.ns}\0{self.key}\0{self.etag}".encode(), digest_size=16)
+        # the size too: an ETag that comes back with another size (a server
+        # whose ETags are not content hashes) is another object, never
+        # blocks of the old one under the new lengths
+        h = hashlib.blake2b(f"{self.ns}\0{self.key}\0{self.etag}\0{self.size}".encode(),
+                            digest_size=16)
         object.__setattr__(self, "oid", h.hexdigest())
 
     @property
