@@ -442,6 +442,7 @@ class S3Store:
             kw["Delimiter"] = delimiter
         if token:
             kw["ContinuationToken"] = token
+
         def fetch():
             lean = self._lean_or_none()
             if lean is not None:
