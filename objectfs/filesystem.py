@@ -264,8 +264,8 @@ class Filesystem:
     def nlink(self, node: Inode) -> int:
         if node.parent is None and node.ino != ROOT_INODE:
             return 0  # unlinked but still open
-        if node.is_dir and node.children is not None:
-            return 2 + sum(1 for c in node.children.values() if c.is_dir)
+        if node.children is not None:
+            return 2 + node.subdirs
         return 1
 
     def headers_for(self, node: Inode, *, content_changed: bool) -> ObjectHeaders:

@@ -64,7 +64,7 @@ class Inode:
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
-                 "pending", "__weakref__")
+                 "pending", "subdirs", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -76,6 +76,10 @@ class Inode:
         # and names removed locally (name -> monotonic time) so that a listing
         # already in flight cannot bring them back.
         self.children: dict[str, Inode] | None = {} if stat.S_ISDIR(attr.mode) else None
+        # how many of the children are directories (for nlink), kept by the
+        # InodeTable as children come and go: a getattr of a directory of
+        # 10,000 entries must not count them every time
+        self.subdirs = 0
         self.listed_at: float | None = None
         self.removed: dict[str, float] = {}
         # when a lookup's listing of this directory last found it too big,
@@ -171,6 +175,7 @@ class InodeTable:
         node = Inode(ino, parent, name, attr)
         self.inodes[ino] = node
         parent.children[name] = node
+        parent.subdirs += node.children is not None
         parent.removed.pop(name, None)
         return node
 
@@ -205,6 +210,7 @@ class InodeTable:
         if parent is not None and parent.children is not None \
                 and parent.children.get(node.name) is node:
             del parent.children[node.name]
+            parent.subdirs -= node.children is not None
             if remember:
                 parent.removed[node.name] = clock()
         node.parent = None
@@ -216,6 +222,7 @@ class InodeTable:
                 child.parent = None
                 self._drop_subtree(child)
             node.children.clear()
+            node.subdirs = 0
         self.maybe_drop(node)
 
     def move(self, node: Inode, new_parent: Inode, new_name: str) -> None:
@@ -225,6 +232,7 @@ class InodeTable:
         if old_parent is not None and old_parent.children is not None \
                 and old_parent.children.get(node.name) is node:
             del old_parent.children[node.name]
+            old_parent.subdirs -= node.children is not None
             old_parent.removed[node.name] = clock()
         target = new_parent.children.get(new_name)
         if target is not None and target is not node:
@@ -232,6 +240,7 @@ class InodeTable:
         node.parent = new_parent
         node.name = new_name
         new_parent.children[new_name] = node
+        new_parent.subdirs += node.children is not None
         new_parent.removed.pop(new_name, None)
         node.changed_at = clock()
 
