@@ -303,12 +303,27 @@ class S3Store:
                 return _lean.LeanRequests(self.client)
             except Exception as e:  # a client without the botocore internals it uses
                 why = f"{type(e).__name__}: {e}"
-        log.debug("HEAD and GET go through boto3 (%s)", why)
+        log.debug("HEAD, GET, DELETE and LIST go through boto3 (%s)", why)
         return None
 
     def _lean_or_none(self) -> _lean.LeanRequests | None:
         lean = self.lean
         return lean if lean is not None and lean.ready else None
+
+    def _lean_first(self, lean_call: Callable[[_lean.LeanRequests], Any],
+                    boto3_call: Callable[[], Any]) -> Callable[[], Any]:
+        """A request (for a worker thread) made by the lean path when it is
+        ready and understands the answer, else through boto3."""
+        def fetch():
+            lean = self._lean_or_none()
+            if lean is not None:
+                try:
+                    return lean_call(lean)
+                except _lean.Fallback:
+                    pass
+            return boto3_call()
+
+        return fetch
 
     async def _call(self, op: str, key: str, fn: Callable[[], Any], *, sent: int = 0,
                     retried: list[StoreError] | None = None) -> Any:
@@ -391,15 +406,8 @@ class S3Store:
             if got is not None:
                 return got
 
-        def fetch():
-            lean = self._lean_or_none()
-            if lean is not None:
-                try:
-                    return lean.head(key)
-                except _lean.Fallback:
-                    pass
-            return self.client.head_object(Bucket=self.bucket, Key=key)
-
+        fetch = self._lean_first(lambda lean: lean.head(key), functools.partial(
+            self.client.head_object, Bucket=self.bucket, Key=key))
         return self._info_from_head(key, await self._call("HeadObject", key, fetch))
 
     async def _head_by_get(self, key: str, body_max: int) -> ObjectInfo | None:
@@ -442,16 +450,8 @@ class S3Store:
             kw["Delimiter"] = delimiter
         if token:
             kw["ContinuationToken"] = token
-
-        def fetch():
-            lean = self._lean_or_none()
-            if lean is not None:
-                try:
-                    return lean.list(prefix, delimiter, token, max_keys)
-                except _lean.Fallback:
-                    pass
-            return self.client.list_objects_v2(**kw)
-
+        fetch = self._lean_first(lambda lean: lean.list(prefix, delimiter, token, max_keys),
+                                 functools.partial(self.client.list_objects_v2, **kw))
         r = await self._call("ListObjectsV2", prefix, fetch)
         objects = [ObjectInfo(key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag"),
                               mtime_ns=_ms(o.get("LastModified")))
@@ -475,25 +475,19 @@ class S3Store:
         if etag:
             kw["IfMatch"] = etag
 
-        def fetch():
-            lean = self._lean_or_none()
-            if lean is not None:
-                try:
-                    r, data = lean.get(key, kw.get("Range"), etag)
-                except _lean.Fallback:
-                    pass
-                else:
-                    return _checked_body(r, data, key, start, end, etag)
+        def through_boto3():
             r = self.client.get_object(**kw)
             body = r["Body"]
             try:
-                data = body.read()  # IncompleteReadError if short of Content-Length
+                return r, body.read()  # IncompleteReadError if short of Content-Length
             finally:
                 body.close()
-            return _checked_body(r, data, key, start, end, etag)
 
+        fetch = self._lean_first(lambda lean: lean.get(key, kw.get("Range"), etag),
+                                 through_boto3)
         try:
-            data = await self._call("GetObject", key, fetch)
+            data = await self._call("GetObject", key, lambda: _checked_body(
+                *fetch(), key, start, end, etag))
         except StoreError as e:
             if e.code in ("InvalidRange", "416"):
                 return b""  # range starts at or past the end of the object
@@ -586,15 +580,8 @@ class S3Store:
                           headers=dict(headers or {}))
 
     async def delete(self, key: str) -> None:
-        def fetch():
-            lean = self._lean_or_none()
-            if lean is not None:
-                try:
-                    return lean.delete(key)
-                except _lean.Fallback:
-                    pass
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-
+        fetch = self._lean_first(lambda lean: lean.delete(key), functools.partial(
+            self.client.delete_object, Bucket=self.bucket, Key=key))
         try:
             await self._call("DeleteObject", key, fetch)
         except StoreError as e:
