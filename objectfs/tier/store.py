@@ -263,34 +263,18 @@ class TierStore:
 
     # -- reading ------------------------------------------------------------
 
-    def load(self, ref: ObjectRef, blockno: int) -> bytes | memoryview | None:
+    def load(self, ref: ObjectRef, blockno: int) -> bytearray | None:
         """Block ``blockno`` of ``ref``, or None if it is not (validly) here.
         A corrupt block is dropped, so the caller's refetch replaces it."""
-        p = self.path(ref.oid, blockno)
-        try:
-            with open(p, "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            log.warning("cannot read cached block %s: %s", p, e)
-            return None
-        try:
-            data = decode(_ident(ref.oid, blockno), blob)
-            if len(data) != ref.block_len(blockno):
-                raise Corrupt(f"holds {len(data)} bytes, expected {ref.block_len(blockno)}")
-        except Corrupt as e:
-            self._corrupt(ref, blockno, e)
-            return None
-        k = (ref.oid, blockno)
-        self._touches[k] = self._touches.get(k, 0) + 1
-        return data
+        buf = bytearray(ref.block_len(blockno))
+        return buf if self.load_into(ref, blockno, memoryview(buf)) else None
 
     def load_into(self, ref: ObjectRef, blockno: int, out: memoryview) -> bool:
-        """``load`` straight into ``out`` (exactly the block's length): a
-        plain block's payload is read into it with no copy in between, so a
-        cached read of many blocks fills one buffer.  False, ``out``
-        undefined, if the block is not (validly) here."""
+        """Block ``blockno`` of ``ref`` read into ``out`` (exactly the
+        block's length): a plain block's payload is read into it with no
+        copy in between, so a cached read of many blocks fills one buffer.
+        False, ``out`` undefined, if the block is not (validly) here; a
+        corrupt block is dropped, so the caller's refetch replaces it."""
         p = self.path(ref.oid, blockno)
         ident = _ident(ref.oid, blockno)
         try:
