@@ -20,7 +20,6 @@ import time
 
 import pytest
 
-from objectfs import control
 from tests.conftest import fuse_usable
 from tests.support.faultproxy import FaultProxy
 
@@ -36,12 +35,6 @@ def slow_proxy(s3):
     with FaultProxy(s3, seed=7, delay=0.4) as p:
         p.set_rates({"GetObject": {"delay": 1.0}})
         yield p
-
-
-def received_bytes(m) -> float:
-    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
-    fam = snap.get("objectfs_s3_received_bytes_total", {"samples": []})
-    return sum(s["value"] for s in fam["samples"])
 
 
 def read_direct(path: str, size: int) -> bytes:
@@ -98,18 +91,12 @@ def test_concurrent_readers_of_one_cold_file_share_its_gets(mount, bucket, s3_cl
         if isinstance(r, BaseException):
             raise r
         assert r == data
-    got = received_bytes(m)
+    got = m.metric("objectfs_s3_received_bytes_total")
     gets = slow_proxy.requests["GetObject"] - gets_before
     # alone, each reader would fetch the whole file: READERS x size
     print(f"\nFIGURES coalescing {tier}: {got / size:.2f}x the file in {gets} GETs")
     assert got < 1.5 * size, f"{got / size:.2f}x the file fetched in {gets} GETs"
     assert gets >= 1
-
-
-def fuse_reads(m) -> float:
-    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
-    return sum(s["value"] for s in snap["objectfs_fuse_requests_total"]["samples"]
-               if s["labels"].get("op") == "read")
 
 
 def bdi_read_ahead_kb(mountpoint: str) -> int:
@@ -128,10 +115,10 @@ def test_sequential_reads_reach_the_daemon_in_1_mib_requests(mount, bucket, s3_c
     options = ["cache_size=0"] + ([f"read_ahead={read_ahead}"] if read_ahead else [])
     m = mount(bucket, options=options)
     path = os.path.join(m.mountpoint, "seq.bin")
-    before = fuse_reads(m)
+    before = m.metric("objectfs_fuse_requests_total", op="read")
     with open(path, "rb") as f:
         assert f.read() == data
-    requests = fuse_reads(m) - before
+    requests = m.metric("objectfs_fuse_requests_total", op="read") - before
     if read_ahead == "0":  # the kernel's own 128 KiB
         assert bdi_read_ahead_kb(m.mountpoint) == 128
         assert requests >= size // (128 << 10)
@@ -140,10 +127,8 @@ def test_sequential_reads_reach_the_daemon_in_1_mib_requests(mount, bucket, s3_c
         assert requests <= size // MiB + 4
 
 
-def s3_requests(m, op: str) -> float:
-    snap = control.request(m.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
-    return sum(s["value"] for s in snap["objectfs_s3_requests_total"]["samples"]
-               if s["labels"].get("op") == op)
+def requests(m, op: str) -> float:
+    return m.metric("objectfs_s3_requests_total", op=op)
 
 
 @pytest.mark.parametrize("prefetch", ["16K", "0"])
@@ -164,18 +149,18 @@ def test_ls_l_fetches_small_files_whole_so_their_first_read_asks_nothing(
     m = mount(bucket, options=options)
     d = os.path.join(m.mountpoint, "d")
     os.stat(d)
-    heads, gets = s3_requests(m, "HeadObject"), s3_requests(m, "GetObject")
+    heads, gets = requests(m, "HeadObject"), requests(m, "GetObject")
     for name in sorted(os.listdir(d)):
         st = os.stat(os.path.join(d, name))
         assert (st.st_size, st.st_mode & 0o777) == (len(files[name]), 0o600)
     small = 2 if prefetch == "16K" else 0
-    assert s3_requests(m, "GetObject") - gets == small
-    assert s3_requests(m, "HeadObject") - heads == 4 - small
-    gets = s3_requests(m, "GetObject")
+    assert requests(m, "GetObject") - gets == small
+    assert requests(m, "HeadObject") - heads == 4 - small
+    gets = requests(m, "GetObject")
     for name, body in files.items():
         with open(os.path.join(d, name), "rb") as f:
             assert f.read() == body
-    assert s3_requests(m, "GetObject") - gets == 3 - small   # empty files need no GET
+    assert requests(m, "GetObject") - gets == 3 - small   # empty files need no GET
 
 
 def test_a_prefetched_body_serves_only_its_own_version(mount, bucket, s3_client):
@@ -185,7 +170,7 @@ def test_a_prefetched_body_serves_only_its_own_version(mount, bucket, s3_client)
     m = mount(bucket, options=["metadata_ttl=0.2", "cache_size=0"])
     path = os.path.join(m.mountpoint, "f.txt")
     assert os.stat(path).st_size == 400
-    gets = s3_requests(m, "GetObject")
+    gets = requests(m, "GetObject")
     s3_client.put_object(Bucket=bucket, Key="f.txt", Body=b"new " * 100)
     deadline = time.monotonic() + 30
     while True:   # until the kernel and the daemon see the new version
@@ -195,4 +180,4 @@ def test_a_prefetched_body_serves_only_its_own_version(mount, bucket, s3_client)
             break
         time.sleep(0.1)
     assert got == b"new " * 100
-    assert s3_requests(m, "GetObject") > gets
+    assert requests(m, "GetObject") > gets

@@ -239,6 +239,15 @@ class ObjectFSMount(Mount):
         super().__init__(argv, mountpoint, env=full_env, timeout=timeout, log_path=log_path)
         self._wait_control(min(timeout, 15))
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The daemon's figure ``name`` (from ``objectfs stats``), summed over
+        the samples whose labels include ``labels``; 0 if none."""
+        from objectfs import control
+
+        snap = control.request(self.mountpoint, {"op": "stats"}, timeout=30)["metrics"]
+        return sum(s["value"] for s in snap.get(name, {"samples": []})["samples"]
+                   if all(s["labels"].get(k) == v for k, v in labels.items()))
+
     def _wait_control(self, timeout: float) -> None:
         """In the foreground the mount shows before the daemon's control
         socket (``objectfs stats``) is up: wait for that too, briefly (a mount
