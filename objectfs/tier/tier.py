@@ -38,9 +38,14 @@ QUEUE_BYTES = 64 << 20
 FLUSH_INTERVAL = 2.0
 # Parallel disk operations of one mount.
 DISK_THREADS = 4
-# Background fill of a file read at random: GET size and GETs in parallel.
-FILL_STEP = 4 << 20
-FILL_CONCURRENCY = 8
+# Background fills of files read at random: GET size, and GETs in parallel
+# for all fills of the mount together (so fills hold at most 64 MiB).  Fewer,
+# larger GETs than a sequential read's: the random reads that go on meanwhile
+# make their own small GETs, and wait less behind 4 fill GETs than behind 8
+# (64 MiB file, 200 random 4 KiB reads on Swift: 0.22-0.30 s at 16 MiB x 4,
+# 0.37-0.44 s at 4 MiB x 8).
+FILL_STEP = 16 << 20
+FILL_CONCURRENCY = 4
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
@@ -90,6 +95,7 @@ class Tier:
         self._running = False
         self._send, self._recv = trio.open_memory_channel(math.inf)
         self._disk = trio.CapacityLimiter(DISK_THREADS)
+        self._fill_gets = trio.CapacityLimiter(FILL_CONCURRENCY)
 
     def ref(self, key: str, etag: str | None, size: int) -> ObjectRef | None:
         if etag is None or size <= 0:
@@ -252,32 +258,35 @@ class Tier:
             return memoryview(whole)[lo:lo + end - start]
         return _join(first, blocks, start, end)
 
-    async def peek(self, ref: ObjectRef, start: int, end: int) -> bytes | None:
+    async def peek(self, ref: ObjectRef, start: int, end: int) -> bytes | memoryview | None:
         """Bytes ``[start, end)`` of ``ref`` if every block covering them is
         on disk or already fetched into memory; None (and nothing fetched,
         nothing waited for) otherwise.  A random read that touches a block for
         the first time asks S3 for just its bytes instead of the whole block,
-        and does not wait behind a background fill's GET."""
-        first, last = start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        blocks: list[bytes | memoryview | None] = []
-        missing: list[int] = []
-        for b in range(first, last + 1):
+        and does not wait behind a background fill's GET.  Only the bytes
+        asked for are read and copied (``TierStore.load_range``)."""
+        parts: list[bytes | memoryview | None] = []
+        missing: list[tuple[int, int, int, int]] = []  # (part, block, lo, hi)
+        for b in range(start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
+            lo = max(start - b * BLOCK_SIZE, 0)
+            hi = min(end - b * BLOCK_SIZE, BLOCK_SIZE)
             p = self._pending.get((ref.oid, b))
             if p is not None and p.data is not None:
-                blocks.append(p.data)
+                parts.append(memoryview(p.data)[lo:hi])
             else:
-                blocks.append(None)
-                missing.append(b - first)
+                missing.append((len(parts), b, lo, hi))
+                parts.append(None)
         if missing:
             loaded = await trio.to_thread.run_sync(
-                lambda: [self.store.load(ref, first + i) for i in missing], limiter=self._disk)
-            for i, b in zip(missing, loaded):
-                if b is None:
+                lambda: [self.store.load_range(ref, b, lo, hi) for _, b, lo, hi in missing],
+                limiter=self._disk)
+            for (i, *_), data in zip(missing, loaded):
+                if data is None:
                     return None
-                blocks[i] = b
+                parts[i] = data
             self.hits += len(missing)
-            self.hit_bytes += sum(len(blocks[i]) for i in missing)
-        return _join(first, blocks, start, end)
+            self.hit_bytes += sum(len(d) for d in loaded if d is not None)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def warm(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> int:
         """Make sure ``[start, end)`` is cached; returns the bytes fetched."""
@@ -301,13 +310,12 @@ class Tier:
         stops the fill; it is logged, never raised: the fill runs in the
         mount's nursery, where an error beside the Cancelled of an unmount
         would end the mount loop with a traceback."""
-        limiter = trio.CapacityLimiter(FILL_CONCURRENCY)
         failed: list[Exception] = []
         try:
             async with trio.open_nursery() as nursery:
                 async def one(s: int, e: int) -> None:
                     try:
-                        async with limiter:
+                        async with self._fill_gets:
                             await self._blocks(ref, s, e, fetch, wait=False)
                     except Exception as exc:  # the reads fetch what they need themselves
                         failed.append(exc)

@@ -26,7 +26,7 @@ from objectfs.errors import FsError, ObjectNotFound, StoreUnavailable
 from objectfs.store.memory import MemoryStore
 from objectfs.tier import blockfile
 from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
-from objectfs.tier.tier import FILL_CONCURRENCY, PinPolicy, Tier
+from objectfs.tier.tier import FILL_CONCURRENCY, FILL_STEP, PinPolicy, Tier
 
 NS = "http://test|bucket"
 MiB = 1 << 20
@@ -104,6 +104,40 @@ def test_a_corrupt_or_truncated_block_is_dropped_and_never_served(root):
     assert s.usage() == 0
     assert s.put(ref, [(0, data[:BLOCK_SIZE])]) == 1  # the refetch is cached again
     assert s.load(ref, 0) == data[:BLOCK_SIZE]
+    s.close()
+
+
+def test_a_block_checked_once_is_read_in_part_without_a_second_check(root, monkeypatch):
+    from objectfs.tier import store as store_mod
+
+    checks = []
+    check = store_mod.check_plain
+    monkeypatch.setattr(store_mod, "check_plain", lambda *a: (checks.append(1), check(*a)))
+    ref = ObjectRef(NS, "k", '"e1"', 2 * BLOCK_SIZE)
+    data = payload(4, ref.size)
+    s = TierStore(root, 16 * MiB)
+    assert s.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 2
+    assert s.load_range(ref, 0, 10, 4106) == data[10:4106]
+    assert checks == []  # written by this process: known good
+    s.close()
+
+    s = TierStore(root, 16 * MiB)  # a new process checks a block whole once
+    assert s.load_range(ref, 0, 10, 20) == data[10:20]
+    assert s.load_range(ref, 0, 5000, 9096) == data[5000:9096]
+    assert s.load_range(ref, 0, BLOCK_SIZE - 1, BLOCK_SIZE) == data[BLOCK_SIZE - 1:BLOCK_SIZE]
+    assert len(checks) == 1
+    p = s.path(ref.oid, 1)
+    with open(p, "r+b") as f:  # a block not checked yet is checked, corrupt or not
+        f.seek(BLOCK_SIZE // 2)
+        f.write(b"\xff\xfe")
+    assert s.load_range(ref, 1, 0, 10) is None
+    assert not os.path.exists(p) and s.corrupt == 1
+    s.drop(ref.oid, 0)  # gone from disk: a miss, never stale bytes
+    assert s.load_range(ref, 0, 10, 20) is None
+    assert s.put(ref, [(0, data[:BLOCK_SIZE])]) == 1
+    os.truncate(s.path(ref.oid, 0), 100)  # cut short behind our back: checked again
+    assert s.load_range(ref, 0, 200, 300) is None
+    assert s.usage() == 0
     s.close()
 
 
@@ -400,6 +434,21 @@ class TierModel(RuleBasedStateMachine):
             del self.stored[(ref, b)]
         else:
             assert got == self.stored[(ref, b)]
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.stored)
+    def read_part(self, data):
+        """A part of a block (what a random read of a cached block uses)."""
+        ref, b = data.draw(st.sampled_from(sorted(self.stored, key=str)))
+        n = ref.block_len(b)
+        lo = data.draw(st.integers(0, n - 1))
+        hi = data.draw(st.integers(lo + 1, n))
+        got = self.store.load_range(ref, b, lo, hi)
+        if got is None:
+            assert ref.key not in self.pins, "a pinned block was evicted"
+            del self.stored[(ref, b)]
+        else:
+            assert got == self.stored[(ref, b)][lo:hi]
 
     @rule(key=st.sampled_from(KEYS))
     def pin(self, key):
@@ -718,7 +767,7 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
     """The fill runs in the mount's nursery: its fetch errors (the object was
     deleted) must never reach that nursery, also when they coincide with the
     unmount's cancellation (that ended the mount loop with a traceback)."""
-    data = payload(7, 40 * BLOCK_SIZE)   # ten 4 MiB steps, eight fetched at a time
+    size = (FILL_CONCURRENCY + 2) * FILL_STEP   # more steps than are fetched at a time
 
     def deleted(s, e):
         raise ObjectNotFound("NoSuchKey", "deleted", op="GetObject", key="k")
@@ -727,7 +776,7 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
         gone = Gated(deleted)
         calls = gone.calls
         tier = Tier(TierStore(root, 64 * MiB), NS)
-        ref = tier.ref("k", "e", len(data))
+        ref = tier.ref("k", "e", size)
         with trio.move_on_after(10) as guard:
             async with trio.open_nursery() as mount_nursery:
                 await mount_nursery.start(tier.run)
