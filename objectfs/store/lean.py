@@ -1,17 +1,22 @@
 """HeadObject, GetObject, DeleteObject and ListObjectsV2 without botocore's
 per-call machinery.
 
-A boto3 call spends about 1.8 ms of CPU on parameter validation,
+A boto3 call spends most of its CPU on parameter validation,
 serialisation, endpoint rules, event hooks and response parsing, for a
 request whose answer is a few headers.  A cold ``ls -l`` makes one HEAD per
 entry, a random read one GET per block and ``rm`` one DELETE per file, so on
 two cores that CPU, not the server, sets the pace.  ``LeanRequests`` builds
-those requests itself and hands them to the *client's own* signer and HTTP
-session, so the
-credentials (and their refresh), the signing region and version, the
-connection pool, TLS verification, CA bundle, proxies and timeouts are
-exactly the client's.  Through the store that is about 1.8 ms of CPU a
-request instead of 2.8 ms (measured on Swift).
+those requests itself and signs them with the *client's own* signer, so the
+credentials (and their refresh) and the signing region and version are
+exactly the client's.
+
+They go out through ``Transport``: kept ``http.client`` connections (a pool
+per server) with the client's timeouts, socket options, CA bundle and
+verification.  botocore's HTTP session (urllib3 under its own request and
+response wrappers) costs about 0.6 ms of CPU more a request: a HEAD takes
+0.45 ms this way, 1.05 ms through that session and 1.4 ms as a boto3 call
+(measured against moto).  Endpoints reached through a proxy, and clients
+with a client certificate, keep botocore's session.
 
 Only the answers it fully understands are decoded here: a 200/206, a HEAD's
 404, and errors with an S3 XML body.  Anything else (redirects, a region
@@ -29,7 +34,11 @@ import datetime
 import email.utils
 import http.client
 import logging
+import os
 import re
+import socket
+import ssl
+import threading
 import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -69,10 +78,204 @@ def usable(settings) -> str | None:
     return None
 
 
+class _Response:
+    """An answer read through ``Transport``, shaped as botocore's (the parts
+    the lean path uses).  Its connection goes back to the pool once the body
+    is read whole (``content``, or ``raw.read()`` then ``done``)."""
+
+    __slots__ = ("url", "raw", "status_code", "headers", "_conn", "_pool", "_content")
+
+    def __init__(self, url: str, raw: http.client.HTTPResponse,
+                 conn: http.client.HTTPConnection, pool: "_Pool"):
+        self.url, self.raw, self._conn, self._pool = url, raw, conn, pool
+        self.status_code = raw.status
+        self.headers = raw.headers
+        self._content: bytes | None = None
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self.raw.read()
+            self.done()
+        return self._content
+
+    def done(self) -> None:
+        """The body was read whole: the connection may serve another request."""
+        if self.raw.isclosed() and self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = None
+
+    def discard(self) -> None:
+        """A body left unread or broken off: the connection cannot be reused."""
+        self.raw.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Pool:
+    """Idle keep-alive connections to one server, most recently used first."""
+
+    def __init__(self, make, keep: int):
+        self._make, self._keep = make, keep
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection, and True if it is new."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), False
+        return self._make(), True
+
+    def release(self, conn: http.client.HTTPConnection) -> None:
+        if conn.sock is not None:   # not closed by the server's "Connection: close"
+            with self._lock:
+                if len(self._idle) < self._keep:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """The connect timeout for connecting, the read timeout afterwards, and
+    the client's socket options (TCP_NODELAY, keepalive)."""
+
+    connect_timeout: float | None = None
+    socket_options: list = []
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.connect_timeout,
+                                        self.source_address)
+        try:
+            for opt in self.socket_options:
+                sock.setsockopt(*opt)
+            sock.settimeout(self.timeout)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _HTTPSConnection(http.client.HTTPSConnection, _HTTPConnection):
+    pass
+
+
+class Transport:
+    """Keep-alive HTTP/1.1 through ``http.client``, with a pool of idle
+    connections per server (as many as the client's ``max_pool_connections``).
+    Errors come out as botocore's, so they are translated and retried
+    exactly as boto3's are."""
+
+    def __init__(self, session):
+        timeout = session._timeout
+        if isinstance(timeout, (int, float)):
+            self.connect_timeout = self.read_timeout = float(timeout)
+        else:
+            self.connect_timeout = timeout.connect_timeout
+            self.read_timeout = timeout.read_timeout
+        self.socket_options = list(session._socket_options or [])
+        self.keep = session._max_pool_connections
+        self._verify = session._verify
+        self._context: ssl.SSLContext | None = None
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def usable(session, url: str) -> bool:
+        """False for a client whose requests to ``url`` need what only
+        botocore's session does (a proxy, a client certificate)."""
+        return (session._proxy_config.proxy_url_for(url) is None
+                and session._cert_file is None)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._context is None:
+            if self._verify is False:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            else:
+                from botocore.httpsession import get_cert_path
+
+                path = get_cert_path(self._verify)
+                if path and os.path.isdir(path):
+                    ctx = ssl.create_default_context(capath=path)
+                else:
+                    ctx = ssl.create_default_context(cafile=path)
+            self._context = ctx
+        return self._context
+
+    def _pool(self, scheme: str, netloc: str) -> _Pool:
+        pool = self._pools.get((scheme, netloc))
+        if pool is None:
+            def make() -> http.client.HTTPConnection:
+                if scheme == "https":
+                    conn: http.client.HTTPConnection = _HTTPSConnection(
+                        netloc, timeout=self.read_timeout, context=self._ssl_context())
+                else:
+                    conn = _HTTPConnection(netloc, timeout=self.read_timeout)
+                conn.connect_timeout = self.connect_timeout
+                conn.socket_options = self.socket_options
+                return conn
+
+            with self._lock:
+                pool = self._pools.setdefault((scheme, netloc), _Pool(make, self.keep))
+        return pool
+
+    def send(self, method: str, url: str, headers: Mapping[str, str], stream: bool) -> _Response:
+        """Send an idempotent request without a body (HEAD, GET, DELETE).  A
+        kept connection the server has closed meanwhile is opened again and
+        the request sent once more; every other failure is raised."""
+        import botocore.exceptions as be
+
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        pool = self._pool(parts.scheme, parts.netloc)
+        while True:
+            conn, new = pool.acquire()
+            try:
+                conn.request(method, target, headers=dict(headers))
+                response = _Response(url, conn.getresponse(), conn, pool)
+                if not stream:
+                    response.content  # noqa: B018 - read it now: the connection is free again
+                return response
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ConnectionAbortedError) as e:
+                conn.close()
+                if new:
+                    raise be.ConnectionClosedError(endpoint_url=url, error=e) from None
+                # a kept connection the server closed: try a new one
+            except BaseException as e:
+                connected = conn.sock is not None
+                conn.close()
+                raise _http_error(e, url, connected) from None
+
+
+def _http_error(e: BaseException, url: str, connected: bool) -> BaseException:
+    """A failure of ``http.client`` as the botocore exception boto3 would
+    raise (anything else, a cancellation say, as it is)."""
+    import botocore.exceptions as be
+
+    if isinstance(e, ssl.SSLError):
+        return be.SSLError(endpoint_url=url, error=e)
+    if isinstance(e, TimeoutError):
+        if connected:
+            return be.ReadTimeoutError(endpoint_url=url, error=e)
+        return be.ConnectTimeoutError(endpoint_url=url, error=e)
+    if isinstance(e, (ConnectionRefusedError, socket.gaierror)) and not connected:
+        return be.EndpointConnectionError(endpoint_url=url, error=e)
+    if isinstance(e, (OSError, http.client.HTTPException)):
+        return be.ConnectionClosedError(endpoint_url=url, error=e)
+    return e
+
+
 class LeanRequests:
     def __init__(self, client):
         self._signer = client._request_signer
         self._http = client._endpoint.http_session
+        self._transport: Transport | None = None
         # Object URLs are the bucket's URL plus the key.  The bucket's URL is
         # the one botocore's endpoint rules give (addressing style, region,
         # endpoint, dualstack...): taken from the first listing sent, which
@@ -85,11 +288,15 @@ class LeanRequests:
         if self._base is None:
             parts = urlsplit(request.url)
             self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
+            if Transport.usable(self._http, self._base):
+                self._transport = Transport(self._http)
 
     def adopt(self, other: "LeanRequests") -> None:
         """Take the bucket URL another client with the same settings learnt."""
         if self._base is None:
             self._base = other._base
+            if other._transport is not None:
+                self._transport = Transport(self._http)
 
     @property
     def ready(self) -> bool:
@@ -105,6 +312,8 @@ class LeanRequests:
 
         request = AWSRequest(method=method, url=url or self.url(key), headers=headers)
         self._signer.sign(op, request)
+        if self._transport is not None:
+            return self._transport.send(method, request.url, request.headers, stream)
         prepared = request.prepare()
         prepared.stream_output = stream
         return self._http.send(prepared)
@@ -150,7 +359,10 @@ class LeanRequests:
                 response.content  # noqa: B018 - read the (small) error body
                 raise self._error("GetObject", response)
             fields = _decode(response.headers)
-            return fields, response.raw.read()
+            body = response.raw.read()
+            if isinstance(response, _Response):
+                response.done()
+            return fields, body
 
     def delete(self, key: str) -> None:
         """DeleteObject (its answer has nothing we read)."""
@@ -197,6 +409,9 @@ def _body_errors(response):
     def drop() -> None:
         # a body left unread or broken off: the connection cannot be
         # reused; it goes back to the pool closed (the pool reconnects)
+        if isinstance(response, _Response):
+            response.discard()
+            return
         raw = response.raw
         if not raw.isclosed():
             raw.close()
@@ -207,6 +422,12 @@ def _body_errors(response):
     except (Fallback, LeanError):
         drop()
         raise
+    except be.BotoCoreError:
+        drop()
+        raise
+    except (OSError, http.client.HTTPException) as e:  # read through Transport
+        drop()
+        raise _http_error(e, response.url, connected=True) from None
     except SSLError as e:
         drop()
         raise be.SSLError(endpoint_url=response.url, error=e) from None

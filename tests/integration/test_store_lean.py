@@ -271,38 +271,152 @@ def test_listings_are_those_of_boto3(s3, s3_client, bucket):
     assert used == []
 
 
-def test_a_get_reads_its_body_in_one_call_and_reuses_its_connection(s3, s3_client, bucket,
-                                                                    monkeypatch):
-    """A lean GET reads the body in one ``read`` of urllib3's response (a
-    few large socket reads into one bytes object), not in 64 KiB chunks
-    joined afterwards; the connection goes back to the pool, and an error
-    answer or a refused one leaves the pool usable."""
-    import urllib3.response
+def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client, bucket,
+                                                                  monkeypatch):
+    """A lean GET reads the body in one ``read`` (a few large socket reads
+    into one bytes object), not in chunks joined afterwards, and lean
+    requests go through ``http.client``, not botocore's urllib3 session."""
+    import http.client
+
+    import urllib3
 
     big = bytes(range(256)) * (4 * 4096 + 3)   # 4 MiB + 768 bytes
     s3_client.put_object(Bucket=bucket, Key="big", Body=big)
     fast, _ = stores(s3, bucket)
     reads: list[int | None] = []
-    real_read = urllib3.response.HTTPResponse.read
+    real_read = http.client.HTTPResponse.read
 
-    def counting_read(self, amt=None, *a, **kw):
+    def counting_read(self, amt=None):
         reads.append(amt)
-        return real_read(self, amt, *a, **kw)
+        return real_read(self, amt)
 
-    monkeypatch.setattr(urllib3.response.HTTPResponse, "read", counting_read)
-    connects = []
-    real_new = urllib3.HTTPConnectionPool._new_conn
-    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_new_conn",
-                        lambda self: connects.append(1) or real_new(self))
+    monkeypatch.setattr(http.client.HTTPResponse, "read", counting_read)
+    pooled = []
+    real_urlopen = urllib3.HTTPConnectionPool.urlopen
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen",
+                        lambda self, *a, **kw: pooled.append(a) or real_urlopen(self, *a, **kw))
 
     async def main():
-        await fast.check_bucket()
+        await fast.check_bucket()   # through boto3: the bucket's URL
+        pooled.clear()
         for rng in [(0, None), (1000, 3 * 1024 * 1024)]:
             reads.clear()
             assert await fast.get("big", *rng) == big[rng[0]:rng[1]]
             assert reads == [None], reads   # the whole body at once
         assert (await outcome(lambda: fast.get("missing")))[1] == "NoSuchKey"
         assert await fast.get("big", 5, 10) == big[5:10]
+        assert (await fast.head("big")).size == len(big)
 
     trio.run(main)
-    assert len(connects) == 1, "every request reused the one connection"
+    assert pooled == [], "a lean request went through urllib3"
+
+
+class _Session:
+    """What Transport reads of botocore's HTTP session."""
+    _timeout, _socket_options, _verify, _cert_file, _max_pool_connections = 0.5, [], True, None, 4
+
+    class _proxy_config:
+        @staticmethod
+        def proxy_url_for(url):
+            return "http://proxy:3128" if "via-proxy" in url else None
+
+
+@pytest.fixture
+def keepalive():
+    """A plain HTTP/1.1 server that keeps connections open; ``conns`` are its
+    ends of them, ``close_all()`` closes them as an idle timeout would."""
+    import http.server
+    import socket
+    import threading
+
+    conns: list[socket.socket] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            conns.append(self.connection)
+
+        def _answer(self, body: bool):
+            status, data = (404, b"<Error><Code>NoSuchKey</Code></Error>") \
+                if self.path.endswith("missing") else (200, b"0123456789")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def close_all():
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.close_all = close_all
+    srv.conns = conns
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_transport_keeps_connections_and_reopens_one_the_server_closed(keepalive):
+    t = lean.Transport(_Session())
+    for path in ["/b/k", "/b/k", "/b/missing", "/b/k"]:
+        r = t.send("GET", keepalive.url + path, {}, stream=False)
+        assert r.content == (b"0123456789" if path.endswith("k") else
+                             b"<Error><Code>NoSuchKey</Code></Error>")
+    r = t.send("GET", keepalive.url + "/b/k", {}, stream=True)
+    assert r.raw.read() == b"0123456789"
+    r.done()
+    assert t.send("HEAD", keepalive.url + "/b/k", {}, stream=False).status_code == 200
+    assert len(keepalive.conns) == 1, "every request reused the one connection"
+    keepalive.close_all()   # an idle timeout on the server
+    assert t.send("GET", keepalive.url + "/b/k", {}, stream=False).content == b"0123456789"
+    assert len(keepalive.conns) == 2
+    r = t.send("GET", keepalive.url + "/b/k", {}, stream=True)
+    r.discard()   # a body left unread: that connection is not reused
+    assert t.send("GET", keepalive.url + "/b/k", {}, stream=False).content == b"0123456789"
+    assert len(keepalive.conns) == 3
+
+
+def test_transport_failures_are_botocores(keepalive):
+    """Refused, timed out and TLS failures of the lean transport come out as
+    the botocore exceptions boto3 raises, so they are translated and retried
+    alike; endpoints behind a proxy keep botocore's session."""
+    import socket
+
+    import botocore.exceptions as be
+
+    from tests.support.s3server import free_port
+
+    t = lean.Transport(_Session())
+    assert lean.Transport.usable(_Session, "http://direct/") is True
+    assert lean.Transport.usable(_Session, "http://via-proxy/") is False
+    port = free_port()
+    with pytest.raises(be.EndpointConnectionError):
+        t.send("HEAD", f"http://127.0.0.1:{port}/b/k", {}, stream=False)
+    with socket.socket() as quiet:   # accepts, never answers
+        quiet.bind(("127.0.0.1", 0))
+        quiet.listen()
+        url = f"http://127.0.0.1:{quiet.getsockname()[1]}/b/k"
+        with pytest.raises(be.ReadTimeoutError):
+            t.send("HEAD", url, {}, stream=False)
+    with pytest.raises(be.SSLError):   # TLS to a plain HTTP server
+        t.send("HEAD", keepalive.url.replace("http:", "https:") + "/b/k", {}, stream=False)
