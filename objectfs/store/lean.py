@@ -396,7 +396,7 @@ def _body_errors(response):
     """Read a streamed body as botocore's ``send`` does with an unstreamed
     one: the same exceptions, the connection closed on any failure.
 
-    ``raw.read()`` (urllib3, then http.client) reads a body of known length
+    ``raw.read()`` (http.client, under urllib3 through botocore's session) reads a body of known length
     straight into one bytes object with a few large socket reads, where
     botocore's ``content`` joins 64 KiB chunks that each take a trip
     through urllib3: for a 16 MiB GET that is 256 trips and one more copy
@@ -420,9 +420,6 @@ def _body_errors(response):
     try:
         yield
     except (Fallback, LeanError):
-        drop()
-        raise
-    except be.BotoCoreError:
         drop()
         raise
     except (OSError, http.client.HTTPException) as e:  # read through Transport
