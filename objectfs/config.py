@@ -213,7 +213,7 @@ OPTIONS: list[Option] = [
     Option("requester_pays", parse_bool, False, "Send RequestPayer=requester on every request "
            "(buckets where the reader pays).", "encryption"),
     Option("lean_requests", parse_bool, True, "Send HeadObject, GetObject, DeleteObject and "
-           "ListObjectsV2 without botocore's per-call work and HTTP session (about 1.5 ms of CPU "
+           "ListObjectsV2 without botocore's per-call work and HTTP session (about 1 ms of CPU "
            "less per request, a third of it per listing page; same signer, credentials, "
            "timeouts, CA bundle and TLS verification; behind a proxy or with a client "
            "certificate, botocore's HTTP session). Off: every request through boto3. Always "
@@ -315,8 +315,9 @@ OPTIONS: list[Option] = [
            "offset are local. 0 turns this off.", "cache", "4M"),
     Option("cache_fill_max", parse_size, 128 * MiB, "With the local tier, a file up to this "
            "size that is read at random (a second read out of sequence in one open file) is "
-           "fetched whole into the tier in the background, in parallel 4 MiB GETs (8 at a "
-           "time), so the reads that follow are local. 0 turns this off.", "cache", "128M"),
+           "fetched whole into the tier in the background, in 16 MiB GETs (4 at a time for "
+           "all such files), so the reads that follow are local. 0 turns this off.",
+           "cache", "128M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",
            "Logging level.", "process"),

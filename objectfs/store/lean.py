@@ -396,12 +396,12 @@ def _body_errors(response):
     """Read a streamed body as botocore's ``send`` does with an unstreamed
     one: the same exceptions, the connection closed on any failure.
 
-    ``raw.read()`` (http.client, under urllib3 through botocore's session) reads a body of known length
-    straight into one bytes object with a few large socket reads, where
-    botocore's ``content`` joins 64 KiB chunks that each take a trip
-    through urllib3: for a 16 MiB GET that is 256 trips and one more copy
-    of the whole body (a fifth of the daemon's CPU in a cold sequential
-    read on Swift, measured with py-spy).
+    ``raw.read()`` (http.client; under urllib3 in botocore's session) reads
+    a body of known length straight into one bytes object with a few large
+    socket reads, where botocore's ``content`` joins 64 KiB chunks that each
+    take a trip through urllib3: for a 16 MiB GET that is 256 trips and one
+    more copy of the whole body (a fifth of the daemon's CPU in a cold
+    sequential read on Swift, measured with py-spy).
     """
     import botocore.exceptions as be
     from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
