@@ -154,8 +154,12 @@ class TierStore:
         self._touches: dict[tuple[str, int], int] = {}
         # plain blocks this process has checked whole (loaded with a good
         # CRC) or written itself: a part of one is read without reading and
-        # checking the whole block again (see load_range)
+        # checking the whole block again (see load_range).  Blocks this
+        # process deletes leave it; those another daemon sharing the tier
+        # evicts do not, so it is emptied when it outgrows twice the blocks
+        # the tier can hold (they are then checked once more).
         self._verified: set[tuple[str, int]] = set()
+        self._verified_max = max(1024, 2 * (limit // BLOCK_SIZE))
         self._dirs: set[str] = set()   # data subdirectories known to exist
         self.corrupt = 0          # corrupt blocks found (and dropped) by this process
         self.refused = 0          # blocks not stored: no room beside pinned data
@@ -301,7 +305,7 @@ class TierStore:
                     if got != len(out) or f.read(1):
                         raise Corrupt(f"not the {len(out)} bytes expected")
                     check_plain(ident, head, out)
-                    self._verified.add((ref.oid, blockno))
+                    self._checked(ref.oid, blockno)
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -312,6 +316,11 @@ class TierStore:
             return False
         self._touch(ref.oid, blockno)
         return True
+
+    def _checked(self, oid: str, blockno: int) -> None:
+        if len(self._verified) >= self._verified_max:
+            self._verified.clear()
+        self._verified.add((oid, blockno))
 
     def _touch(self, oid: str, blockno: int) -> None:
         k = (oid, blockno)
@@ -447,7 +456,7 @@ class TierStore:
                     os.replace(tmp, final)
                     stored += 1
                     if blockno in plain:
-                        self._verified.add((ref.oid, blockno))
+                        self._checked(ref.oid, blockno)
                 else:
                     os.unlink(tmp)
         return stored

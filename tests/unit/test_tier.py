@@ -141,6 +141,21 @@ def test_a_block_checked_once_is_read_in_part_without_a_second_check(root, monke
     s.close()
 
 
+def test_the_set_of_checked_blocks_is_bounded(root):
+    """Blocks evicted by another daemon sharing the tier never leave the set
+    of checked blocks: it is emptied when full, and blocks are checked again."""
+    ref = ObjectRef(NS, "k", '"e1"', 3 * BLOCK_SIZE)
+    data = payload(5, ref.size)
+    s = TierStore(root, 16 * MiB)
+    s._verified_max = 2
+    assert s.put(ref, [(b, data[b * BLOCK_SIZE:(b + 1) * BLOCK_SIZE]) for b in range(3)]) == 3
+    assert len(s._verified) <= 2
+    for b in range(3):
+        assert s.load_range(ref, b, 7, 99) == data[b * BLOCK_SIZE + 7:b * BLOCK_SIZE + 99]
+        assert len(s._verified) <= 2
+    s.close()
+
+
 def test_the_index_survives_reopening_and_a_new_version_replaces_the_old(root):
     s = TierStore(root, 16 * MiB)
     v1 = ObjectRef(NS, "k", '"e1"', 100)
