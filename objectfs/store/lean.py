@@ -391,6 +391,7 @@ class LeanRequests:
             raise self._error("ListObjectsV2", response)
         return _decode_listing(response.content)
 
+
 @contextlib.contextmanager
 def _body_errors(response):
     """Read a streamed body as botocore's ``send`` does with an unstreamed

@@ -285,7 +285,7 @@ class Tier:
                     return None
                 parts[i] = data
             self.hits += len(missing)
-            self.hit_bytes += sum(len(d) for d in loaded if d is not None)
+            self.hit_bytes += sum(len(parts[i]) for i, *_ in missing)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def warm(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> int:
