@@ -25,6 +25,7 @@ METRICS = [
     ("seq_read", "cold", "seq read {file}: cold"),
     ("seq_read", "warm", "seq read {file}: warm (2nd read)"),
     ("random_read", "total", "{n_random} random 4 KiB preads"),
+    ("random_read", "sparse", "{n_sparse} random 4 KiB preads (sparse)"),
     ("small_files", "create", "{n_small} x 4 KiB: create"),
     ("small_files", "create_durable", "{n_small} x 4 KiB: all visible in S3"),
     ("small_files", "ls", "{n_small} x 4 KiB: ls -l (cold)"),
@@ -41,6 +42,7 @@ METRICS = [
 
 # metrics whose reads are meaningless on moto (it re-reads the whole object per ranged GET)
 READ_METRICS = {("seq_read", "cold"), ("seq_read", "warm"), ("random_read", "total"),
+                ("random_read", "sparse"),
                 ("small_files", "read")}
 
 
