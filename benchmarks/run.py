@@ -93,10 +93,10 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(file=GiB, n_random=500, n_sparse=50, n_small=2000, n_rename=500, untar_files=None,
-                  append_base=10 * MiB, append=MiB),
-    "small": Scale(file=64 * MiB, n_random=200, n_sparse=20, n_small=200, n_rename=100, untar_files=200,
-                   append_base=10 * MiB, append=MiB),
+    "full": Scale(file=GiB, n_random=500, n_sparse=50, n_small=2000, n_rename=500,
+                  untar_files=None, append_base=10 * MiB, append=MiB),
+    "small": Scale(file=64 * MiB, n_random=200, n_sparse=20, n_small=200, n_rename=100,
+                   untar_files=200, append_base=10 * MiB, append=MiB),
 }
 
 

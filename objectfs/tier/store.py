@@ -274,9 +274,16 @@ class TierStore:
 
     def load(self, ref: ObjectRef, blockno: int) -> bytearray | None:
         """Block ``blockno`` of ``ref``, or None if it is not (validly) here.
-        A corrupt block is dropped, so the caller's refetch replaces it."""
-        buf = bytearray(ref.block_len(blockno))
-        return buf if self.load_into(ref, blockno, memoryview(buf)) else None
+        A corrupt block is dropped, so the caller's refetch replaces it.
+        The buffer is allocated once the block's file is open: a miss (most
+        random reads of a file being fetched) costs one failed open, not a
+        1 MiB allocation."""
+        f = self._open(ref, blockno)
+        if f is None:
+            return None
+        with f:
+            buf = bytearray(ref.block_len(blockno))
+            return buf if self._read(f, ref, blockno, memoryview(buf)) else None
 
     def load_into(self, ref: ObjectRef, blockno: int, out: memoryview) -> bool:
         """Block ``blockno`` of ``ref`` read into ``out`` (exactly the
@@ -284,32 +291,45 @@ class TierStore:
         copy in between, so a cached read of many blocks fills one buffer.
         False, ``out`` undefined, if the block is not (validly) here; a
         corrupt block is dropped, so the caller's refetch replaces it."""
-        p = self.path(ref.oid, blockno)
-        ident = _ident(ref.oid, blockno)
-        try:
-            with open(p, "rb", buffering=0) as f:
-                head = f.read(HEADER.size)
-                flags = header(head)[0]
-                if flags & FLAG_ZSTD:
-                    data = decode(ident, head + f.readall())
-                    if len(data) != len(out):
-                        raise Corrupt(f"holds {len(data)} bytes, expected {len(out)}")
-                    out[:] = data
-                else:
-                    got = 0
-                    while got < len(out):
-                        n = f.readinto(out[got:])
-                        if not n:
-                            break
-                        got += n
-                    if got != len(out) or f.read(1):
-                        raise Corrupt(f"not the {len(out)} bytes expected")
-                    check_plain(ident, head, out)
-                    self._checked(ref.oid, blockno)
-        except FileNotFoundError:
+        f = self._open(ref, blockno)
+        if f is None:
             return False
+        with f:
+            return self._read(f, ref, blockno, out)
+
+    def _open(self, ref: ObjectRef, blockno: int):
+        p = self.path(ref.oid, blockno)
+        try:
+            return open(p, "rb", buffering=0)
+        except FileNotFoundError:
+            return None
         except OSError as e:
             log.warning("cannot read cached block %s: %s", p, e)
+            return None
+
+    def _read(self, f, ref: ObjectRef, blockno: int, out: memoryview) -> bool:
+        ident = _ident(ref.oid, blockno)
+        try:
+            head = f.read(HEADER.size)
+            flags = header(head)[0]
+            if flags & FLAG_ZSTD:
+                data = decode(ident, head + f.readall())
+                if len(data) != len(out):
+                    raise Corrupt(f"holds {len(data)} bytes, expected {len(out)}")
+                out[:] = data
+            else:
+                got = 0
+                while got < len(out):
+                    n = f.readinto(out[got:])
+                    if not n:
+                        break
+                    got += n
+                if got != len(out) or f.read(1):
+                    raise Corrupt(f"not the {len(out)} bytes expected")
+                check_plain(ident, head, out)
+                self._checked(ref.oid, blockno)
+        except OSError as e:
+            log.warning("cannot read cached block %s: %s", f.name, e)
             return False
         except Corrupt as e:
             self._corrupt(ref, blockno, e)

@@ -141,6 +141,30 @@ def test_a_block_checked_once_is_read_in_part_without_a_second_check(root, monke
     s.close()
 
 
+def test_a_miss_allocates_no_block_buffer(root):
+    """A random read of a file being fetched misses the tier on most reads:
+    each miss must cost a failed open, not a zeroed 1 MiB buffer."""
+    import tracemalloc
+
+    ref = ObjectRef(NS, "k", '"e1"', 4 * BLOCK_SIZE)
+    s = TierStore(root, 16 * MiB)
+    try:
+        tracemalloc.start()
+        try:
+            for b in range(ref.nblocks):
+                assert s.load(ref, b) is None
+                assert s.load_range(ref, b, 0, 4096) is None
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < BLOCK_SIZE // 4
+        data = payload(5, ref.size)
+        assert s.put(ref, [(1, data[BLOCK_SIZE:2 * BLOCK_SIZE])]) == 1
+        assert s.load(ref, 1) == data[BLOCK_SIZE:2 * BLOCK_SIZE]
+    finally:
+        s.close()
+
+
 def test_the_set_of_checked_blocks_is_bounded(root):
     """Blocks evicted by another daemon sharing the tier never leave the set
     of checked blocks: it is emptied when full, and blocks are checked again."""
