@@ -352,7 +352,7 @@ def test_a_file_read_at_random_is_fetched_whole_in_the_background(mount, logged_
     assert gets(logged_s3, bucket, "r.bin") == before
 
 
-def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_again(
+def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_a_third_time(
         mount, logged_s3, workdir):
     bucket = logged_s3.new_bucket()
     data = blob(12 * MiB + 77, 11)
@@ -370,7 +370,10 @@ def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_again(
         assert pread(9 * MiB + 4096) <= 64 * 1024
         assert pread(2 * MiB + 8192) <= 64 * 1024
         assert settle(m)["blocks"] == 0
-        # block 9 again, elsewhere in it: now the whole block, into the tier
+        # block 9 again, elsewhere in it: still its own bytes only
+        assert pread(9 * MiB + 300_000) <= 64 * 1024
+        assert settle(m)["blocks"] == 0
+        # a third time: now the whole block, into the tier
         assert pread(9 * MiB + 500_000) == MiB
         assert settle(m, blocks=1)["blocks"] == 1
         before = gets(logged_s3, bucket, "r.bin")
