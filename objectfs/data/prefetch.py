@@ -32,13 +32,13 @@ aligned to the tier's blocks, so every fetched block is whole and can be
 cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
 on its first read (later reads at any offset are local).  A random read
 (out of sequence, with the tier) is served from cached blocks when they are
-there, copying only the bytes asked for; otherwise the first random read of
-a block fetches only its own bytes (at least 64 KiB, nothing cached: one
-latency, not a whole block's transfer) and a later one fetches the whole
-block into the tier.  A file no larger than ``ctx.fill_max`` that is read
-at random (a second read out of sequence) is fetched whole into the tier in
-the background; the reads go on meanwhile and never wait for the fill's
-GETs on a block's first random touch.
+there, copying only the bytes asked for; otherwise the first and second
+random reads of a block fetch only their own bytes (at least 64 KiB, nothing
+cached: one latency, not a whole block's transfer) and the third fetches the
+whole block into the tier (WHOLE_BLOCK_AT).  A file no larger than
+``ctx.fill_max`` that is read at random (a second read out of sequence) is
+fetched whole into the tier in the background; the reads go on meanwhile
+and never wait for the fill's GETs when they fetch their own bytes.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Segment:
     def __init__(self, start: int, end: int, held: int, random: int = 0):
         self.start, self.end, self.held = start, end, held
         # a random read's own bytes (with the tier): from cached blocks if
-        # there, else FIRST_TOUCH: a GET of these bytes, LATER_TOUCH: whole blocks
+        # there, else FIRST_TOUCH: a GET of these bytes, LATER_TOUCH (a block's
+        # WHOLE_BLOCK_AT-th random read): whole blocks
         self.random = random
         self.data: bytes = b""
         self.error: BaseException | None = None
