@@ -39,13 +39,14 @@ FLUSH_INTERVAL = 2.0
 # Parallel disk operations of one mount.
 DISK_THREADS = 4
 # Background fills of files read at random: GET size, and GETs in parallel
-# for all fills of the mount together (so fills hold at most 64 MiB).  Fewer,
-# larger GETs than a sequential read's: the random reads that go on meanwhile
-# make their own small GETs, and wait less behind 4 fill GETs than behind 8
-# (64 MiB file, 200 random 4 KiB reads on Swift: 0.22-0.30 s at 16 MiB x 4,
-# 0.37-0.44 s at 4 MiB x 8).
-FILL_STEP = 16 << 20
-FILL_CONCURRENCY = 4
+# for all fills of the mount together (so fills hold at most 16 MiB).  The
+# random reads that go on meanwhile make their own small GETs and compete
+# with the fill for the server and for CPU; two GETs at a time leave them
+# the most room.  64 MiB multipart file on Swift, 2 cores, 3-6 runs each,
+# median seconds for 200 / 20 random 4 KiB reads: 8 MiB x 2: 0.30 / 0.24;
+# 16 MiB x 2: 0.41 / 0.28; 4 MiB x 2: 0.38 / 0.27; 16 MiB x 4: 0.45 / 0.38.
+FILL_STEP = 8 << 20
+FILL_CONCURRENCY = 2
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 
