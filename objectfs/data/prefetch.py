@@ -66,6 +66,10 @@ FIRST_TOUCH, LATER_TOUCH = 1, 2
 # twice, a handful three times) whole blocks at the second read cost 20%
 # more time (Swift, multipart object), for almost no hits.
 WHOLE_BLOCK_AT = 3
+# Blocks whose random reads a handle counts (a dict entry each, ~100 bytes):
+# the counts start again when a long-running random reader of a huge file
+# has touched this many, so the handle's memory stays bounded.
+TOUCHED_MAX = 1 << 16
 BACKWARD = 1 * MiB
 
 
@@ -218,6 +222,8 @@ class Prefetcher:
         before, else FIRST_TOUCH; 0 without the tier."""
         if self.tier_ref is None or self.whole or (off == 0 and self.last_end is None):
             return 0
+        if len(self.touched) >= TOUCHED_MAX:
+            self.touched.clear()
         hot = False
         for b in range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
             n = self.touched.get(b, 0) + 1

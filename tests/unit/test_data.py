@@ -520,6 +520,29 @@ def test_sequential_reads_grow_the_window_and_fetch_each_byte_once(tmp_path):
     assert all(e1 <= s2 for (_, e1), (s2, _) in zip(ranges, ranges[1:]))
 
 
+def test_random_reads_fetch_a_block_whole_at_its_third_read_and_counts_stay_bounded(tmp_path):
+    from objectfs.data import prefetch as pm
+    from objectfs.tier.store import ObjectRef
+
+    size = 1 << 40
+
+    async def body(ctx):
+        pf = Prefetcher(ctx, lambda: KEY, '"e"', size)
+        pf.tier_ref = ObjectRef("ns", KEY, '"e"', size)  # as with the local tier
+        pf.last_end = 4096  # past the first read (at 0: a sequential start)
+        touch = [pf._touch(off, off + 4096) for off in (5 * MiB, 9 * MiB, 5 * MiB + 8192,
+                                                        5 * MiB + 65536, 5 * MiB + 4096)]
+        assert touch == [pm.FIRST_TOUCH] * 3 + [pm.LATER_TOUCH] * 2
+        # a read across two blocks is hot if either is
+        assert pf._touch(6 * MiB - 100, 6 * MiB + 100) == pm.LATER_TOUCH
+        for b in range(pm.TOUCHED_MAX + 10):
+            pf._touch((b + 100) * MiB, (b + 100) * MiB + 4096)
+            assert len(pf.touched) <= pm.TOUCHED_MAX
+        pf.close()
+
+    run_data(body, CountingStore(), tmp_path)
+
+
 def test_a_read_within_one_segment_is_a_view_of_it_not_a_copy(tmp_path):
     store = CountingStore()
     data, etag = make_object(store, 12 * MiB, 10)
