@@ -42,12 +42,13 @@ from .errors import (BadHandle, Exists, FileTooBig, FsError, InvalidArgument, Is
                      IOFailure, NoSpace, NotADirectory, NotEmpty, NotFound, NotPermitted,
                      NotSupported, RangeError, ReadOnly, TooBig, UserError)
 from .namespace import keys
+from .namespace.attrdisk import open_attr_disk
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
 from .config import cache_root, default_staging_dir
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
-from .tier.tier import Tier, open_tier
+from .tier.tier import Tier, open_tier, tier_namespace
 from .writeback.journal import Journal, Manifest
 from .writeback.uploader import Pending, WriteBack
 
@@ -158,6 +159,9 @@ class Filesystem:
             except OSError as e:
                 raise UserError(f"cannot use the write-back directory under "
                                 f"{cache_root(cfg)}: {e.strerror}") from None
+        if cfg.metadata_cache:
+            self.ns.attr_disk = await trio.to_thread.run_sync(open_attr_disk, cache_root(cfg))
+            self.ns.disk_ns = tier_namespace(cfg.endpoint_url, cfg.bucket)
         self.tier = await trio.to_thread.run_sync(open_tier, cfg, self.table.root_prefix)
         if self.tier is not None:
             self.ctx.tier = self.tier
@@ -223,9 +227,11 @@ class Filesystem:
 
     def close(self) -> None:
         """Release the write-back journal (after the last upload attempt) and
-        the local tier (records the last block uses)."""
+        the local tier (records the last block uses), and write the
+        attributes kept on disk."""
         if self.wb is not None:
             self.wb.close()
+        self.ns.close_disk()
         if self.tier is not None:
             tier, self.tier = self.tier, None
             if self.ctx is not None:
@@ -1314,6 +1320,7 @@ class Filesystem:
             dropped += 1
         for key in [k for k in self.ns.negative if k[0] in inos]:
             self.ns.negative.pop(key, None)
+        await self.ns.forget_kept(self.table.key(top))
         return dropped
 
     # -- misc -----------------------------------------------------------------------------

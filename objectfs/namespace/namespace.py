@@ -38,7 +38,7 @@ from cachetools import TTLCache
 from .. import metadata as md, metrics
 from ..errors import FsError, NotFound, StoreUnavailable
 from ..store.base import ObjectInfo, ObjectStore
-from . import keys
+from . import attrdisk, keys
 from .tree import Attr, Inode, InodeTable, clock
 from ..tasks import open_nursery
 
@@ -83,6 +83,11 @@ class Namespace:
         self._stat_limiter = trio.CapacityLimiter(cfg.stat_concurrency)
         # until when S3 is taken to be unreachable (see _offline)
         self.unreachable_until = float("-inf")
+        # attributes kept on disk across mounts (metadata_cache), under
+        # disk_ns; HEAD answers wait in _to_keep until the next write
+        self.attr_disk: attrdisk.AttrDisk | None = None
+        self.disk_ns = ""
+        self._to_keep: list[ObjectInfo] = []
 
     # -- attributes ---------------------------------------------------------
 
@@ -445,11 +450,59 @@ class Namespace:
             pages += 1
             if max_pages and pages >= max_pages:
                 return False
-        self._merge(d, started, files, dirs, legacy)
+        kept = await self._kept(prefix, files)
+        self._merge(d, started, files, dirs, legacy, kept)
         return True
 
+    # -- attributes kept on disk (metadata_cache) ----------------------------
+
+    async def _disk(self, method: str, *args):
+        """Call an AttrDisk method in a worker thread; an error turns the
+        disk cache off for the rest of the mount (it is only a cache)."""
+        disk = self.attr_disk
+        if disk is None:
+            return None
+        try:
+            return await trio.to_thread.run_sync(getattr(disk, method), *args)
+        except Exception as e:  # sqlite3.Error, OSError: never fail a listing for it
+            log.warning("metadata cache disabled: %s", e)
+            self.attr_disk = None
+            return None
+
+    async def _kept(self, prefix: str, files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
+        """Kept HEAD answers (by name) for the files of a complete listing of
+        ``prefix`` that it shows unchanged (see attrdisk)."""
+        if self.attr_disk is None or not files:
+            return {}
+        found = await self._disk("match", self.disk_ns, prefix,
+                                 {o.key: o for o in files.values()})
+        return {i.key[len(prefix):]: i for i in found or ()}
+
+    async def keep_heads(self) -> None:
+        """Write the HEAD answers gathered since the last call to disk."""
+        todo, self._to_keep = self._to_keep, []
+        if todo:
+            await self._disk("save", self.disk_ns, todo)
+
+    async def forget_kept(self, prefix: str) -> None:
+        self._to_keep = [i for i in self._to_keep if not i.key.startswith(prefix)]
+        await self._disk("forget", self.disk_ns, prefix)
+
+    def close_disk(self) -> None:
+        """Write what is left and close (at unmount, from the loop's thread)."""
+        disk, self.attr_disk = self.attr_disk, None
+        if disk is None:
+            return
+        try:
+            disk.save(self.disk_ns, self._to_keep)
+            disk.close()
+        except Exception as e:
+            log.warning("could not write the metadata cache: %s", e)
+        self._to_keep = []
+
     def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
-               dirs: set[str], legacy: dict[str, str]) -> None:
+               dirs: set[str], legacy: dict[str, str],
+               kept: dict[str, ObjectInfo] | None = None) -> None:
         assert d.children is not None
         for name in list(d.removed):
             if d.removed[name] < started:
@@ -494,6 +547,13 @@ class Namespace:
                 if child.legacy == info.key:
                     continue
                 child = None
+            k = kept.get(name) if kept else None
+            ktype = self.type_of(k) if k is not None else 0
+            if k is not None and ktype != stat.S_IFDIR and (
+                    child is None or (not child.meta_known
+                                      and stat.S_IFMT(child.attr.mode) == ktype)):
+                self.make_child(d, name, ktype, k, is_dir=False)  # as a HEAD would
+                continue
             if child is None:
                 child = self.make_child(d, name, stat.S_IFREG, info, is_dir=False)
                 child.meta_known = False
@@ -573,6 +633,9 @@ class Namespace:
                         node.legacy = info.key
                 else:
                     self.apply_info(child, info, is_dir=child.is_dir)
+                if self.attr_disk is not None and ftype != stat.S_IFDIR \
+                        and attrdisk.trusted(info):
+                    self._to_keep.append(info)
 
         # A fixed pool of workers, not one task per entry: a listing of
         # 100,000 names would otherwise hold 100,000 tasks at once (about
@@ -586,6 +649,7 @@ class Namespace:
         async with open_nursery() as n:
             for _ in range(min(len(todo), self.cfg.stat_concurrency)):
                 n.start_soon(worker)
+        await self.keep_heads()
 
     async def ensure_metadata(self, node: Inode) -> None:
         """Make sure ``node.remote.metadata`` is the full set from a HEAD

@@ -38,6 +38,8 @@ class ObjectInfo:
     ``metadata`` is None when it is unknown (listings carry none), else the
     user metadata with lower-case keys and no ``x-amz-meta-`` prefix.
     ``headers`` holds the PRESERVED_HEADERS that were present.
+    ``checked_ns`` is the server's time of a HEAD's answer (its ``Date``),
+    0 when unknown (listings, writes).
     """
 
     key: str
@@ -47,6 +49,7 @@ class ObjectInfo:
     metadata: Mapping[str, str] | None = None
     content_type: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    checked_ns: int = 0
 
 
 @dataclass(slots=True)

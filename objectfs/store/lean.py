@@ -516,6 +516,8 @@ def _decode(headers: Mapping[str, str]) -> dict[str, Any]:
                 out["LastModified"] = email.utils.parsedate_to_datetime(value)
             except (TypeError, ValueError):
                 raise Fallback("Last-Modified") from None
+        elif lname == "date":  # where botocore's answer has it
+            out["ResponseMetadata"] = {"HTTPHeaders": {"date": value}}
         elif lname == "expires":
             raise Fallback("Expires")   # botocore's own date rules decide this one
     if "ContentLength" in out:

@@ -56,11 +56,13 @@ class MemoryStore:
     def _etag(self, data: bytes) -> str:
         return '"' + hashlib.md5(data).hexdigest() + '"'
 
-    def _info(self, key: str, o: _Obj, with_meta: bool = True) -> ObjectInfo:
+    def _info(self, key: str, o: _Obj, with_meta: bool = True,
+              head: bool = False) -> ObjectInfo:
         return ObjectInfo(key=key, size=len(o.data), etag=o.etag, mtime_ns=o.mtime_ns,
                           metadata=dict(o.metadata) if with_meta else None,
                           content_type=o.content_type if with_meta else None,
-                          headers=dict(o.headers) if with_meta else {})
+                          headers=dict(o.headers) if with_meta else {},
+                          checked_ns=time.time_ns() if head else 0)
 
     def _get(self, op: str, key: str) -> _Obj:
         try:
@@ -86,7 +88,7 @@ class MemoryStore:
     async def head(self, key: str, *, body_max: int = 0) -> ObjectInfo:
         self._count("HeadObject")
         await trio.lowlevel.checkpoint()
-        return self._info(key, self._get("HeadObject", key))
+        return self._info(key, self._get("HeadObject", key), head=True)
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
                         token: str | None = None, max_keys: int = 1000) -> ListPage:

@@ -19,6 +19,7 @@ misplaced or from another version of the object.
 from __future__ import annotations
 
 import base64
+import email.utils
 import errno
 import functools
 import hashlib
@@ -86,6 +87,16 @@ class S3Settings:
 
 def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
+
+
+def _http_date_ns(value: str | None) -> int:
+    """An HTTP date header in ns since the epoch; 0 if absent or unreadable."""
+    if not value:
+        return 0
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp()) * 1_000_000_000
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _blob(body: bytes | bytearray | memoryview) -> bytes | bytearray:
@@ -388,7 +399,9 @@ class S3Store:
             key=key, size=int(r.get("ContentLength", 0)), etag=r.get("ETag"),
             mtime_ns=_ms(r.get("LastModified")),
             metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
-            content_type=r.get("ContentType"), headers=headers)
+            content_type=r.get("ContentType"), headers=headers,
+            checked_ns=_http_date_ns(r.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                                     .get("date")))
 
     # -- reads ------------------------------------------------------------
 

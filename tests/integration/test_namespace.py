@@ -650,3 +650,50 @@ def test_symlink_retargeted_by_other_client(mount, bucket, s3_client):
     time.sleep(2)
     assert os.lstat(p).st_size == len("new-target-longer")   
     assert os.readlink(p) == "new-target-longer"
+
+
+def test_a_remount_lists_unchanged_files_from_the_metadata_cache(mount, bucket, s3_client):
+    """metadata_cache: what the first mount's ``ls -l`` HEADed is on disk;
+    the next mount with the same cache_dir shows the same modes and owners
+    from the listing alone, and still sees another client's chmod (a copy
+    that moves Last-Modified)."""
+    for i in range(6):
+        put(s3_client, bucket, f"d/f{i}", b"x" * 100,
+            Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "1234", "gid": "55"})
+    time.sleep(2.2)  # kept only when HEADed 2 s after the last change (server clock)
+
+    def ls_l(m):
+        os.stat(os.path.join(m.mountpoint, "d"))  # the lookup of d is not counted
+        before = {op: m.metric("objectfs_s3_requests_total", op=op)
+                  for op in ("HeadObject", "GetObject")}
+        out = subprocess.run(["ls", "-ln", os.path.join(m.mountpoint, "d")], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        rows = {ln.split()[-1]: (ln.split()[0], ln.split()[2], ln.split()[3])
+                for ln in out.splitlines()[1:]}
+        asked = sum(m.metric("objectfs_s3_requests_total", op=op) - n
+                    for op, n in before.items())
+        return rows, asked
+
+    m = mount(bucket)
+    first, asked = ls_l(m)
+    assert first == {f"f{i}": ("-rw-------", "1234", "55") for i in range(6)}
+    assert asked == 6
+    m.stop()
+
+    m = mount(bucket)
+    again, asked = ls_l(m)
+    assert again == first and asked == 0
+    m.stop()
+
+    s3_client.copy_object(Bucket=bucket, Key="d/f2", CopySource={"Bucket": bucket, "Key": "d/f2"},
+                          MetadataDirective="REPLACE",
+                          Metadata={"mode": str(stat.S_IFREG | 0o644), "uid": "1234", "gid": "55"})
+    m = mount(bucket)
+    changed, asked = ls_l(m)
+    assert changed["f2"] == ("-rw-r--r--", "1234", "55")
+    assert asked == 1
+    m.stop()
+
+    m = mount(bucket, options=["metadata_cache=false"])
+    _, asked = ls_l(m)
+    assert asked == 6

@@ -1,0 +1,175 @@
+"""Attributes of files kept on local disk across mounts (``metadata_cache``).
+
+Mode, owner, times and xattrs are not in S3 listings, so the first ``ls -l``
+of a directory after a mount HEADs every file in it.  This store keeps what
+those HEADs found, in ``meta.db`` (sqlite, WAL) under the cache directory,
+so a later mount that lists the same directory takes a file's attributes
+from disk instead, without a request, when the listing proves the object
+unchanged since the HEAD.
+
+When a listing proves it: the row is used only if the listing shows the
+same ETag, size and Last-Modified second as the HEAD did, and the HEAD was
+answered (the server's ``Date``) at least ``SLACK_NS`` after that
+Last-Modified.  Any later change of the object (new data, or new metadata:
+a chmod is a copy of the object onto itself) happens after the HEAD, so
+it moves Last-Modified to a later second, and the row no longer matches.
+An object changed within a second or two of its last write could not be
+told apart that way, so such a HEAD is not kept.  Both times come from the
+server's clock, never ours.  Files this mount wrote are not kept either:
+a PUT's answer carries no Last-Modified.  Directories are not kept: a
+listing shows a subdirectory as a prefix, with nothing to compare.
+
+Rows a listing contradicts (changed or gone) are deleted when that
+listing is merged; ``objectfs refresh`` deletes the rows under its path.
+The file is only a cache: it can be deleted at any time, and a row that
+cannot be read is ignored.  At most ``MAX_ROWS`` rows are kept (the least
+recently checked go first when a mount starts with more).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from typing import Iterable
+
+from ..store.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "meta.db"
+# Last-Modified has one-second resolution (rounded either way by servers):
+# a HEAD answered this long after it shows a state no later change can share.
+SLACK_NS = 2_000_000_000
+MAX_ROWS = 1_000_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS attrs (
+    ns TEXT NOT NULL,        -- endpoint and bucket
+    dir TEXT NOT NULL,       -- the key up to and including its last '/'
+    name TEXT NOT NULL,      -- the rest of the key
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    lm_s INTEGER NOT NULL,   -- Last-Modified, whole seconds
+    mtime_ns INTEGER NOT NULL,
+    checked_ns INTEGER NOT NULL,  -- the server's Date of the HEAD's answer
+    info TEXT NOT NULL,      -- JSON: metadata, content type, kept headers
+    PRIMARY KEY (ns, dir, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attrs_checked ON attrs (checked_ns);
+"""
+
+
+def trusted(info: ObjectInfo) -> bool:
+    """Whether a HEAD's answer may be kept (see the module's docstring)."""
+    return (info.metadata is not None and bool(info.etag) and info.mtime_ns > 0
+            and info.checked_ns > 0 and info.mtime_ns + SLACK_NS <= info.checked_ns)
+
+
+def same_version(row: ObjectInfo, listed: ObjectInfo) -> bool:
+    """Whether a listing entry shows the object a kept row describes."""
+    return (row.etag == listed.etag and row.size == listed.size
+            and row.mtime_ns // 1_000_000_000 == listed.mtime_ns // 1_000_000_000)
+
+
+def _split(key: str) -> tuple[str, str]:
+    head, sep, tail = key.rpartition("/")
+    return head + sep, tail
+
+
+class AttrDisk:
+    """``meta.db`` under ``root``; every method is blocking (call it from a
+    worker thread) and safe to call from several threads."""
+
+    def __init__(self, root: str):
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        path = os.path.join(root, FILE_NAME)
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None,
+                                  check_same_thread=False)
+        os.chmod(path, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._trim()
+
+    def _trim(self) -> None:
+        with self._lock:
+            n = self.db.execute("SELECT count(*) FROM attrs").fetchone()[0]
+            if n > MAX_ROWS:
+                self.db.execute("DELETE FROM attrs WHERE (ns, dir, name) IN (SELECT ns, dir, "
+                                "name FROM attrs ORDER BY checked_ns LIMIT ?)", (n - MAX_ROWS,))
+
+    def save(self, ns: str, infos: Iterable[ObjectInfo]) -> None:
+        """Keep the trusted ones among ``infos`` (HEAD answers)."""
+        rows = []
+        for i in infos:
+            if not trusted(i):
+                continue
+            d, name = _split(i.key)
+            blob = json.dumps({"m": dict(i.metadata or {}), "t": i.content_type,
+                               "h": dict(i.headers)}, separators=(",", ":"))
+            rows.append((ns, d, name, i.etag, i.size, i.mtime_ns // 1_000_000_000,
+                         i.mtime_ns, i.checked_ns, blob))
+        if not rows:
+            return
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?,?)",
+                                    rows)
+            finally:
+                self.db.execute("COMMIT")
+
+    def match(self, ns: str, prefix: str, listed: dict[str, ObjectInfo]) -> list[ObjectInfo]:
+        """The kept HEAD answers for the files of a complete listing of
+        ``prefix`` (``listed``: listing entries by key) that it shows
+        unchanged; rows it contradicts are deleted."""
+        with self._lock:
+            rows = self.db.execute("SELECT name, etag, size, mtime_ns, checked_ns, info "
+                                   "FROM attrs WHERE ns=? AND dir=?", (ns, prefix)).fetchall()
+            found, stale = [], []
+            for name, etag, size, mtime_ns, checked_ns, blob in rows:
+                key = prefix + name
+                entry = listed.get(key)
+                try:
+                    extra = json.loads(blob)
+                    info = ObjectInfo(key=key, size=size, etag=etag, mtime_ns=mtime_ns,
+                                      metadata=dict(extra["m"]), content_type=extra["t"],
+                                      headers=dict(extra["h"]), checked_ns=checked_ns)
+                except (ValueError, KeyError, TypeError):
+                    info = None
+                if info is None or entry is None or not same_version(info, entry):
+                    stale.append(name)
+                    continue
+                found.append(info)
+            if stale:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    self.db.executemany("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
+                                        [(ns, prefix, n) for n in stale])
+                finally:
+                    self.db.execute("COMMIT")
+            return found
+
+    def forget(self, ns: str, prefix: str) -> int:
+        """Delete the rows of ``prefix`` and of every key under it."""
+        with self._lock:
+            return self.db.execute(
+                "DELETE FROM attrs WHERE ns=? AND substr(dir || name, 1, ?) = ?",
+                (ns, len(prefix), prefix)).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+
+def open_attr_disk(root: str) -> AttrDisk | None:
+    """The store under ``root``, or None (logged) when it cannot be used."""
+    try:
+        return AttrDisk(root)
+    except (OSError, sqlite3.Error) as e:
+        log.warning("metadata cache disabled: cannot use %s (%s)", root, e)
+        return None
