@@ -30,6 +30,7 @@ METRICS = [
     ("small_files", "create_durable", "{n_small} x 4 KiB: all visible in S3"),
     ("small_files", "ls", "{n_small} x 4 KiB: ls -l (cold)"),
     ("small_files", "read", "{n_small} x 4 KiB: read (cold)"),
+    ("small_files", "ls_again", "{n_small} x 4 KiB: ls -l after a remount"),
     ("small_files", "delete", "{n_small} x 4 KiB: delete"),
     ("small_files", "delete_durable", "{n_small} x 4 KiB: all gone from S3"),
     ("untar", "tar", "untar {untar}: tar -x returned"),

@@ -219,6 +219,7 @@ class Bench:
         self.notes: list[str] = []
         self.buckets: dict[str, str] = {}
         self._n = 0
+        self._tiers: dict[str, Path] = {}  # each ObjectFS flavour's last cache directory
         self._cur: Sample | None = None
         self._metering = False
         self._children: list[subprocess.Popen] = []
@@ -243,7 +244,9 @@ class Bench:
 
     # ---------------------------------------------------------- mounts
     @contextlib.contextmanager
-    def mounted(self, fs: str):
+    def mounted(self, fs: str, remount: bool = False):
+        """``remount``: ObjectFS mounts with the cache directory of its mount
+        before (a reboot, a remount), not a fresh one."""
         if fs == "boto3":
             yield NullMount()
             return
@@ -257,6 +260,9 @@ class Bench:
                 # a fresh local tier per mount, as rclone gets a fresh cache:
                 # "cold" means nothing of the bucket is on local disk yet
                 tier = self.workdir / "tier" / f"{fs}-{self._n}"
+                if remount and fs in self._tiers:
+                    tier = self._tiers[fs]
+                self._tiers[fs] = tier
                 opts = [f"cache_dir={tier}"] + (["writeback"] if fs == "objectfs-wb" else [])
                 h = M.ObjectFSMount(self.server, bucket, str(mp), log_path=logp, options=opts)
             elif fs == "s3fs":
@@ -658,6 +664,12 @@ class Bench:
             s.times["ls"] = r["t1"] - r["t0"]
             r = self.op(m, fs, "read_files", tmo, **args)
             s.times["read"] = r["t1"] - r["t0"]
+        # the same listing after a remount (ObjectFS with its cache directory
+        # kept; s3fs and rclone keep no attributes across mounts)
+        self.drop_caches()
+        with self.mounted(fs, remount=True) as m, self.metered(m):
+            r = self.op(m, fs, "ls", tmo, dir=d, count=n)
+            s.times["ls_again"] = r["t1"] - r["t0"]
             r = self.op(m, fs, "delete_files", tmo, dir=d, count=n)
             s.times["delete"] = r["t1"] - r["t0"]
             s.times["delete_durable"] = self.wait_until(

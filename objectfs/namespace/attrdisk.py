@@ -21,8 +21,9 @@ listing shows a subdirectory as a prefix, with nothing to compare.
 
 Rows a listing contradicts (changed or gone) are deleted when that
 listing is merged; ``objectfs refresh`` deletes the rows under its path.
-The file is only a cache: it can be deleted at any time, and a row that
-cannot be read is ignored.  At most ``MAX_ROWS`` rows are kept (the least
+The file is only a cache: it can be deleted at any time, a row that
+cannot be read is dropped, and a file that is not a database any more is
+replaced by an empty one.  At most ``MAX_ROWS`` rows are kept (the least
 recently checked go first when a mount starts with more).
 """
 
@@ -52,8 +53,7 @@ CREATE TABLE IF NOT EXISTS attrs (
     name TEXT NOT NULL,      -- the rest of the key
     etag TEXT NOT NULL,
     size INTEGER NOT NULL,
-    lm_s INTEGER NOT NULL,   -- Last-Modified, whole seconds
-    mtime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,    -- Last-Modified
     checked_ns INTEGER NOT NULL,  -- the server's Date of the HEAD's answer
     info TEXT NOT NULL,      -- JSON: metadata, content type, kept headers
     PRIMARY KEY (ns, dir, name)
@@ -111,14 +111,13 @@ class AttrDisk:
             d, name = _split(i.key)
             blob = json.dumps({"m": dict(i.metadata or {}), "t": i.content_type,
                                "h": dict(i.headers)}, separators=(",", ":"))
-            rows.append((ns, d, name, i.etag, i.size, i.mtime_ns // 1_000_000_000,
-                         i.mtime_ns, i.checked_ns, blob))
+            rows.append((ns, d, name, i.etag, i.size, i.mtime_ns, i.checked_ns, blob))
         if not rows:
             return
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?,?)",
+                self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?)",
                                     rows)
             finally:
                 self.db.execute("COMMIT")
@@ -167,9 +166,26 @@ class AttrDisk:
 
 
 def open_attr_disk(root: str) -> AttrDisk | None:
-    """The store under ``root``, or None (logged) when it cannot be used."""
-    try:
-        return AttrDisk(root)
-    except (OSError, sqlite3.Error) as e:
-        log.warning("metadata cache disabled: cannot use %s (%s)", root, e)
-        return None
+    """The store under ``root``, or None (logged) when it cannot be used.
+    A file sqlite cannot read (damaged, or not a database) is replaced by an
+    empty one: it only ever held a cache."""
+    for attempt in (1, 2):
+        try:
+            return AttrDisk(root)
+        except sqlite3.DatabaseError as e:
+            if attempt == 2 or isinstance(e, sqlite3.OperationalError):
+                log.warning("metadata cache disabled: cannot use %s (%s)", root, e)
+                return None
+            log.warning("metadata cache: %s is unreadable (%s); starting a new one",
+                        os.path.join(root, FILE_NAME), e)
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(os.path.join(root, FILE_NAME + suffix))
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    return None
+        except (OSError, sqlite3.Error) as e:
+            log.warning("metadata cache disabled: cannot use %s (%s)", root, e)
+            return None
+    return None

@@ -182,11 +182,21 @@ def test_refresh_forgets_the_kept_attributes_under_its_path(tmp_path):
     assert "HeadObject" not in used, used  # e/ was not refreshed
 
 
-def test_an_unusable_cache_directory_leaves_the_mount_working(tmp_path):
+def test_a_damaged_cache_file_is_replaced_and_the_mount_works(tmp_path):
     store = old_bucket(2)
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "meta.db").write_bytes(b"this is not a database" * 100)
     got, used = mount(tmp_path, store, ls_l)
+    assert got == {"f0": (0o600, 123), "f1": (0o600, 123)}
+    assert used.get("HeadObject") == 2, used
+    again, used = mount(tmp_path, store, ls_l)  # the new file works
+    assert again == got and "HeadObject" not in used, used
+
+
+def test_an_unusable_cache_directory_leaves_the_mount_working(tmp_path):
+    store = old_bucket(2)
+    (tmp_path / "cache").write_bytes(b"a file where the directory should be")
+    got, used = mount(tmp_path, store, ls_l, "cache_size=0")
     assert got == {"f0": (0o600, 123), "f1": (0o600, 123)}
     assert used.get("HeadObject") == 2, used
 
