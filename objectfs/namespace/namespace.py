@@ -450,7 +450,7 @@ class Namespace:
             pages += 1
             if max_pages and pages >= max_pages:
                 return False
-        kept = await self._kept(prefix, files)
+        kept = await self._kept(d, prefix, files)
         self._merge(d, started, files, dirs, legacy, kept)
         return True
 
@@ -469,10 +469,16 @@ class Namespace:
             self.attr_disk = None
             return None
 
-    async def _kept(self, prefix: str, files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
+    async def _kept(self, d: Inode, prefix: str,
+                    files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
         """Kept HEAD answers (by name) for the files of a complete listing of
-        ``prefix`` that it shows unchanged (see attrdisk)."""
+        ``d`` (at ``prefix``) that it shows unchanged (see attrdisk); not
+        looked for when every file listed is known already (a directory
+        listed again within the mount)."""
         if self.attr_disk is None or not files:
+            return {}
+        children = d.children or {}
+        if all((c := children.get(n)) is not None and c.meta_known for n in files):
             return {}
         found = await self._disk("match", self.disk_ns, prefix,
                                  {o.key: o for o in files.values()})

@@ -182,6 +182,36 @@ def test_refresh_forgets_the_kept_attributes_under_its_path(tmp_path):
     assert "HeadObject" not in used, used  # e/ was not refreshed
 
 
+def test_a_directory_listed_again_in_the_same_mount_does_not_read_the_disk(tmp_path, monkeypatch):
+    # a watcher listing a big directory every few seconds: its files are
+    # known after the first listing, so the later ones skip meta.db
+    store = old_bucket()
+    calls = []
+    real = AttrDisk.match
+    monkeypatch.setattr(AttrDisk, "match", lambda self, *a: calls.append(a[1]) or real(self, *a))
+
+    async def three_times(fs):
+        for _ in range(3):
+            got, _ = await ls_l(fs)
+            await trio.sleep(0.02)  # past metadata_ttl: listed anew
+        return got
+
+    assert mount(tmp_path, store, three_times, "metadata_ttl=0.01") == \
+        {f"f{i}": (0o600, 123) for i in range(5)}
+    assert calls == ["d/"]
+
+    async def with_a_new_name(fs):
+        await ls_l(fs)                   # a new mount: every name unknown
+        store.put_sync("d/new", b"x")
+        for _ in range(2):               # the new name, then nothing unknown
+            await trio.sleep(0.02)
+            await ls_l(fs)
+
+    calls.clear()
+    mount(tmp_path, store, with_a_new_name, "metadata_ttl=0.01")
+    assert calls == ["d/", "d/"]
+
+
 def test_a_damaged_cache_file_is_replaced_and_the_mount_works(tmp_path):
     store = old_bucket(2)
     (tmp_path / "cache").mkdir()
