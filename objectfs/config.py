@@ -293,7 +293,8 @@ OPTIONS: list[Option] = [
            "see text"),
     # -- local tier (hot files on local disk) and write-back
     Option("cache_dir", _str, None, "Directory of the local tier: file data kept on local disk, "
-           "keyed by bucket, key and ETag, plus files staged for write-back. Default: "
+           "keyed by bucket, key and ETag, plus files staged for write-back and the attributes "
+           "metadata_cache keeps. Default: "
            "/var/cache/objectfs for root, else $XDG_CACHE_HOME/objectfs (~/.cache/objectfs).",
            "cache", "see text"),
     Option("cache_size", parse_size, 10 * GiB, "Most bytes the local tier keeps on disk; "

@@ -899,10 +899,12 @@ class Filesystem:
         node = await self._child(parent, name)
         if not node.is_dir:
             raise NotADirectory(name)
+        prefix = self.table.key(node)
         await self._ensure_empty(node)
         await self._keep_dir(parent)
         await self._delete_dir_objects(node)
         self._remove(parent, node)
+        await self.ns.forget_kept(prefix)
 
     async def _delete_dir_objects(self, node: Inode) -> None:
         prefix = self.table.key(node)
@@ -1059,6 +1061,7 @@ class Filesystem:
             old_keys.append(src.legacy)
             src.legacy = None
         await self.store.delete_many(old_keys)
+        await self.ns.forget_kept(old_prefix)
         self.table.move(src, new_parent, new_name)
         for node in self.table.walk(src):
             if node.remote is None or node.local:

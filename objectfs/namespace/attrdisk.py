@@ -20,7 +20,10 @@ a PUT's answer carries no Last-Modified.  Directories are not kept: a
 listing shows a subdirectory as a prefix, with nothing to compare.
 
 Rows a listing contradicts (changed or gone) are deleted when that
-listing is merged; ``objectfs refresh`` deletes the rows under its path.
+listing is merged (the first listing of a directory in a mount, or one
+showing a name the mount does not know yet); removing or renaming a
+directory through the mount and ``objectfs refresh`` delete the rows under
+its path.
 The file is only a cache: it can be deleted at any time, a row that
 cannot be read is dropped, and a file that is not a database any more is
 replaced by an empty one.  At most ``MAX_ROWS`` rows are kept (the least

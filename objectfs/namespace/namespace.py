@@ -472,13 +472,15 @@ class Namespace:
     async def _kept(self, d: Inode, prefix: str,
                     files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
         """Kept HEAD answers (by name) for the files of a complete listing of
-        ``d`` (at ``prefix``) that it shows unchanged (see attrdisk); not
-        looked for when every file listed is known already (a directory
-        listed again within the mount)."""
-        if self.attr_disk is None or not files:
+        ``d`` (at ``prefix``) that it shows unchanged (see attrdisk); the
+        rows it contradicts are deleted.  Not looked for when ``d`` was
+        listed before in this mount and every file listed is known already
+        (a directory listed again and again pays nothing)."""
+        if self.attr_disk is None:
             return {}
         children = d.children or {}
-        if all((c := children.get(n)) is not None and c.meta_known for n in files):
+        if d.listed_at is not None and all(
+                (c := children.get(n)) is not None and c.meta_known for n in files):
             return {}
         found = await self._disk("match", self.disk_ns, prefix,
                                  {o.key: o for o in files.values()})
