@@ -50,6 +50,9 @@ NEGATIVE_CACHE_ENTRIES = 100_000
 # by one within metadata_ttl.
 LIST_AFTER_MISSES = 4
 MAX_LOOKUP_LIST_PAGES = 16
+# HEAD answers of single lookups are written to the metadata cache this many
+# at a time (a listing's are written at once).
+KEEP_BATCH = 256
 # Last-Modified has one-second resolution; allow as much again for clock skew.
 LAST_MODIFIED_SLACK_NS = 2_000_000_000
 
@@ -657,7 +660,8 @@ class Namespace:
         async with open_nursery() as n:
             for _ in range(min(len(todo), self.cfg.stat_concurrency)):
                 n.start_soon(worker)
-        await self.keep_heads()
+        if len(todo) > 1 or len(self._to_keep) >= KEEP_BATCH:
+            await self.keep_heads()  # one lookup's HEAD waits for company
 
     async def ensure_metadata(self, node: Inode) -> None:
         """Make sure ``node.remote.metadata`` is the full set from a HEAD

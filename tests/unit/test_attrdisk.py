@@ -254,6 +254,25 @@ def test_rows_of_files_deleted_or_moved_do_not_pile_up(tmp_path):
     assert rows(tmp_path) == []
 
 
+def test_single_lookups_are_written_in_batches_and_at_unmount(tmp_path, monkeypatch):
+    # stat of many single files must not cost a sqlite transaction each
+    store = old_bucket(300)
+    saves = []
+    real = AttrDisk.save
+    monkeypatch.setattr(AttrDisk, "save",
+                        lambda self, ns, infos: saves.append(len(infos)) or real(self, ns, infos))
+
+    async def stat_each(fs):
+        d = await fs.lookup(1, b"d")
+        for i in range(300):  # the first lists d/; each then HEADs its file
+            await fs.lookup(d.ino, f"f{i}".encode())
+        return fs.store.calls["HeadObject"]
+
+    assert mount(tmp_path, store, stat_each) == 301  # and d's own
+    assert saves[0] == 256 and sum(saves) == 300 and len(saves) == 2, saves
+    assert len(rows(tmp_path)) == 300
+
+
 def test_a_damaged_cache_file_is_replaced_and_the_mount_works(tmp_path):
     store = old_bucket(2)
     (tmp_path / "cache").mkdir()
