@@ -262,11 +262,12 @@ OPTIONS: list[Option] = [
            "a GET instead of a HEAD: the same one request, and its first read then needs none. "
            "The bytes are kept in memory (16 MiB at most) only while the object's ETag is the "
            "one they came with. 0 turns this off.", "metadata", "16K"),
-    Option("metadata_cache", parse_bool, True, "Keep the attributes that HEADs found on local "
+    Option("metadata_cache", parse_bool, None, "Keep the attributes that HEADs found on local "
            "disk (meta.db under cache_dir), so a later mount lists an unchanged file with its "
            "mode and owner without a HEAD. A kept entry is used only when the listing shows "
            "the same ETag, size and Last-Modified, and only for objects HEADed 2 s or more "
-           "(server clock) after their last change, so any later change shows.", "metadata"),
+           "(server clock) after their last change, so any later change shows. Default: on "
+           "when the local tier is (cache_size is not 0).", "metadata", "see text"),
     Option("compat_dir", parse_bool, False, "Also read 'name_$folder$' objects as directories "
            "(s3fs compat_dir; old S3 tools).", "metadata"),
     # -- data path

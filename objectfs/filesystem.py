@@ -159,7 +159,7 @@ class Filesystem:
             except OSError as e:
                 raise UserError(f"cannot use the write-back directory under "
                                 f"{cache_root(cfg)}: {e.strerror}") from None
-        if cfg.metadata_cache:
+        if cfg.metadata_cache or (cfg.metadata_cache is None and cfg.cache_size):
             self.ns.attr_disk = await trio.to_thread.run_sync(open_attr_disk, cache_root(cfg))
             self.ns.disk_ns = tier_namespace(cfg.endpoint_url, cfg.bucket)
         self.tier = await trio.to_thread.run_sync(open_tier, cfg, self.table.root_prefix)

@@ -287,9 +287,19 @@ def test_a_damaged_cache_file_is_replaced_and_the_mount_works(tmp_path):
 def test_an_unusable_cache_directory_leaves_the_mount_working(tmp_path):
     store = old_bucket(2)
     (tmp_path / "cache").write_bytes(b"a file where the directory should be")
-    got, used = mount(tmp_path, store, ls_l, "cache_size=0")
+    got, used = mount(tmp_path, store, ls_l, "cache_size=0", "metadata_cache")
     assert got == {"f0": (0o600, 123), "f1": (0o600, 123)}
     assert used.get("HeadObject") == 2, used
+
+
+def test_it_is_off_without_the_tier_unless_asked_for(tmp_path):
+    store = old_bucket(2)
+    for _ in range(2):
+        mount(tmp_path, store, ls_l, "cache_size=0")
+    assert not (tmp_path / "cache" / "meta.db").exists()
+    for _ in range(2):
+        _, used = mount(tmp_path, store, ls_l, "cache_size=0", "metadata_cache=true")
+    assert "HeadObject" not in used, used
 
 
 def test_a_symlink_kept_on_disk_is_still_a_symlink(tmp_path):
