@@ -32,6 +32,7 @@ recently checked go first when a mount starts with more).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -117,13 +118,8 @@ class AttrDisk:
             rows.append((ns, d, name, i.etag, i.size, i.mtime_ns, i.checked_ns, blob))
         if not rows:
             return
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?)",
-                                    rows)
-            finally:
-                self.db.execute("COMMIT")
+        with self._lock, self._tx():
+            self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def match(self, ns: str, prefix: str, listed: dict[str, ObjectInfo]) -> list[ObjectInfo]:
         """The kept HEAD answers for the files of a complete listing of
@@ -148,20 +144,33 @@ class AttrDisk:
                     continue
                 found.append(info)
             if stale:
-                self.db.execute("BEGIN IMMEDIATE")
-                try:
+                with self._tx():
                     self.db.executemany("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
                                         [(ns, prefix, n) for n in stale])
-                finally:
-                    self.db.execute("COMMIT")
             return found
 
     def forget(self, ns: str, prefix: str) -> int:
-        """Delete the rows of ``prefix`` and of every key under it."""
+        """Delete the row of the key ``prefix``, or with a directory's
+        ``prefix`` (ending in '/', or the bucket's root '') the rows of
+        every key under it."""
         with self._lock:
-            return self.db.execute(
-                "DELETE FROM attrs WHERE ns=? AND substr(dir || name, 1, ?) = ?",
-                (ns, len(prefix), prefix)).rowcount
+            if prefix and not prefix.endswith("/"):
+                d, name = _split(prefix)
+                return self.db.execute("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
+                                       (ns, d, name)).rowcount
+            # a range of the primary key: every dir that starts with prefix
+            return self.db.execute("DELETE FROM attrs WHERE ns=? AND dir>=? AND dir<?",
+                                   (ns, prefix, prefix + "\U0010ffff")).rowcount
+
+    @contextlib.contextmanager
+    def _tx(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -76,6 +76,13 @@ def test_buckets_are_apart_and_forget_takes_a_whole_subtree(tmp_path):
     assert disk.match(NS, "d/e/", {"d/e/b": listed("d/e/b")}) == []
     assert [i.key for i in disk.match(NS, "", {"dx": listed("dx")})] == ["dx"]
     assert [i.key for i in disk.match(other, "d/", {"d/a": listed("d/a")})] == ["d/a"]
+    # a file's own row; the bucket's root: everything of that bucket
+    disk.save(NS, [head("d/a"), head("d/ab"), head("e/x")])
+    assert disk.forget(NS, "d/a") == 1
+    assert [i.key for i in disk.match(NS, "d/", {k: listed(k) for k in ("d/a", "d/ab")})] \
+        == ["d/ab"]
+    assert disk.forget(NS, "") == 3  # d/ab, dx, e/x
+    assert [i.key for i in disk.match(other, "d/", {"d/a": listed("d/a")})] == ["d/a"]
 
 
 def test_an_unreadable_row_is_dropped_not_raised(tmp_path):
