@@ -473,21 +473,23 @@ class Namespace:
             return None
 
     async def _kept(self, d: Inode, prefix: str,
-                    files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo]:
+                    files: dict[str, ObjectInfo]) -> dict[str, ObjectInfo] | None:
         """Kept HEAD answers (by name) for the files of a complete listing of
         ``d`` (at ``prefix``) that it shows unchanged (see attrdisk); the
         rows it contradicts are deleted.  Not looked for when ``d`` was
         listed before in this mount and every file listed is known already
-        (a directory listed again and again pays nothing)."""
+        (a directory listed again and again pays nothing): None then."""
         if self.attr_disk is None:
-            return {}
+            return None
         children = d.children or {}
         if d.listed_at is not None and all(
                 (c := children.get(n)) is not None and c.meta_known for n in files):
-            return {}
+            return None
         found = await self._disk("match", self.disk_ns, prefix,
                                  {o.key: o for o in files.values()})
-        return {i.key[len(prefix):]: i for i in found or ()}
+        if found is None:
+            return None
+        return {i.key[len(prefix):]: i for i in found}
 
     async def keep_heads(self) -> None:
         """Write the HEAD answers gathered since the last call to disk."""
@@ -562,13 +564,16 @@ class Namespace:
                 if child.legacy == info.key:
                     continue
                 child = None
-            k = kept.get(name) if kept else None
-            ktype = self.type_of(k) if k is not None else 0
-            if k is not None and ktype != stat.S_IFDIR and (
-                    child is None or (not child.meta_known
-                                      and stat.S_IFMT(child.attr.mode) == ktype)):
-                self.make_child(d, name, ktype, k, is_dir=False)  # as a HEAD would
-                continue
+            if kept is not None and (child is None or not child.meta_known):
+                # counted as the metadata_cache's hit or miss (a HEAD to come)
+                k = kept.get(name)
+                ktype = self.type_of(k) if k is not None else 0
+                use = k is not None and ktype != stat.S_IFDIR and (
+                    child is None or stat.S_IFMT(child.attr.mode) == ktype)
+                metrics.cache("metadata_disk", hit=use)
+                if use:
+                    self.make_child(d, name, ktype, k, is_dir=False)  # as a HEAD would
+                    continue
             if child is None:
                 child = self.make_child(d, name, stat.S_IFREG, info, is_dir=False)
                 child.meta_known = False

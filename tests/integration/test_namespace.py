@@ -678,11 +678,14 @@ def test_a_remount_lists_unchanged_files_from_the_metadata_cache(mount, bucket, 
     first, asked = ls_l(m)
     assert first == {f"f{i}": ("-rw-------", "1234", "55") for i in range(6)}
     assert asked == 6
+
+    assert m.metric("objectfs_cache_misses_total", cache="metadata_disk") == 6
     m.stop()
 
     m = mount(bucket)
     again, asked = ls_l(m)
     assert again == first and asked == 0
+    assert m.metric("objectfs_cache_hits_total", cache="metadata_disk") == 6  # objectfs stats
     m.stop()
 
     s3_client.copy_object(Bucket=bucket, Key="d/f2", CopySource={"Bucket": bucket, "Key": "d/f2"},
