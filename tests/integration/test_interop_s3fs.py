@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,38 @@ def test_changes_by_s3fs_to_objectfs_tree_and_back(s3fs_mount, mount, bucket, s3
     assert int(st.st_mtime) == MTIME_NS // NS
     assert os.stat(os.path.join(sp, "s3fsdir")).st_mode == stat.S_IFDIR | 0o750
     assert os.listdir(os.path.join(sp, "s3fsdir")) == ["x"]
+
+
+def test_attributes_s3fs_changes_show_past_the_metadata_cache(s3fs_mount, mount, bucket,
+                                                              s3_client):
+    # ObjectFS lists files it keeps the attributes of (metadata_cache); s3fs
+    # then changes mode, owner and mtime of some (each a copy of the object
+    # onto itself); the next ObjectFS mount, with the same cache_dir, shows
+    # s3fs's changes, and the untouched files from its cache.
+    for name in ("a", "b", "c"):
+        s3_client.put_object(Bucket=bucket, Key=f"d/{name}", Body=b"x",
+                             Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "0",
+                                       "gid": "0", "mtime": "1500000000"})
+    time.sleep(2.2)   # attributes are kept only when HEADed 2 s after the last change
+    m = mount(bucket)
+    assert sorted(os.listdir(os.path.join(m.mountpoint, "d"))) == ["a", "b", "c"]
+    for name in ("a", "b", "c"):
+        os.stat(os.path.join(m.mountpoint, "d", name))
+    assert m.metric("objectfs_cache_misses_total", cache="metadata_disk") == 3
+    m.stop()
+
+    s = s3fs_mount(bucket)
+    os.chmod(os.path.join(s.mountpoint, "d", "a"), 0o644)
+    os.chown(os.path.join(s.mountpoint, "d", "b"), 1000, 1001)
+    s.stop()
+
+    m2 = mount(bucket)
+    names = sorted(os.listdir(os.path.join(m2.mountpoint, "d")))
+    st = {n: os.stat(os.path.join(m2.mountpoint, "d", n)) for n in names}
+    assert stat.S_IMODE(st["a"].st_mode) == 0o644
+    assert (st["b"].st_uid, st["b"].st_gid) == (1000, 1001)
+    assert stat.S_IMODE(st["c"].st_mode) == 0o600 and st["c"].st_uid == 0
+    assert int(st["c"].st_mtime) == 1_500_000_000
+    # c came from the cache; a and b, changed by s3fs, were asked again
+    assert m2.metric("objectfs_cache_hits_total", cache="metadata_disk") == 1
+    assert m2.metric("objectfs_cache_misses_total", cache="metadata_disk") == 2
