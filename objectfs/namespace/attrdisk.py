@@ -32,7 +32,6 @@ recently checked go first when a mount starts with more).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import sqlite3
 import threading
 from typing import Iterable
 
+from .. import sqlitedb
 from ..store.base import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,16 @@ def same_version(row: ObjectInfo, listed: ObjectInfo) -> bool:
             and row.mtime_ns // 1_000_000_000 == listed.mtime_ns // 1_000_000_000)
 
 
+def _subtree(prefix: str) -> bool:
+    """A directory's prefix (ending in '/', or the bucket's root ''), not a file's key."""
+    return not prefix or prefix.endswith("/")
+
+
+def covers(prefix: str, key: str) -> bool:
+    """Whether ``forget(ns, prefix)`` drops ``key``'s row."""
+    return key.startswith(prefix) if _subtree(prefix) else key == prefix
+
+
 def _split(key: str) -> tuple[str, str]:
     head, sep, tail = key.rpartition("/")
     return head + sep, tail
@@ -89,14 +99,8 @@ class AttrDisk:
 
     def __init__(self, root: str):
         os.makedirs(root, mode=0o700, exist_ok=True)
-        path = os.path.join(root, FILE_NAME)
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None,
-                                  check_same_thread=False)
-        os.chmod(path, 0o600)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = sqlitedb.connect(os.path.join(root, FILE_NAME), SCHEMA)
         self._trim()
 
     def _trim(self) -> None:
@@ -118,7 +122,7 @@ class AttrDisk:
             rows.append((ns, d, name, i.etag, i.size, i.mtime_ns, i.checked_ns, blob))
         if not rows:
             return
-        with self._lock, self._tx():
+        with self._lock, sqlitedb.transaction(self.db):
             self.db.executemany("INSERT OR REPLACE INTO attrs VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def match(self, ns: str, prefix: str, listed: dict[str, ObjectInfo]) -> list[ObjectInfo]:
@@ -144,7 +148,7 @@ class AttrDisk:
                     continue
                 found.append(info)
             if stale:
-                with self._tx():
+                with sqlitedb.transaction(self.db):
                     self.db.executemany("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
                                         [(ns, prefix, n) for n in stale])
             return found
@@ -154,23 +158,13 @@ class AttrDisk:
         ``prefix`` (ending in '/', or the bucket's root '') the rows of
         every key under it."""
         with self._lock:
-            if prefix and not prefix.endswith("/"):
+            if not _subtree(prefix):
                 d, name = _split(prefix)
                 return self.db.execute("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
                                        (ns, d, name)).rowcount
             # a range of the primary key: every dir that starts with prefix
             return self.db.execute("DELETE FROM attrs WHERE ns=? AND dir>=? AND dir<?",
                                    (ns, prefix, prefix + "\U0010ffff")).rowcount
-
-    @contextlib.contextmanager
-    def _tx(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -500,9 +500,7 @@ class Namespace:
     async def forget_kept(self, prefix: str) -> None:
         """Drop what is kept of the key ``prefix`` (of every key under it for
         a directory's prefix: see AttrDisk.forget)."""
-        under = not prefix or prefix.endswith("/")
-        self._to_keep = [i for i in self._to_keep
-                         if not (i.key.startswith(prefix) if under else i.key == prefix)]
+        self._to_keep = [i for i in self._to_keep if not attrdisk.covers(prefix, i.key)]
         await self._disk("forget", self.disk_ns, prefix)
 
     def close_disk(self) -> None:

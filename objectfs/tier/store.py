@@ -48,12 +48,12 @@ import fcntl
 import hashlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .. import sqlitedb
 from .blockfile import FLAG_ZSTD, HEADER, Corrupt, check_plain, decode, encode, header
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,7 @@ class TierStore:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             exclusive = False
-        self.db = sqlite3.connect(os.path.join(root, "tier.db"), timeout=60,
-                                  isolation_level=None, check_same_thread=False)
-        os.chmod(os.path.join(root, "tier.db"), 0o600)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = sqlitedb.connect(os.path.join(root, "tier.db"), SCHEMA)
         self._pins = self._load_pins()
         if exclusive:
             self.reconcile()
@@ -190,21 +185,10 @@ class TierStore:
 
     # -- plumbing -----------------------------------------------------------
 
-    class _Tx:
-        def __init__(self, db):
-            self.db = db
-
-        def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, *_):
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def _tx(self) -> "TierStore._Tx":
+    def _tx(self):
         if self.closed:
             raise Closed()
-        return TierStore._Tx(self.db)
+        return sqlitedb.transaction(self.db)
 
     def path(self, oid: str, blockno: int) -> str:
         return os.path.join(self.data_dir, oid[:2], f"{oid}.{blockno}")
