@@ -53,6 +53,12 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def cpu_seconds_all(pids: list[int]) -> float:
+    """``cpu_seconds`` summed over several process trees (a server made of
+    several daemons)."""
+    return sum(cpu_seconds(p) for p in pids)
+
+
 def reset_peak(pid: int) -> None:
     for p in tree(pid):
         try:

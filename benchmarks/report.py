@@ -88,6 +88,11 @@ class Summary:
         vals = [s["cpu"] for s in ok if s.get("cpu") is not None]
         return (statistics.median(vals) if vals else None), len(vals), n
 
+    def server_cpu(self, fs: str, wl: str):
+        ok, n = self._samples(fs, wl)
+        vals = [s["server_cpu"] for s in ok if s.get("server_cpu") is not None]
+        return (statistics.median(vals) if vals else None), len(vals), n
+
     def rss_mib(self, fs: str, wl: str):
         ok, n = self._samples(fs, wl)
         vals = [s["rss_kb"] / 1024 for s in ok if s.get("rss_kb")]
@@ -107,7 +112,7 @@ class Summary:
         return v / b
 
     def to_json(self) -> dict:
-        out: dict = {"time_s": {}, "ratio": {}, "cpu_s": {}, "rss_mib": {}}
+        out: dict = {"time_s": {}, "ratio": {}, "cpu_s": {}, "server_cpu_s": {}, "rss_mib": {}}
         for wl, metric, _ in self.metrics:
             row = out["time_s"][f"{wl}.{metric}"] = {}
             for fs in self.fs:
@@ -119,6 +124,7 @@ class Summary:
                         fs: self.ratio(fs, base, wl, metric) for fs in self.fs}
         for wl in self.workloads:
             out["cpu_s"][wl] = {fs: self.cpu(fs, wl)[0] for fs in self.fs}
+            out["server_cpu_s"][wl] = {fs: self.server_cpu(fs, wl)[0] for fs in self.fs}
             out["rss_mib"][wl] = {fs: self.rss_mib(fs, wl)[0] for fs in self.fs}
         return out
 
@@ -221,6 +227,13 @@ def markdown(summary: Summary, png_name: str | None) -> str:
              "Across the measured phases of each workload, durable waits included. "
              "For boto3 this is the client process itself.",
              summary.cpu, lambda v: f"{v:.2f}")
+    if any(s.get("server_cpu") is not None for s in summary.samples):
+        wl_table("S3 server CPU seconds (median, user+system, all its processes)",
+                 "The server's CPU over the same phases (Swift: its proxy, object, container "
+                 "and account daemons; moto: its process). The server shares the machine's "
+                 "cores with the filesystem, so a client whose requests cost the server more "
+                 "CPU is slowed by it when the cores are busy.",
+                 summary.server_cpu, lambda v: f"{v:.2f}")
     wl_table("Daemon peak RSS (median of per-workload VmHWM, MiB)",
              "Peak resident memory of the filesystem process (reset at the start of each "
              "workload phase). For boto3: the client process, interpreter and boto3 included.",

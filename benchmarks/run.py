@@ -176,6 +176,23 @@ def start_server(kind: str, workdir: Path):
     return UrlServer(kind)
 
 
+def server_pids(server) -> list[int]:
+    """The processes of a server we started (their CPU is metered with each
+    workload's phases): moto's process; Swift's daemons, from the PID files
+    its start script writes.  Empty for a server given by URL."""
+    proc = getattr(server, "proc", None)
+    if proc is not None:
+        return [proc.pid]
+    data_dir = getattr(server, "data_dir", None)
+    pids = []
+    for f in sorted(Path(data_dir).glob("run/*.pid")) if data_dir else ():
+        try:
+            pids.append(int(f.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
 class NullMount:
     """Stands in for a mount when the "filesystem" is raw boto3."""
 
@@ -203,6 +220,7 @@ class Sample:
     cpu: float = 0.0          # daemon CPU seconds (boto3: the client process)
     rss_kb: int = 0           # daemon peak RSS (boto3: the client process)
     app_cpu: float = 0.0      # CPU of the child doing the POSIX calls (fs only)
+    server_cpu: float | None = None  # the S3 server's CPU (None: not ours to measure)
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -227,6 +245,7 @@ class Bench:
         self.tar_files: dict[str, int] = {}
         self.untar_desc = ""
         self.data_dir = getattr(server, "data_dir", None)
+        self.server_pids = server_pids(server)
         self.op_env = server.env()
         self.op_env["PYTHONPATH"] = str(REPO)
         self.s3args = dict(endpoint=server.endpoint, region=server.region,
@@ -310,6 +329,7 @@ class Bench:
         else:
             a.update(mode="fs", root=m.mountpoint)
         argv = [sys.executable, "-m", "benchmarks.child", name, json.dumps(a)]
+        server0 = procstat.cpu_seconds_all(self.server_pids)
         with self.watchdog(m, timeout):
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.op_env,
@@ -336,6 +356,10 @@ class Bench:
                              f"{tail[-1] if tail else 'no output'}")
         res = json.loads(line)
         s = self._cur if self._metering and not s3_side else None
+        if s is not None and self.server_pids:
+            # per operation, in order (JSON only): which phase made the server work
+            s.extra.setdefault("server_cpu_ops", []).append(
+                [name, round(procstat.cpu_seconds_all(self.server_pids) - server0, 3)])
         if s is not None and "cpu" in res:
             if fs == "boto3":
                 s.cpu += res["cpu"]
@@ -420,6 +444,7 @@ class Bench:
         s = self._cur
         pid = m.proc.pid if m.proc is not None else None
         self._metering = True
+        server0 = procstat.cpu_seconds_all(self.server_pids)
         try:
             if pid is None or s is None:  # boto3: op() adds the client's own figures
                 yield
@@ -433,6 +458,9 @@ class Bench:
                 s.rss_kb = max(s.rss_kb, procstat.peak_rss_kb(pid))
         finally:
             self._metering = False
+            if s is not None and self.server_pids:
+                used = procstat.cpu_seconds_all(self.server_pids) - server0
+                s.server_cpu = (s.server_cpu or 0.0) + used
 
     # ---------------------------------------------------------- S3 side (no FUSE)
     def wait_until(self, pred, t0: float, what: str, timeout: float | None = None) -> float:
