@@ -3,20 +3,26 @@
 A block file is a 17-byte header followed by the stored payload::
 
     magic "OFT1" | flags u8 | raw length u32 | stored length u32 |
-    crc32 u32
+    checksum u32
 
-``flags`` bit 0 means the payload is zstd-compressed.  The CRC covers the
-block's identity (object id and block number, which are not stored), the
-flags, both lengths and the stored payload, so a flipped byte, a truncated
-or over-long file and a file that landed under another block's name are all
-detected and never served.
+``flags`` bit 0 means the payload is zstd-compressed; bit 1 that the
+checksum is CRC-32C (Castagnoli), else it is zlib's CRC-32 (blocks written
+before CRC-32C was used, or where no hardware CRC-32C is at hand).  The
+checksum covers the block's identity (object id and block number, which are
+not stored), the flags, both lengths and the stored payload, so a flipped
+byte, a truncated or over-long file and a file that landed under another
+block's name are all detected and never served.
 
-Why CRC32 rather than a cryptographic digest: the threat is accidental
+Why a CRC rather than a cryptographic digest: the threat is accidental
 corruption (a crash mid-write, a bad disk), not an adversary; whoever can
-write the cache directory can write anything there anyway.  On the test
-machines zlib.crc32 runs at about 3 GB/s against 0.6 GB/s for blake2b and
-1.2 GB/s for sha256, and every cached read pays for it.  A random corruption
-escapes a 32-bit CRC with probability 2**-32.
+write the cache directory can write anything there anyway.  A random
+corruption escapes a 32-bit CRC with probability 2**-32.  Why CRC-32C: every
+block written and every cached read pays for the checksum, and the ``crc32c``
+package computes it with the CPU's CRC instruction (SSE 4.2, ARMv8) at about
+27 GB/s on the test machine, against 4 GB/s for zlib.crc32 (0.6 GB/s for
+blake2b, 1.2 GB/s for sha256); for a 1 GiB file that is 0.04 s of CPU
+instead of 0.25 s, each way, on two cores shared with everything else.
+Both functions release the GIL on large buffers.
 """
 
 from __future__ import annotations
@@ -24,9 +30,18 @@ from __future__ import annotations
 import struct
 import zlib
 
+try:
+    import crc32c as _crc32c
+except ImportError:  # a declared dependency; without it blocks use zlib's CRC-32
+    _crc32c = None
+
 MAGIC = b"OFT1"
 HEADER = struct.Struct("<4sBIII")
 FLAG_ZSTD = 1
+FLAG_CRC32C = 2
+# New blocks use CRC-32C only where it is computed in hardware: the
+# package's software fallback is slower than zlib.
+WRITE_FLAGS = FLAG_CRC32C if _crc32c is not None and _crc32c.hardware_based else 0
 
 
 class Corrupt(Exception):
@@ -34,9 +49,12 @@ class Corrupt(Exception):
 
 
 def _crc(ident: bytes, flags: int, raw_len: int, stored: bytes | memoryview) -> int:
-    crc = zlib.crc32(ident)
-    crc = zlib.crc32(struct.pack("<BII", flags, raw_len, len(stored)), crc)
-    return zlib.crc32(stored, crc)
+    head = ident + struct.pack("<BII", flags, raw_len, len(stored))
+    if flags & FLAG_CRC32C:
+        if _crc32c is None:
+            raise Corrupt("a CRC-32C block, and the crc32c package is missing")
+        return _crc32c.crc32c(stored, _crc32c.crc32c(head))
+    return zlib.crc32(stored, zlib.crc32(head))
 
 
 def encode(ident: bytes, payload: bytes | memoryview, compressor=None) -> list:
@@ -46,12 +64,12 @@ def encode(ident: bytes, payload: bytes | memoryview, compressor=None) -> list:
     ``compressor`` the payload is stored compressed when that saves space.
     """
     raw_len = len(payload)
-    flags = 0
+    flags = WRITE_FLAGS
     stored: bytes | memoryview = payload
     if compressor is not None:
         packed = compressor.compress(payload)
         if len(packed) < raw_len:
-            stored, flags = packed, FLAG_ZSTD
+            stored, flags = packed, flags | FLAG_ZSTD
     header = HEADER.pack(MAGIC, flags, raw_len, len(stored), _crc(ident, flags, raw_len, stored))
     return [header, stored]
 

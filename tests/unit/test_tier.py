@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import shutil
+import struct
 import tempfile
 
 import pytest
@@ -47,10 +48,12 @@ def disk_usage(root: str) -> int:
 
 # -- block files ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("crc_flag", [blockfile.FLAG_CRC32C, 0], ids=["crc32c", "zlib-crc32"])
 @pytest.mark.parametrize("compress", [False, True])
-def test_block_round_trip_and_every_corruption_is_detected(compress):
+def test_block_round_trip_and_every_corruption_is_detected(compress, crc_flag, monkeypatch):
     import zstandard
 
+    monkeypatch.setattr(blockfile, "WRITE_FLAGS", crc_flag)
     ident = bytes(24)
     data = b"hello world " * 500 if compress else payload(1, 5000)
     blob = b"".join(bytes(p) for p in blockfile.encode(
@@ -70,6 +73,47 @@ def test_block_round_trip_and_every_corruption_is_detected(compress):
         blockfile.decode(ident, blob + b"x")
     with pytest.raises(blockfile.Corrupt):  # the file of another block
         blockfile.decode(bytes(23) + b"\1", blob)
+
+
+def test_new_blocks_carry_a_crc32c_and_either_checksum_kind_is_checked():
+    import crc32c
+
+    # the test machines have the CPU instruction; CRC-32C of "123456789"
+    # is the standard check value 0xE3069283 (Castagnoli, not zlib's)
+    assert crc32c.hardware_based and crc32c.crc32c(b"123456789") == 0xE3069283
+    assert blockfile.WRITE_FLAGS == blockfile.FLAG_CRC32C
+    data = payload(4, 3000)
+    header, stored = blockfile.encode(bytes(24), data)
+    flags, raw_len, stored_len, crc = blockfile.header(header)
+    assert flags == blockfile.FLAG_CRC32C and raw_len == stored_len == len(data)
+    head = bytes(24) + struct.pack("<BII", flags, raw_len, stored_len)
+    assert crc == crc32c.crc32c(data, crc32c.crc32c(head))
+    blockfile.check_plain(bytes(24), header, data)
+    # the same bytes claiming the other checksum kind are refused
+    other = blockfile.HEADER.pack(blockfile.MAGIC, 0, raw_len, stored_len, crc)
+    with pytest.raises(blockfile.Corrupt):
+        blockfile.check_plain(bytes(24), other, data)
+    with pytest.raises(blockfile.Corrupt):
+        blockfile.decode(bytes(24), other + data)
+
+
+def test_blocks_written_with_zlib_crc32_are_still_served(root, monkeypatch):
+    # a cache directory filled before CRC-32C was used survives the upgrade
+    monkeypatch.setattr(blockfile, "WRITE_FLAGS", 0)
+    s = TierStore(root, 16 * MiB)
+    ref = ObjectRef(NS, "old", '"e1"', BLOCK_SIZE + 10)
+    data = payload(5, ref.size)
+    assert s.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 2
+    s.close()
+    with open(s.path(ref.oid, 0), "rb") as f:
+        assert blockfile.header(f.read(blockfile.HEADER.size))[0] == 0
+    monkeypatch.setattr(blockfile, "WRITE_FLAGS", blockfile.FLAG_CRC32C)
+    s = TierStore(root, 16 * MiB)
+    assert s.load(ref, 0) == data[:BLOCK_SIZE]
+    buf = bytearray(10)
+    assert s.load_into(ref, 1, memoryview(buf))
+    assert bytes(buf) == data[BLOCK_SIZE:]
+    s.close()
 
 
 def test_incompressible_blocks_are_stored_plain():
