@@ -229,8 +229,8 @@ def markdown(summary: Summary, png_name: str | None) -> str:
              summary.cpu, lambda v: f"{v:.2f}")
     if any(s.get("server_cpu") is not None for s in summary.samples):
         wl_table("S3 server CPU seconds (median, user+system, all its processes)",
-                 "The server's CPU over the same phases (Swift: its proxy, object, container "
-                 "and account daemons; moto: its process). The server shares the machine's "
+                 "The server's CPU over the same phases (Swift: every daemon its start script "
+                 "launched; moto: its process). The server shares the machine's "
                  "cores with the filesystem, so a client whose requests cost the server more "
                  "CPU is slowed by it when the cores are busy.",
                  summary.server_cpu, lambda v: f"{v:.2f}")
