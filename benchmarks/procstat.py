@@ -24,16 +24,23 @@ def _stat_fields(pid: int) -> list[str] | None:
     return s[s.rindex(")") + 2:].split()
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants that are alive now."""
-    children: dict[int, list[int]] = {}
+def _snapshot() -> dict[int, list[str]]:
+    """The stat fields of every process, from one pass over /proc."""
+    out = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        f = _stat_fields(int(name))
-        if f is None:
-            continue
-        children.setdefault(int(f[1]), []).append(int(name))
+        if name.isdigit():
+            f = _stat_fields(int(name))
+            if f is not None:
+                out[int(name)] = f
+    return out
+
+
+def tree(pid: int, snapshot: dict[int, list[str]] | None = None) -> list[int]:
+    """``pid`` and all its descendants that are alive now (or in ``snapshot``)."""
+    snap = _snapshot() if snapshot is None else snapshot
+    children: dict[int, list[int]] = {}
+    for p, f in snap.items():
+        children.setdefault(int(f[1]), []).append(p)  # field 1: ppid
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -43,20 +50,24 @@ def tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        f = _stat_fields(p)
-        if f is None:
-            continue
-        # fields after ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
-        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return total / _TICK
+    return cpu_seconds_all([pid])
 
 
 def cpu_seconds_all(pids: list[int]) -> float:
     """``cpu_seconds`` summed over several process trees (a server made of
-    several daemons)."""
-    return sum(cpu_seconds(p) for p in pids)
+    several daemons), from one pass over /proc: a reading is taken between
+    an operation and the poll that times its durability, so it must be
+    cheap."""
+    if not pids:
+        return 0.0
+    snap = _snapshot()
+    seen: set[int] = set()
+    for pid in pids:
+        seen.update(tree(pid, snap))
+    # fields after ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
+    total = sum(int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+                for f in (snap.get(p) for p in seen) if f is not None)
+    return total / _TICK
 
 
 def reset_peak(pid: int) -> None:
