@@ -9,8 +9,8 @@ unchanged since the HEAD.
 
 When a listing proves it: the row is used only if the listing shows the
 same ETag, size and Last-Modified second as the HEAD did, and the HEAD was
-answered (the server's ``Date``) at least ``SLACK_NS`` after that
-Last-Modified.  Any later change of the object (new data, or new metadata:
+answered (the server's ``Date``) at least ``LAST_MODIFIED_SLACK_NS`` (2 s)
+after that Last-Modified.  Any later change of the object (new data, or new metadata:
 a chmod is a copy of the object onto itself) happens after the HEAD, so
 it moves Last-Modified to a later second, and the row no longer matches.
 An object changed within a second or two of its last write could not be
@@ -40,14 +40,11 @@ import threading
 from typing import Iterable
 
 from .. import sqlitedb
-from ..store.base import ObjectInfo
+from ..store.base import LAST_MODIFIED_SLACK_NS, ObjectInfo
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "meta.db"
-# Last-Modified has one-second resolution (rounded either way by servers):
-# a HEAD answered this long after it shows a state no later change can share.
-SLACK_NS = 2_000_000_000
 MAX_ROWS = 1_000_000
 
 SCHEMA = """
@@ -69,7 +66,8 @@ CREATE INDEX IF NOT EXISTS attrs_checked ON attrs (checked_ns);
 def trusted(info: ObjectInfo) -> bool:
     """Whether a HEAD's answer may be kept (see the module's docstring)."""
     return (info.metadata is not None and bool(info.etag) and info.mtime_ns > 0
-            and info.checked_ns > 0 and info.mtime_ns + SLACK_NS <= info.checked_ns)
+            and info.checked_ns > 0
+            and info.mtime_ns + LAST_MODIFIED_SLACK_NS <= info.checked_ns)
 
 
 def same_version(row: ObjectInfo, listed: ObjectInfo) -> bool:

@@ -37,7 +37,7 @@ from cachetools import TTLCache
 
 from .. import metadata as md, metrics
 from ..errors import FsError, NotFound, StoreUnavailable
-from ..store.base import ObjectInfo, ObjectStore
+from ..store.base import LAST_MODIFIED_SLACK_NS, ObjectInfo, ObjectStore
 from . import attrdisk, keys
 from .tree import Attr, Inode, InodeTable, clock
 from ..tasks import open_nursery
@@ -53,8 +53,6 @@ MAX_LOOKUP_LIST_PAGES = 16
 # HEAD answers of single lookups are written to the metadata cache this many
 # at a time (a listing's are written at once).
 KEEP_BATCH = 256
-# Last-Modified has one-second resolution; allow as much again for clock skew.
-LAST_MODIFIED_SLACK_NS = 2_000_000_000
 
 
 class Notifier:

@@ -24,6 +24,10 @@ MAX_OBJECT_SIZE = 5 * TiB
 MAX_SINGLE_COPY = 5 * GiB        # CopyObject limit; above it use UploadPartCopy
 MAX_KEY_BYTES = 1024
 MAX_DELETE_BATCH = 1000          # DeleteObjects limit
+# Last-Modified has one-second resolution (rounded either way by servers):
+# allow as much again, so an object's state seen this long after its
+# Last-Modified is one no later change can share.
+LAST_MODIFIED_SLACK_NS = 2_000_000_000
 
 # System headers a metadata-replacing copy would otherwise drop (S3 CopyObject
 # with MetadataDirective=REPLACE resets them), as boto3 parameter names.
