@@ -168,6 +168,7 @@ class Filesystem:
             self.ctx.whole_file_max = cfg.cache_whole_file_max
             self.ctx.fill_max = cfg.cache_fill_max
             await nursery.start(self.tier.run)
+        nursery.start_soon(self._release_idle)
         root = self.table.root
         if self.table.root_prefix:
             try:
@@ -175,6 +176,12 @@ class Filesystem:
                 self.ns.apply_info(root, info, is_dir=True)
             except NotFound:
                 pass
+
+    async def _release_idle(self) -> None:
+        """Memory kept for requests to come goes back once it sits unused."""
+        while True:
+            await trio.sleep(1)
+            self.store.release_idle()
 
     def _pending_nodes(self) -> list:
         return [node for node in list(self.table.inodes.values())

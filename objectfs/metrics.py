@@ -54,6 +54,8 @@ HELP: dict[str, str] = {
     "objectfs_pending_upload_bytes": "Size of the files with changes not yet uploaded.",
     "objectfs_write_buffer_bytes": "Write-buffer memory in use.",
     "objectfs_write_buffer_limit_bytes": "Write-buffer memory limit (write_buffer_memory).",
+    "objectfs_receive_buffer_bytes": "Memory kept to read large GET bodies into (in use "
+                                     "or free for the next one).",
     "objectfs_start_time_seconds": "When the mount started (Unix time).",
 }
 

@@ -17,7 +17,8 @@ from . import metrics
 
 
 def install_gauges(fs) -> None:
-    """Scrape-time gauges of ``fs``: pending uploads and write-buffer memory.
+    """Scrape-time gauges of ``fs``: pending uploads, write-buffer memory and
+    the receive buffers kept for GET bodies.
 
     A file is pending while it has changes not yet in S3 (written and not
     yet closed, or whose upload failed and will be retried); its bytes are
@@ -38,6 +39,8 @@ def install_gauges(fs) -> None:
                      lambda: fs.ctx.write_budget.used if fs.ctx is not None else 0)
     metrics.gauge_fn("objectfs_write_buffer_limit_bytes",
                      lambda: fs.ctx.write_budget.limit if fs.ctx is not None else 0)
+    metrics.gauge_fn("objectfs_receive_buffer_bytes", lambda: getattr(
+        getattr(fs.store, "receive_buffers", None), "kept_bytes", 0))
     metrics.gauge("objectfs_start_time_seconds").set(time.time())
 
 

@@ -88,7 +88,9 @@ class ObjectStore(Protocol):
         With ``etag``, the read is pinned to that version: PreconditionFailed
         (ESTALE) if the object changed.  Returns exactly the bytes that exist
         in the range (fewer at the end of the object), never a truncated body:
-        a short body is retried and then reported as IOFailure.
+        a short body is retried and then reported as IOFailure.  A large body
+        may come as a bytearray that is read into again once nothing refers
+        to it (see buffers.py): callers never change it.
         """
 
     async def put(self, key: str, body: bytes | memoryview, *, metadata: Mapping[str, str],
@@ -138,3 +140,7 @@ class ObjectStore(Protocol):
 
     async def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         """(key, upload id) of the uploads in progress under ``prefix``."""
+
+    def release_idle(self) -> None:
+        """Give back memory kept for requests to come that has not been used
+        for a while (called about once a second by a mount)."""

@@ -43,6 +43,8 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
 from urllib.parse import quote, unquote_plus, urlsplit
 
+from .buffers import ReceiveBuffers
+
 log = logging.getLogger(__name__)
 
 _META = "x-amz-meta-"
@@ -271,8 +273,25 @@ def _http_error(e: BaseException, url: str, connected: bool) -> BaseException:
     return e
 
 
+def _read_into(raw: http.client.HTTPResponse, buf: bytearray) -> bytearray:
+    """The whole body (of ``len(buf)`` bytes, its Content-Length) read into
+    ``buf``; IncompleteRead, as ``raw.read()`` raises, if it ends short."""
+    view = memoryview(buf)
+    try:
+        got = 0
+        while got < len(buf):
+            n = raw.readinto(view[got:])
+            if not n:
+                raise http.client.IncompleteRead(b"", len(buf) - got)
+            got += n
+    finally:
+        view.release()
+    return buf
+
+
 class LeanRequests:
-    def __init__(self, client):
+    def __init__(self, client, buffers: ReceiveBuffers | None = None):
+        self.buffers = buffers  # to read large GET bodies into (see buffers.py)
         self._signer = client._request_signer
         self._http = client._endpoint.http_session
         self._transport: Transport | None = None
@@ -347,7 +366,8 @@ class LeanRequests:
         return _decode(response.headers)
 
     def get(self, key: str, range_header: str | None, if_match: str | None):
-        """GetObject's answer as (boto3-shaped fields, body bytes)."""
+        """GetObject's answer as (boto3-shaped fields, body): a bytearray from
+        ``buffers`` for a large body, which the caller must not change."""
         headers = {}
         if range_header:
             headers["Range"] = range_header
@@ -359,7 +379,11 @@ class LeanRequests:
                 response.content  # noqa: B018 - read the (small) error body
                 raise self._error("GetObject", response)
             fields = _decode(response.headers)
-            body = response.raw.read()
+            length = response.raw.length if isinstance(response, _Response) else None
+            if self.buffers is not None and length and length >= self.buffers.min_size:
+                body = _read_into(response.raw, self.buffers.take(length))
+            else:
+                body = response.raw.read()
             if isinstance(response, _Response):
                 response.done()
             return fields, body

@@ -240,3 +240,6 @@ class MemoryStore:
         self._count("ListMultipartUploads")
         await trio.lowlevel.checkpoint()
         return [(u.key, uid) for uid, u in self.uploads.items() if u.key.startswith(prefix)]
+
+    def release_idle(self) -> None:
+        pass  # nothing kept

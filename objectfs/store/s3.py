@@ -39,6 +39,7 @@ from ..tasks import open_nursery
 from . import lean as _lean
 from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
                    ObjectInfo, Part, PRESERVED_HEADERS)
+from .buffers import ReceiveBuffers
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
 from .s3options import RequestOptions
 
@@ -50,6 +51,11 @@ COPY_PART_SIZE = 512 * MiB
 # Bodies of small objects fetched by ``head(body_max=...)``, kept for the
 # read that usually follows (``ls -l`` then reading the files)
 BODY_CACHE_BYTES = 16 * MiB
+# Large GET bodies are read into buffers kept for the next body of the same
+# size (see buffers.py): at most this much, each given back after its
+# RECEIVE_IDLE seconds unused (``release_idle``).
+RECEIVE_BUFFERS_MAX = 128 * MiB
+RECEIVE_IDLE = 2.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -298,6 +304,7 @@ class S3Store:
         self.content_md5 = settings.upload_checksum == "md5" or (
             settings.upload_checksum == "auto" and https)
         self.limiter = trio.CapacityLimiter(settings.max_connections)
+        self.receive_buffers = ReceiveBuffers(RECEIVE_BUFFERS_MAX, idle=RECEIVE_IDLE)
         self.lean = self._make_lean()
         # (key, ETag) -> the whole object, from head(body_max=...): a body is
         # only ever served for the version it came with
@@ -311,11 +318,15 @@ class S3Store:
         why = _lean.usable(self.settings)
         if why is None:
             try:
-                return _lean.LeanRequests(self.client)
+                return _lean.LeanRequests(self.client, self.receive_buffers)
             except Exception as e:  # a client without the botocore internals it uses
                 why = f"{type(e).__name__}: {e}"
         log.debug("HEAD, GET, DELETE and LIST go through boto3 (%s)", why)
         return None
+
+    def release_idle(self) -> None:
+        """Give back the receive buffers left unused for a while."""
+        self.receive_buffers.trim()
 
     def _lean_or_none(self) -> _lean.LeanRequests | None:
         lean = self.lean

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -115,6 +116,22 @@ def test_metrics_count_requests_bytes_and_fuse_ops(mount, bucket, s3_client):
     os.listdir(m.mountpoint)
     s2 = scrape(port)
     assert delta(s1, s2, "objectfs_cache_hits_total", cache="listing") >= 1
+
+
+def test_receive_buffers_are_kept_while_reading_and_given_back_when_idle(mount, bucket, s3):
+    """A large read fills kept receive buffers (store/buffers.py); the mount
+    gives them back a couple of seconds after the last GET."""
+    data = os.urandom(12 * 1024 * 1024)
+    s3.client().put_object(Bucket=bucket, Key="big.bin", Body=data)
+    port = free_port()
+    m = mount(bucket, options=[f"metrics_port={port}", "cache_size=0"])
+    with open(os.path.join(m.mountpoint, "big.bin"), "rb") as f:
+        assert f.read() == data
+    assert value(scrape(port), "objectfs_receive_buffer_bytes") > 0
+    deadline = time.monotonic() + 30
+    while value(scrape(port), "objectfs_receive_buffer_bytes") > 0:
+        assert time.monotonic() < deadline, "receive buffers never given back"
+        time.sleep(0.2)
 
 
 def test_pending_upload_and_write_buffer_gauges(mount, bucket):

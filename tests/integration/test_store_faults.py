@@ -57,6 +57,39 @@ def test_ranged_gets_survive_resets_and_truncation(s3, bucket, proxy, store_for)
     assert store.retries == proxy.injected()
 
 
+def test_large_bodies_reuse_buffers_and_never_overwrite_one_held(s3, bucket, proxy,
+                                                                  store_for):
+    """Bodies of 1 MiB or more are read into kept buffers (store/buffers.py)
+    through the lean path: broken and truncated bodies are retried into a
+    buffer again, and a body still held (here, and through a view) is never
+    the buffer a later GET is read into."""
+    body = os.urandom(12 * MiB)
+    s3.client().put_object(Bucket=bucket, Key="obj", Body=body)
+    store = store_for(bucket)
+    etag = s3.client().head_object(Bucket=bucket, Key="obj")["ETag"]
+
+    async def main():
+        await store.check_bucket("")  # the lean path learns the bucket's URL
+        proxy.set_rates({"GetObject": {"reset_mid": 0.15, "truncate": 0.15}})
+        proxy.retry_after = 0
+        first = await store.get("obj", 0, 2 * MiB, etag=etag)
+        tail = memoryview(await store.get("obj", 2 * MiB, 4 * MiB, etag=etag))[MiB:]
+        got = []
+        for _ in range(3):
+            for start in range(0, len(body), 2 * MiB):
+                data = await store.get("obj", start, start + 2 * MiB, etag=etag)
+                got.append(bytes(data))
+                del data
+        return bytes(first), bytes(tail), got
+
+    first, tail, got = trio.run(main)
+    assert first == body[:2 * MiB] and tail == body[3 * MiB:4 * MiB]
+    assert got == [body[i:i + 2 * MiB] for i in range(0, len(body), 2 * MiB)] * 3
+    assert store.receive_buffers.reused >= 10
+    assert proxy.injected("GetObject", "truncate") > 0
+    assert proxy.injected("GetObject", "reset_mid") > 0
+
+
 def test_changed_object_is_stale_not_mixed(s3, bucket, proxy, store_for):
     c = s3.client()
     c.put_object(Bucket=bucket, Key="obj", Body=b"a" * 1000)

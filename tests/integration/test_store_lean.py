@@ -273,9 +273,11 @@ def test_listings_are_those_of_boto3(s3, s3_client, bucket):
 
 def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client, bucket,
                                                                   monkeypatch):
-    """A lean GET reads the body in one ``read`` (a few large socket reads
-    into one bytes object), not in chunks joined afterwards, and lean
-    requests go through ``http.client``, not botocore's urllib3 session."""
+    """A lean GET reads the body in one call (a few large socket reads), not
+    in chunks joined afterwards: a large body straight into a kept receive
+    buffer (``readinto``, see store/buffers.py), a small one into one bytes
+    object (``read``).  And lean requests go through ``http.client``, not
+    botocore's urllib3 session."""
     import http.client
 
     import urllib3
@@ -284,13 +286,19 @@ def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client,
     s3_client.put_object(Bucket=bucket, Key="big", Body=big)
     fast, _ = stores(s3, bucket)
     reads: list[int | None] = []
-    real_read = http.client.HTTPResponse.read
+    readintos: list[int] = []
+    real_read, real_readinto = http.client.HTTPResponse.read, http.client.HTTPResponse.readinto
 
     def counting_read(self, amt=None):
         reads.append(amt)
         return real_read(self, amt)
 
+    def counting_readinto(self, b):
+        readintos.append(len(b))
+        return real_readinto(self, b)
+
     monkeypatch.setattr(http.client.HTTPResponse, "read", counting_read)
+    monkeypatch.setattr(http.client.HTTPResponse, "readinto", counting_readinto)
     pooled = []
     real_urlopen = urllib3.HTTPConnectionPool.urlopen
     monkeypatch.setattr(urllib3.HTTPConnectionPool, "urlopen",
@@ -301,10 +309,16 @@ def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client,
         pooled.clear()
         for rng in [(0, None), (1000, 3 * 1024 * 1024)]:
             reads.clear()
-            assert await fast.get("big", *rng) == big[rng[0]:rng[1]]
-            assert reads == [None], reads   # the whole body at once
+            readintos.clear()
+            got = await fast.get("big", *rng)
+            assert got == big[rng[0]:rng[1]] and isinstance(got, bytearray)
+            # the whole body at once, into a buffer of its size
+            assert reads == [] and readintos == [len(got)], (reads, readintos)
+        assert fast.receive_buffers.kept_bytes > 0
         assert (await outcome(lambda: fast.get("missing")))[1] == "NoSuchKey"
-        assert await fast.get("big", 5, 10) == big[5:10]
+        reads.clear()
+        got = await fast.get("big", 5, 10)
+        assert got == big[5:10] and isinstance(got, bytes) and reads == [None]
         assert (await fast.head("big")).size == len(big)
 
     trio.run(main)
