@@ -181,7 +181,10 @@ class Filesystem:
         """Memory kept for requests to come goes back once it sits unused."""
         while True:
             await trio.sleep(1)
-            self.store.release_idle()
+            try:
+                self.store.release_idle()
+            except Exception:  # housekeeping must never take the mount down
+                log.exception("could not release idle buffers")
 
     def _pending_nodes(self) -> list:
         return [node for node in list(self.table.inodes.values())
