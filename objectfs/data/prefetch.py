@@ -32,7 +32,8 @@ aligned to the tier's blocks, so every fetched block is whole and can be
 cached, and a file no larger than ``ctx.whole_file_max`` is fetched whole
 on its first read (later reads at any offset are local).  A random read
 (out of sequence, with the tier) is served from cached blocks when they are
-there, copying only the bytes asked for; otherwise the first and second
+there, copying only the bytes asked for (at once, with no task and no worker
+thread, when they are in the page cache: Tier.peek_now); otherwise the first and second
 random reads of a block fetch only their own bytes (at least 64 KiB, nothing
 cached: one latency, not a whole block's transfer) and the third fetches the
 whole block into the tier (WHOLE_BLOCK_AT).  A file no larger than
@@ -131,6 +132,21 @@ class Prefetcher:
         self.next_fetch = end
         self.gets += 1
         self.ctx.nursery.start_soon(self._run, seg)
+        return True
+
+    def _cached_now(self, start: int, end: int, random: int) -> bool:
+        """A random read's bytes from the tier at once, when it has them in
+        memory or in the page cache (Tier.peek_now): a segment that is done
+        already, with no task and no worker thread for it."""
+        assert self.ctx.tier is not None and self.tier_ref is not None
+        data = self.ctx.tier.peek_now(self.tier_ref, start, end)
+        if data is None:
+            return False
+        seg = Segment(start, end, 0, random)
+        seg.data = data
+        seg.done.set()
+        self.segments.append(seg)
+        self.next_fetch = end
         return True
 
     async def _get(self, start: int, end: int) -> bytes:
@@ -257,8 +273,9 @@ class Prefetcher:
                 # bytes the first time, whole blocks into the tier later
                 # (not beyond the last block asked for)
                 block_end = ((end - 1) // BLOCK_SIZE + 1) * BLOCK_SIZE
-                stop = max(end, min(off + MIN_RANDOM_FETCH, block_end))
-                self._fetch(off, min(self.size, stop), end, random=touch)
+                stop = min(self.size, max(end, min(off + MIN_RANDOM_FETCH, block_end)))
+                if not self._cached_now(off, stop, touch):
+                    self._fetch(off, stop, end, random=touch)
             else:
                 self._schedule(off + self.window, end)
         else:

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import logging
 import math
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 import trio
 
@@ -268,9 +268,7 @@ class Tier:
         asked for are read and copied (``TierStore.load_range``)."""
         parts: list[bytes | memoryview | None] = []
         missing: list[tuple[int, int, int, int]] = []  # (part, block, lo, hi)
-        for b in range(start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
-            lo = max(start - b * BLOCK_SIZE, 0)
-            hi = min(end - b * BLOCK_SIZE, BLOCK_SIZE)
+        for b, lo, hi in _spans(start, end):
             p = self._pending.get((ref.oid, b))
             if p is not None and p.data is not None:
                 parts.append(memoryview(p.data)[lo:hi])
@@ -287,6 +285,28 @@ class Tier:
                 parts[i] = data
             self.hits += len(missing)
             self.hit_bytes += sum(len(parts[i]) for i, *_ in missing)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def peek_now(self, ref: ObjectRef, start: int, end: int) -> bytes | memoryview | None:
+        """``peek`` without a worker thread, for the event loop: the bytes if
+        every block covering them is in memory or on disk with its bytes in
+        the page cache (``TierStore.read_now``); None otherwise, having
+        waited for nothing, and the caller goes on to ``peek``.  A random
+        read of a cached file then costs no thread round trip."""
+        parts: list[bytes | bytearray | memoryview] = []
+        read: list[bytearray] = []  # from disk (counted as hits, as in peek)
+        for b, lo, hi in _spans(start, end):
+            p = self._pending.get((ref.oid, b))
+            if p is not None and p.data is not None:
+                parts.append(memoryview(p.data)[lo:hi])
+                continue
+            data = self.store.read_now(ref, b, lo, hi)
+            if data is None:
+                return None
+            parts.append(data)
+            read.append(data)
+        self.hits += len(read)
+        self.hit_bytes += sum(len(d) for d in read)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def warm(self, ref: ObjectRef, start: int, end: int, fetch: Fetch) -> int:
@@ -435,6 +455,13 @@ class Tier:
                  fills=self.fills,
                  queued_bytes=self._queued, compress="zstd" if self.store.compress else "none")
         return s
+
+
+def _spans(start: int, end: int) -> Iterable[tuple[int, int, int]]:
+    """(block, lo, hi) for each block covering ``[start, end)``: the part
+    ``[lo, hi)`` of the block that lies in the range."""
+    for b in range(start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
+        yield b, max(start - b * BLOCK_SIZE, 0), min(end - b * BLOCK_SIZE, BLOCK_SIZE)
 
 
 def _join(first: int, blocks: list[bytes | memoryview | None], start: int, end: int) -> bytes:

@@ -583,6 +583,56 @@ def test_random_small_reads_do_not_fetch_megabytes(tmp_path):
     assert store.bytes_down < 16 * MiB
 
 
+def test_a_random_read_of_cached_blocks_is_answered_at_once(tmp_path, monkeypatch):
+    """With the local tier, a random read whose bytes are cached (and in the
+    page cache) is served on the event loop: no GET, no task, no worker
+    thread, whose round trip costs more than the read.  Bytes only on disk
+    are read through a thread, as before."""
+    import os
+
+    from objectfs.tier.store import TierStore
+    from objectfs.tier.tier import Tier
+
+    store = CountingStore()
+    data, etag = make_object(store, 8 * MiB, 12)
+    rng = random.Random(4)
+    offsets = [rng.randrange(MiB, len(data) - 4096) for _ in range(40)] + [3 * MiB - 100]
+    real_run_sync = trio.to_thread.run_sync
+
+    async def no_thread(*a, **kw):
+        raise AssertionError("a cached random read went through a worker thread")
+
+    async def body(ctx):
+        ctx.tier = Tier(TierStore(str(tmp_path / "tier"), 64 * MiB), "ns")
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+        ref = pf.tier_ref
+        ctx.tier.store.put(ref, [(b, data[b * MiB:(b + 1) * MiB]) for b in range(8)])
+        spawned = []
+        start_soon = ctx.nursery.start_soon
+        monkeypatch.setattr(ctx.nursery, "start_soon",
+                            lambda *a, **kw: (spawned.append(a), start_soon(*a, **kw)))
+        monkeypatch.setattr(trio.to_thread, "run_sync", no_thread)
+        for off in offsets:  # the last one spans blocks 2 and 3
+            assert await pf.read(off, 4096) == data[off:off + 4096]
+        assert pf.gets == 0 and store.gets == [] and spawned == []
+        assert ctx.tier.hits == len(offsets) + 1
+
+        monkeypatch.setattr(trio.to_thread, "run_sync", real_run_sync)
+        fd = os.open(ctx.tier.store.path(ref.oid, 5), os.O_RDONLY)
+        try:  # block 5 on disk only: read through a thread, still no GET
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        off = 5 * MiB + 12345
+        assert await pf.read(off, 4096) == data[off:off + 4096]
+        assert pf.gets == 1 and store.gets == [] and len(spawned) == 1
+        pf.close()
+        ctx.tier.store.close()
+
+    run_data(body, store, tmp_path)
+
+
 def test_reads_pinned_to_an_etag_are_stale_after_replacement(tmp_path):
     store = CountingStore()
     data, etag = make_object(store, 20 * MiB, 10)

@@ -185,6 +185,64 @@ def test_a_block_checked_once_is_read_in_part_without_a_second_check(root, monke
     s.close()
 
 
+def evict_pages(path: str) -> None:
+    """Take a file's bytes out of the page cache (written back first: dirty
+    pages cannot be dropped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_checked_block_in_the_page_cache_is_read_at_once_and_nothing_else_is(
+        root, monkeypatch):
+    """read_now runs on the event loop: it answers only for a block this
+    process has checked or written whose bytes the kernel holds in memory,
+    and says None (never waits, never guesses) for anything else."""
+    ref = ObjectRef(NS, "k", '"e1"', 2 * BLOCK_SIZE)
+    data = payload(14, ref.size)
+    s = TierStore(root, 16 * MiB)
+    assert s.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 2
+    assert s.read_now(ref, 0, 10, 4106) == data[10:4106]  # written here: known good
+    assert s.read_now(ref, 1, BLOCK_SIZE - 7, BLOCK_SIZE) == data[-7:]
+    assert s.read_now(ref, 2, 0, 10) is None  # no such block
+    s.close()
+
+    s = TierStore(root, 16 * MiB)  # another process: nothing checked yet
+    assert s.read_now(ref, 0, 10, 20) is None
+    assert s.load_range(ref, 0, 10, 20) == data[10:20]  # checks block 0 whole
+    assert s.read_now(ref, 0, 5000, 9096) == data[5000:9096]
+    assert s.read_now(ref, 1, 0, 10) is None
+    evict_pages(s.path(ref.oid, 0))  # on disk only: a read would wait for the disk
+    assert s.read_now(ref, 0, 5000, 9096) is None
+    assert s.load_range(ref, 0, 5000, 9096) == data[5000:9096]  # the thread's way
+    assert s.read_now(ref, 0, 5000, 9096) == data[5000:9096]  # in the page cache again
+    os.truncate(s.path(ref.oid, 0), 100)  # cut short behind our back
+    assert s.read_now(ref, 0, 200, 300) is None
+    assert s.load_range(ref, 0, 200, 300) is None  # short: checked whole, dropped
+    assert s.read_now(ref, 0, 0, 10) is None
+
+    assert s.load_range(ref, 1, 0, 10) == data[BLOCK_SIZE:BLOCK_SIZE + 10]
+    s.drop(ref.oid, 1)
+    assert s.read_now(ref, 1, 0, 10) is None  # gone: a miss, never stale bytes
+    assert s.put(ref, [(1, data[BLOCK_SIZE:])]) == 1
+
+    calls = []
+
+    def unsupported(*a):
+        calls.append(a)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(os, "preadv", unsupported)
+    assert s.read_now(ref, 1, 0, 10) is None  # a file system without RWF_NOWAIT
+    assert s.read_now(ref, 1, 0, 10) is None
+    assert len(calls) == 1, "asked once, then never again"
+    assert s.load_range(ref, 1, 0, 10) == data[BLOCK_SIZE:BLOCK_SIZE + 10]
+    s.close()
+
+
 def test_a_miss_allocates_no_block_buffer(root):
     """A random read of a file being fetched misses the tier on most reads:
     each miss must cost a failed open, not a zeroed 1 MiB buffer."""
@@ -401,17 +459,24 @@ def test_tier_peek_serves_only_what_is_there_and_never_fetches_or_waits(root):
         async with trio.open_nursery() as n:
             await n.start(tier.run)
             assert await tier.peek(ref, 10, 20) is None  # nothing cached
+            assert tier.peek_now(ref, 10, 20) is None
             n.start_soon(tier.read, ref, 0, 10, fetch)   # block 0 being fetched
             await trio.sleep(0.05)
             with trio.fail_after(5):  # a GET under way is not waited for
                 assert await tier.peek(ref, 10, 20) is None
+            assert tier.peek_now(ref, 10, 20) is None
             fetch.gate.set()
             while tier._pending or tier._queued:
                 await trio.sleep(0.01)
             assert await tier.peek(ref, 10, 20) == data[10:20]  # from disk
+            assert tier.peek_now(ref, 10, 20) == data[10:20]
             assert await tier.peek(ref, BLOCK_SIZE - 5, BLOCK_SIZE + 5) is None  # 1 is missing
+            assert tier.peek_now(ref, BLOCK_SIZE - 5, BLOCK_SIZE + 5) is None
             await tier.warm(ref, BLOCK_SIZE, len(data), fetch)
             assert await tier.peek(ref, BLOCK_SIZE - 5, len(data)) == data[BLOCK_SIZE - 5:]
+            hits = tier.hits
+            assert tier.peek_now(ref, BLOCK_SIZE - 5, len(data)) == data[BLOCK_SIZE - 5:]
+            assert tier.hits == hits + 4  # blocks 0 to 3, from the page cache
             assert fetch.calls == [(0, BLOCK_SIZE), (BLOCK_SIZE, len(data))]
             n.cancel_scope.cancel()
         tier.store.close()
@@ -526,12 +591,17 @@ class TierModel(RuleBasedStateMachine):
         n = ref.block_len(b)
         lo = data.draw(st.integers(0, n - 1))
         hi = data.draw(st.integers(lo + 1, n))
+        now = self.store.read_now(ref, b, lo, hi)  # None is always allowed
+        assert now is None or now == self.stored[(ref, b)][lo:hi]
         got = self.store.load_range(ref, b, lo, hi)
         if got is None:
             assert ref.key not in self.pins, "a pinned block was evicted"
             del self.stored[(ref, b)]
         else:
             assert got == self.stored[(ref, b)][lo:hi]
+            if not self.store.compress:
+                # a plain block read (checked) here is in the page cache now
+                assert self.store.read_now(ref, b, lo, hi) == got
 
     @rule(key=st.sampled_from(KEYS))
     def pin(self, key):
