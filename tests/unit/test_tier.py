@@ -599,9 +599,13 @@ class TierModel(RuleBasedStateMachine):
             del self.stored[(ref, b)]
         else:
             assert got == self.stored[(ref, b)][lo:hi]
-            if not self.store.compress:
+            if self.plain_on_disk(ref, b):
                 # a plain block read (checked) here is in the page cache now
                 assert self.store.read_now(ref, b, lo, hi) == got
+
+    def plain_on_disk(self, ref, b) -> bool:
+        with open(self.store.path(ref.oid, b), "rb") as f:
+            return not blockfile.header(f.read(blockfile.HEADER.size))[0] & blockfile.FLAG_ZSTD
 
     @rule(key=st.sampled_from(KEYS))
     def pin(self, key):
