@@ -131,6 +131,16 @@ def _prefix_match(key: str, pattern: str, prefix: bool) -> bool:
     return key.startswith(pattern) if prefix else key == pattern
 
 
+def _plain(head: bytes | bytearray, length: int) -> bool:
+    """Whether a block file's first bytes are the header of a plain
+    (uncompressed) block of ``length`` bytes."""
+    try:
+        flags, raw_len, stored_len, _ = header(head)
+    except Corrupt:
+        return False
+    return not flags & FLAG_ZSTD and raw_len == stored_len == length
+
+
 class TierStore:
     """Thread-safe: every index access holds ``_lock``; block files are
     written under temporary names and renamed into place."""
@@ -339,13 +349,18 @@ class TierStore:
         CRC over the whole block: a random 4 KiB read of a cached block then
         reads 4 KiB, not 1 MiB.  Block files never change in place (they are
         written under a temporary name and renamed, and a name always holds
-        the same bytes), so a checked block stays good unless the disk itself
-        corrupts it later.  Any other block is loaded and checked whole."""
+        the same payload), so a checked block stays good unless the disk
+        itself corrupts it later.  Its header is read each time all the
+        same: another daemon sharing the directory with ``cache_compress``
+        set differently may have evicted the block and stored it again,
+        compressed.  Any other block is loaded and checked whole."""
         k = (ref.oid, blockno)
         if k in self._verified:
             try:
                 with open(self.path(ref.oid, blockno), "rb", buffering=0) as f:
-                    data = os.pread(f.fileno(), hi - lo, HEADER.size + lo)
+                    fd = f.fileno()
+                    plain = _plain(os.pread(fd, HEADER.size, 0), ref.block_len(blockno))
+                    data = os.pread(fd, hi - lo, HEADER.size + lo) if plain else b""
             except FileNotFoundError:
                 self._verified.discard(k)
                 return None
@@ -355,7 +370,7 @@ class TierStore:
             if len(data) == hi - lo:
                 self._touch(ref.oid, blockno)
                 return data
-            self._verified.discard(k)  # shorter than when checked: check it whole
+            self._verified.discard(k)  # changed since it was checked: check it whole
         buf = self.load(ref, blockno)
         return None if buf is None else bytes(memoryview(buf)[lo:hi])
 
@@ -376,7 +391,10 @@ class TierStore:
         except OSError:
             return None  # gone or unreadable: load_range finds out why
         try:
-            buf = bytearray(hi - lo)
+            head, buf = bytearray(HEADER.size), bytearray(hi - lo)
+            if (os.preadv(fd, [head], 0, os.RWF_NOWAIT) != HEADER.size
+                    or not _plain(head, ref.block_len(blockno))):
+                return None  # stored again since (see load_range): the slow path checks it
             n = os.preadv(fd, [buf], HEADER.size + lo, os.RWF_NOWAIT)
         except BlockingIOError:
             return None

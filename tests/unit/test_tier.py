@@ -235,6 +235,22 @@ def test_a_checked_block_in_the_page_cache_is_read_at_once_and_nothing_else_is(
         calls.append(a)
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
+    # another daemon sharing the directory, with compression, evicts a block
+    # this one has checked and stores it again: never read as if plain
+    cref = ObjectRef(NS, "text", '"e2"', BLOCK_SIZE)
+    text = bytes(random.Random(5).choices(b"abcdefghijklmnop", k=BLOCK_SIZE))  # halves
+    assert s.put(cref, [(0, text)]) == 1
+    assert s.read_now(cref, 0, 100, 200) == text[100:200]
+    other = TierStore(root, 16 * MiB, compress=True)
+    other.drop(cref.oid, 0)
+    assert other.put(cref, [(0, text)]) == 1
+    with open(s.path(cref.oid, 0), "rb") as f:
+        assert blockfile.header(f.read(blockfile.HEADER.size))[0] & blockfile.FLAG_ZSTD
+    assert s.read_now(cref, 0, 100, 200) is None
+    assert s.load_range(cref, 0, 100, 200) == text[100:200]  # decoded whole
+    assert s.read_now(cref, 0, 100, 200) is None
+    other.close()
+
     monkeypatch.setattr(os, "preadv", unsupported)
     assert s.read_now(ref, 1, 0, 10) is None  # a file system without RWF_NOWAIT
     assert s.read_now(ref, 1, 0, 10) is None
