@@ -287,7 +287,8 @@ class Tier:
             self.hit_bytes += sum(len(parts[i]) for i, *_ in missing)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def peek_now(self, ref: ObjectRef, start: int, end: int) -> bytes | memoryview | None:
+    def peek_now(self, ref: ObjectRef, start: int,
+                 end: int) -> bytes | bytearray | memoryview | None:
         """``peek`` without a worker thread, for the event loop: the bytes if
         every block covering them is in memory or on disk with its bytes in
         the page cache (``TierStore.read_now``); None otherwise, having
