@@ -131,14 +131,21 @@ def _prefix_match(key: str, pattern: str, prefix: bool) -> bool:
     return key.startswith(pattern) if prefix else key == pattern
 
 
-def _plain(head: bytes | bytearray, length: int) -> bool:
-    """Whether a block file's first bytes are the header of a plain
-    (uncompressed) block of ``length`` bytes."""
+def _plain_part(fd: int, length: int, lo: int, hi: int, flags: int = 0) -> bytearray | None:
+    """Bytes ``[lo, hi)`` of the payload of the open block file ``fd``, if
+    its header still says plain (uncompressed) and ``length`` bytes long and
+    all of them could be read (``flags`` for preadv, e.g. RWF_NOWAIT); None
+    otherwise.  Checks no CRC: for blocks this process has checked before."""
+    head, buf = bytearray(HEADER.size), bytearray(hi - lo)
+    if os.preadv(fd, [head], 0, flags) != HEADER.size:
+        return None
     try:
-        flags, raw_len, stored_len, _ = header(head)
+        fl, raw_len, stored_len, _ = header(head)
     except Corrupt:
-        return False
-    return not flags & FLAG_ZSTD and raw_len == stored_len == length
+        return None
+    if fl & FLAG_ZSTD or not raw_len == stored_len == length:
+        return None
+    return buf if os.preadv(fd, [buf], HEADER.size + lo, flags) == hi - lo else None
 
 
 class TierStore:
@@ -342,7 +349,8 @@ class TierStore:
         k = (oid, blockno)
         self._touches[k] = self._touches.get(k, 0) + 1
 
-    def load_range(self, ref: ObjectRef, blockno: int, lo: int, hi: int) -> bytes | None:
+    def load_range(self, ref: ObjectRef, blockno: int, lo: int,
+                   hi: int) -> bytes | bytearray | None:
         """Bytes ``[lo, hi)`` of block ``blockno`` of ``ref``, or None if the
         block is not (validly) here.  A plain block that this process has
         already checked whole (or written) is read in part, with no second
@@ -358,16 +366,14 @@ class TierStore:
         if k in self._verified:
             try:
                 with open(self.path(ref.oid, blockno), "rb", buffering=0) as f:
-                    fd = f.fileno()
-                    plain = _plain(os.pread(fd, HEADER.size, 0), ref.block_len(blockno))
-                    data = os.pread(fd, hi - lo, HEADER.size + lo) if plain else b""
+                    data = _plain_part(f.fileno(), ref.block_len(blockno), lo, hi)
             except FileNotFoundError:
                 self._verified.discard(k)
                 return None
             except OSError as e:
                 log.warning("cannot read cached block %d of %r: %s", blockno, ref.key, e)
                 return None
-            if len(data) == hi - lo:
+            if data is not None:
                 self._touch(ref.oid, blockno)
                 return data
             self._verified.discard(k)  # changed since it was checked: check it whole
@@ -391,11 +397,9 @@ class TierStore:
         except OSError:
             return None  # gone or unreadable: load_range finds out why
         try:
-            head, buf = bytearray(HEADER.size), bytearray(hi - lo)
-            if (os.preadv(fd, [head], 0, os.RWF_NOWAIT) != HEADER.size
-                    or not _plain(head, ref.block_len(blockno))):
-                return None  # stored again since (see load_range): the slow path checks it
-            n = os.preadv(fd, [buf], HEADER.size + lo, os.RWF_NOWAIT)
+            # None: stored again since, short, or only partly cached (see
+            # load_range); the slow path finds out which
+            buf = _plain_part(fd, ref.block_len(blockno), lo, hi, os.RWF_NOWAIT)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -404,9 +408,8 @@ class TierStore:
             return None
         finally:
             os.close(fd)
-        if n != hi - lo:
-            return None  # short, or only partly cached: the slow path checks it
-        self._touch(ref.oid, blockno)
+        if buf is not None:
+            self._touch(ref.oid, blockno)
         return buf
 
     def _corrupt(self, ref: ObjectRef, blockno: int, e: Corrupt) -> None:

@@ -259,14 +259,15 @@ class Tier:
             return memoryview(whole)[lo:lo + end - start]
         return _join(first, blocks, start, end)
 
-    async def peek(self, ref: ObjectRef, start: int, end: int) -> bytes | memoryview | None:
+    async def peek(self, ref: ObjectRef, start: int,
+                   end: int) -> bytes | bytearray | memoryview | None:
         """Bytes ``[start, end)`` of ``ref`` if every block covering them is
         on disk or already fetched into memory; None (and nothing fetched,
         nothing waited for) otherwise.  A random read that touches a block for
         the first time asks S3 for just its bytes instead of the whole block,
         and does not wait behind a background fill's GET.  Only the bytes
         asked for are read and copied (``TierStore.load_range``)."""
-        parts: list[bytes | memoryview | None] = []
+        parts: list[bytes | bytearray | memoryview | None] = []
         missing: list[tuple[int, int, int, int]] = []  # (part, block, lo, hi)
         for b, lo, hi in _spans(start, end):
             p = self._pending.get((ref.oid, b))
