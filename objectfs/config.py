@@ -214,10 +214,12 @@ OPTIONS: list[Option] = [
            "(buckets where the reader pays).", "encryption"),
     Option("lean_requests", parse_bool, True, "Send HeadObject, GetObject, DeleteObject and "
            "ListObjectsV2 without botocore's per-call work and HTTP session (about 1 ms of CPU "
-           "less per request, a third of it per listing page; same signer, credentials, "
-           "timeouts, CA bundle and TLS verification; behind a proxy or with a client "
-           "certificate, botocore's HTTP session). Off: every request through boto3. Always "
-           "off with SSE-C or requester-pays.", "connection"),
+           "less per request, a third of it per listing page; signed exactly as botocore "
+           "signs them, checked against its signer on each operation's first request; the "
+           "client's credentials, timeouts, CA bundle and TLS verification; small requests "
+           "sent from the event loop instead of a worker thread; behind a proxy or with a "
+           "client certificate, botocore's HTTP session and signer). Off: every request "
+           "through boto3. Always off with SSE-C or requester-pays.", "connection"),
     Option("path_style", parse_bool, False, "Address buckets in the URL path "
            "(https://host/bucket/key) instead of the host name; always so with endpoint_url. "
            "s3fs spelling: use_path_request_style.", "connection"),

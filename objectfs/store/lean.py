@@ -6,14 +6,18 @@ serialisation, endpoint rules, event hooks and response parsing, for a
 request whose answer is a few headers.  A cold ``ls -l`` makes one HEAD per
 entry, a random read one GET per block and ``rm`` one DELETE per file, so on
 two cores that CPU, not the server, sets the pace.  ``LeanRequests`` builds
-those requests itself and signs them with the *client's own* signer, so the
-credentials (and their refresh) and the signing region and version are
-exactly the client's.
+those requests itself and signs them as the *client's own* signer does: each
+operation's first request by that signer, the rest by sigv4.py once its
+signature for that first request was the same.  So the credentials (and
+their refresh) and the signing region and version are exactly the client's.
 
-They go out through ``Transport``: kept ``http.client`` connections (a pool
-per server) with the client's timeouts, socket options, CA bundle and
-verification.  botocore's HTTP session (urllib3 under its own request and
-response wrappers) costs about 0.6 ms of CPU more a request: a HEAD takes
+Small requests (a HEAD, a DELETE, a few keys' listing, a small GET) are sent
+from the event loop through ``ahttp.AsyncTransport`` (the ``a...`` methods);
+the others go out through ``Transport``, from worker threads: kept
+``http.client`` connections (a pool per server) with the client's timeouts,
+socket options, CA bundle and verification.  botocore's HTTP session
+(urllib3 under its own request and response wrappers) costs about 0.6 ms of
+CPU more a request: a HEAD takes
 0.45 ms this way, 1.05 ms through that session and 1.4 ms as a boto3 call
 (measured against moto).  Endpoints reached through a proxy, and clients
 with a client certificate, keep botocore's session.
@@ -43,6 +47,8 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
 from urllib.parse import quote, unquote_plus, urlsplit
 
+from . import ahttp, sigv4
+from .ahttp import AsyncTransport
 from .buffers import ReceiveBuffers
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,13 @@ _HEADERS = {"content-length": "ContentLength", "etag": "ETag", "content-type": "
             "content-disposition": "ContentDisposition",
             "content-encoding": "ContentEncoding", "content-language": "ContentLanguage",
             "x-amz-storage-class": "StorageClass"}
+
+
+# The largest error answer read on the event loop (S3's XML errors are well
+# under 1 KiB), and the largest listing (a page of a few keys, each up to
+# 1,024 bytes of key and about 300 of XML).
+ERROR_BODY_MAX = 64 * 1024
+SMALL_LIST_BODY = 64 * 1024
 
 
 class Fallback(Exception):
@@ -190,7 +203,7 @@ class Transport:
         return (session._proxy_config.proxy_url_for(url) is None
                 and session._cert_file is None)
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
         if self._context is None:
             if self._verify is False:
                 ctx = ssl.create_default_context()
@@ -213,7 +226,7 @@ class Transport:
             def make() -> http.client.HTTPConnection:
                 if scheme == "https":
                     conn: http.client.HTTPConnection = _HTTPSConnection(
-                        netloc, timeout=self.read_timeout, context=self._ssl_context())
+                        netloc, timeout=self.read_timeout, context=self.ssl_context())
                 else:
                     conn = _HTTPConnection(netloc, timeout=self.read_timeout)
                 conn.connect_timeout = self.connect_timeout
@@ -253,6 +266,20 @@ class Transport:
                 connected = conn.sock is not None
                 conn.close()
                 raise _http_error(e, url, connected) from None
+
+
+async def async_send(transport: AsyncTransport, method: str, url: str,
+                     headers: Mapping[str, str], limit: int) -> ahttp.Response:
+    """``transport.send`` with its failures as botocore's (as ``Transport``
+    gives them) and a body over ``limit`` as Fallback."""
+    try:
+        return await transport.send(method, url, headers, limit)
+    except ahttp.TooLarge:
+        raise Fallback("a larger answer than asked for") from None
+    except ahttp.ConnectFailed as e:
+        raise _http_error(e.error, url, connected=False) from None
+    except Exception as e:
+        raise _http_error(e, url, connected=True) from None
 
 
 def _http_error(e: BaseException, url: str, connected: bool) -> BaseException:
@@ -295,6 +322,9 @@ class LeanRequests:
         self._signer = client._request_signer
         self._http = client._endpoint.http_session
         self._transport: Transport | None = None
+        self._atransport: AsyncTransport | None = None
+        # per operation: our signer, or None where botocore's signs otherwise
+        self._signers: dict[str, sigv4.Signer | None] = {}
         # Object URLs are the bucket's URL plus the key.  The bucket's URL is
         # the one botocore's endpoint rules give (addressing style, region,
         # endpoint, dualstack...): taken from the first listing sent, which
@@ -308,34 +338,77 @@ class LeanRequests:
             parts = urlsplit(request.url)
             self._base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
             if Transport.usable(self._http, self._base):
-                self._transport = Transport(self._http)
+                self._use_transport()
 
     def adopt(self, other: "LeanRequests") -> None:
         """Take the bucket URL another client with the same settings learnt."""
         if self._base is None:
             self._base = other._base
             if other._transport is not None:
-                self._transport = Transport(self._http)
+                self._use_transport()
+
+    def _use_transport(self) -> None:
+        self._transport = Transport(self._http)
+        self._atransport = AsyncTransport(self._transport)
 
     @property
     def ready(self) -> bool:
         return self.enabled and self._base is not None
 
+    @property
+    def async_ready(self) -> bool:
+        """The ``a...`` calls can be made (from the event loop)."""
+        return self.ready and self._atransport is not None
+
     def url(self, key: str) -> str:
         assert self._base is not None
         return self._base + quote(key, safe="/~")
 
+    def _signed(self, op: str, method: str, key: str, headers: dict[str, str],
+                url: str | None) -> tuple[str, Mapping[str, str]]:
+        """The request's URL and signed headers: by our signer once it has
+        given an operation's first request botocore's signature, else by
+        botocore's (see sigv4.py)."""
+        from botocore.awsrequest import AWSRequest
+
+        url = url or self.url(key)
+        fast = self._signers.get(op)
+        if fast is not None:
+            return url, fast.sign(method, url, headers)
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
+        self._signer.sign(op, request)
+        if op not in self._signers:
+            creds = self._signer._credentials
+            mine = None
+            if creds is not None and self._signer.region_name:
+                mine = sigv4.Signer(creds, self._signer.region_name, self._signer._signing_name)
+                if not mine.matches(method, url, headers, request.headers):
+                    log.info("lean %s: botocore signs it otherwise; using botocore's signer", op)
+                    mine = None
+            self._signers[op] = mine
+        return request.url, request.headers
+
     def _send(self, op: str, method: str, key: str, headers: dict[str, str],
               url: str | None = None, stream: bool = False):
+        if self._transport is not None:
+            url, signed = self._signed(op, method, key, headers, url)
+            return self._transport.send(method, url, signed, stream)
         from botocore.awsrequest import AWSRequest
 
         request = AWSRequest(method=method, url=url or self.url(key), headers=headers)
-        self._signer.sign(op, request)
-        if self._transport is not None:
-            return self._transport.send(method, request.url, request.headers, stream)
+        self._signer.sign(op, request)   # botocore's session: botocore's signer, as ever
         prepared = request.prepare()
         prepared.stream_output = stream
         return self._http.send(prepared)
+
+    async def _asend(self, op: str, method: str, key: str, headers: dict[str, str],
+                     url: str | None = None, limit: int = ERROR_BODY_MAX) -> ahttp.Response:
+        """The whole answer, through the event loop's connections; a body
+        over ``limit`` bytes (an error's may have ERROR_BODY_MAX) makes the
+        caller ask through a worker thread instead (Fallback)."""
+        assert self._atransport is not None
+        url, signed = self._signed(op, method, key, headers, url)
+        return await async_send(self._atransport, method, url, signed, max(limit, ERROR_BODY_MAX))
 
     def _error(self, op: str, response) -> LeanError:
         status = response.status_code
@@ -360,20 +433,39 @@ class LeanRequests:
 
     def head(self, key: str) -> dict[str, Any]:
         """HeadObject's answer, shaped as boto3's (the fields we use)."""
-        response = self._send("HeadObject", "HEAD", key, {})
+        return self._head_answer(self._send("HeadObject", "HEAD", key, {}))
+
+    async def ahead(self, key: str) -> dict[str, Any]:
+        return self._head_answer(await self._asend("HeadObject", "HEAD", key, {}))
+
+    def _head_answer(self, response) -> dict[str, Any]:
         if response.status_code != 200:
             raise self._error("HeadObject", response)
         return _decode(response.headers)
 
-    def get(self, key: str, range_header: str | None, if_match: str | None):
-        """GetObject's answer as (boto3-shaped fields, body): a bytearray from
-        ``buffers`` for a large body, which the caller must not change."""
+    @staticmethod
+    def _get_headers(range_header: str | None, if_match: str | None) -> dict[str, str]:
         headers = {}
         if range_header:
             headers["Range"] = range_header
         if if_match:
             headers["If-Match"] = if_match
-        response = self._send("GetObject", "GET", key, headers, stream=True)
+        return headers
+
+    async def aget(self, key: str, range_header: str | None, if_match: str | None,
+                   limit: int):
+        """``get`` of an answer of at most ``limit`` bytes (else Fallback)."""
+        response = await self._asend("GetObject", "GET", key,
+                                     self._get_headers(range_header, if_match), limit=limit)
+        if response.status_code not in (200, 206):
+            raise self._error("GetObject", response)
+        return _decode(response.headers), response.content
+
+    def get(self, key: str, range_header: str | None, if_match: str | None):
+        """GetObject's answer as (boto3-shaped fields, body): a bytearray from
+        ``buffers`` for a large body, which the caller must not change."""
+        response = self._send("GetObject", "GET", key, self._get_headers(range_header, if_match),
+                              stream=True)
         with _body_errors(response):
             if response.status_code not in (200, 206):
                 response.content  # noqa: B018 - read the (small) error body
@@ -390,7 +482,12 @@ class LeanRequests:
 
     def delete(self, key: str) -> None:
         """DeleteObject (its answer has nothing we read)."""
-        response = self._send("DeleteObject", "DELETE", key, {})
+        self._delete_answer(self._send("DeleteObject", "DELETE", key, {}))
+
+    async def adelete(self, key: str) -> None:
+        self._delete_answer(await self._asend("DeleteObject", "DELETE", key, {}))
+
+    def _delete_answer(self, response) -> None:
         if response.status_code not in (200, 204):
             raise self._error("DeleteObject", response)
 
@@ -401,6 +498,23 @@ class LeanRequests:
         botocore parses the XML into a generic shape and every LastModified
         with dateutil, about 60 us an entry: a 1,000-key page costs tens of
         milliseconds of CPU, the bulk of an ``ls`` of a big directory."""
+        return self._list_answer(self._send("ListObjectsV2", "GET", prefix, {},
+                                            url=self._list_url(prefix, delimiter, token, max_keys)))
+
+    async def alist(self, prefix: str, delimiter: str | None, token: str | None,
+                    max_keys: int) -> dict[str, Any]:
+        """``list`` of a few keys (the answer is parsed on the event loop)."""
+        url = self._list_url(prefix, delimiter, token, max_keys)
+        return self._list_answer(await self._asend("ListObjectsV2", "GET", prefix, {}, url=url,
+                                                   limit=SMALL_LIST_BODY))
+
+    def _list_answer(self, response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise self._error("ListObjectsV2", response)
+        return _decode_listing(response.content)
+
+    def _list_url(self, prefix: str, delimiter: str | None, token: str | None,
+                  max_keys: int) -> str:
         assert self._base is not None
         params = [("list-type", "2"), ("encoding-type", "url"), ("prefix", prefix),
                   ("max-keys", str(max_keys))]
@@ -410,10 +524,7 @@ class LeanRequests:
             params.append(("continuation-token", token))
         query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params))
         root = self._base if urlsplit(self._base).path == "/" else self._base[:-1]
-        response = self._send("ListObjectsV2", "GET", prefix, {}, url=f"{root}?{query}")
-        if response.status_code != 200:
-            raise self._error("ListObjectsV2", response)
-        return _decode_listing(response.content)
+        return f"{root}?{query}"
 
 
 @contextlib.contextmanager

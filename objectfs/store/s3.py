@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import cachetools
 import trio
@@ -56,6 +56,12 @@ BODY_CACHE_BYTES = 16 * MiB
 # RECEIVE_IDLE seconds unused (``release_idle``).
 RECEIVE_BUFFERS_MAX = 128 * MiB
 RECEIVE_IDLE = 2.0
+# Requests sent from the event loop when the lean path can (see ahttp.py):
+# GETs of at most this many bytes (random reads fetch 64 KiB; whole blocks
+# and read-ahead segments go through worker threads into kept buffers), and
+# listings of at most this many keys (lookups ask for one or two).
+ASYNC_GET_MAX = 256 * 1024
+ASYNC_LIST_KEYS = 10
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -332,6 +338,31 @@ class S3Store:
         lean = self.lean
         return lean if lean is not None and lean.ready else None
 
+    def _lean_async(self, call: Callable[[_lean.LeanRequests], Awaitable[Any]]
+                    ) -> Callable[[], Awaitable[Any]] | None:
+        """``call`` for ``_call(afn=)``, when the lean path can send it from
+        the event loop (see ahttp.py); else None."""
+        lean = self._lean_or_none()
+        if lean is None or not lean.async_ready:
+            return None
+
+        async def run():
+            if not lean.async_ready:  # turned off meanwhile (a redirect)
+                raise _lean.Fallback("lean requests are off")
+            return await call(lean)
+
+        return run
+
+    def _lean_pick(self, lean_call: Callable[[_lean.LeanRequests], Any],
+                   alean_call: Callable[[_lean.LeanRequests], Awaitable[Any]] | None,
+                   boto3_call: Callable[[], Any]
+                   ) -> tuple[Callable[[], Any], Callable[[], Awaitable[Any]] | None]:
+        """``fn`` and ``afn`` for ``_call``: ``alean_call`` from the event
+        loop where it can be made there, with boto3 in a worker thread when
+        it falls back; else the lean path, then boto3, in a worker thread."""
+        afn = self._lean_async(alean_call) if alean_call is not None else None
+        return (boto3_call if afn else self._lean_first(lean_call, boto3_call)), afn
+
     def _lean_first(self, lean_call: Callable[[_lean.LeanRequests], Any],
                     boto3_call: Callable[[], Any]) -> Callable[[], Any]:
         """A request (for a worker thread) made by the lean path when it is
@@ -348,14 +379,18 @@ class S3Store:
         return fetch
 
     async def _call(self, op: str, key: str, fn: Callable[[], Any], *, sent: int = 0,
-                    retried: list[StoreError] | None = None) -> Any:
+                    retried: list[StoreError] | None = None,
+                    afn: Callable[[], Awaitable[Any]] | None = None) -> Any:
         """Run ``fn`` in a worker thread, retrying transient failures.
 
         ``fn`` may raise StoreError itself (a body that failed its checks).
-        ``sent``: object bytes in the request body, for the metrics.  The
-        errors that were retried are appended to ``retried``: a request whose
-        answer was lost may have taken effect on the server.  A failure after
-        the last attempt is logged once, counted and raised.
+        ``afn``: the same request made from the event loop (``_lean_async``),
+        tried first in each attempt; when it raises ``Fallback`` that attempt
+        runs ``fn`` instead.  ``sent``: object bytes in the request body, for
+        the metrics.  The errors that were retried are appended to
+        ``retried``: a request whose answer was lost may have taken effect on
+        the server.  A failure after the last attempt is logged once, counted
+        and raised.
         """
         attempts = max(1, self.settings.max_attempts)
         took = [0.0]
@@ -367,9 +402,21 @@ class S3Store:
             finally:
                 took[0] = time.monotonic() - t0
 
+        async def run():
+            if afn is not None:
+                async with self.limiter:
+                    t0 = time.monotonic()
+                    try:
+                        return await afn()
+                    except _lean.Fallback:
+                        pass
+                    finally:
+                        took[0] = time.monotonic() - t0
+            return await trio.to_thread.run_sync(timed, limiter=self.limiter)
+
         for attempt in range(attempts):
             try:
-                result = await trio.to_thread.run_sync(timed, limiter=self.limiter)
+                result = await run()
             except StoreError as e:
                 err = e
             except Exception as exc:  # translated below; anything unknown re-raises
@@ -430,9 +477,10 @@ class S3Store:
             if got is not None:
                 return got
 
-        fetch = self._lean_first(lambda lean: lean.head(key), functools.partial(
-            self.client.head_object, Bucket=self.bucket, Key=key))
-        return self._info_from_head(key, await self._call("HeadObject", key, fetch))
+        fetch, afn = self._lean_pick(
+            lambda lean: lean.head(key), lambda lean: lean.ahead(key),
+            functools.partial(self.client.head_object, Bucket=self.bucket, Key=key))
+        return self._info_from_head(key, await self._call("HeadObject", key, fetch, afn=afn))
 
     async def _head_by_get(self, key: str, body_max: int) -> ObjectInfo | None:
         """HeadObject's answer from a ranged GET; None to ask with a HEAD
@@ -440,16 +488,23 @@ class S3Store:
         object emptied since the listing has no satisfiable range) or one
         the lean path does not decode."""
         lean = self._lean_or_none()
+        range_header = f"bytes=0-{body_max - 1}"
 
         def fetch():
             if lean is None:
                 return None
             try:
-                return lean.get(key, f"bytes=0-{body_max - 1}", None)
+                return lean.get(key, range_header, None)
             except (_lean.Fallback, _lean.LeanError):
                 return None
 
-        got = await self._call("GetObject", key, fetch)
+        async def aget(lean: _lean.LeanRequests):
+            try:
+                return await lean.aget(key, range_header, None, body_max)
+            except (_lean.Fallback, _lean.LeanError):
+                return None
+
+        got = await self._call("GetObject", key, fetch, afn=self._lean_async(aget))
         if got is None:
             return None
         r, data = got
@@ -474,9 +529,12 @@ class S3Store:
             kw["Delimiter"] = delimiter
         if token:
             kw["ContinuationToken"] = token
-        fetch = self._lean_first(lambda lean: lean.list(prefix, delimiter, token, max_keys),
-                                 functools.partial(self.client.list_objects_v2, **kw))
-        r = await self._call("ListObjectsV2", prefix, fetch)
+        fetch, afn = self._lean_pick(
+            lambda lean: lean.list(prefix, delimiter, token, max_keys),
+            (lambda lean: lean.alist(prefix, delimiter, token, max_keys))
+            if max_keys <= ASYNC_LIST_KEYS else None,
+            functools.partial(self.client.list_objects_v2, **kw))
+        r = await self._call("ListObjectsV2", prefix, fetch, afn=afn)
         objects = [ObjectInfo(key=o["Key"], size=int(o.get("Size", 0)), etag=o.get("ETag"),
                               mtime_ns=_ms(o.get("LastModified")))
                    for o in r.get("Contents", ())]
@@ -507,11 +565,17 @@ class S3Store:
             finally:
                 body.close()
 
-        fetch = self._lean_first(lambda lean: lean.get(key, kw.get("Range"), etag),
-                                 through_boto3)
+        async def aget(lean: _lean.LeanRequests) -> bytes:
+            assert end is not None
+            answer = await lean.aget(key, kw.get("Range"), etag, end - start)
+            return _checked_body(*answer, key, start, end, etag)
+
+        small = end is not None and end - start <= ASYNC_GET_MAX
+        fetch, afn = self._lean_pick(lambda lean: lean.get(key, kw.get("Range"), etag),
+                                     aget if small else None, through_boto3)
         try:
             data = await self._call("GetObject", key, lambda: _checked_body(
-                *fetch(), key, start, end, etag))
+                *fetch(), key, start, end, etag), afn=afn)
         except StoreError as e:
             if e.code in ("InvalidRange", "416"):
                 return b""  # range starts at or past the end of the object
@@ -604,10 +668,11 @@ class S3Store:
                           headers=dict(headers or {}))
 
     async def delete(self, key: str) -> None:
-        fetch = self._lean_first(lambda lean: lean.delete(key), functools.partial(
-            self.client.delete_object, Bucket=self.bucket, Key=key))
+        fetch, afn = self._lean_pick(
+            lambda lean: lean.delete(key), lambda lean: lean.adelete(key),
+            functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
         try:
-            await self._call("DeleteObject", key, fetch)
+            await self._call("DeleteObject", key, fetch, afn=afn)
         except StoreError as e:
             if e.errno != errno.ENOENT:  # deleting a missing key succeeds
                 raise

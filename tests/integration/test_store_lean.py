@@ -7,6 +7,7 @@ not understand go through boto3, and mounts it cannot serve never use it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -14,7 +15,7 @@ import trio
 
 from objectfs import metrics
 from objectfs.errors import StoreError
-from objectfs.store import lean
+from objectfs.store import ahttp, lean
 from objectfs.store.s3 import S3Settings, S3Store
 from objectfs.store.s3options import RequestOptions
 
@@ -275,8 +276,8 @@ def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client,
                                                                   monkeypatch):
     """A lean GET reads the body in one call (a few large socket reads), not
     in chunks joined afterwards: a large body straight into a kept receive
-    buffer (``readinto``, see store/buffers.py), a small one into one bytes
-    object (``read``).  And lean requests go through ``http.client``, not
+    buffer (``readinto``, see store/buffers.py); a small one is read on the
+    event loop (ahttp.py).  And lean requests go through ``http.client``, not
     botocore's urllib3 session."""
     import http.client
 
@@ -318,7 +319,8 @@ def test_a_get_reads_its_body_in_one_call_and_not_through_urllib3(s3, s3_client,
         assert (await outcome(lambda: fast.get("missing")))[1] == "NoSuchKey"
         reads.clear()
         got = await fast.get("big", 5, 10)
-        assert got == big[5:10] and isinstance(got, bytes) and reads == [None]
+        # a small range is read on the event loop (ahttp), not by http.client
+        assert got == big[5:10] and isinstance(got, bytes) and reads == []
         assert (await fast.head("big")).size == len(big)
 
     trio.run(main)
@@ -434,3 +436,240 @@ def test_transport_failures_are_botocores(keepalive):
             t.send("HEAD", url, {}, stream=False)
     with pytest.raises(be.SSLError):   # TLS to a plain HTTP server
         t.send("HEAD", keepalive.url.replace("http:", "https:") + "/b/k", {}, stream=False)
+
+
+# -- the event loop's transport (ahttp.py) ----------------------------------
+
+def asend(t, method: str, url: str, limit: int = 1 << 20):
+    return trio.run(lean.async_send, t, method, url, {}, limit)
+
+
+def test_async_transport_keeps_connections_and_reopens_one_the_server_closed(keepalive):
+    t = ahttp.AsyncTransport(lean.Transport(_Session()))
+
+    async def main():
+        for path in ["/b/k", "/b/k", "/b/missing", "/b/k"]:
+            r = await lean.async_send(t, "GET", keepalive.url + path, {}, 1 << 20)
+            assert r.content == (b"0123456789" if path.endswith("k") else
+                                 b"<Error><Code>NoSuchKey</Code></Error>")
+            assert r.status_code == (200 if path.endswith("k") else 404)
+        r = await lean.async_send(t, "HEAD", keepalive.url + "/b/k", {}, 1 << 20)
+        assert (r.status_code, r.content, r.headers.get("CONTENT-LENGTH")) == (200, b"", "10")
+        assert len(keepalive.conns) == 1, "every request reused the one connection"
+        keepalive.close_all()   # an idle timeout on the server
+        r = await lean.async_send(t, "GET", keepalive.url + "/b/k", {}, 1 << 20)
+        assert r.content == b"0123456789"
+        assert len(keepalive.conns) == 2
+        # an answer larger than the caller's limit: asked another way, and
+        # that connection (its body unread) is not used again
+        with pytest.raises(lean.Fallback):
+            await lean.async_send(t, "GET", keepalive.url + "/b/k", {}, 5)
+        r = await lean.async_send(t, "GET", keepalive.url + "/b/k", {}, 1 << 20)
+        assert r.content == b"0123456789"
+        assert len(keepalive.conns) == 3
+        await t.aclose()
+
+    trio.run(main)
+
+
+def test_async_transport_failures_are_botocores(keepalive):
+    """As ``test_transport_failures_are_botocores``, for the transport used
+    from the event loop."""
+    import socket
+
+    import botocore.exceptions as be
+
+    from tests.support.s3server import free_port
+
+    t = ahttp.AsyncTransport(lean.Transport(_Session()))
+    with pytest.raises(be.EndpointConnectionError):
+        asend(t, "HEAD", f"http://127.0.0.1:{free_port()}/b/k")
+    with socket.socket() as quiet:   # accepts, never answers
+        quiet.bind(("127.0.0.1", 0))
+        quiet.listen()
+        with pytest.raises(be.ReadTimeoutError):
+            asend(t, "HEAD", f"http://127.0.0.1:{quiet.getsockname()[1]}/b/k")
+    with pytest.raises(be.SSLError):   # TLS to a plain HTTP server
+        asend(t, "HEAD", keepalive.url.replace("http:", "https:") + "/b/k")
+
+
+@pytest.fixture
+def scripted():
+    """A server that answers each request with the next of ``answers``
+    (raw bytes); an answer ending in ``CLOSE`` is followed by closing the
+    connection.  ``accepted`` counts connections, ``requests`` keeps the
+    request heads it read."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    state = {"answers": [], "accepted": 0, "requests": []}
+
+    def serve(conn):
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                state["requests"].append(head)
+                answer = state["answers"].pop(0)
+                close = answer.endswith(b"CLOSE")
+                conn.sendall(answer[:-5] if close else answer)
+                if close:
+                    return
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            state["accepted"] += 1
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        srv.close()
+
+
+def test_async_transport_reads_every_framing_s3_servers_use(scripted):
+    """Content-Length, chunked bodies (with extensions and trailers), a body
+    ended by the connection, folded and repeated headers, an interim 100
+    answer, ``Connection: close``, and the request it sends."""
+    scripted["answers"] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Amz-Meta-A: 1\r\n"
+        b"x-amz-meta-a: 2\r\nX-Folded: one\r\n  two\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nTrailer: x\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nokCLOSE",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the endCLOSE",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+    ]
+    t = ahttp.AsyncTransport(lean.Transport(_Session()))
+    url = scripted["url"] + "/b/k%20y?list-type=2&prefix=a"
+
+    async def main():
+        r = await lean.async_send(t, "GET", url, {"Range": "bytes=0-4"}, 100)
+        assert (r.status_code, r.content) == (200, b"hello")
+        assert r.headers.get("x-amz-meta-a") == "1" and "X-AMZ-META-A" in r.headers
+        assert r.headers.items()[1:3] == [("X-Amz-Meta-A", "1"), ("x-amz-meta-a", "2")]
+        assert r.headers["x-folded"] == "one two"
+        assert lean._decode(r.headers)["Metadata"] == {"a": "2"}  # as http.client's last
+        r = await lean.async_send(t, "GET", url, {}, 100)
+        assert r.content == b"abcdefg"
+        r = await lean.async_send(t, "DELETE", url, {}, 100)
+        assert (r.status_code, r.content) == (204, b"")
+        r = await lean.async_send(t, "GET", url, {}, 100)
+        assert r.content == b"ok"
+        assert scripted["accepted"] == 1, "kept until the server said close"
+        r = await lean.async_send(t, "GET", url, {}, 100)
+        assert r.content == b"until the end"
+        assert scripted["accepted"] == 2
+        with pytest.raises(lean.Fallback):   # a chunked body over the limit
+            await lean.async_send(t, "GET", url, {}, 8)
+
+    trio.run(main)
+    head = scripted["requests"][0].decode("latin-1").split("\r\n")
+    port = scripted["url"].rsplit(":", 1)[1]
+    assert head[0] == "GET /b/k%20y?list-type=2&prefix=a HTTP/1.1"
+    assert head[1:] == [f"Host: 127.0.0.1:{port}", "Accept-Encoding: identity",
+                        "Range: bytes=0-4"]
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshortCLOSE",     # body cut short
+    b"HTTP/1.1 200 OK\r\nContent-LengCLOSE",                         # head cut short
+    b"SMTP ready\r\n\r\n",                                           # not HTTP
+    b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",                  # bad length
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",   # bad chunk
+])
+def test_async_transport_broken_answers_are_connection_errors(scripted, answer):
+    """A broken answer is the ConnectionClosedError boto3 gives for one
+    (retried), never a hang or an exception of another kind."""
+    import botocore.exceptions as be
+
+    scripted["answers"] = [answer]
+    t = ahttp.AsyncTransport(lean.Transport(_Session()))
+    with pytest.raises(be.ConnectionClosedError):
+        asend(t, "GET", scripted["url"] + "/b/k")
+
+
+def test_small_requests_of_a_store_need_no_worker_thread(s3, s3_client, bucket, monkeypatch):
+    """HEAD, DELETE, a lookup's listing and a small GET are sent from the
+    event loop (ahttp.py); a large GET still reads into a kept buffer in a
+    worker thread.  Their answers are those of the thread path."""
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY, Metadata={"mode": "33188"})
+    s3_client.put_object(Bucket=bucket, Key="big", Body=BODY * 300)   # 3 MiB
+    fast, slow = stores(s3, bucket)
+    threads: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *a, **kw):
+        threads.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real(fn, *a, **kw)
+
+    async def main():
+        await fast.check_bucket()   # through boto3: the bucket's URL
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        got = [await fast.head(KEY), await fast.get(KEY, 10, 5000),
+               await fast.list_page("dir/", max_keys=1), await fast.head(KEY, body_max=16384),
+               await outcome(lambda: fast.head("missing"))]
+        await fast.delete("gone-already")
+        assert threads == [], threads
+        monkeypatch.setattr(trio.to_thread, "run_sync", real)
+        want = [await slow.head(KEY), await slow.get(KEY, 10, 5000),
+                await slow.list_page("dir/", max_keys=1), await slow.head(KEY, body_max=16384),
+                await outcome(lambda: slow.head("missing"))]
+        for a, b in zip(got, want):
+            if hasattr(a, "checked_ns"):   # the server's clock at each answer
+                a, b = dataclasses.replace(a, checked_ns=0), dataclasses.replace(b, checked_ns=0)
+            assert a == b
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        assert await fast.get("big", 0, 3 << 20) == (BODY * 300)[:3 << 20]
+        assert threads, "a large GET went through the event loop"
+
+    trio.run(main)
+
+
+def test_botocore_signs_an_operations_first_request_and_ours_the_rest(s3, s3_client, bucket,
+                                                                       monkeypatch):
+    """Each operation's first lean request is signed by botocore and checked
+    against our signer (sigv4.py); later ones are signed by ours, and the
+    server accepts them.  Where the two disagree, botocore's keeps signing."""
+    from objectfs.store import sigv4
+
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY)
+    fast, _ = stores(s3, bucket)
+    signer = fast.client._request_signer
+    calls: list[str] = []
+    real_sign = type(signer).sign
+    def counting_sign(self, op, *a, **kw):
+        calls.append(op)
+        return real_sign(self, op, *a, **kw)
+
+    monkeypatch.setattr(type(signer), "sign", counting_sign)
+
+    async def main():
+        await fast.check_bucket()
+        calls.clear()
+        for _ in range(3):
+            assert (await fast.head(KEY)).size == len(BODY)
+            assert await fast.get(KEY, 1, 100) == BODY[1:100]
+        assert calls == ["HeadObject", "GetObject"]
+        assert isinstance(fast.lean._signers["HeadObject"], sigv4.Signer)
+        # a signer that disagrees with botocore's is not used
+        monkeypatch.setattr(sigv4.Signer, "matches", lambda *a: False)
+        await fast.delete("nothing-here")
+        await fast.delete("nothing-here")
+        assert calls[2:] == ["DeleteObject", "DeleteObject"]
+        assert fast.lean._signers["DeleteObject"] is None
+
+    trio.run(main)
