@@ -78,6 +78,10 @@ M.mount_entry = _mount_entry_nostat
 # seeds of the deterministic data streams (datagen.Data)
 SEED_FIXTURE, SEED_WRITE, SEED_SMALL, SEED_RENAME, SEED_APPEND = 1, 2, 3, 4, 5
 FIXTURE_KEY = "fixture-seq.bin"  # at the bucket root: no directory marker needed
+# Before each measured operation the server must be idle: under SETTLE_BUSY of
+# a core over SETTLE_STEP seconds (Swift idles at about 1%), waiting at most
+# SETTLE_MAX seconds (see Bench.settle).
+SETTLE_BUSY, SETTLE_STEP, SETTLE_MAX = 0.05, 0.25, 10.0
 
 
 @dataclass
@@ -329,6 +333,8 @@ class Bench:
         else:
             a.update(mode="fs", root=m.mountpoint)
         argv = [sys.executable, "-m", "benchmarks.child", name, json.dumps(a)]
+        if not s3_side:
+            self.settle()
         server0 = procstat.cpu_seconds_all(self.server_pids)
         with self.watchdog(m, timeout):
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -369,6 +375,28 @@ class Bench:
         if res.get("error"):
             raise PhaseError(f"{name}: {res['error']}")
         return res
+
+    def settle(self) -> float:
+        """Wait until the server we started is idle (under SETTLE_BUSY of a
+        core over SETTLE_STEP seconds), at most SETTLE_MAX seconds; the
+        seconds waited.  Work a server goes on doing after a sample
+        (Swift's updaters, the deletes of the last sample's objects, the end
+        of a reader's last GETs) would otherwise be charged to whichever
+        filesystem comes next in the rotation."""
+        if not self.server_pids:
+            return 0.0
+        t0 = time.monotonic()
+        before = procstat.cpu_seconds_all(self.server_pids)
+        while time.monotonic() - t0 < SETTLE_MAX:
+            time.sleep(SETTLE_STEP)
+            now = procstat.cpu_seconds_all(self.server_pids)
+            if now - before < SETTLE_BUSY * SETTLE_STEP:
+                break
+            before = now
+        waited = time.monotonic() - t0
+        if self._cur is not None:
+            self._cur.extra["settle_s"] = round(self._cur.extra.get("settle_s", 0) + waited, 2)
+        return waited
 
     @contextlib.contextmanager
     def watchdog(self, m, seconds: float):
