@@ -223,6 +223,10 @@ class AsyncTransport:
             if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
                 e = cause.exceptions[0]  # trio's "all attempts failed": the first one's error
             raise ConnectFailed(_stdlib(e)) from None
+        except BaseException:  # cancelled while connecting
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise
         return _Conn(stream)
 
     async def _receive(self, conn: _Conn) -> bytes:
