@@ -106,9 +106,10 @@ class _Conn:
         self.buf = bytearray()
 
 
-def _host_header(parts: SplitResult) -> str:
-    """What ``http.client`` sends as Host (and botocore signs): the URL's
-    host and port, without the scheme's default port."""
+def host_header(parts: SplitResult) -> str:
+    """What ``http.client`` sends as Host and botocore signs (sigv4.py signs
+    it too): the URL's host, lower-case, and its port unless the scheme's
+    default."""
     default = 443 if parts.scheme == "https" else 80
     host = parts.hostname or ""
     if ":" in host:
@@ -116,10 +117,9 @@ def _host_header(parts: SplitResult) -> str:
     return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
-def request_head(method: str, url: str, headers: Mapping[str, str]) -> bytes:
-    parts = urlsplit(url)
+def request_head(method: str, parts: SplitResult, headers: Mapping[str, str]) -> bytes:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {_host_header(parts)}",
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header(parts)}",
              "Accept-Encoding: identity"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -164,7 +164,7 @@ class AsyncTransport:
         server has closed meanwhile is replaced and the request sent again;
         every other failure is raised (see the module's docstring)."""
         parts = urlsplit(url)
-        head = request_head(method, url, headers)
+        head = request_head(method, parts, headers)
         idle = self._idle.setdefault((parts.scheme, parts.netloc), [])
         while True:
             new = not idle

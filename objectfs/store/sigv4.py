@@ -27,19 +27,11 @@ from urllib.parse import urlsplit
 
 from botocore.auth import SIGNED_HEADERS_BLACKLIST
 
+from .ahttp import host_header
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Headers the signer sets itself (any given are replaced).
 _OWN = frozenset({"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"})
-
-
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
 
 
 class Signer:
@@ -70,9 +62,9 @@ class Signer:
         out["X-Amz-Content-SHA256"] = EMPTY_SHA256
         signed = {name.lower(): " ".join(value.split()) for name, value in out.items()
                   if name.lower() not in SIGNED_HEADERS_BLACKLIST}
-        signed.setdefault("host", _host(url))
-        names = sorted(signed)
         parts = urlsplit(url)
+        signed.setdefault("host", host_header(parts))
+        names = sorted(signed)
         query = ""
         if parts.query:
             pairs = sorted(pair.partition("=")[::2] for pair in parts.query.split("&"))
