@@ -324,8 +324,9 @@ OPTIONS: list[Option] = [
            "offset are local. 0 turns this off.", "cache", "4M"),
     Option("cache_fill_max", parse_size, 128 * MiB, "With the local tier, a file up to this "
            "size that is read at random (a second read out of sequence in one open file) is "
-           "fetched whole into the tier in the background, in 8 MiB GETs (2 at a time for "
-           "all such files), so the reads that follow are local. 0 turns this off.",
+           "fetched whole into the tier in the background, in 8 MiB GETs (8 at a time for "
+           "all such files); reads of bytes it has not brought yet wait for it, and it "
+           "fetches those next. The reads that follow are local. 0 turns this off.",
            "cache", "128M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",

@@ -38,8 +38,9 @@ random reads of a block fetch only their own bytes (at least 64 KiB, nothing
 cached: one latency, not a whole block's transfer) and the third fetches the
 whole block into the tier (WHOLE_BLOCK_AT).  A file no larger than
 ``ctx.fill_max`` that is read at random (a second read out of sequence) is
-fetched whole into the tier in the background; the reads go on meanwhile
-and never wait for the fill's GETs when they fetch their own bytes.
+fetched whole into the tier in the background; a random read of bytes not
+cached yet then waits for the fill, which fetches the part holding them
+next (Tier.from_fill), rather than asking S3 for them beside it.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class Prefetcher:
             if self.tier_ref is not None and seg.random:
                 assert self.ctx.tier is not None
                 data = await self.ctx.tier.peek(self.tier_ref, seg.start, seg.end)
+                if data is None:
+                    data = await self.ctx.tier.from_fill(self.tier_ref, seg.start, seg.end)
                 if data is None and seg.random == FIRST_TOUCH:
                     data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
                                                        seg.end, self._get)

@@ -348,6 +348,9 @@ def test_a_file_read_at_random_is_fetched_whole_in_the_background(mount, logged_
     s = settle(m, blocks=13)  # every block, fetched in the background
     assert s["fills"] == 1 and s["used"] <= s["limit"]
     before = gets(logged_s3, bucket, "r.bin")
+    # the first read's own bytes, then the fill's two GETs (8 MiB, the rest):
+    # the second read waited for the fill instead of asking for its bytes too
+    assert before == 3
     assert read_uncached(f) == data
     assert gets(logged_s3, bucket, "r.bin") == before
 

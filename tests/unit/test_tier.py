@@ -26,6 +26,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 from objectfs.errors import FsError, ObjectNotFound, StoreUnavailable
 from objectfs.store.memory import MemoryStore
 from objectfs.tier import blockfile
+from objectfs.tier import tier as tier_module
 from objectfs.tier.store import BLOCK_SIZE, DISK_UNIT, ObjectRef, TierStore
 from objectfs.tier.tier import FILL_CONCURRENCY, FILL_STEP, PinPolicy, Tier
 
@@ -973,3 +974,83 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
 
     trio.run(main, False)
     trio.run(main, True)
+
+
+
+def test_a_read_during_a_fill_waits_for_it_and_its_step_is_fetched_next(root, monkeypatch):
+    """A random read of a file being filled makes no GET of its own: the step
+    holding its bytes moves to the front of the fill, and the read gets its
+    bytes from there.  Without a fill, the read is told None at once."""
+    step = BLOCK_SIZE
+    monkeypatch.setattr(tier_module, "FILL_STEP", step)
+    steps = 2 * FILL_CONCURRENCY + 1
+    data = payload(8, steps * step)
+    fetch = Gated(lambda s, e: data[s:e])
+    want = (steps - 1) * step + 12345   # in the last step: fetched last until asked for
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        assert await tier.from_fill(ref, want, want + 4096) is None   # no fill: no wait
+        got = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(tier.run)
+                tier.fill(ref, fetch, nursery)
+                while len(fetch.calls) < FILL_CONCURRENCY:   # the first steps are under way
+                    await trio.sleep(0.01)
+
+                async def read():
+                    got.append(bytes(await tier.from_fill(ref, want, want + 4096)))
+
+                nursery.start_soon(read)
+                await trio.sleep(0.05)
+                assert not got   # it waits for the fill, whose next step is its own
+                assert tier._filling[ref.oid].todo[0] == (steps - 1) * step
+                fetch.gate.set()
+                while tier._filling:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        assert got == [data[want:want + 4096]]
+        assert sorted(fetch.calls) == [(s, s + step) for s in range(0, len(data), step)]
+        tier.store.close()
+
+    trio.run(main)
+
+
+def test_a_read_waiting_for_a_fill_that_fails_is_told_none(root, monkeypatch):
+    """The fill stops at its first failure; a read waiting for it wakes up and
+    fetches its bytes itself (None here), it does not wait forever."""
+    monkeypatch.setattr(tier_module, "FILL_STEP", BLOCK_SIZE)
+    size = (FILL_CONCURRENCY + 2) * BLOCK_SIZE
+
+    def deleted(s, e):
+        raise ObjectNotFound("NoSuchKey", "deleted", op="GetObject", key="k")
+
+    gone = Gated(deleted)
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", size)
+        got = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(tier.run)
+                tier.fill(ref, gone, nursery)
+                while len(gone.calls) < FILL_CONCURRENCY:
+                    await trio.sleep(0.01)
+
+                async def read():
+                    got.append(await tier.from_fill(ref, size - 4096, size))
+
+                nursery.start_soon(read)
+                await trio.sleep(0.05)
+                assert not got
+                gone.gate.set()
+                while not got:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        assert got == [None] and not tier._filling
+        tier.store.close()
+
+    trio.run(main)
