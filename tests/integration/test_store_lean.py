@@ -7,8 +7,10 @@ not understand go through boto3, and mounts it cannot serve never use it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import ssl
 
 import pytest
 import trio
@@ -337,10 +339,8 @@ class _Session:
             return "http://proxy:3128" if "via-proxy" in url else None
 
 
-@pytest.fixture
-def keepalive():
-    """A plain HTTP/1.1 server that keeps connections open; ``conns`` are its
-    ends of them, ``close_all()`` closes them as an idle timeout would."""
+@contextlib.contextmanager
+def _keepalive_server(tls: ssl.SSLContext | None = None):
     import http.server
     import socket
     import threading
@@ -372,7 +372,17 @@ def keepalive():
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def get_request(self):
+            conn, addr = super().get_request()
+            if tls is not None:   # the handshake in the handler's thread, not here
+                conn = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            return conn, addr
+
+        def handle_error(self, request, client_address):
+            pass   # a client that refused our certificate
+
+    srv = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 
     def close_all():
@@ -382,7 +392,7 @@ def keepalive():
             except OSError:
                 pass
 
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.url = f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}"
     srv.close_all = close_all
     srv.conns = conns
     try:
@@ -390,6 +400,78 @@ def keepalive():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def keepalive():
+    """A plain HTTP/1.1 server that keeps connections open; ``conns`` are its
+    ends of them, ``close_all()`` closes them as an idle timeout would."""
+    with _keepalive_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """PEM files: a CA (``ca``), a certificate it signed for 127.0.0.1 only
+    (``cert``, ``key``), and an unrelated CA (``other``)."""
+    import ipaddress
+    import types
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = tmp_path_factory.mktemp("certs")
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(cn: str, issuer=None, ca: bool = False):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        signer_cert, signer_key = issuer or (None, key)
+        b = (x509.CertificateBuilder().subject_name(subject)
+             .issuer_name(signer_cert.subject if signer_cert else subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                            critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 signer_key.public_key()), critical=False))
+        if ca:
+            b = b.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            b = b.add_extension(x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return b.sign(signer_key, hashes.SHA256()), key
+
+    def pem(name: str, cert) -> str:
+        (d / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return str(d / name)
+
+    ca_cert, ca_key = issue("objectfs test CA", ca=True)
+    other_cert, _ = issue("another CA", ca=True)
+    cert, key = issue("127.0.0.1", issuer=(ca_cert, ca_key))
+    (d / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return types.SimpleNamespace(ca=pem("ca.pem", ca_cert), other=pem("other.pem", other_cert),
+                                 cert=pem("cert.pem", cert), key=str(d / "key.pem"))
+
+
+@pytest.fixture
+def tls_keepalive(certs):
+    """``keepalive`` over TLS, with the certificate of ``certs``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs.cert, certs.key)
+    with _keepalive_server(ctx) as srv:
+        yield srv
 
 
 def test_transport_keeps_connections_and_reopens_one_the_server_closed(keepalive):
@@ -492,6 +574,31 @@ def test_async_transport_failures_are_botocores(keepalive):
     with pytest.raises(be.SSLError):   # TLS to a plain HTTP server
         asend(t, "HEAD", keepalive.url.replace("http:", "https:") + "/b/k")
 
+
+
+@pytest.mark.parametrize("path", ["thread", "event loop"])
+def test_tls_certificates_are_verified_on_both_paths(tls_keepalive, certs, path):
+    """Both transports check the server's certificate against the CA bundle
+    botocore would use (``AWS_CA_BUNDLE``, ``verify=``), and its name
+    against the endpoint's host; ``no_verify_ssl`` (verify False) skips both."""
+    import botocore.exceptions as be
+
+    def get(verify, url=tls_keepalive.url + "/b/k"):
+        session = _Session()
+        session._verify = verify
+        t = lean.Transport(session)
+        if path == "thread":
+            return t.send("GET", url, {}, stream=False).content
+        return asend(ahttp.AsyncTransport(t), "GET", url).content
+
+    assert get(certs.ca) == b"0123456789"   # signed by the CA it was given
+    assert get(False) == b"0123456789"      # verification off
+    with pytest.raises(be.SSLError):
+        get(certs.other)                    # another CA
+    with pytest.raises(be.SSLError):
+        get(True)                           # the default bundle does not know the test CA
+    with pytest.raises(be.SSLError):        # the certificate names 127.0.0.1, not localhost
+        get(certs.ca, tls_keepalive.url.replace("127.0.0.1", "localhost") + "/b/k")
 
 @pytest.fixture
 def scripted():
