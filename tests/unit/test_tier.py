@@ -976,7 +976,6 @@ def test_a_failing_fill_stops_quietly_even_while_the_mount_is_cancelled(root):
     trio.run(main, True)
 
 
-
 def test_a_read_during_a_fill_waits_for_it_and_its_step_is_fetched_next(root, monkeypatch):
     """A random read of a file being filled makes no GET of its own: the step
     holding its bytes moves to the front of the fill, and the read gets its
