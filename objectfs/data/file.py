@@ -306,6 +306,17 @@ class FileData:
             return bytes(out)
         return staging.read(start, end - start)
 
+    def _copy_prefix(self) -> int:
+        """Length of the file's start that is the base's, unchanged and not
+        fetched here (an append, or an edit near the end of a file never
+        read): worth copying server-side rather than fetching to send back.
+        0 when all of it is here already (sending it back costs no GET)."""
+        staging = self.staging
+        assert staging is not None
+        gaps = staging.dirty.gaps(0, self.base_size)
+        keep = gaps[0][1] if gaps and gaps[0][0] == 0 else 0
+        return 0 if keep == 0 or staging.present.covers(0, keep) else keep
+
     # -- upload -----------------------------------------------------------
 
     async def flush(self) -> ObjectInfo | None:
@@ -352,7 +363,8 @@ class FileData:
                 info = await upload_staged(
                     self.ctx, key, self.size, self.headers_fn(),
                     touched=self.staging.dirty.overlaps, read=self._read_range,
-                    base_key=base_key, base_etag=self.base_etag, base_size=self.base_size)
+                    base_key=base_key, base_etag=self.base_etag, base_size=self.base_size,
+                    copy_prefix=self._copy_prefix())
             else:
                 h = self.headers_fn()
                 try:

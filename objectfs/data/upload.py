@@ -187,7 +187,7 @@ ReadLocal = Callable[[int, int], Awaitable[bytes]]
 async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHeaders, *,
                         touched: Callable[[int, int], bool], read: ReadLocal,
                         base_key: str | None, base_etag: str | None,
-                        base_size: int) -> ObjectInfo:
+                        base_size: int, copy_prefix: int = 0) -> ObjectInfo:
     """Upload a file of ``size`` bytes to ``key``.
 
     ``read(start, end)`` returns the file's bytes (fetching from the base
@@ -195,8 +195,14 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     the range differs from the base object at ``base_key``/``base_etag``
     (the first ``base_size`` bytes are the base's).  Untouched whole parts
     within the base are copied server-side.
+
+    A file that fits one PutObject goes up in one, unless ``copy_prefix``
+    (its first bytes, unchanged from the base and not at hand locally) is at
+    least a part's minimum: then those are copied server-side as part 1 and
+    the rest uploaded as part 2, so an append to a file of a few MiB neither
+    downloads nor re-sends what was there.
     """
-    if size <= ctx.single_put_max:
+    if size <= ctx.single_put_max and (base_key is None or copy_prefix < MIN_PART_SIZE):
         await ctx.acquire_for_upload(size)
         try:
             body = await read(0, size)
@@ -231,8 +237,12 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                 finally:
                     ctx.write_budget.release(end - start)
 
+        if size <= ctx.single_put_max:
+            spans = [(1, 0, copy_prefix)] + ([(2, copy_prefix, size)] if copy_prefix < size else [])
+        else:
+            spans = layout(size, ctx.part_size)
         async with open_nursery() as nursery:
-            for number, start, end in layout(size, ctx.part_size):
+            for number, start, end in spans:
                 nursery.start_soon(one, number, start, end)
         parts.sort(key=lambda p: p.number)
         info = await ctx.store.complete_multipart(key, upload_id, parts)

@@ -78,6 +78,21 @@ def test_o_append_appends(mp, s3_client, bucket):
     assert body(s3_client, bucket, "log") == b"line1\nline2\nline3\n"
 
 
+
+def test_append_to_a_file_of_a_few_mib_sends_only_the_new_bytes(mount, bucket, s3_client):
+    """The 10 MiB that were there are copied server-side (UploadPartCopy), not
+    downloaded and uploaded again; the object in S3 is the old bytes and the new."""
+    data = os.urandom(10 * MiB + 5)
+    s3_client.put_object(Bucket=bucket, Key="log.bin", Body=data)
+    m = mount(bucket)
+    tail = os.urandom(MiB + 1)
+    with open(p(m.mountpoint, "log.bin"), "ab") as f:
+        f.write(tail)
+    assert body(s3_client, bucket, "log.bin") == data + tail
+    assert m.metric("objectfs_s3_requests_total", op="UploadPartCopy") == 1
+    assert m.metric("objectfs_s3_received_bytes_total") < MiB
+    assert m.metric("objectfs_s3_sent_bytes_total") < 2 * MiB
+
 # -- reading and writing -------------------------------------------------------------
 
 def test_ranged_reads_of_large_object(mp, s3_client, bucket):

@@ -68,12 +68,13 @@ class CountingStore(MemoryStore):
 
 
 def run_data(fn, store: MemoryStore, staging_dir, *, read_part_size=1 * MiB,
-             prefetch_max=8 * MiB, write_buffer_memory=32 * MiB, upload_concurrency=4):
+             prefetch_max=8 * MiB, write_buffer_memory=32 * MiB, upload_concurrency=4,
+             part_size=PART):
     """Run ``await fn(ctx)`` with a DataContext whose nursery lives for the call."""
     async def main():
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                ctx = DataContext(store, nursery, part_size=PART,
+                ctx = DataContext(store, nursery, part_size=part_size,
                                   upload_concurrency=upload_concurrency,
                                   write_buffer_memory=write_buffer_memory,
                                   read_part_size=read_part_size, prefetch_max=prefetch_max,
@@ -363,6 +364,39 @@ def test_edit_of_the_last_short_part_copies_the_others(tmp_path):
     assert store.calls["UploadPartCopy"] == 2
     assert store.bytes_up == len(model) - 10 * MiB
 
+
+
+@pytest.mark.parametrize("case", ["append", "read first", "under 5 MiB"])
+def test_an_append_to_a_file_under_part_size_copies_its_start_server_side(tmp_path, case):
+    """A file that fits one PutObject is sent whole, except when its first 5 MiB
+    or more are the object's, unchanged and not fetched here: then they are
+    copied server-side (part 1) and only the rest is sent (part 2)."""
+    store = CountingStore()
+    original = blob(3 * MiB if case == "under 5 MiB" else 10 * MiB + 7, 9)
+    store.put_sync(KEY, original)
+    tail = blob(MiB + 3, 10)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        if case == "read first":
+            assert await f.read(0, len(original)) == original
+        await f.write(len(original), tail)
+        await f.flush()
+        await f.close()
+
+    before = dict(store.calls)
+    run_data(body, store, tmp_path, part_size=16 * MiB)
+    calls = {k: v - before.get(k, 0) for k, v in store.calls.items()}
+    assert store.objects[KEY].data == original + tail
+    if case == "append":
+        assert calls.get("UploadPartCopy") == 1 and calls.get("UploadPart") == 1
+        assert not calls.get("PutObject") and store.bytes_down == 0
+        assert store.bytes_up == len(tail)
+    else:   # the bytes are here already, or too few for a part: one PUT
+        assert not calls.get("UploadPartCopy") and calls.get("PutObject") == 1
+        assert store.bytes_down == len(original)
+        assert store.bytes_up == len(original) + len(tail)
+    assert not store.uploads
 
 # -- failures -------------------------------------------------------------------------------
 # An upload failure reaches close/fsync as an error with a meaningful errno:
