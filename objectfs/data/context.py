@@ -53,6 +53,9 @@ class DataContext:
         # above it, as a multipart upload whose untouched parts are copied
         # server-side.
         self.single_put_max = part_size
+        # False once the server refused an UploadPartCopy for a file up to
+        # single_put_max (see upload_staged): those are sent whole then.
+        self.small_copies = True
         # write-back (objectfs.writeback): files are staged whole at close,
         # never streamed into a multipart upload
         self.writeback = False

@@ -18,12 +18,13 @@ re-uploaded.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Awaitable, Callable
 
 import trio
 
-from ..errors import StoreError, upload_error
+from ..errors import FsError, StoreError, upload_error
 from ..store.base import MIN_PART_SIZE, ObjectInfo, Part
 from .context import DataContext, ObjectHeaders
 from .parts import layout, part_size
@@ -200,19 +201,49 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     (its first bytes, unchanged from the base and not at hand locally) is at
     least a part's minimum: then those are copied server-side as part 1 and
     the rest uploaded as part 2, so an append to a file of a few MiB neither
-    downloads nor re-sends what was there.
+    downloads nor re-sends what was there.  A server that refuses the copy
+    (no UploadPartCopy) gets the one PutObject instead, from then on.
     """
-    if size <= ctx.single_put_max and (base_key is None or copy_prefix < MIN_PART_SIZE):
-        await ctx.acquire_for_upload(size)
+    mp = functools.partial(_multipart, ctx, key, size, headers, touched=touched, read=read,
+                           base_key=base_key, base_etag=base_etag, base_size=base_size)
+    if size > ctx.single_put_max:
+        return await mp(layout(size, ctx.part_size))
+    if base_key is not None and copy_prefix >= MIN_PART_SIZE and ctx.small_copies:
+        spans = [(1, 0, copy_prefix)] + ([(2, copy_prefix, size)] if copy_prefix < size else [])
         try:
-            body = await read(0, size)
-            return await ctx.store.put(key, body, metadata=headers.metadata,
-                                       content_type=headers.content_type,
-                                       headers=headers.headers)
-        except StoreError as e:
-            raise upload_error(e, f"upload of {key!r}") from e
-        finally:
-            ctx.write_budget.release(size)
+            return await mp(spans)
+        except FsError as e:
+            cause = e.__cause__ if isinstance(e.__cause__, StoreError) else e
+            if not (isinstance(cause, StoreError) and _refused(cause)):
+                raise
+            ctx.small_copies = False
+            log.warning("the server refused a server-side copy (%s): files up to part_size "
+                        "are sent whole from now on", cause)
+    await ctx.acquire_for_upload(size)
+    try:
+        body = await read(0, size)
+        return await ctx.store.put(key, body, metadata=headers.metadata,
+                                   content_type=headers.content_type,
+                                   headers=headers.headers)
+    except StoreError as e:
+        raise upload_error(e, f"upload of {key!r}") from e
+    finally:
+        ctx.write_budget.release(size)
+
+
+def _refused(e: StoreError) -> bool:
+    """An answer meaning the server does not take this kind of request."""
+    return e.status in (400, 405, 501) or e.code in (
+        "NotImplemented", "InvalidRequest", "InvalidArgument", "MethodNotAllowed")
+
+
+async def _multipart(ctx: DataContext, key: str, size: int, headers: ObjectHeaders,
+                     spans: list[tuple[int, int, int]], *,
+                     touched: Callable[[int, int], bool], read: ReadLocal,
+                     base_key: str | None, base_etag: str | None,
+                     base_size: int) -> ObjectInfo:
+    """Upload ``spans`` (number, start, end) as the parts of ``key``: those
+    untouched within the base are copied server-side, the others sent."""
     upload_id = await ctx.store.create_multipart(key, metadata=headers.metadata,
                                                  content_type=headers.content_type,
                                                  headers=headers.headers)
@@ -237,10 +268,6 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
                 finally:
                     ctx.write_budget.release(end - start)
 
-        if size <= ctx.single_put_max:
-            spans = [(1, 0, copy_prefix)] + ([(2, copy_prefix, size)] if copy_prefix < size else [])
-        else:
-            spans = layout(size, ctx.part_size)
         async with open_nursery() as nursery:
             for number, start, end in spans:
                 nursery.start_soon(one, number, start, end)

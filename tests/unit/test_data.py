@@ -398,6 +398,36 @@ def test_an_append_to_a_file_under_part_size_copies_its_start_server_side(tmp_pa
         assert store.bytes_up == len(original) + len(tail)
     assert not store.uploads
 
+
+def test_a_server_without_upload_part_copy_gets_the_whole_file_instead(tmp_path, caplog):
+    """The first refused copy is logged once; that file and every later one
+    up to part_size go up in one PutObject, and nothing is left behind."""
+    class NoCopy(CountingStore):
+        async def upload_part_copy(self, *a, **kw):
+            self.calls["UploadPartCopy"] += 1
+            await trio.lowlevel.checkpoint()
+            raise store_error("NotImplemented", "not here", op="UploadPartCopy", status=501)
+
+    store = NoCopy()
+    original = blob(6 * MiB, 11)
+    store.put_sync(KEY, original)
+    model = bytearray(original)
+
+    async def body(ctx):
+        for n in range(2):
+            f = new_file(ctx, store, existing=True)
+            await f.write(len(model), b"line %d" % n)
+            model.extend(b"line %d" % n)
+            await f.flush()
+            await f.close()
+        assert not ctx.small_copies
+
+    run_data(body, store, tmp_path, part_size=16 * MiB)
+    assert store.objects[KEY].data == model
+    assert store.calls["UploadPartCopy"] == 1 and store.calls["PutObject"] >= 2
+    assert not store.uploads
+    assert sum("refused a server-side copy" in r.message for r in caplog.records) == 1
+
 # -- failures -------------------------------------------------------------------------------
 # An upload failure reaches close/fsync as an error with a meaningful errno:
 # the store's own when it means something to the caller (EACCES, EDQUOT...),
