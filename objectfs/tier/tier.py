@@ -27,7 +27,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from ..tasks import open_nursery
+from ..tasks import leaves, open_nursery
 from .store import BLOCK_SIZE, Closed, ObjectRef, TierStore
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ class Tier:
         stops the fill; it is logged, never raised: the fill runs in the
         mount's nursery, where an error beside the Cancelled of an unmount
         would end the mount loop with a traceback."""
-        failed: list[Exception] = []
+        failed: list[BaseException] = []
         try:
             async with trio.open_nursery() as nursery:
                 async def one() -> None:
@@ -396,8 +396,12 @@ class Tier:
                                                    wait=False)
                             finally:
                                 fill.done(s)
-                    except Exception as exc:  # the reads fetch what they need themselves
-                        failed.append(exc)
+                    except* Exception as errors:  # the reads fetch what they need themselves
+                        # A step's errors can come in one group with a
+                        # cancellation (this nursery cancelled by another
+                        # step's failure): the errors end here, the
+                        # cancellation goes on to the nursery's scope.
+                        failed.extend(leaves(errors))
                         nursery.cancel_scope.cancel()
 
                 for _ in range(len(fill.todo)):

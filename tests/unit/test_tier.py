@@ -9,6 +9,7 @@ read returns exactly what was stored or a miss.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -1053,3 +1054,51 @@ def test_a_read_waiting_for_a_fill_that_fails_is_told_none(root, monkeypatch):
         tier.store.close()
 
     trio.run(main)
+
+
+def test_a_fill_step_failing_beside_the_fills_own_cancellation_stays_quiet(root, monkeypatch):
+    """One step fails and cancels the others, while another step's block,
+    shared with a reader whose GET fails at the same moment, raises that
+    error: the step ends with the error and a cancellation together.  The
+    fill logs it and ends; nothing reaches the mount's nursery (that ended
+    the mount loop with a traceback)."""
+    monkeypatch.setattr(tier_module, "FILL_STEP", 2 * BLOCK_SIZE)
+    size = 4 * BLOCK_SIZE   # two steps: blocks 0-1 and 2-3
+
+    def changed(s, e):
+        raise ObjectNotFound("NoSuchKey", "deleted", op="GetObject", key="k")
+
+    async def main():
+        gate, never = trio.Event(), trio.Event()
+
+        async def fetch(s, e):
+            if s == BLOCK_SIZE:          # the first step's own block: still waiting
+                await never.wait()
+            await gate.wait()
+            return changed(s, e)
+
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", size)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as mount_nursery:
+                await mount_nursery.start(tier.run)
+
+                async def reader():
+                    with contextlib.suppress(ObjectNotFound):
+                        await tier.read(ref, 0, BLOCK_SIZE, fetch)
+
+                mount_nursery.start_soon(reader)
+                while (ref.oid, 0) not in tier._pending:
+                    await trio.sleep(0.001)
+                tier.fill(ref, fetch, mount_nursery)
+                while len(tier._pending) < 4:   # every block asked for
+                    await trio.sleep(0.001)
+                gate.set()   # the reader's GET and the second step's fail together
+                while tier._filling:
+                    await trio.sleep(0.001)
+                mount_nursery.cancel_scope.cancel()
+        tier.store.close()
+
+    for _ in range(20):   # the order within trio's batch varies from run to run
+        trio.run(main)
+        shutil.rmtree(root, ignore_errors=True)
