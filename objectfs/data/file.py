@@ -313,8 +313,8 @@ class FileData:
         0 when all of it is here already (sending it back costs no GET)."""
         staging = self.staging
         assert staging is not None
-        gaps = staging.dirty.gaps(0, self.base_size)
-        keep = gaps[0][1] if gaps and gaps[0][0] == 0 else 0
+        first_dirty = next(iter(staging.dirty), (self.base_size,))[0]
+        keep = min(first_dirty, self.base_size)
         return 0 if keep == 0 or staging.present.covers(0, keep) else keep
 
     # -- upload -----------------------------------------------------------

@@ -234,13 +234,18 @@ class AsyncTransport:
             return await conn.stream.receive_some(RECEIVE_SIZE)
         raise TimeoutError("read timed out")
 
+    async def _more(self, conn: _Conn, expected: int | None = None) -> None:
+        """Receive into ``conn.buf``; the connection ending here is an
+        incomplete answer (``expected``: the bytes still missing)."""
+        data = await self._receive(conn)
+        if not data:
+            raise http.client.IncompleteRead(bytes(conn.buf[:100]), expected)
+        conn.buf += data
+
     async def _fill(self, conn: _Conn, n: int) -> None:
         """Receive until ``conn.buf`` holds ``n`` bytes."""
         while len(conn.buf) < n:
-            data = await self._receive(conn)
-            if not data:
-                raise http.client.IncompleteRead(bytes(conn.buf[:100]), n - len(conn.buf))
-            conn.buf += data
+            await self._more(conn, n - len(conn.buf))
 
     async def _line(self, conn: _Conn) -> bytes:
         """One CRLF-terminated line (of a chunked body), without its CRLF."""
@@ -252,10 +257,7 @@ class AsyncTransport:
                 return line
             if len(conn.buf) > HEAD_MAX:
                 raise http.client.LineTooLong("chunk line")
-            data = await self._receive(conn)
-            if not data:
-                raise http.client.IncompleteRead(bytes(conn.buf[:100]))
-            conn.buf += data
+            await self._more(conn)
 
     async def _answer(self, conn: _Conn, method: str, url: str,
                       limit: int) -> tuple[Response, bool]:
