@@ -53,6 +53,7 @@ import trio
 
 from ..errors import ObjectNotFound, PreconditionFailed, Stale
 from ..store.base import KiB, MiB
+from ..tasks import leaves
 from ..tier.store import BLOCK_SIZE
 from .context import DataContext
 
@@ -73,6 +74,14 @@ WHOLE_BLOCK_AT = 3
 # has touched this many, so the handle's memory stays bounded.
 TOUCHED_MAX = 1 << 16
 BACKWARD = 1 * MiB
+
+
+def _for_reader(e: BaseException) -> BaseException:
+    if isinstance(e, PreconditionFailed):
+        return Stale("object changed in S3 while open")
+    if isinstance(e, ObjectNotFound):
+        return Stale("object deleted in S3 while open")
+    return e
 
 
 class Segment:
@@ -173,12 +182,12 @@ class Prefetcher:
             else:
                 seg.data = await self.ctx.inflight.get(self.key_fn(), self.etag, seg.start,
                                                        seg.end, self._get)
-        except PreconditionFailed:
-            seg.error = Stale("object changed in S3 while open")
-        except ObjectNotFound:
-            seg.error = Stale("object deleted in S3 while open")
-        except Exception as e:  # handed to the reader that waits for it
-            seg.error = e
+        except* Exception as errors:  # handed to the reader that waits for it
+            # A GET failing as the mount stops can end in one group with the
+            # unmount's Cancelled: the error goes to the reader, the
+            # cancellation on to the mount's nursery (an error reaching that
+            # nursery would end the mount loop with a traceback).
+            seg.error = _for_reader(leaves(errors)[0])
         finally:
             seg.done.set()
             if seg.dropped:

@@ -9,6 +9,7 @@ at the end.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
 
@@ -744,6 +745,48 @@ def test_filedata_fill_is_pinned_to_the_base_etag(tmp_path):
         await f.close()
 
     run_data(body, store, tmp_path)
+
+
+def test_a_get_failing_as_the_mount_stops_goes_to_its_reader_not_the_mount(tmp_path):
+    """At unmount the mount's nursery is cancelled.  A read-ahead GET that
+    fails at that moment (its request split over tasks: one fails, another
+    is cancelled) ends with its error and the cancellation in one group.
+    The error is the segment's, for its reader; the cancellation goes on and
+    the mount's nursery ends quietly (an error there ended the mount loop
+    with a traceback)."""
+    class SplitStore(CountingStore):
+        async def get(self, key, start=0, end=None, *, etag=None):
+            async with trio.open_nursery() as nursery:
+                async def fail():
+                    self.started.set()
+                    await self.go.wait()
+                    raise store_error("InternalError", "injected", op="GetObject", key=key)
+
+                nursery.start_soon(fail)
+                nursery.start_soon(trio.sleep_forever)
+
+    store = SplitStore()
+    data, etag = make_object(store, 4 * MiB, 16)
+    segments = []
+
+    async def body(ctx):
+        store.started, store.go = trio.Event(), trio.Event()
+        pf = Prefetcher(ctx, lambda: KEY, etag, len(data))
+
+        async def reader():
+            with contextlib.suppress(FsError):
+                await pf.read(0, 128 * KiB)
+
+        ctx.nursery.start_soon(reader)
+        await store.started.wait()
+        segments.extend(pf.segments)
+        store.go.set()                    # the GET fails ...
+        ctx.nursery.cancel_scope.cancel()  # ... as the mount stops
+        pf.close()
+
+    run_data(body, store, tmp_path)
+    assert segments and all(seg.done.is_set() for seg in segments)
+    assert getattr(segments[0].error, "code", None) == "InternalError"
 
 
 def test_prefetch_closed_early_releases_its_budget(tmp_path):
