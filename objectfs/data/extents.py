@@ -35,6 +35,11 @@ class Extents:
         return f"Extents({list(self)!r})"
 
     @property
+    def span(self) -> tuple[int, int] | None:
+        """(start of the first range, end of the last); None when empty."""
+        return (self._starts[0], self._ends[-1]) if self._starts else None
+
+    @property
     def total(self) -> int:
         return sum(e - s for s, e in self)
 

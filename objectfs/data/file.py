@@ -35,6 +35,7 @@ of one file are applied in arrival order and never interleave.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Awaitable, Callable, Iterable, Iterator, TypeVar
@@ -43,9 +44,10 @@ import trio
 
 from ..errors import (FsError, IOFailure, NoSpace, ObjectNotFound, PreconditionFailed, Stale,
                       upload_error)
-from ..store.base import MiB, ObjectInfo
+from ..store.base import MIN_PART_SIZE, MiB, ObjectInfo
 from .context import DataContext, ObjectHeaders
 from .extents import Extents
+from .parts import mix_layout
 from .staging import Staging
 from .upload import StreamingUpload, upload_staged
 from ..tasks import open_nursery
@@ -229,15 +231,19 @@ class FileData:
             await self._to_staging()
             return await self._read_range(off, end)
 
-    async def _fill(self, start: int, end: int) -> None:
-        """Fetch the base's bytes of ``[start, end)`` that are not staged."""
+    async def _fill(self, start: int, end: int, exact: bool = False) -> None:
+        """Fetch the base's bytes of ``[start, end)`` that are not staged;
+        whole FILL_BLOCKs around them, unless ``exact`` (an upload reads each
+        byte once: what lies around would be fetched for nothing)."""
         staging = self.staging
         assert staging is not None
         limit = min(end, self.base_size)
         if start >= limit or (self.base_etag is None and self.local_base_fd is None):
             return
-        lo = start - start % FILL_BLOCK
-        hi = min(self.base_size, -(-limit // FILL_BLOCK) * FILL_BLOCK)
+        lo, hi = start, limit
+        if not exact:
+            lo -= start % FILL_BLOCK
+            hi = min(self.base_size, -(-limit // FILL_BLOCK) * FILL_BLOCK)
         gaps = staging.present.gaps(lo, hi)
         if not gaps:
             return
@@ -290,11 +296,11 @@ class FileData:
             raise Stale("object shorter than expected")
         return data
 
-    async def _read_range(self, start: int, end: int) -> bytes:
+    async def _read_range(self, start: int, end: int, exact: bool = False) -> bytes:
         staging = self.staging
         assert staging is not None
         try:
-            await self._fill(start, end)
+            await self._fill(start, end, exact)
         except NoSpace:
             # The staging disk is full: the base's bytes are fetched for this
             # read without being kept, so reads (and the upload, which reads
@@ -306,16 +312,15 @@ class FileData:
             return bytes(out)
         return staging.read(start, end - start)
 
-    def _copy_prefix(self) -> int:
-        """Length of the file's start that is the base's, unchanged and not
-        fetched here (an append, or an edit near the end of a file never
-        read): worth copying server-side rather than fetching to send back.
-        0 when all of it is here already (sending it back costs no GET)."""
+    def _mix_layout(self) -> list[tuple[int, int, int]] | None:
+        """Parts for a file up to one PutObject that copy its unchanged start
+        and end server-side (parts.mix_layout), or None: one PutObject."""
         staging = self.staging
         assert staging is not None
-        first_dirty = next(iter(staging.dirty), (self.base_size,))[0]
-        keep = min(first_dirty, self.base_size)
-        return 0 if keep == 0 or staging.present.covers(0, keep) else keep
+        first, last = staging.dirty.span or (self.size, 0)
+        lo = min(first, self.base_size, self.size)
+        hi = max(last, self.size if self.size > self.base_size else 0, lo)
+        return mix_layout(self.size, (lo, hi), staging.present.covers, MIN_PART_SIZE)
 
     # -- upload -----------------------------------------------------------
 
@@ -362,9 +367,10 @@ class FileData:
                                    and self.local_base_fd is None) else None
                 info = await upload_staged(
                     self.ctx, key, self.size, self.headers_fn(),
-                    touched=self.staging.dirty.overlaps, read=self._read_range,
+                    touched=self.staging.dirty.overlaps,
+                    read=functools.partial(self._read_range, exact=True),
                     base_key=base_key, base_etag=self.base_etag, base_size=self.base_size,
-                    copy_prefix=self._copy_prefix())
+                    small_parts=self._mix_layout())
             else:
                 h = self.headers_fn()
                 try:

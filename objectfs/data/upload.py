@@ -188,7 +188,8 @@ ReadLocal = Callable[[int, int], Awaitable[bytes]]
 async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHeaders, *,
                         touched: Callable[[int, int], bool], read: ReadLocal,
                         base_key: str | None, base_etag: str | None,
-                        base_size: int, copy_prefix: int = 0) -> ObjectInfo:
+                        base_size: int,
+                        small_parts: list[tuple[int, int, int]] | None = None) -> ObjectInfo:
     """Upload a file of ``size`` bytes to ``key``.
 
     ``read(start, end)`` returns the file's bytes (fetching from the base
@@ -197,21 +198,20 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     (the first ``base_size`` bytes are the base's).  Untouched whole parts
     within the base are copied server-side.
 
-    A file that fits one PutObject goes up in one, unless ``copy_prefix``
-    (its first bytes, unchanged from the base and not at hand locally) is at
-    least a part's minimum: then those are copied server-side as part 1 and
-    the rest uploaded as part 2, so an append to a file of a few MiB neither
-    downloads nor re-sends what was there.  A server that refuses the copy
-    (no UploadPartCopy) gets the one PutObject instead, from then on.
+    A file that fits one PutObject goes up in one, unless ``small_parts``
+    (parts.mix_layout: its unchanged start and end, not at hand locally,
+    copied server-side, the changed bytes between them sent) is given: so an
+    append or an edit to a file of a few MiB neither downloads nor re-sends
+    what did not change.  A server that refuses the copy (no
+    UploadPartCopy) gets the one PutObject instead, from then on.
     """
     mp = functools.partial(_multipart, ctx, key, size, headers, touched=touched, read=read,
                            base_key=base_key, base_etag=base_etag, base_size=base_size)
     if size > ctx.single_put_max:
         return await mp(layout(size, ctx.part_size))
-    if base_key is not None and copy_prefix >= MIN_PART_SIZE and ctx.small_copies:
-        spans = [(1, 0, copy_prefix)] + ([(2, copy_prefix, size)] if copy_prefix < size else [])
+    if base_key is not None and small_parts and ctx.small_copies:
         try:
-            return await mp(spans)
+            return await mp(small_parts)
         except FsError as e:
             cause = e.__cause__ if isinstance(e.__cause__, StoreError) else e
             if not (isinstance(cause, StoreError) and _refused(cause)):

@@ -93,6 +93,24 @@ def test_append_to_a_file_of_a_few_mib_sends_only_the_new_bytes(mount, bucket, s
     assert m.metric("objectfs_s3_received_bytes_total") < MiB
     assert m.metric("objectfs_s3_sent_bytes_total") < 2 * MiB
 
+
+def test_an_edit_in_the_middle_of_a_20_mib_file_moves_5_mib_not_20(mount, bucket, s3_client):
+    """Its unchanged start and end are copied server-side; only the 5 MiB part
+    holding the edit is sent (its unchanged bytes fetched), not the whole
+    file fetched and sent back."""
+    data = bytearray(os.urandom(20 * MiB))
+    s3_client.put_object(Bucket=bucket, Key="disk.img", Body=bytes(data))
+    m = mount(bucket)
+    patch = os.urandom(4096)
+    with open(p(m.mountpoint, "disk.img"), "r+b") as f:
+        f.seek(8 * MiB)
+        f.write(patch)
+    data[8 * MiB:8 * MiB + 4096] = patch
+    assert body(s3_client, bucket, "disk.img") == data
+    assert m.metric("objectfs_s3_requests_total", op="UploadPartCopy") == 2
+    assert m.metric("objectfs_s3_received_bytes_total") < 6 * MiB
+    assert m.metric("objectfs_s3_sent_bytes_total") < 6 * MiB
+
 # -- reading and writing -------------------------------------------------------------
 
 def test_ranged_reads_of_large_object(mp, s3_client, bucket):

@@ -400,6 +400,39 @@ def test_an_append_to_a_file_under_part_size_copies_its_start_server_side(tmp_pa
     assert not store.uploads
 
 
+@pytest.mark.parametrize("at", [0, 8 * MiB, 20 * MiB - 100])
+def test_an_edit_to_a_file_under_part_size_copies_its_unchanged_ends(tmp_path, at):
+    """4 KiB written into a 20 MiB file never read here: the unchanged start
+    and end are copied server-side; only a 5 MiB part (S3's minimum) around
+    the edit is sent, its unchanged bytes fetched from the object."""
+    store = CountingStore()
+    original = blob(20 * MiB, 17)
+    store.put_sync(KEY, original)
+    patch = blob(4096, 18)
+    model = bytearray(original)
+    model[at:at + len(patch)] = patch
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=True)
+        await f.write(at, patch)
+        await f.flush()
+        await f.close()
+
+    before = dict(store.calls)
+    run_data(body, store, tmp_path, part_size=32 * MiB)
+    calls = {k: v - before.get(k, 0) for k, v in store.calls.items()}
+    assert store.objects[KEY].data == model
+    assert not calls.get("PutObject")
+    assert calls.get("UploadPart") == 1
+    if at == 20 * MiB - 100:   # it reaches past the end: the start copied, the rest sent
+        assert calls.get("UploadPartCopy") == 1 and store.bytes_up == len(patch)
+        assert store.bytes_down == 0
+    else:   # a 5 MiB part around the edit sent, what is before and after it copied
+        assert calls.get("UploadPartCopy") == (1 if at == 0 else 2)
+        assert store.bytes_up == 5 * MiB and store.bytes_down <= 5 * MiB
+    assert not store.uploads
+
+
 def test_a_server_without_upload_part_copy_gets_the_whole_file_instead(tmp_path, caplog):
     """The first refused copy is logged once; that file and every later one
     up to part_size go up in one PutObject, and nothing is left behind."""

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from objectfs.data.parts import GROUP, layout, max_file_size, part_size
+from objectfs.data.parts import GROUP, layout, max_file_size, mix_layout, part_size
 from objectfs.store.base import (GiB, MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MiB,
                                  MIN_PART_SIZE, TiB)
 
@@ -113,3 +113,75 @@ def test_layout_past_10000_parts_is_refused(base, extra):
     assert len(check_layout(limit, base)) == MAX_PARTS
     with pytest.raises(ValueError):
         layout(limit + extra, base)
+
+
+# -- mix_layout: a small file's unchanged start and end copied server-side ----------
+
+M = MIN_PART_SIZE
+
+
+@st.composite
+def small_edits(draw):
+    """(size, changed range, local range): a file up to 30 MiB, the bytes it
+    changed, and the bytes at hand locally (a range, maybe empty)."""
+    size = draw(st.integers(min_value=1, max_value=30 * MiB))
+    if draw(st.booleans()):
+        lo = hi = size  # nothing changed: a file cut shorter
+    else:
+        lo = draw(st.integers(min_value=0, max_value=size - 1))
+        hi = draw(st.integers(min_value=lo + 1, max_value=size))
+    a = draw(st.integers(min_value=0, max_value=size))
+    b = draw(st.integers(min_value=a, max_value=size))
+    return size, (lo, hi), (a, b)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(small_edits())
+def test_mix_layout_parts_are_valid_and_copy_only_unchanged_bytes(edit):
+    size, (lo, hi), (a, b) = edit
+
+    def here(s, e):
+        return a <= s and e <= b
+
+    parts = mix_layout(size, (lo, hi), here, M)
+    if parts is None:
+        return
+    assert [n for n, _, _ in parts] == list(range(1, len(parts) + 1))
+    assert parts[0][1] == 0 and parts[-1][2] == size
+    assert all(parts[i][2] == parts[i + 1][1] for i in range(len(parts) - 1))
+    assert all(e - s >= M for _, s, e in parts[:-1])  # S3's minimum but for the last
+    assert 1 <= len(parts) <= 3
+    # what is copied is unchanged and worth it: every part not holding a
+    # changed byte is at least M (or the whole file) and not all local
+    for _, s, e in parts:
+        if e <= lo or s >= hi or lo == hi:
+            assert e - s >= M or (s, e) == (0, size)
+            assert not here(s, e)
+    # at most one part is sent: the one holding the changed bytes
+    sent = [(s, e) for _, s, e in parts if not (e <= lo or s >= hi or lo == hi)]
+    assert len(sent) <= 1
+    if sent:
+        assert sent[0][0] <= lo and hi <= sent[0][1]
+
+
+def test_mix_layout_cases():
+    never = lambda s, e: False  # noqa: E731
+    # append 1 MiB to 10 MiB: copy the 10, send the 1
+    assert mix_layout(11 * MiB, (10 * MiB, 11 * MiB), never, M) == [
+        (1, 0, 10 * MiB), (2, 10 * MiB, 11 * MiB)]
+    # 4 KiB changed at 12 MiB of 24: copy 12, send 5 (reaching into the end), copy 7
+    assert mix_layout(24 * MiB, (12 * MiB, 12 * MiB + 4096), never, M) == [
+        (1, 0, 12 * MiB), (2, 12 * MiB, 17 * MiB), (3, 17 * MiB, 24 * MiB)]
+    # ... of 20: the 3 MiB left after the sent part are sent too
+    assert mix_layout(20 * MiB, (12 * MiB, 12 * MiB + 4096), never, M) == [
+        (1, 0, 12 * MiB), (2, 12 * MiB, 20 * MiB)]
+    # changed at the start of 20 MiB: send the first 5, copy 15
+    assert mix_layout(20 * MiB, (0, 100), never, M) == [(1, 0, 5 * MiB), (2, 5 * MiB, 20 * MiB)]
+    # a file cut to 8 MiB, nothing else changed: all copied
+    assert mix_layout(8 * MiB, (8 * MiB, 8 * MiB), never, M) == [(1, 0, 8 * MiB)]
+    # too little on either side, or the bytes are here: one PutObject
+    assert mix_layout(9 * MiB, (4 * MiB, 5 * MiB), never, M) is None
+    assert mix_layout(11 * MiB, (10 * MiB, 11 * MiB), lambda s, e: True, M) is None
+    assert mix_layout(3 * MiB, (3 * MiB, 3 * MiB), never, M) is None
+    with pytest.raises(ValueError):
+        mix_layout(10, (5, 4), never, M)
