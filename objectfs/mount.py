@@ -34,7 +34,7 @@ import time
 
 import trio
 
-from . import credentials, logs, metrics_http, procmounts, stats
+from . import credentials, fuseloop, logs, metrics, metrics_http, procmounts, stats
 from .control import ControlServer, private_dir, socket_path
 from .config import Config
 from .errors import StoreError, StoreUnavailable, UserError
@@ -556,6 +556,8 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
                         "and the mountpoint usable?)") from None
     for line in messages.fuse_lines:
         log.warning("%s", line)
+    metrics.gauge("objectfs_fuse_fast_wait", "1 when the cheaper wait for FUSE requests "
+                  "(fuseloop.py) is in place").set(1 if fuseloop.install(pyfuse3) else 0)
     life = Lifecycle(cfg, fs, ready_fd)
     if metrics_sock is not None:
         life.metrics = metrics_http.MetricsServer(metrics_sock)
