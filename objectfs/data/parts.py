@@ -46,7 +46,6 @@ def max_file_size(base: int) -> int:
     return sum(part_size(n, base) for n in range(1, MAX_PARTS + 1))
 
 
-
 def mix_layout(size: int, changed: tuple[int, int], here: Callable[[int, int], bool],
                min_part: int) -> list[tuple[int, int, int]] | None:
     """Parts for a file small enough for one PutObject whose bytes outside
