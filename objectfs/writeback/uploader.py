@@ -48,6 +48,7 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
+from ..tasks import leaves
 from .journal import SPARE_BATCH, Entry, Journal, Manifest
 
 log = logging.getLogger(__name__)
@@ -344,14 +345,17 @@ class WriteBack:
                 if p.finished:
                     return
                 p.attempts += 1
+                failed: BaseException | None = None
                 try:
                     info, conflict = await self._send(p)
-                except FsError as e:
-                    p.error = e
-                    wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(p.attempts - 1, 10))
-                    log.warning("write-back upload of %r failed (%s); retrying in %.0f s",
-                                p.key, e, wait)
-                    p.due = trio.current_time() + wait
+                except* Exception as group:
+                    # An upload failing as the mount stops can end in one
+                    # group with the unmount's Cancelled: the failure is
+                    # recorded (the file stays staged), the cancellation goes
+                    # on; neither reaches the mount's nursery as an error.
+                    failed = leaves(group)[0]
+                if failed is not None:
+                    self._failed(p, failed)
                     return
                 p.error = None
                 p.finished = True
@@ -374,6 +378,17 @@ class WriteBack:
             self._busy_keys.discard(key)
             p.attempted.set()
             self._kick()
+
+    def _failed(self, p: Pending, e: BaseException) -> None:
+        """Record a failed upload of ``p`` and when to try it again; an
+        unexpected error is logged with its traceback and reported as EIO."""
+        if not isinstance(e, FsError):
+            log.error("write-back upload of %r: unexpected error", p.key, exc_info=e)
+            e = FsError(f"upload of {p.key!r}: {e!r}", errno=errno.EIO)
+        p.error = e
+        wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(p.attempts - 1, 10))
+        log.warning("write-back upload of %r failed (%s); retrying in %.0f s", p.key, e, wait)
+        p.due = trio.current_time() + wait
 
     async def _send(self, p: Pending) -> tuple[ObjectInfo, bool]:
         """Upload ``p``'s bytes; returns (info, True if it went beside a conflict)."""

@@ -9,6 +9,7 @@ against the in-memory store for the conflict rules.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import replace
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from objectfs.config import ConfigError, WRITEBACK_DEFAULT_DELAY, build
 from objectfs.data.context import DataContext
-from objectfs.errors import store_error
+from objectfs.errors import FsError, store_error
 from objectfs.store.memory import MemoryStore
 from objectfs.writeback.journal import Journal, Manifest
 from objectfs.writeback.uploader import CONFLICT_INFIX, WriteBack, conflict_key
@@ -271,6 +272,73 @@ def test_conflict_copies_never_replace_each_other():
     assert store.objects["k"].data == b"theirs"
     copies = sorted(store.objects[k].data for k in store.objects if CONFLICT_INFIX in k)
     assert copies == [b"a", b"b"]
+
+
+def test_an_upload_failing_as_the_mount_stops_leaves_its_file_staged():
+    """At unmount the mount's nursery is cancelled.  An upload that fails at
+    that moment (its request split over tasks: one fails, another is
+    cancelled) ends with its error and the cancellation in one group; the
+    nursery must end quietly (an error reaching it ended the mount loop with
+    a traceback) and the entry stay staged for the next mount."""
+    class SplitStore(MemoryStore):
+        async def put(self, key, body, **kw):
+            async with trio.open_nursery() as nursery:
+                async def fail():
+                    started.set()
+                    await go.wait()
+                    raise store_error("InternalError", "injected", op="PutObject", key=key)
+
+                nursery.start_soon(fail)
+                nursery.start_soon(trio.sleep_forever)
+
+    started, go = trio.Event(), trio.Event()
+    store = SplitStore()
+
+    async def main(root: str) -> None:
+        async with trio.open_nursery() as nursery:
+            wb = writeback(store, root, nursery, [])
+            await wb.start(nursery)
+            await wb.stage(manifest("k"), [b"kept"])
+            await started.wait()
+            go.set()                          # the PUT fails ...
+            nursery.cancel_scope.cancel()     # ... as the mount stops
+        wb.close()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+        again = Journal(os.path.join(root, "wb"))
+        again.open()
+        [entry] = again.adopt(lambda m: True)
+        assert entry.manifest.key == "k" and read(entry.data_path).startswith(b"kept")
+        again.close()
+    assert "k" not in store.objects
+
+
+def test_an_unexpected_upload_error_is_eio_for_fsync_and_the_uploader_goes_on(caplog):
+    """A staged file cut short behind our back makes its upload fail with an
+    OSError, not an FsError: logged with its traceback, EIO for the program
+    waiting in fsync, retried later; other files still go up."""
+    store = MemoryStore()
+
+    async def main(root: str) -> None:
+        async with trio.open_nursery() as nursery:
+            wb = writeback(store, root, nursery, [])
+            await wb.start(nursery)
+            bad = await wb.stage(manifest("bad"), [b"0123456789"])
+            with open(bad.entry.data_path, "r+b") as f:
+                f.truncate(4)
+            with pytest.raises(FsError) as e:
+                await wb.sync(bad)
+            assert e.value.errno == errno.EIO
+            await wb.sync(await wb.stage(manifest("good"), [b"fine"]))
+            assert bad.attempts >= 1 and not bad.finished
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+    assert store.objects["good"].data == b"fine" and "bad" not in store.objects
+    assert any("unexpected error" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 class NoConditionalPuts(MemoryStore):
