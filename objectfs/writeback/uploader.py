@@ -48,7 +48,7 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.upload import upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
-from ..tasks import leaves
+from ..tasks import first_error
 from .journal import SPARE_BATCH, Entry, Journal, Manifest
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class WriteBack:
                     # group with the unmount's Cancelled: the failure is
                     # recorded (the file stays staged), the cancellation goes
                     # on; neither reaches the mount's nursery as an error.
-                    failed = leaves(group)[0]
+                    failed = first_error(group)
                 if failed is not None:
                     self._failed(p, failed)
                     return
