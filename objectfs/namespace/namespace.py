@@ -50,6 +50,10 @@ NEGATIVE_CACHE_ENTRIES = 100_000
 # by one within metadata_ttl.
 LIST_AFTER_MISSES = 4
 MAX_LOOKUP_LIST_PAGES = 16
+# Once even that many pages did not hold it, lookups try again only after
+# this many seconds (plus metadata_ttl), not every metadata_ttl: during a
+# scan of a huge directory (du, ls -l) each try is 16 requests thrown away.
+HUGE_RELIST_DELAY = 60.0
 # HEAD answers of single lookups are written to the metadata cache this many
 # at a time (a listing's are written at once).
 KEEP_BATCH = 256
@@ -258,8 +262,42 @@ class Namespace:
                 return await self._complete(parent, child)
             parent.big_at = clock()  # too big: look names up one by one
             parent.misses = 0
+            if pages == MAX_LOOKUP_LIST_PAGES:
+                # even a bounded listing cannot hold it: do not pay for
+                # another in vain while a scan (du, ls -l) goes on
+                parent.big_listed_at = clock() + HUGE_RELIST_DELAY
         parent.misses += 1
+        if child is not None:
+            node = await self._recheck_file(parent, child)
+            if node is not None:
+                return node
         return await self._resolve(parent, name)
+
+    async def _recheck_file(self, parent: Inode, child: Inode) -> Inode | None:
+        """A file of ``parent`` seen before, looked up again once stale in a
+        directory too big to list for it: one HEAD, where a name not seen
+        before costs a HEAD and a LIST (du or ls -l of a directory of 100,000
+        files: a request a file instead of two).  A key that has become a
+        directory prefix as well shows as a directory at the next listing of
+        ``parent``.  None (the caller resolves the name in full) when the
+        HEAD does not settle it: the key is gone or is a directory object."""
+        if child.is_dir or child.local or child.remote is None:
+            return None
+        started = clock()
+        try:
+            info = await self.store.head(self.table.key(child))
+        except NotFound:
+            return None
+        ftype = self.type_of(info)
+        if ftype == stat.S_IFDIR:
+            return None
+        name = child.name
+        current = parent.children.get(name) if parent.children is not None else None
+        if current is not None and current.changed_at >= started:
+            return current  # changed locally while we asked: ours is newer
+        if parent.removed.get(name, -1.0) >= started:
+            raise NotFound(name)
+        return self.make_child(parent, name, ftype, info, is_dir=False)
 
     def _listing_budget(self, d: Inode, now: float) -> int:
         """How many listing pages a lookup in ``d`` may spend to list it whole.
@@ -385,7 +423,11 @@ class Namespace:
                 return
             raise NotFound("deleted")
         try:
-            fresh = await self._resolve(parent, node.name)
+            fresh = None
+            if clock() - parent.big_at < self.cfg.metadata_ttl:
+                fresh = await self._recheck_file(parent, node)
+            if fresh is None:
+                fresh = await self._resolve(parent, node.name)
         except StoreUnavailable as e:
             if self._offline(node, e):
                 return

@@ -317,6 +317,42 @@ def test_a_big_directory_is_listed_whole_once_names_keep_missing(tmp_path):
     run_fs(tmp_path, body, store=store)
 
 
+def test_stale_files_of_a_huge_directory_cost_one_head_each(tmp_path):
+    """du or ls -l of a directory too big to list for a lookup (more than
+    MAX_LOOKUP_LIST_PAGES pages), once its entries are stale: one HEAD a file
+    (not a HEAD and a LIST), whether the kernel looks the name up again or
+    asks for its attributes, and no bounded listing thrown away again and
+    again; a file deleted meanwhile is still found gone."""
+    from objectfs.namespace.namespace import MAX_LOOKUP_LIST_PAGES
+
+    store = MemoryStore()
+    n = MAX_LOOKUP_LIST_PAGES * 1000 + 10
+    for i in range(n):
+        store.put_sync(f"huge/f{i:05d}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+    names = [f"f{i:05d}".encode() for i in range(0, n, n // 40)]
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"huge")
+        first = [await fs.lookup(d.ino, name) for name in names]
+        await trio.sleep(2.1)  # metadata_ttl passes: every entry is stale
+        before = dict(store.calls)
+        half = len(names) // 2
+        again = [await fs.lookup(d.ino, name) for name in names[:half]]
+        again += [await fs.getattr(node.ino) for node in first[half:]]
+        assert again == first
+        assert all(stat.S_IMODE(node.attr.mode) == 0o600 for node in again)
+        used = {k: v for k in store.calls if (v := store.calls[k] - before.get(k, 0))}
+        # one page to learn it is still big, then a HEAD a file
+        assert used == {"ListObjectsV2": 1, "HeadObject": len(names)}, used
+        gone = first[3]
+        gone.validated_at = float("-inf")
+        del store.objects[f"huge/{gone.name}"]
+        with pytest.raises(FsError):
+            await fs.lookup(d.ino, gone.name.encode())
+
+    run_fs(tmp_path, body, "metadata_ttl=2", store=store)
+
+
 def test_a_stale_entry_of_a_freshly_listed_directory_costs_one_head(tmp_path):
     store = MemoryStore()
     store.put_sync("d/f", b"x")
