@@ -267,37 +267,13 @@ class Namespace:
                 # another in vain while a scan (du, ls -l) goes on
                 parent.big_listed_at = clock() + HUGE_RELIST_DELAY
         parent.misses += 1
-        if child is not None:
-            node = await self._recheck_file(parent, child)
-            if node is not None:
-                return node
+        if child is not None and not child.is_dir:
+            # a file seen before, stale in a directory too big to list for
+            # it: one HEAD, where a name not seen before costs a HEAD and a
+            # LIST (du or ls -l of 100,000 files: a request a file, not two);
+            # a prefix name/ made beside it shows at the next listing
+            return await self._complete(parent, child)
         return await self._resolve(parent, name)
-
-    async def _recheck_file(self, parent: Inode, child: Inode) -> Inode | None:
-        """A file of ``parent`` seen before, looked up again once stale in a
-        directory too big to list for it: one HEAD, where a name not seen
-        before costs a HEAD and a LIST (du or ls -l of a directory of 100,000
-        files: a request a file instead of two).  A key that has become a
-        directory prefix as well shows as a directory at the next listing of
-        ``parent``.  None (the caller resolves the name in full) when the
-        HEAD does not settle it: the key is gone or is a directory object."""
-        if child.is_dir or child.local or child.remote is None:
-            return None
-        started = clock()
-        try:
-            info = await self.store.head(self.table.key(child))
-        except NotFound:
-            return None
-        ftype = self.type_of(info)
-        if ftype == stat.S_IFDIR:
-            return None
-        name = child.name
-        current = parent.children.get(name) if parent.children is not None else None
-        if current is not None and current.changed_at >= started:
-            return current  # changed locally while we asked: ours is newer
-        if parent.removed.get(name, -1.0) >= started:
-            raise NotFound(name)
-        return self.make_child(parent, name, ftype, info, is_dir=False)
 
     def _listing_budget(self, d: Inode, now: float) -> int:
         """How many listing pages a lookup in ``d`` may spend to list it whole.
@@ -423,10 +399,9 @@ class Namespace:
                 return
             raise NotFound("deleted")
         try:
-            fresh = None
-            if clock() - parent.big_at < self.cfg.metadata_ttl:
-                fresh = await self._recheck_file(parent, node)
-            if fresh is None:
+            if not node.is_dir and clock() - parent.big_at < self.cfg.metadata_ttl:
+                fresh = await self._complete(parent, node)  # as in _lookup
+            else:
                 fresh = await self._resolve(parent, node.name)
         except StoreUnavailable as e:
             if self._offline(node, e):
