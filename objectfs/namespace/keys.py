@@ -96,6 +96,25 @@ def normalise_prefix(prefix: str) -> str:
     return prefix + "/"
 
 
+def key_before(key: str) -> str:
+    """A ListObjectsV2 StartAfter that lists from ``key`` on: a string just
+    before it, with no key between them but ones holding U+10FFFF (a
+    noncharacter) or NUL, or, for a key within 4 bytes of the longest,
+    longer keys that start like it.  S3 orders keys by their UTF-8 bytes,
+    which is Python's order of the strings."""
+    c = ord(key[-1])
+    if c <= 1:
+        return key[:-1]
+    c -= 1
+    if 0xD800 <= c <= 0xDFFF:
+        c = 0xD7FF  # surrogates are not in UTF-8 keys
+    before = key[:-1] + chr(c)
+    top = "\U0010FFFF"
+    if len(before.encode("utf-8")) + len(top.encode("utf-8")) <= MAX_KEY_BYTES:
+        before += top
+    return before
+
+
 def entry_from_listing(dir_prefix_: str, key: str) -> tuple[str, bool] | None:
     """Map a listed key (or common prefix) to (name, is_dir_marker_or_prefix).
 

@@ -33,7 +33,7 @@ import os
 import stat
 import time
 import trio
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from .. import metadata as md, metrics
 from ..errors import FsError, NotFound, StoreUnavailable
@@ -54,6 +54,23 @@ MAX_LOOKUP_LIST_PAGES = 16
 # this many seconds (plus metadata_ttl), not every metadata_ttl: during a
 # scan of a huge directory (du, ls -l) each try is 16 requests thrown away.
 HUGE_RELIST_DELAY = 60.0
+# A scan of a directory too big to list for a lookup (du or find -ls of
+# 100,000 files once the entries are stale, a program opening the files of a
+# manifest in order) looks names up one by one in key order.  The
+# SCAN_AFTER-th such lookup in a row going forward (the ones before cost a
+# HEAD, or a HEAD and a LIST, each) lists a window of SCAN_FIRST_WINDOW names
+# from it on, which answers for the names after it too.  While lookups go on
+# past a window in which other names were looked up, the next window is four
+# times bigger, up to a page; past one nobody else used, lookups go back to
+# HEADs, and the next window waits for twice as many lookups going forward
+# (names far apart in order do not pay for a listing every few lookups).
+# Scans are followed in this many directories at once, each until no lookup
+# went through it for three times metadata_ttl (a lookup may first wait for
+# a bounded listing, see HUGE_RELIST_DELAY).
+SCAN_AFTER = 3
+SCAN_FIRST_WINDOW = 8
+SCAN_WINDOW_MAX = 1000
+SCANS_KEPT = 64
 # HEAD answers of single lookups are written to the metadata cache this many
 # at a time (a listing's are written at once).
 KEEP_BATCH = 256
@@ -68,6 +85,26 @@ class Notifier:
 
     def invalidate_entry(self, parent_ino: int, name: str) -> None:
         pass
+
+
+class _Scan:
+    """Where lookups in one huge directory have been going (see SCAN_AFTER)."""
+    __slots__ = ("at", "last", "forward", "wasted", "window", "listed", "end", "used")
+
+    def __init__(self):
+        self.at = clock()       # when a lookup last went through it
+        self.last = ""          # the last name that cost a request
+        self.forward = 0        # how many of those in a row went forward
+        self.wasted = 0         # windows in a row that no other lookup used
+        self.window = 0         # its window listing's size (0: none)
+        # when that listing started, its last entry (as a name; None: to the
+        # end), and how many lookups fell in it
+        self.listed = float("-inf")
+        self.end: str | None = None
+        self.used = 0
+
+    def inside(self, name: str) -> bool:
+        return bool(self.window) and self.last < name and (self.end is None or name <= self.end)
 
 
 class Namespace:
@@ -93,6 +130,8 @@ class Namespace:
         self.attr_disk: attrdisk.AttrDisk | None = None
         self.disk_ns = ""
         self._to_keep: list[ObjectInfo] = []
+        # directory ino -> its scan (see SCAN_AFTER)
+        self._scans: LRUCache = LRUCache(SCANS_KEPT)
 
     # -- attributes ---------------------------------------------------------
 
@@ -232,6 +271,7 @@ class Namespace:
         now = clock()
         child = parent.children.get(name)
         if child is not None and self.fresh(child, now):
+            self._count_in_scan(parent, name)
             if child.meta_known or self.cfg.trust_listing:
                 metrics.cache("lookup", hit=True)
                 return child
@@ -267,13 +307,96 @@ class Namespace:
                 # another in vain while a scan (du, ls -l) goes on
                 parent.big_listed_at = clock() + HUGE_RELIST_DELAY
         parent.misses += 1
-        if child is not None and not child.is_dir:
-            # a file seen before, stale in a directory too big to list for
-            # it: one HEAD, where a name not seen before costs a HEAD and a
-            # LIST (du or ls -l of 100,000 files: a request a file, not two);
-            # a prefix name/ made beside it shows at the next listing
-            return await self._complete(parent, child)
+        if child is None or not child.is_dir:
+            return await self._lookup_in_big(parent, name, child)
         return await self._resolve(parent, name)
+
+    async def _lookup_in_big(self, parent: Inode, name: str, child: Inode | None) -> Inode:
+        """A name of a directory too big to list for a lookup, new or a file
+        gone stale.  In a scan (see SCAN_AFTER), a window listing from it on
+        answers it and the names after it: du of 100,000 stale files asks
+        for about a hundred listings, not a request a file.  Otherwise a
+        stale file costs one HEAD (a prefix name/ made beside it then shows
+        at the next listing that covers it), a new name a HEAD and a LIST."""
+        window = self._scan_window(parent, name)
+        if window and await self._list_window(parent, name, window):
+            node = parent.children.get(name)
+            if node is None:
+                self.negative[(parent.ino, name)] = True
+                raise NotFound(name)
+            if node.meta_known and self.fresh(node):
+                return node
+            return await self._complete(parent, node)  # new, changed or too recent to vouch for
+        if child is None:
+            return await self._resolve(parent, name)
+        return await self._complete(parent, child)
+
+    def _scan_window(self, d: Inode, name: str) -> int:
+        """How many names a lookup of ``name`` in huge directory ``d`` lists
+        from it on (0: none).  Never with ``trust_listing``: there the HEAD of
+        a lookup is what shows the attributes stored in an object's metadata."""
+        if self.cfg.trust_listing:
+            return 0
+        now = clock()
+        scan = self._scans.get(d.ino)
+        if scan is None or now - scan.at > 3 * self.cfg.metadata_ttl:
+            scan = self._scans[d.ino] = _Scan()  # none, or over: a new one
+        scan.at = now
+        inside = scan.inside(name)
+        if inside and now - scan.listed < self.cfg.metadata_ttl:
+            scan.used += 1
+            return 0  # the last window could not vouch for it: a HEAD, the scan goes on
+        forward = name > scan.last
+        if inside:
+            pass  # the window went stale before the scan came here: list on from here
+        elif scan.window and forward and scan.used > 1:
+            scan.window = min(SCAN_WINDOW_MAX, scan.window * 4)  # past a window put to use
+            scan.wasted = 0
+        elif scan.window:
+            # nothing else was looked up in it (names far apart): the next
+            # try waits for twice as many lookups going forward
+            scan.forward, scan.window = 0, 0
+            scan.wasted += 1
+        else:
+            scan.forward = scan.forward + 1 if forward else 0
+            due = scan.forward >= SCAN_AFTER << min(scan.wasted, 10)
+            scan.window = SCAN_FIRST_WINDOW if due else 0
+        scan.last, scan.end, scan.used = name, None, 1
+        return scan.window
+
+    def _count_in_scan(self, d: Inode, name: str) -> None:
+        """A lookup answered from the cache: count it if a window brought it."""
+        scan = self._scans.get(d.ino) if self._scans else None
+        if scan is not None and scan.inside(name):
+            scan.used += 1
+            scan.at = clock()
+
+    async def _list_window(self, d: Inode, name: str, size: int) -> bool:
+        """List ``size`` entries of ``d`` from ``name`` on, and merge them: the
+        names in that key range are as fresh as after a full listing.  True
+        if the range holds ``name``."""
+        prefix = self.table.key(d)
+        started = clock()
+        lo = keys.key_before(prefix + name)
+        page = await self.store.list_page(prefix, delimiter="/", max_keys=size,
+                                          start_after=lo)
+        found = sorted([o.key for o in page.objects] + list(page.prefixes))
+        if page.next_token and not found:
+            return False
+        end = found[-1] if page.next_token else None
+        objects = {o.key: o for o in page.objects}
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        legacy: dict[str, str] = {}
+        self._collect(prefix, [objects[k] for k in found if k in objects],
+                      [k for k in found if k not in objects], files, dirs, legacy)
+        kept = await self._kept(d, prefix, files)
+        self._merge(d, started, files, dirs, legacy, kept, within=(lo, end))
+        scan = self._scans.get(d.ino)
+        if scan is not None:
+            scan.listed = started
+            scan.end = end[len(prefix):] if end is not None else None
+        return end is None or prefix + name <= end
 
     def _listing_budget(self, d: Inode, now: float) -> int:
         """How many listing pages a lookup in ``d`` may spend to list it whole.
@@ -391,6 +514,8 @@ class Namespace:
         """
         if self.fresh(node) or self._known_offline(node):
             metrics.cache("attr", hit=True)
+            if node.parent is not None:
+                self._count_in_scan(node.parent, node.name)
             return
         metrics.cache("attr", hit=False)
         parent = node.parent
@@ -400,7 +525,7 @@ class Namespace:
             raise NotFound("deleted")
         try:
             if not node.is_dir and clock() - parent.big_at < self.cfg.metadata_ttl:
-                fresh = await self._complete(parent, node)  # as in _lookup
+                fresh = await self._lookup_in_big(parent, node.name, node)  # as in _lookup
             else:
                 fresh = await self._resolve(parent, node.name)
         except StoreUnavailable as e:
@@ -444,24 +569,7 @@ class Namespace:
         pages = 0
         while True:
             page = await self.store.list_page(prefix, delimiter="/", token=token)
-            for o in page.objects:
-                ent = keys.entry_from_listing(prefix, o.key)
-                if ent is None:
-                    continue
-                name, is_dir = ent
-                if is_dir:
-                    dirs.add(name)
-                elif self.cfg.compat_dir and name.endswith(keys.FOLDER_SUFFIX) \
-                        and len(name) > len(keys.FOLDER_SUFFIX):
-                    base = name[:-len(keys.FOLDER_SUFFIX)]
-                    dirs.add(base)
-                    legacy[base] = o.key
-                else:
-                    files[name] = o
-            for p in page.prefixes:
-                ent = keys.entry_from_listing(prefix, p)
-                if ent is not None:
-                    dirs.add(ent[0])
+            self._collect(prefix, page.objects, page.prefixes, files, dirs, legacy)
             token = page.next_token
             if not token:
                 break
@@ -471,6 +579,29 @@ class Namespace:
         kept = await self._kept(d, prefix, files)
         self._merge(d, started, files, dirs, legacy, kept)
         return True
+
+    def _collect(self, prefix: str, objects, prefixes, files: dict[str, ObjectInfo],
+                 dirs: set[str], legacy: dict[str, str]) -> None:
+        """Sort a listing's keys and common prefixes into files, directories
+        and legacy directory objects (``name_$folder$``)."""
+        for o in objects:
+            ent = keys.entry_from_listing(prefix, o.key)
+            if ent is None:
+                continue
+            name, is_dir = ent
+            if is_dir:
+                dirs.add(name)
+            elif self.cfg.compat_dir and name.endswith(keys.FOLDER_SUFFIX) \
+                    and len(name) > len(keys.FOLDER_SUFFIX):
+                base = name[:-len(keys.FOLDER_SUFFIX)]
+                dirs.add(base)
+                legacy[base] = o.key
+            else:
+                files[name] = o
+        for p in prefixes:
+            ent = keys.entry_from_listing(prefix, p)
+            if ent is not None:
+                dirs.add(ent[0])
 
     # -- attributes kept on disk (metadata_cache) ----------------------------
 
@@ -532,13 +663,30 @@ class Namespace:
 
     def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
                dirs: set[str], legacy: dict[str, str],
-               kept: dict[str, ObjectInfo] | None = None) -> None:
+               kept: dict[str, ObjectInfo] | None = None,
+               within: tuple[str, str | None] | None = None) -> None:
+        """Bring ``d``'s children in line with a listing started at
+        ``started``.  ``within``: the listing covers only the keys after
+        ``lo`` up to ``hi`` (None: to the end); names outside are left as
+        they are, and the directory does not count as freshly listed."""
         assert d.children is not None
+        if within is not None:  # the bounds as names (both keys are under d's prefix)
+            skip = len(self.table.key(d))
+            lo, hi = within[0][skip:], within[1][skip:] if within[1] is not None else None
+
+        def covered(name: str, is_dir: bool) -> bool:
+            if within is None:
+                return True
+            entry = name + "/" if is_dir else name
+            return lo < entry and (hi is None or entry <= hi)
+
         for name in list(d.removed):
-            if d.removed[name] < started:
+            if d.removed[name] < started and (covered(name, False) or covered(name, True)):
                 del d.removed[name]
         for name, child in list(d.children.items()):
             if name in dirs or name in files:
+                continue
+            if not covered(name, child.is_dir):
                 continue
             if child.local or child.changed_at >= started or child.data is not None \
                     or child.open_count or child.pending is not None \
@@ -548,6 +696,8 @@ class Namespace:
                 continue  # a legacy (no-slash) dir object shows as a file in listings
             self.notifier.invalidate_entry(d.ino, name)
             self.table.detach(child, remember=False)
+            if within is not None:
+                self.negative[(d.ino, name)] = True  # a full listing answers for itself
         for name in dirs:
             if name in d.removed:
                 continue
@@ -607,8 +757,9 @@ class Namespace:
                 # within a second or two of our HEAD could have been changed
                 # again (a chmod is a copy onto itself) without showing here.
                 child.validated_at = clock()
-        d.listed_at = started
-        d.validated_at = clock()
+        if within is None:
+            d.listed_at = started
+            d.validated_at = clock()
 
     async def fill_metadata(self, d: Inode) -> None:
         """HEAD, in parallel, every child whose attributes are unknown or stale."""

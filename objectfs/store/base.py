@@ -78,8 +78,10 @@ class ObjectStore(Protocol):
         and kept for ``get`` of that version (a hint; stores may ignore it)."""
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
-                        token: str | None = None, max_keys: int = 1000) -> ListPage:
-        """One ListObjectsV2 page under ``prefix``."""
+                        token: str | None = None, max_keys: int = 1000,
+                        start_after: str | None = None) -> ListPage:
+        """One ListObjectsV2 page under ``prefix``; ``start_after``: only keys
+        (and common prefixes) after this one, in S3's (UTF-8 byte) order."""
 
     async def get(self, key: str, start: int = 0, end: int | None = None, *,
                   etag: str | None = None) -> bytes:

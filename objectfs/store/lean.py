@@ -492,19 +492,20 @@ class LeanRequests:
             raise self._error("DeleteObject", response)
 
     def list(self, prefix: str, delimiter: str | None, token: str | None,
-             max_keys: int) -> dict[str, Any]:
+             max_keys: int, start_after: str | None = None) -> dict[str, Any]:
         """ListObjectsV2's answer, shaped as boto3's (the fields we use).
 
         botocore parses the XML into a generic shape and every LastModified
         with dateutil, about 60 us an entry: a 1,000-key page costs tens of
         milliseconds of CPU, the bulk of an ``ls`` of a big directory."""
         return self._list_answer(self._send("ListObjectsV2", "GET", prefix, {},
-                                            url=self._list_url(prefix, delimiter, token, max_keys)))
+                                            url=self._list_url(prefix, delimiter, token, max_keys,
+                                                               start_after)))
 
     async def alist(self, prefix: str, delimiter: str | None, token: str | None,
-                    max_keys: int) -> dict[str, Any]:
+                    max_keys: int, start_after: str | None = None) -> dict[str, Any]:
         """``list`` of a few keys (the answer is parsed on the event loop)."""
-        url = self._list_url(prefix, delimiter, token, max_keys)
+        url = self._list_url(prefix, delimiter, token, max_keys, start_after)
         return self._list_answer(await self._asend("ListObjectsV2", "GET", prefix, {}, url=url,
                                                    limit=SMALL_LIST_BODY))
 
@@ -514,7 +515,7 @@ class LeanRequests:
         return _decode_listing(response.content)
 
     def _list_url(self, prefix: str, delimiter: str | None, token: str | None,
-                  max_keys: int) -> str:
+                  max_keys: int, start_after: str | None = None) -> str:
         assert self._base is not None
         params = [("list-type", "2"), ("encoding-type", "url"), ("prefix", prefix),
                   ("max-keys", str(max_keys))]
@@ -522,6 +523,8 @@ class LeanRequests:
             params.append(("delimiter", delimiter))
         if token:
             params.append(("continuation-token", token))
+        if start_after:
+            params.append(("start-after", start_after))
         query = "&".join(f"{k}={quote(v, safe='-_.~')}" for k, v in sorted(params))
         root = self._base if urlsplit(self._base).path == "/" else self._base[:-1]
         return f"{root}?{query}"

@@ -91,7 +91,8 @@ class MemoryStore:
         return self._info(key, self._get("HeadObject", key), head=True)
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
-                        token: str | None = None, max_keys: int = 1000) -> ListPage:
+                        token: str | None = None, max_keys: int = 1000,
+                        start_after: str | None = None) -> ListPage:
         self._count("ListObjectsV2")
         await trio.lowlevel.checkpoint()
         entries: list[tuple[str, ObjectInfo | None]] = []
@@ -107,9 +108,10 @@ class MemoryStore:
                     entries.append((p, None))
                 continue
             entries.append((key, self._info(key, self.objects[key], with_meta=False)))
+        after = token or start_after
         start = 0
-        if token:
-            start = next((i for i, (k, _) in enumerate(entries) if k > token), len(entries))
+        if after:
+            start = next((i for i, (k, _) in enumerate(entries) if k > after), len(entries))
         page = entries[start:start + max_keys]
         more = start + max_keys < len(entries)
         return ListPage([o for _, o in page if o is not None],

@@ -523,15 +523,18 @@ class S3Store:
         return self._info_from_head(key, {**r, "ContentLength": total})
 
     async def list_page(self, prefix: str, *, delimiter: str | None = "/",
-                        token: str | None = None, max_keys: int = 1000) -> ListPage:
+                        token: str | None = None, max_keys: int = 1000,
+                        start_after: str | None = None) -> ListPage:
         kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
             kw["Delimiter"] = delimiter
         if token:
             kw["ContinuationToken"] = token
+        if start_after:
+            kw["StartAfter"] = start_after
         fetch, afn = self._lean_pick(
-            lambda lean: lean.list(prefix, delimiter, token, max_keys),
-            (lambda lean: lean.alist(prefix, delimiter, token, max_keys))
+            lambda lean: lean.list(prefix, delimiter, token, max_keys, start_after),
+            (lambda lean: lean.alist(prefix, delimiter, token, max_keys, start_after))
             if max_keys <= ASYNC_LIST_KEYS else None,
             functools.partial(self.client.list_objects_v2, **kw))
         r = await self._call("ListObjectsV2", prefix, fetch, afn=afn)

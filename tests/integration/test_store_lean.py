@@ -17,6 +17,7 @@ import trio
 
 from objectfs import metrics
 from objectfs.errors import StoreError
+from objectfs.namespace.keys import key_before
 from objectfs.store import ahttp, lean
 from objectfs.store.s3 import S3Settings, S3Store
 from objectfs.store.s3options import RequestOptions
@@ -242,11 +243,12 @@ def test_listings_are_those_of_boto3(s3, s3_client, bucket):
     fast, slow = stores(s3, bucket)
     used = boto3_calls(fast)
 
-    async def pages(store, prefix, delimiter, max_keys):
+    async def pages(store, prefix, delimiter, max_keys, start_after=None):
         out, token = [], None
         while True:
             page = await store.list_page(prefix, delimiter=delimiter, token=token,
-                                         max_keys=max_keys)
+                                         max_keys=max_keys,
+                                         start_after=None if token else start_after)
             out.append(page)
             token = page.next_token
             if token is None:
@@ -255,11 +257,16 @@ def test_listings_are_those_of_boto3(s3, s3_client, bucket):
     async def main():
         await fast.check_bucket()
         used.clear()
-        for prefix, delimiter, max_keys in [("", "/", 1000), ("", None, 1000), ("", "/", 3),
-                                            ("dir/", "/", 1), ("a", None, 2),
-                                            ("nothing/", "/", 10)]:
-            got = await pages(fast, prefix, delimiter, max_keys)
-            assert got == await pages(slow, prefix, delimiter, max_keys), (prefix, max_keys)
+        for args in [("", "/", 1000), ("", None, 1000), ("", "/", 3), ("dir/", "/", 1),
+                     ("a", None, 2), ("nothing/", "/", 10),
+                     # StartAfter (windows of huge directories: SCAN_AFTER)
+                     ("", "/", 1000, "a+"), ("", "/", 3, "a b"), ("", None, 2, "\u00fc"),
+                     ("dir/", "/", 1, key_before("dir/sub/")),
+                     ("dir/", "/", 5, key_before("dir/two"))]:
+            got = await pages(fast, *args)
+            assert got == await pages(slow, *args), args
+        after = (await fast.list_page("dir/", start_after="dir/one"))
+        assert ([o.key for o in after.objects], after.prefixes) == (["dir/two"], ["dir/sub/"])
         everything = await pages(fast, "", None, 1000)
         assert sorted(o.key for p in everything for o in p.objects) == sorted(names)
         # a missing bucket: the same error either way

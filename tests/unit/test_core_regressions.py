@@ -305,45 +305,87 @@ def test_a_big_directory_is_listed_whole_once_names_keep_missing(tmp_path):
     async def body(fs, store):
         d = await fs.lookup(1, b"big")
         before = dict(store.calls)
-        for i in range(50):
+        for i in range(LIST_AFTER_MISSES):
             with pytest.raises(FsError):
                 await fs.lookup(d.ino, f"new{i}".encode())
-        used = {k: store.calls[k] - before.get(k, 0) for k in store.calls}
-        # one page to learn it is big, a HEAD + one-key LIST for the first
-        # few names, then one whole listing (2 pages) answers the rest
-        assert used["ListObjectsV2"] == 1 + LIST_AFTER_MISSES + 2, used
-        assert used["HeadObject"] == LIST_AFTER_MISSES, used
+        # one page to learn it is big, a HEAD + one-key LIST for each of the
+        # first few names (or a window listing, see SCAN_AFTER), then one
+        # whole listing (2 pages) answers them and the rest
+        with pytest.raises(FsError):
+            await fs.lookup(d.ino, f"new{LIST_AFTER_MISSES}".encode())
+        used = _used(store, before)
+        assert used["ListObjectsV2"] + used["HeadObject"] <= 1 + 2 * LIST_AFTER_MISSES + 2, used
+        before = dict(store.calls)
+        for i in range(LIST_AFTER_MISSES + 1, 50):
+            with pytest.raises(FsError):
+                await fs.lookup(d.ino, f"new{i}".encode())
+        assert _used(store, before) == {}
 
     run_fs(tmp_path, body, store=store)
 
 
-def test_stale_files_of_a_huge_directory_cost_one_head_each(tmp_path):
-    """du or ls -l of a directory too big to list for a lookup (more than
-    MAX_LOOKUP_LIST_PAGES pages), once its entries are stale: one HEAD a file
-    (not a HEAD and a LIST), whether the kernel looks the name up again or
-    asks for its attributes, and no bounded listing thrown away again and
-    again; a file deleted meanwhile is still found gone."""
+def _huge_dir(store):
+    """A directory too big to list for a lookup (more than
+    MAX_LOOKUP_LIST_PAGES pages), its files last modified a minute ago (so a
+    listing vouches for an unchanged one, see _merge); their names."""
     from objectfs.namespace.namespace import MAX_LOOKUP_LIST_PAGES
 
-    store = MemoryStore()
     n = MAX_LOOKUP_LIST_PAGES * 1000 + 10
     for i in range(n):
-        store.put_sync(f"huge/f{i:05d}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
-    names = [f"f{i:05d}".encode() for i in range(0, n, n // 40)]
+        key = f"huge/f{i:05d}"
+        store.put_sync(key, b"x", {"mode": str(stat.S_IFREG | 0o600)})
+        store.objects[key].mtime_ns -= 60 * 10**9
+    return [f"f{i:05d}" for i in range(n)]
+
+
+def _used(store, before):
+    return {k: v for k in store.calls if (v := store.calls[k] - before.get(k, 0))}
+
+
+@pytest.mark.parametrize("order", ["sparse", "shuffled"])
+def test_stale_files_of_a_huge_directory_cost_one_request_each(tmp_path, order):
+    """Once the entries of a directory too big to list for a lookup are
+    stale, a file looked up again (or its attributes asked for) costs one
+    request, not a HEAD and a LIST, when the lookups are not a scan (names
+    far apart, or in no order); a bounded listing is not thrown away again
+    and again; a file deleted meanwhile is still found gone."""
+    import random
+
+    class Store(MemoryStore):
+        whole_pages = 0  # first pages of the whole directory: "still too big?"
+        windows = 0      # window listings (see SCAN_AFTER)
+
+        async def list_page(self, prefix, **kw):
+            self.whole_pages += not kw.get("start_after") and not kw.get("token") \
+                and kw.get("max_keys", 1000) == 1000
+            self.windows += bool(kw.get("start_after"))
+            return await super().list_page(prefix, **kw)
+
+    store = Store()
+    all_names = _huge_dir(store)
+    names = [name.encode() for name in all_names[::len(all_names) // 40]]
+    if order == "shuffled":
+        random.Random(7).shuffle(names)
 
     async def body(fs, store):
         d = await fs.lookup(1, b"huge")
         first = [await fs.lookup(d.ino, name) for name in names]
         await trio.sleep(2.1)  # metadata_ttl passes: every entry is stale
-        before = dict(store.calls)
+        before, pages = dict(store.calls), store.whole_pages
         half = len(names) // 2
         again = [await fs.lookup(d.ino, name) for name in names[:half]]
         again += [await fs.getattr(node.ino) for node in first[half:]]
         assert again == first
         assert all(stat.S_IMODE(node.attr.mode) == 0o600 for node in again)
-        used = {k: v for k in store.calls if (v := store.calls[k] - before.get(k, 0))}
-        # one page to learn it is still big, then a HEAD a file
-        assert used == {"ListObjectsV2": 1, "HeadObject": len(names)}, used
+        used = _used(store, before)
+        # a page to learn it is still too big (one each metadata_ttl: more
+        # than one if the machine is slow), then one request a file
+        pages = store.whole_pages - pages
+        assert set(used) <= {"ListObjectsV2", "HeadObject"} and pages >= 1, used
+        assert used["ListObjectsV2"] - pages + used.get("HeadObject", 0) == len(names), used
+        # a window that nobody else used makes the next one wait for twice as
+        # many lookups in order: not one every few lookups
+        assert store.windows <= 4, store.windows
         gone = first[3]
         gone.validated_at = float("-inf")
         del store.objects[f"huge/{gone.name}"]
@@ -351,6 +393,84 @@ def test_stale_files_of_a_huge_directory_cost_one_head_each(tmp_path):
             await fs.lookup(d.ino, gone.name.encode())
 
     run_fs(tmp_path, body, "metadata_ttl=2", store=store)
+
+
+def test_a_scan_of_a_huge_directory_lists_windows_not_a_head_a_file(tmp_path):
+    """du of a directory too big to list for a lookup, once its entries are
+    stale: names looked up one by one in order are refreshed by a few
+    growing window listings, not a request each; what changed in S3
+    meanwhile inside the windows shows (a file gone, one added, one
+    rewritten), and a file created here and not uploaded yet stays."""
+    from objectfs.namespace.namespace import MAX_LOOKUP_LIST_PAGES, SCAN_AFTER
+
+    store = MemoryStore()
+    names = _huge_dir(store)[:5000]
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"huge")
+        fh = (await fs.opendir(d.ino)).fh
+        assert len(await fs.readdir(fh, 0)) > 16000
+        await fs.lookup(d.ino, names[0].encode())  # learns it is too big to list
+        h, local = await fs.create(d.ino, b"f01000~mine", F, RW, CALLER)
+        await trio.sleep(5.1)  # metadata_ttl passes: every entry is stale
+        del store.objects["huge/f02500"]
+        store.put_sync("huge/f02500+new", b"new")
+        store.put_sync("huge/f03000", b"rewritten", {"mode": str(stat.S_IFREG | 0o640)})
+        before = dict(store.calls)
+        seen = {}
+        for i, name in enumerate(names):
+            try:
+                seen[name] = (await fs.getattr((await fs.lookup(d.ino, name.encode())).ino)
+                              if i % 2 else await fs.lookup(d.ino, name.encode()))
+            except FsError:
+                seen[name] = None
+        used = _used(store, before)
+        assert used["HeadObject"] <= SCAN_AFTER + 1, used  # + f03000's new attributes
+        # a page to learn it is still too big, a bounded listing (once a
+        # minute, see HUGE_RELIST_DELAY), then windows of 8, 32, 128, 512, 1000...
+        assert used["ListObjectsV2"] <= 1 + MAX_LOOKUP_LIST_PAGES + 10, used
+        assert seen["f02500"] is None
+        assert seen["f03000"].attr.size == 9 and stat.S_IMODE(seen["f03000"].attr.mode) == 0o640
+        assert all(stat.S_IMODE(seen[n].attr.mode) == 0o600 for n in names
+                   if n not in ("f02500", "f03000"))
+        assert (await fs.lookup(d.ino, b"f02500+new")).attr.size == 3
+        assert (await fs.lookup(d.ino, b"f01000~mine")) is local
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, "metadata_ttl=5", store=store)
+
+
+def test_names_of_a_huge_directory_looked_up_in_order_cost_one_request_each(tmp_path):
+    """A program opening files of a directory too big to list, by name and
+    in order (a manifest), on a fresh mount: window listings tell which
+    exist, so each file costs its HEAD (here a GET: small files come whole)
+    and not a HEAD and a LIST; a name that is not there is answered by the
+    window that covers it."""
+    from objectfs.namespace.namespace import MAX_LOOKUP_LIST_PAGES
+
+    store = MemoryStore()
+    names = _huge_dir(store)[:3000:3]
+    del store.objects["huge/f00300"]
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"huge")
+        before = dict(store.calls)
+        found = 0
+        for name in names:
+            try:
+                node = await fs.lookup(d.ino, name.encode())
+            except FsError:
+                assert name == "f00300"
+                continue
+            assert stat.S_IMODE(node.attr.mode) == 0o600
+            found += 1
+        assert found == len(names) - 1
+        used = _used(store, before)
+        per_file = used.get("HeadObject", 0) + used.get("GetObject", 0)
+        assert per_file <= found + 3, used
+        assert used["ListObjectsV2"] <= 1 + MAX_LOOKUP_LIST_PAGES + 10, used
+
+    run_fs(tmp_path, body, store=store)
 
 
 def test_a_stale_entry_of_a_freshly_listed_directory_costs_one_head(tmp_path):

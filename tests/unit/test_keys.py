@@ -197,3 +197,26 @@ def test_hidden_keys_beyond_the_cap_are_not_logged_at_all(caplog, monkeypatch):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("hiding key" in m for m in messages) == 3
     assert sum("further ones are not logged" in m for m in messages) == 1
+
+
+# Keys as S3 holds them: no NUL, no surrogates (not in UTF-8) and, for
+# key_before's promise, no U+10FFFF.
+key_text = st.text(st.characters(blacklist_categories=("Cs",),
+                                 blacklist_characters="\x00\U0010ffff"),
+                   min_size=1, max_size=40)
+
+
+@given(key_text, key_text)
+def test_key_before_lists_from_the_key_on(a, b):
+    """key_before(b) is a StartAfter that lists b and every key after it,
+    and no key before it, in S3's order (UTF-8 bytes)."""
+    before = keys.key_before(b)
+    assert before.encode() < b.encode()
+    if a.encode() < b.encode():
+        assert a.encode() <= before.encode()
+
+
+def test_key_before_stays_within_the_longest_key():
+    key = "k" * (MAX_KEY_BYTES - 1) + "b"
+    assert keys.key_before(key) == "k" * (MAX_KEY_BYTES - 1) + "a"
+    assert keys.key_before("x/\ue000") == "x/\ud7ff\U0010ffff"
