@@ -188,10 +188,14 @@ def list_big_prefix(m, count: int, per_entry_kib: float) -> dict:
     figures["ls_l_s"] = time.monotonic() - t
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(b"\n") == count + 1  # plus the "total" line
+    t = time.monotonic()
     r = run(["find", m.mountpoint], timeout=1200)
+    figures["find_s"] = time.monotonic() - t
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(b"\n") == count + 2
+    t = time.monotonic()
     r = run(["du", "-sb", big], timeout=1200)
+    figures["du_s"] = time.monotonic() - t
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[0]) == count + 4096  # one byte per object
     peak = vm_kib(pid, "VmHWM")
