@@ -10,6 +10,7 @@ made no GET.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 from collections import Counter
@@ -95,25 +96,24 @@ class MemoryStore:
                         start_after: str | None = None) -> ListPage:
         self._count("ListObjectsV2")
         await trio.lowlevel.checkpoint()
+        keys = sorted(k for k in self.objects if k.startswith(prefix))
+        after = token or start_after
+        # entries (keys and common prefixes) after ``after``, one more than
+        # a page to know whether there are more; only those are built
         entries: list[tuple[str, ObjectInfo | None]] = []
-        seen_prefixes: set[str] = set()
-        for key in sorted(self.objects):
-            if not key.startswith(prefix):
-                continue
+        i = bisect.bisect_right(keys, after) if after else 0
+        while i < len(keys) and len(entries) <= max_keys:
+            key = keys[i]
+            i += 1
             rest = key[len(prefix):]
             if delimiter and delimiter in rest:
                 p = prefix + rest[:rest.index(delimiter) + len(delimiter)]
-                if p not in seen_prefixes:
-                    seen_prefixes.add(p)
+                if (not after or p > after) and (not entries or entries[-1][0] != p):
                     entries.append((p, None))
                 continue
             entries.append((key, self._info(key, self.objects[key], with_meta=False)))
-        after = token or start_after
-        start = 0
-        if after:
-            start = next((i for i, (k, _) in enumerate(entries) if k > after), len(entries))
-        page = entries[start:start + max_keys]
-        more = start + max_keys < len(entries)
+        page = entries[:max_keys]
+        more = len(entries) > max_keys
         return ListPage([o for _, o in page if o is not None],
                         [k for k, o in page if o is None],
                         page[-1][0] if more and page else None)
