@@ -318,6 +318,9 @@ class Namespace:
         for about a hundred listings, not a request a file.  Otherwise a
         stale file costs one HEAD (a prefix name/ made beside it then shows
         at the next listing that covers it), a new name a HEAD and a LIST."""
+        if child is None and self._window_lacks(parent, name):
+            self.negative[(parent.ino, name)] = True
+            raise NotFound(name)
         window = self._scan_window(parent, name)
         if window and await self._list_window(parent, name, window):
             node = parent.children.get(name)
@@ -362,7 +365,22 @@ class Namespace:
             due = scan.forward >= SCAN_AFTER << min(scan.wasted, 10)
             scan.window = SCAN_FIRST_WINDOW if due else 0
         scan.last, scan.end, scan.used = name, None, 1
+        scan.listed = float("-inf")  # not to be trusted until it is listed
         return scan.window
+
+    def _window_lacks(self, d: Inode, name: str) -> bool:
+        """True if a window listed less than metadata_ttl ago holds ``name``'s
+        place and not ``name``: it is missing, as a full listing would say
+        (rsync or cp of new files into a huge directory, in order)."""
+        scan = self._scans.get(d.ino) if self._scans else None
+        return (scan is not None and scan.inside(name) and scan.inside(self._last_place(name))
+                and clock() - scan.listed < self.cfg.metadata_ttl)
+
+    def _last_place(self, name: str) -> str:
+        """The last of the places where ``name`` can show in a listing of its
+        directory, in key order: the file ``name``, the prefix ``name/`` (a
+        directory, which sorts after ``name.txt``), or ``name_$folder$``."""
+        return name + (keys.FOLDER_SUFFIX if self.cfg.compat_dir else "/")
 
     def _count_in_scan(self, d: Inode, name: str) -> None:
         """A lookup answered from the cache: count it if a window brought it."""
@@ -374,7 +392,7 @@ class Namespace:
     async def _list_window(self, d: Inode, name: str, size: int) -> bool:
         """List ``size`` entries of ``d`` from ``name`` on, and merge them: the
         names in that key range are as fresh as after a full listing.  True
-        if the range holds ``name``."""
+        if the range holds every place of ``name`` (a file or a directory)."""
         prefix = self.table.key(d)
         started = clock()
         lo = keys.key_before(prefix + name)
@@ -396,7 +414,7 @@ class Namespace:
         if scan is not None:
             scan.listed = started
             scan.end = end[len(prefix):] if end is not None else None
-        return end is None or prefix + name <= end
+        return end is None or prefix + self._last_place(name) <= end
 
     def _listing_budget(self, d: Inode, now: float) -> int:
         """How many listing pages a lookup in ``d`` may spend to list it whole.

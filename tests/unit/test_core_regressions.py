@@ -469,6 +469,36 @@ def test_names_of_a_huge_directory_looked_up_in_order_cost_one_request_each(tmp_
         per_file = used.get("HeadObject", 0) + used.get("GetObject", 0)
         assert per_file <= found + 3, used
         assert used["ListObjectsV2"] <= 1 + MAX_LOOKUP_LIST_PAGES + 10, used
+        # new names in order among them (rsync into the directory): a window
+        # answers them missing without a request, until metadata_ttl
+        before = dict(store.calls)
+        for i in range(2995, 3010):
+            with pytest.raises(FsError):
+                await fs.lookup(d.ino, f"f{i:05d}.new".encode())
+            await fs.lookup(d.ino, f"f{i:05d}".encode())
+        assert store.calls["ListObjectsV2"] - before["ListObjectsV2"] <= 1
+        assert store.calls["HeadObject"] + store.calls["GetObject"] \
+            - before["HeadObject"] - before.get("GetObject", 0) <= 15
+
+    run_fs(tmp_path, body, store=store)
+
+
+def test_a_window_that_ends_before_a_directory_does_not_hide_it(tmp_path):
+    """A directory d of a huge directory is listed at d/, after files such as
+    d.0 ... d.9: a window that ends among them does not answer for d."""
+    store = MemoryStore()
+    names = _huge_dir(store)
+    for k in range(10):
+        store.put_sync(f"huge/{names[50]}d.{k}", b"")
+    store.put_sync(f"huge/{names[50]}d/inside", b"")
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"huge")
+        for n in names[47:49]:
+            await fs.lookup(d.ino, n.encode())
+        # the third lookup in order lists a window of 8 from it: d.0 ... d.7
+        assert (await fs.lookup(d.ino, f"{names[50]}d".encode())).is_dir
+        assert not (await fs.lookup(d.ino, f"{names[50]}d.9".encode())).is_dir
 
     run_fs(tmp_path, body, store=store)
 

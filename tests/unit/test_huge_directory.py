@@ -77,7 +77,10 @@ def apply(store: MemoryStore, what: str, i: int) -> None:
     elif what == "rewrite":
         store.put_sync(f"huge/{name(i)}", b"x" * (i % 7 + 2))
     else:
+        # files named like it but for a suffix sort between name and name/
         store.put_sync(f"huge/{name(i, 'd')}/inside", b"")
+        for k in range(i % 12):
+            store.put_sync(f"huge/{name(i, 'd')}.{k}", b"")
 
 
 def expected(store: MemoryStore, n: str) -> tuple[str, int] | None:
@@ -91,9 +94,10 @@ def expected(store: MemoryStore, n: str) -> tuple[str, int] | None:
 
 
 def names_of(look) -> list[str]:
-    if look[0] == "run":
+    if look[0] == "run":  # in key order, each name, then the directory beside it
         _, start, length, stride = look
-        return [name(i) for i in range(start, min(N, start + length * stride), stride)]
+        return [n for i in range(start, min(N, start + length * stride), stride)
+                for n in (name(i), name(i, "d"))]
     return [name(i, v) for i, v in look[1]]
 
 
