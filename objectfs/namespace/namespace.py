@@ -398,23 +398,22 @@ class Namespace:
         lo = keys.key_before(prefix + name)
         page = await self.store.list_page(prefix, delimiter="/", max_keys=size,
                                           start_after=lo)
-        found = sorted([o.key for o in page.objects] + list(page.prefixes))
-        if page.next_token and not found:
+        listed = [o.key for o in page.objects] + list(page.prefixes)
+        if page.next_token and not listed:
             return False
-        end = found[-1] if page.next_token else None
-        objects = {o.key: o for o in page.objects}
+        # the range it answers for, as entries of d: after lo, up to its last
+        # key or prefix if there are more, else to the end
+        end = max(listed)[len(prefix):] if page.next_token else None
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         legacy: dict[str, str] = {}
-        self._collect(prefix, [objects[k] for k in found if k in objects],
-                      [k for k in found if k not in objects], files, dirs, legacy)
+        self._collect(prefix, page.objects, page.prefixes, files, dirs, legacy)
         kept = await self._kept(d, prefix, files)
-        self._merge(d, started, files, dirs, legacy, kept, within=(lo, end))
+        self._merge(d, started, files, dirs, legacy, kept, within=(lo[len(prefix):], end))
         scan = self._scans.get(d.ino)
         if scan is not None:
-            scan.listed = started
-            scan.end = end[len(prefix):] if end is not None else None
-        return end is None or prefix + self._last_place(name) <= end
+            scan.listed, scan.end = started, end
+        return end is None or self._last_place(name) <= end
 
     def _listing_budget(self, d: Inode, now: float) -> int:
         """How many listing pages a lookup in ``d`` may spend to list it whole.
@@ -684,19 +683,17 @@ class Namespace:
                kept: dict[str, ObjectInfo] | None = None,
                within: tuple[str, str | None] | None = None) -> None:
         """Bring ``d``'s children in line with a listing started at
-        ``started``.  ``within``: the listing covers only the keys after
-        ``lo`` up to ``hi`` (None: to the end); names outside are left as
-        they are, and the directory does not count as freshly listed."""
+        ``started``.  ``within`` (lo, hi): the listing covers only the entries
+        after ``lo`` up to ``hi`` (None: to the end), a directory being at
+        ``name/`` as in a listing; names outside are left as they are, and
+        the directory does not count as freshly listed."""
         assert d.children is not None
-        if within is not None:  # the bounds as names (both keys are under d's prefix)
-            skip = len(self.table.key(d))
-            lo, hi = within[0][skip:], within[1][skip:] if within[1] is not None else None
 
         def covered(name: str, is_dir: bool) -> bool:
             if within is None:
                 return True
             entry = name + "/" if is_dir else name
-            return lo < entry and (hi is None or entry <= hi)
+            return within[0] < entry and (within[1] is None or entry <= within[1])
 
         for name in list(d.removed):
             if d.removed[name] < started and (covered(name, False) or covered(name, True)):

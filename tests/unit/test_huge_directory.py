@@ -12,7 +12,6 @@ entry is stale" is exact and the examples take no real time.
 from __future__ import annotations
 
 import contextlib
-import stat
 
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +24,7 @@ from objectfs.filesystem import Filesystem
 from objectfs.namespace import namespace as namespace_module
 from objectfs.namespace import tree as tree_module
 from objectfs.store.memory import MemoryStore
+from tests.unit.test_core_regressions import _huge_dir
 
 N = namespace_module.MAX_LOOKUP_LIST_PAGES * 1000 + 10
 TTL = 5.0
@@ -106,10 +106,7 @@ def names_of(look) -> list[str]:
 @given(rounds=rounds)
 def test_lookups_in_a_huge_directory_agree_with_s3_once_stale(tmp_path, rounds):
     store = MemoryStore()
-    for i in range(N):
-        key = f"huge/{name(i)}"
-        store.put_sync(key, b"x", {"mode": str(stat.S_IFREG | 0o600)})
-        store.objects[key].mtime_ns -= 60 * 10**9
+    assert _huge_dir(store) == [name(i) for i in range(N)]
     cfg = build("bucket", "", "/mnt", o_options=[
         f"staging_dir={tmp_path}", f"cache_dir={tmp_path}/cache", f"metadata_ttl={TTL:g}",
         f"negative_ttl={TTL:g}"])
