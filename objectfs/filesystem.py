@@ -1226,16 +1226,20 @@ class Filesystem:
 
     @staticmethod
     def _xattr_name(raw: bytes) -> str:
+        """A ``user.*`` name.  Other namespaces (security, system, trusted)
+        are not stored here: EOPNOTSUPP, as a Linux filesystem without them
+        answers.  ``ls -l`` then asks once per mount, not twice a file (the
+        SELinux label and the ACL; ENODATA made it ask again for each)."""
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise NotSupported("xattr names must be UTF-8") from None
+        if not name.startswith("user."):
+            raise NotSupported("only user.* extended attributes are stored")
         return name
 
     async def getxattr(self, ino: int, raw: bytes) -> bytes:
         name = self._xattr_name(raw)
-        if not name.startswith("user."):
-            raise NoData(name)
         node = await self._xattr_node(ino)
         value = (node.xattrs or {}).get(name)
         if value is None:
@@ -1244,13 +1248,13 @@ class Filesystem:
 
     async def listxattr(self, ino: int) -> list[bytes]:
         node = await self._xattr_node(ino)
-        return [n.encode() for n in sorted(node.xattrs or {})]
+        # names of other namespaces that s3fs stored stay in the object,
+        # unseen (kept when a user.* attribute changes)
+        return [n.encode() for n in sorted(node.xattrs or {}) if n.startswith("user.")]
 
     async def setxattr(self, ino: int, raw: bytes, value: bytes, flags: int = 0) -> None:
         self._check_writable()
         name = self._xattr_name(raw)
-        if not name.startswith("user."):
-            raise NotSupported("only user.* extended attributes are stored")
         if not md.valid_xattr_name(name):
             raise InvalidArgument("xattr name contains , : or \"")
         node = await self._xattr_node(ino)

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -353,6 +354,43 @@ def test_chmod_chown_utime_keep_foreign_metadata(mount, bucket, s3_client):
     assert md["mtime"] == "1700000000" and md["mode"] == "33152"
     st = os.stat(p)
     assert st.st_mode == stat.S_IFREG | 0o600 and st.st_uid == 1000
+
+
+def test_only_user_xattrs_show_and_others_stay_stored(mount, bucket, s3_client):
+    """Only user.* extended attributes are ours: names of other namespaces
+    answer EOPNOTSUPP, as on a Linux filesystem without them, so ``ls -l``
+    stops asking after the first file (with ENODATA it asked twice a file).
+    Such names s3fs stored stay in the object, unseen, across a change."""
+    import errno
+
+    from objectfs import metadata as md
+
+    stored = md.format_xattrs({"user.note": b"mine", "security.selinux": b"label"})
+    put(s3_client, bucket, "d/f.dat", b"x", Metadata={"mode": "33188", "xattr": stored})
+    for i in range(30):
+        put(s3_client, bucket, f"d/g{i:02d}", b"y")
+    m = mount(bucket)
+    p = os.path.join(m.mountpoint, "d", "f.dat")
+
+    assert os.listxattr(p) == ["user.note"]
+    assert os.getxattr(p, "user.note") == b"mine"
+    for name in ("security.selinux", "trusted.x", "system.posix_acl_access"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(p, name)
+        assert e.value.errno == errno.EOPNOTSUPP, (name, e.value)
+    with pytest.raises(OSError) as e:
+        os.removexattr(p, "security.selinux")
+    assert e.value.errno == errno.EOPNOTSUPP
+    os.setxattr(p, "user.more", b"2")
+    kept = md.parse_xattrs(meta(s3_client, bucket, "d/f.dat")["xattr"])
+    assert kept == {"user.note": b"mine", "user.more": b"2", "security.selinux": b"label"}
+
+    before = m.metric("objectfs_fuse_requests_total", op="getxattr")
+    out = subprocess.run(["ls", "-l", os.path.join(m.mountpoint, "d")], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.count("\n") == 32, out
+    asked = m.metric("objectfs_fuse_requests_total", op="getxattr") - before
+    assert asked <= 4, f"ls -l of 31 files asked for {asked:.0f} xattrs"
 
 
 def test_chmod_directory_marker_keeps_foreign_metadata(mount, bucket, s3_client):
