@@ -257,7 +257,8 @@ OPTIONS: list[Option] = [
            "mode and owner while listing a directory.", "metadata"),
     Option("trust_listing", parse_bool, False, "Show attributes from the listing alone (size, "
            "Last-Modified, default mode and owner) and skip the per-entry HEAD; fast, but modes, "
-           "owners, mtimes and symlink types stored in metadata show only after a lookup.",
+           "owners, mtimes and symlink types stored in metadata show from a file's first lookup "
+           "once its entry is older than metadata_ttl (one HEAD, see SEMANTICS.md).",
            "metadata"),
     Option("small_file_prefetch", parse_size, 16 * KiB, "A file up to this size whose "
            "attributes are fetched (ls -l, stat, a lookup after a listing) is fetched whole with "

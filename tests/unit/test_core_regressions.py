@@ -519,6 +519,47 @@ def test_a_stale_entry_of_a_freshly_listed_directory_costs_one_head(tmp_path):
     run_fs(tmp_path, body, store=store)
 
 
+def test_trust_listing_shows_stored_attributes_from_a_files_first_stale_lookup(tmp_path):
+    """With trust_listing a listing's entries show the listing's attributes
+    (default mode) and lookups within metadata_ttl ask nothing.  The first
+    lookup of an entry once it is stale HEADs it, even right after a
+    relisting, and the stored mode shows from then on; later relistings
+    vouch for it (ETag and Last-Modified unchanged) without HEADs."""
+    store = MemoryStore()
+    names = ["f0", "f1", "f2"]
+    for n in names:
+        store.put_sync(f"d/{n}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+        store.objects[f"d/{n}"].mtime_ns -= 60 * 10**9
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+
+        async def relist_then_look_up() -> tuple[dict, set[int]]:
+            d.listed_at = float("-inf")  # metadata_ttl has passed
+            for c in d.children.values():
+                c.validated_at = float("-inf")
+            before = dict(store.calls)
+            fh = (await fs.opendir(d.ino)).fh
+            assert [n for n, _ in await fs.readdir(fh, 0)] == names
+            modes = {(await fs.lookup(d.ino, n.encode())).attr.mode for n in names}
+            return _used(store, before), modes
+
+        before = dict(store.calls)
+        fh = (await fs.opendir(d.ino)).fh
+        await fs.readdir(fh, 0)
+        modes = {(await fs.lookup(d.ino, n.encode())).attr.mode for n in names}
+        assert _used(store, before) == {"ListObjectsV2": 1}
+        assert modes == {stat.S_IFREG | 0o644}, modes  # the listing's: default mode
+        used, modes = await relist_then_look_up()
+        assert used == {"ListObjectsV2": 1, "HeadObject": 3}, used
+        assert modes == {stat.S_IFREG | 0o600}, modes
+        used, modes = await relist_then_look_up()
+        assert used == {"ListObjectsV2": 1}, used
+        assert modes == {stat.S_IFREG | 0o600}, modes
+
+    run_fs(tmp_path, body, "trust_listing=true", store=store)
+
+
 def test_concurrent_reads_of_one_handle_all_get_their_bytes(tmp_path):
     # the kernel's readahead sends several reads of one file at once
     store = MemoryStore()
