@@ -101,8 +101,10 @@ def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
 
+@functools.lru_cache(maxsize=256)
 def _http_date_ns(value: str | None) -> int:
-    """An HTTP date header in ns since the epoch; 0 if absent or unreadable."""
+    """An HTTP date header in ns since the epoch; 0 if absent or unreadable.
+    Remembered: the server's Date changes once a second."""
     if not value:
         return 0
     try:

@@ -19,9 +19,9 @@ key, query and header.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
+import time
 from typing import Mapping
 from urllib.parse import urlsplit
 
@@ -54,7 +54,7 @@ class Signer:
         as ``YYYYMMDDTHHMMSSZ``: for tests)."""
         creds = self._credentials.get_frozen_credentials()
         if timestamp is None:
-            timestamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            timestamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = {name: value for name, value in headers.items() if name.lower() not in _OWN}
         out["X-Amz-Date"] = timestamp
         if creds.token:
@@ -77,8 +77,8 @@ class Signer:
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", timestamp, scope,
                              hashlib.sha256(canonical.encode()).hexdigest()])
-        signature = hmac.new(self._signing_key(creds.secret_key, day), to_sign.encode(),
-                             "sha256").hexdigest()
+        signature = hmac.digest(self._signing_key(creds.secret_key, day), to_sign.encode(),
+                                "sha256").hex()
         out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                                 f"SignedHeaders={signed_names}, Signature={signature}")
         return out
