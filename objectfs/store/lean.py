@@ -652,7 +652,7 @@ def _decode(headers: Mapping[str, str]) -> dict[str, Any]:
             out[_HEADERS[lname]] = value
         elif lname == "last-modified":
             try:
-                out["LastModified"] = _http_date(value)
+                out["LastModified"] = http_date(value)
             except (TypeError, ValueError):
                 raise Fallback("Last-Modified") from None
         elif lname == "date":  # where botocore's answer has it
@@ -669,8 +669,8 @@ def _decode(headers: Mapping[str, str]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _http_date(value: str) -> datetime.datetime:
-    """An HTTP date as a datetime, remembered: objects written in the same
-    second share their Last-Modified, and email.utils's parser costs about
-    8 us a call."""
+def http_date(value: str) -> datetime.datetime:
+    """An HTTP date as a datetime, remembered: the server's Date changes once
+    a second, objects written in the same second share their Last-Modified,
+    and email.utils's parser costs about 8 us a call.  Also s3.py's."""
     return email.utils.parsedate_to_datetime(value)

@@ -19,7 +19,6 @@ misplaced or from another version of the object.
 from __future__ import annotations
 
 import base64
-import email.utils
 import errno
 import functools
 import hashlib
@@ -101,14 +100,12 @@ def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
 
-@functools.lru_cache(maxsize=256)
 def _http_date_ns(value: str | None) -> int:
-    """An HTTP date header in ns since the epoch; 0 if absent or unreadable.
-    Remembered: the server's Date changes once a second."""
+    """An HTTP date header in ns since the epoch; 0 if absent or unreadable."""
     if not value:
         return 0
     try:
-        return int(email.utils.parsedate_to_datetime(value).timestamp()) * 1_000_000_000
+        return int(_lean.http_date(value).timestamp()) * 1_000_000_000
     except (TypeError, ValueError, OverflowError):
         return 0
 
