@@ -480,7 +480,17 @@ class Lifecycle:
             if self.failed:
                 log.error("%d file(s) could not be uploaded before exit", len(self.failed))
             nursery.cancel_scope.cancel()
+        await self._close_connections()
         self.fs.close()
+
+    async def _close_connections(self) -> None:
+        """Say goodbye to the server: close the kept connections (bounded:
+        the process is about to exit, which would close them anyway)."""
+        with trio.move_on_after(5):
+            try:
+                await self.fs.store.aclose()
+            except Exception as e:
+                log.debug("closing the S3 connections: %s", e)
 
 
 def tune_malloc(arenas: int = MALLOC_ARENAS) -> bool:

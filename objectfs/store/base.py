@@ -146,3 +146,7 @@ class ObjectStore(Protocol):
     def release_idle(self) -> None:
         """Give back memory kept for requests to come that has not been used
         for a while (called about once a second by a mount)."""
+
+    async def aclose(self) -> None:
+        """Close kept connections: the mount is ending (after its last
+        request; the store is not used again)."""

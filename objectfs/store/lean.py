@@ -152,6 +152,13 @@ class _Pool:
                     return
         conn.close()
 
+    def close(self) -> None:
+        """Close the idle connections (one in use is closed when released)."""
+        with self._lock:
+            idle, self._idle, self._keep = self._idle, [], 0
+        for conn in idle:
+            conn.close()
+
 
 class _HTTPConnection(http.client.HTTPConnection):
     """The connect timeout for connecting, the read timeout afterwards, and
@@ -237,6 +244,13 @@ class Transport:
             with self._lock:
                 pool = self._pools.setdefault((scheme, netloc), _Pool(make, self.keep))
         return pool
+
+    def close(self) -> None:
+        """Close every kept connection: the client is done."""
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.close()
 
     def send(self, method: str, url: str, headers: Mapping[str, str], stream: bool) -> _Response:
         """Send an idempotent request without a body (HEAD, GET, DELETE).  A
@@ -351,6 +365,13 @@ class LeanRequests:
     def _use_transport(self) -> None:
         self._transport = Transport(self._http)
         self._atransport = AsyncTransport(self._transport)
+
+    async def aclose(self) -> None:
+        """Close the kept connections of both transports (the mount ends)."""
+        if self._atransport is not None:
+            await self._atransport.aclose()
+        if self._transport is not None:
+            self._transport.close()
 
     @property
     def ready(self) -> bool:

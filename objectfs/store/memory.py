@@ -245,3 +245,6 @@ class MemoryStore:
 
     def release_idle(self) -> None:
         pass  # nothing kept
+
+    async def aclose(self) -> None:
+        pass  # no connections

@@ -333,6 +333,12 @@ class S3Store:
         """Give back the receive buffers left unused for a while."""
         self.receive_buffers.trim()
 
+    async def aclose(self) -> None:
+        """Close the kept connections: the lean path's, then boto3's."""
+        if self.lean is not None:
+            await self.lean.aclose()
+        await trio.to_thread.run_sync(self.client.close)
+
     def _lean_or_none(self) -> _lean.LeanRequests | None:
         lean = self.lean
         return lean if lean is not None and lean.ready else None

@@ -353,6 +353,7 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
     import threading
 
     conns: list[socket.socket] = []
+    ended: list[socket.socket] = []   # connections the client closed (or the server)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -361,9 +362,17 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
             super().setup()
             conns.append(self.connection)
 
+        def finish(self):
+            super().finish()
+            ended.append(self.connection)
+
         def _answer(self, body: bool):
             status, data = (404, b"<Error><Code>NoSuchKey</Code></Error>") \
                 if self.path.endswith("missing") else (200, b"0123456789")
+            if "list-type=2" in self.path:   # an empty bucket's listing
+                data = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+                        b'<KeyCount>0</KeyCount><IsTruncated>false</IsTruncated>'
+                        b'</ListBucketResult>')
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -402,6 +411,7 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
     srv.url = f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}"
     srv.close_all = close_all
     srv.conns = conns
+    srv.ended = ended
     try:
         yield srv
     finally:
@@ -499,6 +509,50 @@ def test_transport_keeps_connections_and_reopens_one_the_server_closed(keepalive
     r.discard()   # a body left unread: that connection is not reused
     assert t.send("GET", keepalive.url + "/b/k", {}, stream=False).content == b"0123456789"
     assert len(keepalive.conns) == 3
+
+
+def _all_ended(srv, timeout: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(srv.ended) < len(srv.conns) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(srv.ended) == len(srv.conns)
+
+
+def test_closing_the_transports_closes_their_kept_connections(keepalive):
+    """At the end of a mount the kept connections are closed, not left for
+    the process's exit: the server sees each one end."""
+    t = lean.Transport(_Session())
+    t.send("GET", keepalive.url + "/b/k", {}, stream=False)
+    at = ahttp.AsyncTransport(t)
+    asend(at, "GET", keepalive.url + "/b/k")
+    assert len(keepalive.conns) == 2 and not keepalive.ended, "both kept open"
+    trio.run(at.aclose)
+    t.close()
+    assert _all_ended(keepalive), "the server saw both connections end"
+    # a closed pool keeps nothing, not even a connection released later
+    pool = t._pool("http", keepalive.url.split("//")[1])
+    conn, _ = pool.acquire()
+    pool.release(conn)
+    assert not pool._idle
+
+
+def test_a_closed_store_keeps_no_connection(keepalive):
+    """S3Store.aclose (the mount's last step) closes boto3's kept connection
+    and both lean paths'."""
+    store = S3Store(S3Settings(bucket="b", endpoint_url=keepalive.url, access_key="a",
+                               secret_key="s", region="us-east-1"))
+
+    async def main():
+        await store.list_page("")                             # boto3's pool
+        await store.head("k")                                 # the event loop's
+        await trio.to_thread.run_sync(store.lean.head, "k")   # a worker thread's
+        assert len(keepalive.conns) == 3 and not keepalive.ended, "all three kept open"
+        await store.aclose()
+
+    trio.run(main)
+    assert _all_ended(keepalive), "the server saw every connection end"
 
 
 def test_transport_failures_are_botocores(keepalive):
