@@ -33,6 +33,7 @@ from tests.integration.test_cli import (alive, daemon_pid, mount_args,  # noqa: 
 from tests.support.mounts import (S3fsMount, force_unmount, is_mounted, mount_entry,
                                   wait_mounted)
 from tests.support.s3server import MotoServer
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
 
@@ -49,14 +50,6 @@ def reap(proc: subprocess.Popen, *files) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout} s")
-        time.sleep(0.05)
 
 
 def wait_daemon_gone(pid: int | None) -> None:

@@ -21,6 +21,7 @@ from objectfs.namespace.keys import key_before
 from objectfs.store import ahttp, lean
 from objectfs.store.s3 import S3Settings, S3Store
 from objectfs.store.s3options import RequestOptions
+from tests.support.wait import wait_for
 
 KEY = "dir/odd name+%&=~ü.txt"
 BODY = bytes(range(256)) * 40
@@ -511,13 +512,10 @@ def test_transport_keeps_connections_and_reopens_one_the_server_closed(keepalive
     assert len(keepalive.conns) == 3
 
 
-def _all_ended(srv, timeout: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while len(srv.ended) < len(srv.conns) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return len(srv.ended) == len(srv.conns)
+def wait_all_ended(srv) -> None:
+    """Until the server has seen every connection end (at most 5 s)."""
+    wait_for(lambda: len(srv.ended) == len(srv.conns), timeout=5,
+             what="end of every connection", interval=0.01)
 
 
 def test_closing_the_transports_closes_their_kept_connections(keepalive):
@@ -530,7 +528,7 @@ def test_closing_the_transports_closes_their_kept_connections(keepalive):
     assert len(keepalive.conns) == 2 and not keepalive.ended, "both kept open"
     trio.run(at.aclose)
     t.close()
-    assert _all_ended(keepalive), "the server saw both connections end"
+    wait_all_ended(keepalive)
     # a closed pool keeps nothing, not even a connection released later
     pool = t._pool("http", keepalive.url.split("//")[1])
     conn, _ = pool.acquire()
@@ -552,7 +550,7 @@ def test_a_closed_store_keeps_no_connection(keepalive):
         await store.aclose()
 
     trio.run(main)
-    assert _all_ended(keepalive), "the server saw every connection end"
+    wait_all_ended(keepalive)
 
 
 def test_transport_failures_are_botocores(keepalive):

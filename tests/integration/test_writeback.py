@@ -25,6 +25,7 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounts import is_mounted
+from tests.support.wait import wait_for as support_wait_for
 
 STAY = "writeback=600"   # long enough that nothing is uploaded by the delay
 UPLOAD_WAIT = 60.0       # bound on waiting for a background upload
@@ -54,11 +55,7 @@ def keys(client, bucket: str) -> list[str]:
 
 
 def wait_for(pred, timeout: float = UPLOAD_WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    support_wait_for(pred, timeout, what, interval=0.1)
 
 
 def read_file(path: str) -> bytes:
