@@ -754,25 +754,29 @@ class Filesystem:
         self._touch_dir(parent)
         return node
 
-    async def _put_new(self, node: Inode, body: bytes = b"") -> None:
-        h = self.headers_for(node, content_changed=True)
-        info = await self.store.put(self.table.key(node), body, metadata=h.metadata,
-                                    content_type=h.content_type, headers=h.headers)
+    async def _put_new(self, node: Inode, body: bytes = b"") -> Inode:
+        """Write the object of a node just attached (mkdir, symlink, mknod);
+        if that fails the node leaves the tree again.  Returns the node, its
+        lookup counted for the kernel's reply."""
+        try:
+            h = self.headers_for(node, content_changed=True)
+            info = await self.store.put(self.table.key(node), body, metadata=h.metadata,
+                                        content_type=h.content_type, headers=h.headers)
+        except BaseException:
+            self.table.detach(node)
+            raise
         node.remote = info
         node.local = False
+        node.lookups += 1
+        return node
 
     async def mkdir(self, parent_ino: int, raw: bytes, mode: int, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
         name = await self._check_new(parent, raw)
         attr = self._new_attr(parent, stat.S_IFDIR | stat.S_IMODE(mode), caller, size=4096)
         node = self._attach(parent, name, attr)
-        try:
-            await self._put_new(node)
-        except BaseException:
-            self.table.detach(node)
-            raise
+        await self._put_new(node)
         node.listed_at = clock()  # a new directory is known to be empty
-        node.lookups += 1
         return node
 
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, caller: Caller) -> Inode:
@@ -781,13 +785,7 @@ class Filesystem:
         attr = self._new_attr(parent, stat.S_IFLNK | 0o777, caller, size=len(target))
         node = self._attach(parent, name, attr)
         node.target = os.fsdecode(target)
-        try:
-            await self._put_new(node, target)
-        except BaseException:
-            self.table.detach(node)
-            raise
-        node.lookups += 1
-        return node
+        return await self._put_new(node, target)
 
     async def mknod(self, parent_ino: int, raw: bytes, mode: int, rdev: int,
                     caller: Caller) -> Inode:
@@ -799,14 +797,7 @@ class Filesystem:
         attr = self._new_attr(parent, ftype | stat.S_IMODE(mode), caller)
         if ftype in (stat.S_IFCHR, stat.S_IFBLK):
             attr.rdev = rdev
-        node = self._attach(parent, name, attr)
-        try:
-            await self._put_new(node)
-        except BaseException:
-            self.table.detach(node)
-            raise
-        node.lookups += 1
-        return node
+        return await self._put_new(self._attach(parent, name, attr))
 
     async def create(self, parent_ino: int, raw: bytes, mode: int, flags: int,
                      caller: Caller) -> tuple[FileHandle, Inode]:

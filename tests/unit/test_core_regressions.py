@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 
 from objectfs.config import build
-from objectfs.errors import ConfigError, FsError
+from objectfs.errors import ConfigError, FsError, store_error
 from objectfs.filesystem import Caller, Filesystem, SetAttr
 from objectfs.store.base import TiB
 from objectfs.store.memory import MemoryStore
@@ -620,3 +621,44 @@ def test_listing_heads_entries_with_a_fixed_pool_of_tasks(tmp_path):
         assert counter.peak <= 8 + 16, counter.peak
 
     run_fs(tmp_path, body, "stat_concurrency=8", store=store)
+
+
+# -- a new name whose object could not be written is not left behind ---------------------
+
+class RefusingPuts(MemoryStore):
+    """Refuses PutObject while ``refuse`` is set (AccessDenied, as a bucket policy)."""
+
+    refuse = True
+
+    async def put(self, key, body, **kw):
+        if self.refuse:
+            raise store_error("AccessDenied", op="PutObject", key=key)
+        return await super().put(key, body, **kw)
+
+
+@pytest.mark.parametrize("kind", ["mkdir", "symlink", "mknod"])
+def test_a_refused_put_leaves_no_entry_and_the_name_can_be_made_again(tmp_path, kind):
+    async def make(fs):
+        if kind == "mkdir":
+            return await fs.mkdir(1, b"x", 0o755, CALLER)
+        if kind == "symlink":
+            return await fs.symlink(1, b"x", b"target", CALLER)
+        return await fs.mknod(1, b"x", stat.S_IFIFO | 0o644, 0, CALLER)
+
+    async def body(fs, store):
+        with pytest.raises(FsError) as e:
+            await make(fs)
+        assert e.value.errno == errno.EACCES
+        with pytest.raises(FsError) as e:
+            await fs.lookup(1, b"x")
+        assert e.value.errno == errno.ENOENT
+        h = await fs.opendir(1)
+        assert "x" not in dict(await fs.readdir(h.fh, 0))
+        fs.releasedir(h.fh)
+        store.refuse = False
+        node = await make(fs)
+        assert node.lookups == 1   # the kernel's reference to the new entry
+        assert (await fs.lookup(1, b"x")) is node
+
+    store = run_fs(tmp_path, body, store=RefusingPuts())
+    assert set(store.objects) == ({"x/"} if kind == "mkdir" else {"x"})
