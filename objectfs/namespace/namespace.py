@@ -293,12 +293,19 @@ class Namespace:
             # A page or a few usually hold the whole directory: the listing
             # answers this lookup and every later one here (hits and misses)
             # for metadata_ttl, for the price of the HEAD + LIST of one name.
-            if await self._list(parent, max_pages=pages):
+            started = clock()
+            listed, early = await self._list_and_head(parent, name, child, pages)
+            if listed:
                 child = parent.children.get(name)
                 if child is None:
                     raise NotFound(name)
                 if (child.meta_known or self.cfg.trust_listing) and self.fresh(child):
                     return child
+                if early is not None and self._same_version(child, early, started):
+                    self._apply_head(parent, child, early)
+                    if len(self._to_keep) >= KEEP_BATCH:
+                        await self.keep_heads()
+                    return parent.children[name]
                 return await self._complete(parent, child)
             parent.big_at = clock()  # too big: look names up one by one
             parent.misses = 0
@@ -310,6 +317,51 @@ class Namespace:
         if child is None or not child.is_dir:
             return await self._lookup_in_big(parent, name, child)
         return await self._resolve(parent, name)
+
+    async def _list_and_head(self, parent: Inode, name: str, child: Inode | None,
+                             pages: int) -> tuple[bool, ObjectInfo | None]:
+        """``_list(parent, pages)``, with the HEAD that a file ``name`` would
+        need next sent beside it, so a lookup in a directory not listed
+        lately waits for one round trip instead of two.  Returns the
+        listing's result and the HEAD's answer (None if it failed or was
+        not sent: a directory, ``trust_listing``, which needs none, or a
+        directory found too big to list before, where the lookup goes on
+        without the listing and asks its own way).  A name that is not a
+        file costs S3 one HEAD answered 404, once per listing of the
+        directory."""
+        key = self.table.key(parent) + name
+        try:
+            keys.check_key(key)
+        except (FsError, UnicodeError):
+            key = None  # the lookup reports it
+        if key is None or self.cfg.trust_listing or (child is not None and child.is_dir) \
+                or parent.big_at != float("-inf"):
+            return await self._list(parent, max_pages=pages), None
+        got: list[ObjectInfo] = []
+
+        async def head() -> None:
+            async with self._stat_limiter:
+                try:
+                    got.append(await self.store.head(
+                        key, body_max=self.cfg.small_file_prefetch))
+                except FsError:
+                    pass  # the lookup asks again if it needs to, and reports errors then
+
+        async with open_nursery() as n:
+            n.start_soon(head)
+            listed = await self._list(parent, max_pages=pages)
+        return listed, (got[0] if got else None)
+
+    @staticmethod
+    def _same_version(child: Inode, info: ObjectInfo, started: float) -> bool:
+        """True if ``info``, a HEAD sent at ``started`` beside the listing
+        that made ``child``, describes the version that listing showed and
+        nothing changed ``child`` here since."""
+        listed = child.remote
+        return (not child.is_dir and listed is not None and child.changed_at < started
+                and listed.etag == info.etag and listed.size == info.size
+                and (not listed.mtime_ns or not info.mtime_ns
+                     or listed.mtime_ns == info.mtime_ns))
 
     async def _lookup_in_big(self, parent: Inode, name: str, child: Inode | None) -> Inode:
         """A name of a directory too big to list for a lookup, new or a file
@@ -824,17 +876,7 @@ class Namespace:
                     self.notifier.invalidate_entry(d.ino, child.name)
                     self.table.detach(child, remember=False)
                     return
-                ftype = self.type_of(info) if not child.is_dir else stat.S_IFDIR
-                if ftype != stat.S_IFMT(child.attr.mode):
-                    node = self.make_child(d, child.name, ftype, info,
-                                           is_dir=ftype == stat.S_IFDIR)
-                    if ftype == stat.S_IFDIR:
-                        node.legacy = info.key
-                else:
-                    self.apply_info(child, info, is_dir=child.is_dir)
-                if self.attr_disk is not None and ftype != stat.S_IFDIR \
-                        and attrdisk.trusted(info):
-                    self._to_keep.append(info)
+                self._apply_head(d, child, info)
 
         # A fixed pool of workers, not one task per entry: a listing of
         # 100,000 names would otherwise hold 100,000 tasks at once (about
@@ -850,6 +892,19 @@ class Namespace:
                 n.start_soon(worker)
         if len(todo) > 1 or len(self._to_keep) >= KEEP_BATCH:
             await self.keep_heads()  # one lookup's HEAD waits for company
+
+    def _apply_head(self, d: Inode, child: Inode, info: ObjectInfo) -> None:
+        """Give ``child`` of ``d`` the attributes of its HEAD answer ``info``
+        (a new inode if its type is not the one the listing suggested)."""
+        ftype = self.type_of(info) if not child.is_dir else stat.S_IFDIR
+        if ftype != stat.S_IFMT(child.attr.mode):
+            node = self.make_child(d, child.name, ftype, info, is_dir=ftype == stat.S_IFDIR)
+            if ftype == stat.S_IFDIR:
+                node.legacy = info.key
+        else:
+            self.apply_info(child, info, is_dir=child.is_dir)
+        if self.attr_disk is not None and ftype != stat.S_IFDIR and attrdisk.trusted(info):
+            self._to_keep.append(info)
 
     async def ensure_metadata(self, node: Inode) -> None:
         """Make sure ``node.remote.metadata`` is the full set from a HEAD

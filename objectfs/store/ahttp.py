@@ -8,9 +8,10 @@ back.  On two cores shared with the S3 server, that cost 0.2 ms of CPU and
 ``rm`` of many files, a cold ``ls -l``, a lookup and a random read each wait
 for such requests one after the other.
 
-So the lean path (lean.py) sends requests without a body whose answer is
-small (HeadObject, DeleteObject, a ListObjectsV2 of a few keys, a GetObject
-of a small range) through ``AsyncTransport``: HTTP/1.1 over trio streams,
+So the lean path (lean.py) sends requests whose answer is small
+(HeadObject, DeleteObject, a ListObjectsV2 of a few keys, a GetObject of a
+small range, the multipart upload's requests but UploadPart) through
+``AsyncTransport``: HTTP/1.1 over trio streams,
 with kept connections, the same timeouts, socket options and TLS settings
 as ``lean.Transport``.  Large bodies stay in worker threads, which read them
 into kept buffers with the GIL released.
@@ -154,8 +155,8 @@ def parse_head(head: bytes) -> tuple[bytes, int, Headers]:
 
 
 class AsyncTransport:
-    """Kept HTTP/1.1 connections on trio streams, for requests without a
-    body.  ``settings`` is the ``lean.Transport`` whose timeouts, socket
+    """Kept HTTP/1.1 connections on trio streams, for requests with no body
+    or a small one.  ``settings`` is the ``lean.Transport`` whose timeouts, socket
     options, TLS context and pool size these connections use."""
 
     def __init__(self, settings):
@@ -163,12 +164,15 @@ class AsyncTransport:
         self._idle: dict[tuple[str, str], list[_Conn]] = {}
 
     async def send(self, method: str, url: str, headers: Mapping[str, str],
-                   limit: int) -> Response:
-        """The whole answer to an idempotent request.  A kept connection the
-        server has closed meanwhile is replaced and the request sent again;
-        every other failure is raised (see the module's docstring)."""
+                   limit: int, body: bytes = b"", idempotent: bool = True) -> Response:
+        """The whole answer to a request (with a small ``body``, whose
+        Content-Length is among ``headers``).  A kept connection the server
+        has closed meanwhile is replaced and an ``idempotent`` request sent
+        again; every other failure is raised (see the module's docstring),
+        as is that one for a request that must not be made twice (the
+        server may have acted on it: the caller's retry knows that)."""
         parts = urlsplit(url)
-        head = request_head(method, parts, headers)
+        head = request_head(method, parts, headers) + body
         idle = self._idle.setdefault((parts.scheme, parts.netloc), [])
         while True:
             new = not idle
@@ -181,7 +185,7 @@ class AsyncTransport:
                 response, keep = await self._answer(conn, method, url, limit)
             except _Stale as e:
                 await trio.aclose_forcefully(conn.stream)
-                if new:
+                if new or not idempotent:
                     raise (_stdlib(e.args[0]) if e.args else http.client.RemoteDisconnected(
                         "Remote end closed connection without response")) from None
                 continue  # the kept connection was gone before the answer began

@@ -96,6 +96,17 @@ class S3Settings:
     credential_source: str = ""  # where access_key came from, for the log
 
 
+# boto3's parameters of CreateMultipartUpload that the lean path sends, as
+# the headers botocore makes of them (Metadata aside: x-amz-meta-*).
+_CREATE_HEADERS = {"ContentType": "Content-Type", "CacheControl": "Cache-Control",
+                   "ContentDisposition": "Content-Disposition",
+                   "ContentEncoding": "Content-Encoding", "ContentLanguage": "Content-Language",
+                   "StorageClass": "x-amz-storage-class",
+                   "ServerSideEncryption": "x-amz-server-side-encryption",
+                   "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
 def _ms(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -251,6 +262,16 @@ def translate(exc: BaseException, op: str, key: str) -> StoreError:
     raise exc
 
 
+def _missing(e: "_lean.LeanError") -> None:
+    """For a GET asked in place of a HEAD (see ``S3Store._head_by_get``):
+    if ``e`` says the key does not exist (404 NoSuchKey), raise the error a
+    HEAD gets for that (no body: "404"); else return None, and the HEAD is
+    asked."""
+    if e.status == 404 and e.code == "NoSuchKey":
+        raise _lean.LeanError("404", "Not Found", 404, e.headers)
+    return None
+
+
 def _bare_etag(etag: str) -> str:
     """An ETag without W/ and quotes: listings and headers of some servers
     differ in quoting."""
@@ -323,10 +344,10 @@ class S3Store:
         why = _lean.usable(self.settings)
         if why is None:
             try:
-                return _lean.LeanRequests(self.client, self.receive_buffers)
+                return _lean.LeanRequests(self.client, self.receive_buffers, self.settings.bucket)
             except Exception as e:  # a client without the botocore internals it uses
                 why = f"{type(e).__name__}: {e}"
-        log.debug("HEAD, GET, DELETE and LIST go through boto3 (%s)", why)
+        log.debug("every request goes through boto3 (%s)", why)
         return None
 
     def release_idle(self) -> None:
@@ -491,7 +512,8 @@ class S3Store:
         """HeadObject's answer from a ranged GET; None to ask with a HEAD
         instead: any error answer (so errors are exactly HEAD's, and an
         object emptied since the listing has no satisfiable range) or one
-        the lean path does not decode."""
+        the lean path does not decode.  NoSuchKey is the exception: the HEAD
+        would answer 404, the NotFound raised here."""
         lean = self._lean_or_none()
         range_header = f"bytes=0-{body_max - 1}"
 
@@ -500,13 +522,17 @@ class S3Store:
                 return None
             try:
                 return lean.get(key, range_header, None)
-            except (_lean.Fallback, _lean.LeanError):
+            except _lean.LeanError as e:
+                return _missing(e)
+            except _lean.Fallback:
                 return None
 
         async def aget(lean: _lean.LeanRequests):
             try:
                 return await lean.aget(key, range_header, None, body_max)
-            except (_lean.Fallback, _lean.LeanError):
+            except _lean.LeanError as e:
+                return _missing(e)
+            except _lean.Fallback:
                 return None
 
         got = await self._call("GetObject", key, fetch, afn=self._lean_async(aget))
@@ -709,12 +735,35 @@ class S3Store:
                                headers: Mapping[str, Any] | None = None) -> str:
         kw = self._common(metadata, content_type, headers)
         retried: list[StoreError] = []
+        sent = self._create_headers(kw)
+        afn = None if sent is None else self._lean_async(
+            lambda lean: lean.acreate_multipart(key, sent))
         r = await self._call("CreateMultipartUpload", key, functools.partial(
             self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw),
-            retried=retried)
+            retried=retried, afn=afn)
+        upload_id = r if isinstance(r, str) else r["UploadId"]
         if retried:
-            await self._abort_orphans(key, r["UploadId"])
-        return r["UploadId"]
+            await self._abort_orphans(key, upload_id)
+        return upload_id
+
+    def _create_headers(self, kw: Mapping[str, Any]) -> dict[str, str] | None:
+        """The headers boto3 sends for CreateMultipartUpload(**kw), the
+        mount's request options added (they win, as RequestOptions.install
+        makes them), for the lean path to send; None where it would not be
+        sure to send the same (an Expires, a value that is not printable
+        ASCII): boto3 sends that one."""
+        out: dict[str, str] = {}
+        for name, value in {**kw, **self.settings.request_options.params()}.items():
+            if name == "Metadata":
+                out.update(("x-amz-meta-" + k, v) for k, v in value.items())
+            elif name in _CREATE_HEADERS:
+                out[_CREATE_HEADERS[name]] = value
+            else:
+                return None
+        if all(isinstance(v, str) and _PRINTABLE.fullmatch(v) and _PRINTABLE.fullmatch(k)
+               for k, v in out.items()):
+            return out
+        return None
 
     async def _abort_orphans(self, key: str, keep: str) -> None:
         """Abort the uploads of ``key`` other than ``keep``: an attempt of
@@ -756,17 +805,23 @@ class S3Store:
         if src_etag:
             kw["CopySourceIfMatch"] = src_etag
         r = await self._call("UploadPartCopy", key,
-                             functools.partial(self.client.upload_part_copy, **kw))
-        return Part(number, r["CopyPartResult"]["ETag"])
+                             functools.partial(self.client.upload_part_copy, **kw),
+                             afn=self._lean_async(lambda lean: lean.aupload_part_copy(
+                                 key, upload_id, number, src, kw["CopySourceRange"], src_etag)))
+        return Part(number, r if isinstance(r, str) else r["CopyPartResult"]["ETag"])
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: Sequence[Part]) -> ObjectInfo:
+        listed = [(p.number, p.etag) for p in parts]
         try:
             r = await self._call("CompleteMultipartUpload", key, functools.partial(
                 self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                 UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag}
-                                           for p in parts]}))
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in listed]}),
+                afn=self._lean_async(lambda lean: lean.acomplete_multipart(key, upload_id,
+                                                                           listed)))
+            if isinstance(r, str):
+                r = {"ETag": r}
         except StoreError as e:
             # An attempt whose answer was lost may have completed the upload;
             # then the object's ETag is the one these parts make.
@@ -781,7 +836,8 @@ class S3Store:
         try:
             await self._call("AbortMultipartUpload", key, functools.partial(
                 self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
-                UploadId=upload_id))
+                UploadId=upload_id),
+                afn=self._lean_async(lambda lean: lean.aabort_multipart(key, upload_id)))
         except StoreError as e:
             if e.code not in ("NoSuchUpload", "404"):
                 raise

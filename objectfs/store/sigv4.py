@@ -5,11 +5,11 @@ botocore signs a request through events (choosing the signer, "before
 sign" hooks), a new auth object and four HMACs to derive the day's signing
 key, then the signature: about 0.15 ms of CPU per request on the event
 loop, a seventh of what an ``rm`` of a file costs the daemon.  ``Signer``
-computes the same signature for the requests lean.py makes (no body, no
-``Date`` header, the payload hash of an empty body, as botocore's S3 signer
-gives them) from the client's own credentials (refreshed as botocore
-refreshes them), region and signing name, and derives the signing key once
-a day.
+computes the same signature for the requests lean.py makes (no ``Date``
+header; the payload's SHA-256, of an empty body for all but
+CompleteMultipartUpload's, as botocore's S3 signer gives them) from the
+client's own credentials (refreshed as botocore refreshes them), region
+and signing name, and derives the signing key once a day.
 
 lean.py uses it for an operation only after the first such request signed
 by botocore came out identical (``matches``); otherwise that operation keeps
@@ -49,9 +49,10 @@ class Signer:
         return self._key[2]
 
     def sign(self, method: str, url: str, headers: Mapping[str, str],
-             timestamp: str | None = None) -> dict[str, str]:
+             timestamp: str | None = None, payload_hash: str = EMPTY_SHA256) -> dict[str, str]:
         """``headers`` with the signature's headers added (``timestamp``,
-        as ``YYYYMMDDTHHMMSSZ``: for tests)."""
+        as ``YYYYMMDDTHHMMSSZ``: for tests; ``payload_hash``: the hex SHA-256
+        of the body)."""
         creds = self._credentials.get_frozen_credentials()
         if timestamp is None:
             timestamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -59,7 +60,7 @@ class Signer:
         out["X-Amz-Date"] = timestamp
         if creds.token:
             out["X-Amz-Security-Token"] = creds.token
-        out["X-Amz-Content-SHA256"] = EMPTY_SHA256
+        out["X-Amz-Content-SHA256"] = payload_hash
         signed = {name.lower(): " ".join(value.split()) for name, value in out.items()
                   if name.lower() not in SIGNED_HEADERS_BLACKLIST}
         parts = urlsplit(url)
@@ -72,7 +73,7 @@ class Signer:
         signed_names = ";".join(names)
         canonical = "\n".join([method.upper(), parts.path, query,
                                "".join(f"{n}:{signed[n]}\n" for n in names),
-                               signed_names, EMPTY_SHA256])
+                               signed_names, payload_hash])
         day = timestamp[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", timestamp, scope,
@@ -84,12 +85,12 @@ class Signer:
         return out
 
     def matches(self, method: str, url: str, headers: Mapping[str, str],
-                botocore_signed: Mapping[str, str]) -> bool:
+                botocore_signed: Mapping[str, str], payload_hash: str = EMPTY_SHA256) -> bool:
         """Whether this signer gives the request ``botocore_signed`` (the
         same request's headers after botocore's signer) the same headers."""
         timestamp = botocore_signed.get("X-Amz-Date")
         if not timestamp:
             return False
-        mine = self.sign(method, url, headers, timestamp)
+        mine = self.sign(method, url, headers, timestamp, payload_hash)
         return {k.lower(): v for k, v in mine.items()} == \
             {k.lower(): v for k, v in botocore_signed.items()}

@@ -19,6 +19,7 @@ from objectfs import metrics
 from objectfs.errors import StoreError
 from objectfs.namespace.keys import key_before
 from objectfs.store import ahttp, lean
+from objectfs.store.base import Part
 from objectfs.store.s3 import S3Settings, S3Store
 from objectfs.store.s3options import RequestOptions
 from tests.support.wait import wait_for
@@ -200,8 +201,12 @@ def test_head_by_get_answers_as_head_and_keeps_small_bodies(s3, s3_client, bucke
         assert same_head(big, await slow.head(KEY)) and big.size == len(BODY)
         assert same_head(await fast.head("empty", body_max=100), await slow.head("empty"))
         for missing in ("missing", "missing/"):
+            asked = s3_requests("GetObject"), s3_requests("HeadObject")
             assert (await outcome(lambda: fast.head(missing, body_max=100))
                     == await outcome(lambda: slow.head(missing)))
+            # one request says it is missing: the GET's NoSuchKey, not a HEAD after it
+            assert (s3_requests("GetObject"), s3_requests("HeadObject")) \
+                == (asked[0] + 1, asked[1] + 1)   # + slow's HEAD
         gets = s3_requests("GetObject")
         assert await fast.get(KEY, 0, 10, etag=big.etag) == BODY[:10]
         assert s3_requests("GetObject") == gets + 1   # not kept: it did not fit
@@ -363,6 +368,7 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
 
     conns: list[socket.socket] = []
     ended: list[socket.socket] = []   # connections the client closed (or the server)
+    posts: list[bytes] = []           # the bodies of the POSTs it answered
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -394,6 +400,14 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
         def do_HEAD(self):
             self._answer(False)
 
+        def do_POST(self):   # answers with the body it was sent
+            data = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(data)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def log_message(self, *a):
             pass
 
@@ -421,6 +435,7 @@ def _keepalive_server(tls: ssl.SSLContext | None = None):
     srv.close_all = close_all
     srv.conns = conns
     srv.ended = ended
+    srv.posts = posts
     try:
         yield srv
     finally:
@@ -616,6 +631,34 @@ def test_async_transport_keeps_connections_and_reopens_one_the_server_closed(kee
         r = await lean.async_send(t, "GET", keepalive.url + "/b/k", {}, 1 << 20)
         assert r.content == b"0123456789"
         assert len(keepalive.conns) == 3
+        await t.aclose()
+
+    trio.run(main)
+
+
+def test_async_transport_sends_a_body_and_a_post_at_most_once(keepalive):
+    """A request with a body (CompleteMultipartUpload's) arrives whole.  On a
+    kept connection the server closed meanwhile, a request that must not be
+    made twice (CreateMultipartUpload) is not sent again: the caller gets
+    the connection error, and its retry knows the server may have acted."""
+    import botocore.exceptions as be
+
+    t = ahttp.AsyncTransport(lean.Transport(_Session()))
+    url = keepalive.url + "/b/k?uploads"
+
+    async def post(body: bytes, idempotent: bool):
+        return await lean.async_send(t, "POST", url, {"Content-Length": str(len(body))},
+                                     1 << 20, body, idempotent)
+
+    async def main():
+        assert (await post(b"<Part>1</Part>", True)).content == b"<Part>1</Part>"
+        keepalive.close_all()
+        with pytest.raises(be.ConnectionClosedError):
+            await post(b"once", False)
+        assert (await post(b"twice is fine", True)).content == b"twice is fine"
+        keepalive.close_all()
+        assert (await post(b"again", True)).content == b"again"
+        assert keepalive.posts == [b"<Part>1</Part>", b"twice is fine", b"again"]
         await t.aclose()
 
     trio.run(main)
@@ -847,3 +890,147 @@ def test_botocore_signs_an_operations_first_request_and_ours_the_rest(s3, s3_cli
         assert fast.lean._signers["DeleteObject"] is None
 
     trio.run(main)
+
+
+# -- the multipart upload's requests ----------------------------------------
+
+async def _multipart(store: S3Store, key: str, src_etag: str | None, **create) -> list:
+    """CreateMultipartUpload, a part copied from KEY's first 5 MiB, a part
+    uploaded, CompleteMultipartUpload: each step's outcome."""
+    steps = [await outcome(lambda: store.create_multipart(key, **create))]
+    upload_id = steps[0][1]
+    steps.append(await outcome(lambda: store.upload_part_copy(
+        key, upload_id, 1, "src", 0, 5 << 20, src_etag=src_etag)))
+    steps.append(await outcome(lambda: store.upload_part(key, upload_id, 2, b"tail")))
+    if all(s[0] == "ok" for s in steps):
+        steps.append(await outcome(lambda: store.complete_multipart(
+            key, upload_id, [steps[1][1], steps[2][1]])))
+        if steps[-1][0] == "ok":
+            steps[-1] = ("ok", steps[-1][1].etag)
+    else:
+        await store.abort_multipart(key, upload_id)
+    return steps[1:]   # upload ids differ
+
+
+def test_multipart_requests_but_upload_part_go_lean_and_make_what_boto3_makes(
+        s3, s3_client, bucket):
+    """Create, UploadPartCopy, Complete and Abort are sent from the event
+    loop, and the object they make is the one boto3's calls make: bytes,
+    metadata (ours and another tool's), Content-Type, the preserved headers
+    and the mount's SSE setting."""
+    src = bytes(range(256)) * (24 << 10)   # 6 MiB
+    s3_client.put_object(Bucket=bucket, Key="src", Body=src)
+    etag = s3_client.head_object(Bucket=bucket, Key="src")["ETag"]
+    opts = RequestOptions(sse="AES256")
+    fast, slow = stores(s3, bucket, request_options=opts)
+    sent: list[dict] = []
+    real_asend = fast.lean._asend
+
+    async def asend(op, method, key, headers, **kw):
+        sent.append(headers)
+        return await real_asend(op, method, key, headers, **kw)
+
+    fast.lean._asend = asend
+    create = dict(metadata={"mode": "33188", "x-tool": "kept value"},
+                  content_type="text/x-odd; charset=utf-8",
+                  headers={"CacheControl": "max-age=60", "ContentDisposition": "inline",
+                           "ContentLanguage": "de"})
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        got = await _multipart(fast, "lean " + KEY, etag, **create)
+        want = await _multipart(slow, "boto3 " + KEY, etag, **create)
+        assert got == want and all(s[0] == "ok" for s in got), (got, want)
+        # the copy asks for the source's version (moto does not check it)
+        assert sent[1]["x-amz-copy-source-if-match"] == etag
+        a, b = await fast.head("lean " + KEY), await slow.head("boto3 " + KEY)
+        assert dataclasses.replace(a, key="", checked_ns=0, mtime_ns=0) == \
+            dataclasses.replace(b, key="", checked_ns=0, mtime_ns=0)
+        assert a.metadata == create["metadata"] and a.content_type == create["content_type"]
+        for key in ("lean " + KEY, "boto3 " + KEY):
+            r = s3_client.get_object(Bucket=bucket, Key=key)
+            assert r["Body"].read() == src[:5 << 20] + b"tail"
+            assert r.get("ServerSideEncryption") == "AES256"
+        upload_id = await fast.create_multipart("aborted", metadata={}, content_type="x/y")
+        await fast.abort_multipart("aborted", upload_id)
+        await fast.abort_multipart("aborted", upload_id)   # gone already: not an error
+        assert await fast.list_multipart_uploads("aborted") == []
+        assert used == ["UploadPart", "ListMultipartUploads"]
+
+    trio.run(main)
+
+
+def test_multipart_errors_are_boto3s(s3, s3_client, bucket):
+    """A copy whose source is missing, a part ETag the server does not know,
+    an upload that does not exist: the same error as through boto3, each
+    through the lean path."""
+    s3_client.put_object(Bucket=bucket, Key="src", Body=b"s" * (6 << 20))
+    fast, slow = stores(s3, bucket)
+
+    async def both(call):
+        return await outcome(lambda: call(fast)), await outcome(lambda: call(slow))
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        ids = {s: await s.create_multipart("k", metadata={}, content_type="x/y")
+               for s in (fast, slow)}
+        a, b = await both(lambda s: s.upload_part_copy("k", ids[s], 1, "missing", 0, 10))
+        assert a == b and a[0] == "ObjectNotFound", (a, b)
+        a, b = await both(lambda s: s.complete_multipart(
+            "k", ids[s], [Part(1, '"00000000000000000000000000000000"')]))
+        assert a == b and a[1] == "InvalidPart", (a, b)
+        assert used == [], used   # each answered on the lean path
+        for s in (fast, slow):
+            await s.abort_multipart("k", ids[s])
+        # (moto answers this one 500 without an S3 error body: the lean path
+        # leaves it to boto3)
+        a, b = await both(lambda s: s.complete_multipart("k", "no-such-upload",
+                                                         [Part(1, '"00"')]))
+        assert a == b, (a, b)
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("create", [
+    dict(metadata={"note": "naïve"}, content_type="x/y"),
+    dict(metadata={}, content_type="x/y",
+         headers={"Expires": datetime.datetime(2037, 1, 1, tzinfo=datetime.timezone.utc)}),
+])
+def test_a_create_the_lean_path_might_send_otherwise_goes_through_boto3(
+        s3, s3_client, bucket, create):
+    """Metadata that is not printable ASCII and an Expires header (botocore
+    refuses or formats them its way) are left to boto3: the outcome is its."""
+    fast, slow = stores(s3, bucket)
+
+    async def main():
+        await fast.check_bucket()
+        got = await outcome(lambda: fast.create_multipart("k", **create))
+        assert "CreateMultipartUpload" not in fast.lean._signers   # never sent lean
+        want = await outcome(lambda: slow.create_multipart("k", **create))
+        assert got[0] == want[0], (got, want)
+        if got[0] != "ok":   # upload ids differ; errors must not
+            assert got == want
+        for s, answer in ((fast, got), (slow, want)):
+            if answer[0] == "ok":
+                await s.abort_multipart("k", answer[1])
+
+    trio.run(main)
+
+
+def test_an_error_in_the_body_of_a_200_is_a_500_of_that_error(s3, bucket):
+    """S3 may answer UploadPartCopy or CompleteMultipartUpload 200 and send an
+    error in the body once the work failed: as botocore does, that is the
+    error with status 500 (retried), and an answer without the field asked
+    for is an InternalError, never taken for success."""
+    fast, _ = stores(s3, bucket)
+    answer = ahttp.Response("u", 200, ahttp.Headers([]), b'<?xml version="1.0"?>\n\n<Error>'
+                            b"<Code>SlowDown</Code><Message>Reduce</Message></Error>")
+    with pytest.raises(lean.LeanError) as e:
+        fast.lean._result("CompleteMultipartUpload", answer)
+    assert (e.value.code, e.value.message, e.value.status) == ("SlowDown", "Reduce", 500)
+    with pytest.raises(lean.LeanError) as e:
+        lean._xml_text(b"<CompleteMultipartUploadResult/>", "ETag", "CompleteMultipartUpload")
+    assert (e.value.code, e.value.status) == ("InternalError", 500)
+    assert lean._xml_text(b"<r><ETag>&quot;ab&amp;c&quot;</ETag></r>", "ETag", "op") == '"ab&c"'

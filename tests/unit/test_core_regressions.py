@@ -291,7 +291,89 @@ def test_lookups_in_a_small_directory_cost_one_listing(tmp_path):
         assert stat.S_IMODE(node.attr.mode) == 0o600  # stored attributes, not listing defaults
         used = {k: store.calls[k] - before.get(k, 0) for k in store.calls}
         assert used.get("ListObjectsV2", 0) == 1, used
-        assert used.get("HeadObject", 0) == 1, used  # only the existing file's metadata
+        # the existing file's metadata, and the HEAD sent beside the listing
+        # for the first name in case it was a file (it was not: 404)
+        assert used.get("HeadObject", 0) == 2, used
+
+    run_fs(tmp_path, body, store=store)
+
+
+class HeadBeside(MemoryStore):
+    """A store whose listings of ``d/`` wait until a HEAD of a key in d has
+    answered: a lookup that sent them one after the other times out."""
+
+    def __init__(self):
+        super().__init__()
+        self.headed = trio.Event()
+        self.on_head = None  # called after a HEAD under d/ answers
+
+    async def head(self, key, **kw):
+        try:
+            return await super().head(key, **kw)
+        finally:
+            if key.startswith("d/") and key != "d/":  # not d's own marker
+                self.headed.set()
+                if self.on_head is not None:
+                    self.on_head(key)
+
+    async def list_page(self, prefix, **kw):
+        if prefix == "d/":
+            with trio.fail_after(5):
+                await self.headed.wait()
+        return await super().list_page(prefix, **kw)
+
+
+@pytest.mark.parametrize("what", ["file", "missing", "directory", "symlink"])
+def test_a_lookup_in_a_directory_not_listed_sends_its_head_beside_the_listing(tmp_path, what):
+    """The first lookup in a directory waits for one round trip, not a
+    listing and then a HEAD: both go out together, and the HEAD's answer
+    gives the file its stored attributes.  Whatever the name turns out to
+    be, the answer is the one the listing and the HEAD say together."""
+    store = HeadBeside()
+    store.put_sync("d/other", b"y")
+    if what == "file":
+        store.put_sync("d/x", b"x" * 100, {"mode": str(stat.S_IFREG | 0o600)})
+    elif what == "directory":
+        store.put_sync("d/x/", b"", {"mode": str(stat.S_IFDIR | 0o700)})
+    elif what == "symlink":
+        store.put_sync("d/x", b"target", {"mode": str(stat.S_IFLNK | 0o777)})
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        before = dict(store.calls)
+        if what == "missing":
+            with pytest.raises(FsError) as e:
+                await fs.lookup(d.ino, b"x")
+            assert e.value.errno == errno.ENOENT
+        else:
+            node = await fs.lookup(d.ino, b"x")
+            want = {"file": stat.S_IFREG | 0o600, "directory": stat.S_IFDIR | 0o700,
+                    "symlink": stat.S_IFLNK | 0o777}[what]
+            assert node.attr.mode == want
+        used = _used(store, before)
+        # a directory's marker is asked for once the listing shows it one
+        assert used == {"ListObjectsV2": 1, "HeadObject": 2 if what == "directory" else 1}, used
+
+    run_fs(tmp_path, body, store=store)
+
+
+def test_a_head_beside_the_listing_of_an_object_replaced_meanwhile_is_asked_again(tmp_path):
+    """The HEAD sent beside a listing answered for a version the listing no
+    longer shows: the lookup asks again and shows the new version."""
+    store = HeadBeside()
+    store.put_sync("d/x", b"old", {"mode": str(stat.S_IFREG | 0o600)})
+
+    def replace(key):
+        if key == "d/x" and store.objects["d/x"].data == b"old":
+            store.put_sync("d/x", b"newer", {"mode": str(stat.S_IFREG | 0o640)})
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        store.on_head = replace
+        before = dict(store.calls)
+        node = await fs.lookup(d.ino, b"x")
+        assert (node.attr.mode, node.attr.size) == (stat.S_IFREG | 0o640, 5)
+        assert _used(store, before) == {"ListObjectsV2": 1, "HeadObject": 2}
 
     run_fs(tmp_path, body, store=store)
 
