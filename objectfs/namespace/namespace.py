@@ -342,8 +342,10 @@ class Namespace:
         async def head() -> None:
             async with self._stat_limiter:
                 try:
-                    got.append(await self.store.head(
-                        key, body_max=self.cfg.small_file_prefetch))
+                    # a HEAD, not a GET of a small file's body as _fill asks:
+                    # the size is not known yet, and a large file's bytes
+                    # would be thrown away
+                    got.append(await self.store.head(key))
                 except FsError:
                     pass  # the lookup asks again if it needs to, and reports errors then
 

@@ -237,7 +237,10 @@ def test_failed_s3_call_is_one_log_line_with_op_key_and_code(auth_s3, mount):
     log = m.log()
     errors = {(dict(k[1])["op"], dict(k[1])["code"]): v - before.get(k, 0)
               for k, v in after.items() if k[0] == "objectfs_s3_errors_total"}
-    errors = {k: v for k, v in errors.items() if v}
+    # a missing key (404: the lookup's HEAD of a name that is a directory)
+    # is an answer more than a failure: its line is at debug level, and this
+    # mount logs info
+    errors = {k: v for k, v in errors.items() if v and k[1] not in ("404", "NoSuchKey")}
     # every failed call (after retries) is exactly one line naming op, key and code
     logged = collections.Counter()
     keys = set()
