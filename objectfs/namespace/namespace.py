@@ -301,7 +301,8 @@ class Namespace:
                     raise NotFound(name)
                 if (child.meta_known or self.cfg.trust_listing) and self.fresh(child):
                     return child
-                if early is not None and self._same_version(child, early, started):
+                if early is not None and self._same_version(child, early, started) \
+                        and not self._small(child):
                     self._apply_head(parent, child, early)
                     if len(self._to_keep) >= KEEP_BATCH:
                         await self.keep_heads()
@@ -328,7 +329,9 @@ class Namespace:
         directory found too big to list before, where the lookup goes on
         without the listing and asks its own way).  A name that is not a
         file costs S3 one HEAD answered 404, once per listing of the
-        directory."""
+        directory; so does a small file, which the lookup then fetches whole
+        as before (see small_file_prefetch): the HEAD goes out before its
+        size is known."""
         key = self.table.key(parent) + name
         try:
             keys.check_key(key)
@@ -343,8 +346,8 @@ class Namespace:
             async with self._stat_limiter:
                 try:
                     # a HEAD, not a GET of a small file's body as _fill asks:
-                    # the size is not known yet, and a large file's bytes
-                    # would be thrown away
+                    # the size is not known yet, and a large file's first
+                    # bytes would be thrown away
                     got.append(await self.store.head(key))
                 except FsError:
                     pass  # the lookup asks again if it needs to, and reports errors then
@@ -849,13 +852,9 @@ class Namespace:
                 if child.parent is not d:
                     return
                 key = self.table.key(child)  # "x/" for directories
-                # a small file is fetched whole for the same price: its
-                # first read then asks S3 nothing (see small_file_prefetch)
-                small = (not child.is_dir and stat.S_ISREG(child.attr.mode)
-                         and 0 < child.attr.size <= self.cfg.small_file_prefetch)
                 try:
                     info = await self.store.head(
-                        key, body_max=self.cfg.small_file_prefetch if small else 0)
+                        key, body_max=self.cfg.small_file_prefetch if self._small(child) else 0)
                 except NotFound:
                     if child.is_dir:
                         await self._legacy_dir(child)
@@ -894,6 +893,12 @@ class Namespace:
                 n.start_soon(worker)
         if len(todo) > 1 or len(self._to_keep) >= KEEP_BATCH:
             await self.keep_heads()  # one lookup's HEAD waits for company
+
+    def _small(self, child: Inode) -> bool:
+        """A file to fetch whole in place of its HEAD, for the same price: its
+        first read then asks S3 nothing (see small_file_prefetch)."""
+        return (not child.is_dir and stat.S_ISREG(child.attr.mode)
+                and 0 < child.attr.size <= self.cfg.small_file_prefetch)
 
     def _apply_head(self, d: Inode, child: Inode, info: ObjectInfo) -> None:
         """Give ``child`` of ``d`` the attributes of its HEAD answer ``info``

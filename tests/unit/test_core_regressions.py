@@ -323,15 +323,19 @@ class HeadBeside(MemoryStore):
         return await super().list_page(prefix, **kw)
 
 
-@pytest.mark.parametrize("what", ["file", "missing", "directory", "symlink"])
+@pytest.mark.parametrize("what", ["file", "small file", "missing", "directory", "symlink"])
 def test_a_lookup_in_a_directory_not_listed_sends_its_head_beside_the_listing(tmp_path, what):
     """The first lookup in a directory waits for one round trip, not a
     listing and then a HEAD: both go out together, and the HEAD's answer
     gives the file its stored attributes.  Whatever the name turns out to
-    be, the answer is the one the listing and the HEAD say together."""
+    be, the answer is the one the listing and the HEAD say together.  A
+    file the listing shows small (a symlink's object is one) is then fetched
+    whole, as small_file_prefetch does after a listing: one request more."""
     store = HeadBeside()
     store.put_sync("d/other", b"y")
     if what == "file":
+        store.put_sync("d/x", b"x" * (32 * KiB), {"mode": str(stat.S_IFREG | 0o600)})
+    elif what == "small file":
         store.put_sync("d/x", b"x" * 100, {"mode": str(stat.S_IFREG | 0o600)})
     elif what == "directory":
         store.put_sync("d/x/", b"", {"mode": str(stat.S_IFDIR | 0o700)})
@@ -347,12 +351,14 @@ def test_a_lookup_in_a_directory_not_listed_sends_its_head_beside_the_listing(tm
             assert e.value.errno == errno.ENOENT
         else:
             node = await fs.lookup(d.ino, b"x")
-            want = {"file": stat.S_IFREG | 0o600, "directory": stat.S_IFDIR | 0o700,
-                    "symlink": stat.S_IFLNK | 0o777}[what]
+            want = {"file": stat.S_IFREG | 0o600, "small file": stat.S_IFREG | 0o600,
+                    "directory": stat.S_IFDIR | 0o700, "symlink": stat.S_IFLNK | 0o777}[what]
             assert node.attr.mode == want
         used = _used(store, before)
-        # a directory's marker is asked for once the listing shows it one
-        assert used == {"ListObjectsV2": 1, "HeadObject": 2 if what == "directory" else 1}, used
+        # a directory's marker is asked for once the listing shows it one,
+        # a small file's body once the listing shows its size
+        assert used == {"ListObjectsV2": 1,
+                        "HeadObject": 1 if what in ("file", "missing") else 2}, used
 
     run_fs(tmp_path, body, store=store)
 
@@ -361,18 +367,19 @@ def test_a_head_beside_the_listing_of_an_object_replaced_meanwhile_is_asked_agai
     """The HEAD sent beside a listing answered for a version the listing no
     longer shows: the lookup asks again and shows the new version."""
     store = HeadBeside()
-    store.put_sync("d/x", b"old", {"mode": str(stat.S_IFREG | 0o600)})
+    old, new = b"o" * (20 * KiB), b"n" * (30 * KiB)   # not fetched whole (small_file_prefetch)
+    store.put_sync("d/x", old, {"mode": str(stat.S_IFREG | 0o600)})
 
     def replace(key):
-        if key == "d/x" and store.objects["d/x"].data == b"old":
-            store.put_sync("d/x", b"newer", {"mode": str(stat.S_IFREG | 0o640)})
+        if key == "d/x" and store.objects["d/x"].data == old:
+            store.put_sync("d/x", new, {"mode": str(stat.S_IFREG | 0o640)})
 
     async def body(fs, store):
         d = await fs.lookup(1, b"d")
         store.on_head = replace
         before = dict(store.calls)
         node = await fs.lookup(d.ino, b"x")
-        assert (node.attr.mode, node.attr.size) == (stat.S_IFREG | 0o640, 5)
+        assert (node.attr.mode, node.attr.size) == (stat.S_IFREG | 0o640, len(new))
         assert _used(store, before) == {"ListObjectsV2": 1, "HeadObject": 2}
 
     run_fs(tmp_path, body, store=store)
