@@ -462,11 +462,9 @@ class LeanRequests:
             log.info("S3 answered %s to a lean %s: using boto3 for all requests", status, op)
             raise Fallback(str(status))
         body = response.content or b""
-        m = _XML_CODE.search(body)
-        if m:
-            msg = _XML_MESSAGE.search(body)
-            return LeanError(m[1].decode(errors="replace"),
-                             msg[1].decode(errors="replace") if msg else "", status, headers)
+        err = _xml_error(body, status, headers)
+        if err is not None:
+            return err
         if op == "HeadObject" or not body:
             # botocore's answer to an error without a body
             return LeanError(str(status), http.client.responses.get(status, ""), status,
@@ -546,19 +544,19 @@ class LeanRequests:
             query = f"partNumber={number}&{query}"
         return f"{self.url(key)}?{query}"
 
-    async def acreate_multipart(self, key: str, headers: dict[str, str]) -> str:
+    async def acreate_multipart(self, key: str, headers: dict[str, str]) -> dict[str, Any]:
         """CreateMultipartUpload with ``headers`` (metadata, Content-Type,
-        the mount's SSE and storage class, as boto3 would send them): the
-        upload id."""
+        the mount's SSE and storage class, as boto3 would send them); its
+        answer shaped as boto3's (the upload id)."""
         op = "CreateMultipartUpload"
         response = await self._asend(op, "POST", key, headers, url=self.url(key) + "?uploads",
                                      idempotent=False)
-        return _xml_text(self._result(op, response), "UploadId", op)
+        return {"UploadId": _xml_text(self._result(op, response), "UploadId", op)}
 
     async def aupload_part_copy(self, key: str, upload_id: str, number: int, source: str,
-                                range_header: str, if_match: str | None) -> str:
+                                range_header: str, if_match: str | None) -> dict[str, Any]:
         """UploadPartCopy of ``range_header`` of ``source`` (a key of this
-        bucket): the part's ETag."""
+        bucket); its answer shaped as boto3's (the part's ETag)."""
         op = "UploadPartCopy"
         headers = {"x-amz-copy-source": self._copy_source(source),
                    "x-amz-copy-source-range": range_header}
@@ -566,11 +564,12 @@ class LeanRequests:
             headers["x-amz-copy-source-if-match"] = if_match
         response = await self._asend(op, "PUT", key, headers,
                                      url=self._upload_url(key, upload_id, number))
-        return _xml_text(self._result(op, response), "ETag", op)
+        return {"CopyPartResult": {"ETag": _xml_text(self._result(op, response), "ETag", op)}}
 
     async def acomplete_multipart(self, key: str, upload_id: str,
-                                  parts: list[tuple[int, str]]) -> str:
-        """CompleteMultipartUpload of ``parts`` (number, ETag): the object's ETag."""
+                                  parts: list[tuple[int, str]]) -> dict[str, Any]:
+        """CompleteMultipartUpload of ``parts`` (number, ETag); its answer
+        shaped as boto3's (the object's ETag)."""
         op = "CompleteMultipartUpload"
         body = ('<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
                 + "".join(f"<Part><PartNumber>{n}</PartNumber>"
@@ -578,7 +577,7 @@ class LeanRequests:
                 + "</CompleteMultipartUpload>").encode()
         response = await self._asend(op, "POST", key, {}, url=self._upload_url(key, upload_id),
                                      body=body)
-        return _xml_text(self._result(op, response), "ETag", op)
+        return {"ETag": _xml_text(self._result(op, response), "ETag", op)}
 
     async def aabort_multipart(self, key: str, upload_id: str) -> None:
         op = "AbortMultipartUpload"
@@ -601,12 +600,9 @@ class LeanRequests:
         if response.status_code != 200:
             raise self._error(op, response)
         body = response.content or b""
-        m = _XML_CODE.search(body) if b"<Error>" in body else None
-        if m:
-            msg = _XML_MESSAGE.search(body)
-            raise LeanError(m[1].decode(errors="replace"),
-                            msg[1].decode(errors="replace") if msg else "", 500,
-                            response.headers)
+        err = _xml_error(body, 500, response.headers) if b"<Error>" in body else None
+        if err is not None:
+            raise err
         return body
 
     def list(self, prefix: str, delimiter: str | None, token: str | None,
@@ -759,6 +755,16 @@ def _timestamp(text: str) -> datetime.datetime:
 
 
 _XML_UNESCAPE = {"&quot;": '"', "&apos;": "'"}
+
+
+def _xml_error(body: bytes, status: int, headers: Mapping[str, str]) -> LeanError | None:
+    """The S3 error an XML body holds (its Code and Message), as ``status``."""
+    m = _XML_CODE.search(body)
+    if m is None:
+        return None
+    msg = _XML_MESSAGE.search(body)
+    return LeanError(m[1].decode(errors="replace"),
+                     msg[1].decode(errors="replace") if msg else "", status, headers)
 
 
 def _xml_text(body: bytes, tag: str, op: str) -> str:

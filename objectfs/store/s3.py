@@ -741,7 +741,7 @@ class S3Store:
         r = await self._call("CreateMultipartUpload", key, functools.partial(
             self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw),
             retried=retried, afn=afn)
-        upload_id = r if isinstance(r, str) else r["UploadId"]
+        upload_id = r["UploadId"]
         if retried:
             await self._abort_orphans(key, upload_id)
         return upload_id
@@ -808,7 +808,7 @@ class S3Store:
                              functools.partial(self.client.upload_part_copy, **kw),
                              afn=self._lean_async(lambda lean: lean.aupload_part_copy(
                                  key, upload_id, number, src, kw["CopySourceRange"], src_etag)))
-        return Part(number, r if isinstance(r, str) else r["CopyPartResult"]["ETag"])
+        return Part(number, r["CopyPartResult"]["ETag"])
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: Sequence[Part]) -> ObjectInfo:
@@ -820,8 +820,6 @@ class S3Store:
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in listed]}),
                 afn=self._lean_async(lambda lean: lean.acomplete_multipart(key, upload_id,
                                                                            listed)))
-            if isinstance(r, str):
-                r = {"ETag": r}
         except StoreError as e:
             # An attempt whose answer was lost may have completed the upload;
             # then the object's ETag is the one these parts make.
