@@ -40,7 +40,7 @@ from .data.file import FileData
 from .data.prefetch import Prefetcher
 from .errors import (BadHandle, Exists, FileTooBig, FsError, InvalidArgument, IsADirectory, NoData,
                      IOFailure, NoSpace, NotADirectory, NotEmpty, NotFound, NotPermitted,
-                     NotSupported, RangeError, ReadOnly, TooBig, UserError)
+                     NotSupported, RangeError, ReadOnly, Stale, TooBig, UserError)
 from .namespace import keys
 from .namespace.attrdisk import open_attr_disk
 from .namespace.namespace import Namespace, Notifier, clock
@@ -94,6 +94,9 @@ class FileHandle:
     prefetcher: Prefetcher | None = None
     prefetch_etag: str | None = None
     prefetch_version: int = -1
+    kept_cache: bool = False   # opened with the kernel's cached pages kept
+    served: bool = False       # a read has returned bytes
+    moves: int = 0             # times it moved to a new version (_follow)
 
 
 @dataclass
@@ -1109,10 +1112,82 @@ class Filesystem:
         current = node.remote.etag if node.remote is not None else None
         keep = current is not None and node.cache_etag == current and not node.local
         node.cache_etag = current
+        handle.kept_cache = keep
         return keep
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._file_handle(fh)
+        moves = h.moves
+        try:
+            out = await self._read(h, off, size)
+        except Stale:
+            if h.moves == moves and not await self._follow(h):
+                raise
+            return await self.read(fh, off, size)  # from the version it moved to
+        if h.moves != moves:
+            # bytes of the version this handle left while they were read
+            raise Stale("object changed in S3 while open")
+        h.served = True
+        return out
+
+    async def _follow(self, h: FileHandle) -> bool:
+        """Move a handle that has not read anything yet to the object's
+        current version, after its first read found the object changed in S3
+        (it was opened within ``metadata_ttl`` of a lookup that predates the
+        change).  True if the handle moved, here or by another of its reads
+        meanwhile: read again.
+
+        Only a file's one handle, clean, whose open did not keep the kernel's
+        cached pages (the old version's), moves; otherwise the reader gets
+        ESTALE, as a handle that has returned bytes of the old version
+        always does.
+        """
+        node, data = h.node, h.node.data
+        moves = h.moves
+
+        def unchanged() -> bool:
+            return (not h.served and h.moves == moves and node.data is data
+                    and node.open_count == 1)
+
+        if h.kept_cache or data is None or data.local_reads or data.base_etag is None \
+                or node.local or not unchanged():
+            return False
+        node.validated_at = float("-inf")
+        try:
+            await self.ns.revalidate(node)
+        except FsError:
+            return False
+        if h.moves != moves:
+            return True
+        remote = node.remote
+        if not unchanged() or remote is None or remote.etag == data.base_etag:
+            return False  # it read or was opened again meanwhile, or deleted
+        log.info("%s changed in S3 before its first read: reading the new version",
+                 self.table.path(node))
+        if remote.size > data.base_size:
+            # The kernel must not end reads at the old size: its cached
+            # attributes go before a byte of the new version is returned, so
+            # a read past the old end asks for them again.  (A shorter
+            # version needs nothing: the kernel takes a short read as the
+            # end of the file; dropping the attributes during this read
+            # would stop it doing so, and pad the old size with zeros.)
+            await self.ns.notifier.invalidate_attrs_now(node.ino)
+            if h.moves != moves:
+                return True
+            if not unchanged():
+                return False
+        if h.prefetcher is not None:
+            h.prefetcher.close()
+            h.prefetcher = None
+        h.prefetch_etag = None
+        node.data = None
+        node.cache_etag = None
+        self._file_data(node)
+        h.moves += 1
+        await data.close()
+        return True
+
+    async def _read(self, h: FileHandle, off: int, size: int) -> bytes | memoryview:
         node = h.node
         data = node.data
         assert data is not None

@@ -17,6 +17,7 @@ import queue
 import threading
 
 import pyfuse3
+import trio
 
 from . import metrics
 from .errors import FsError, StoreError
@@ -78,6 +79,16 @@ def guarded(cls):
     return cls
 
 
+def _notify(call, *args, **kw) -> None:
+    """One libfuse notify call; an entry the kernel no longer holds, or a
+    connection gone, is no error."""
+    try:
+        call(*args, **kw)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EBADF):
+            log.debug("kernel invalidation failed: %s", e)
+
+
 class KernelNotifier(Notifier):
     """Sends cache invalidations to the kernel from a thread of its own.
 
@@ -99,12 +110,9 @@ class KernelNotifier(Notifier):
             kind, a, b = item
             try:
                 if kind == "inode":
-                    pyfuse3.invalidate_inode(a)
+                    _notify(pyfuse3.invalidate_inode, a)
                 else:
-                    pyfuse3.invalidate_entry(a, b)
-            except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EBADF):
-                    log.debug("kernel invalidation failed: %s", e)
+                    _notify(pyfuse3.invalidate_entry, a, b)
             except Exception:  # the notifier must never die
                 log.exception("kernel invalidation failed")
 
@@ -113,6 +121,13 @@ class KernelNotifier(Notifier):
 
     def invalidate_entry(self, parent_ino: int, name: str) -> None:
         self._queue.put(("entry", parent_ino, name_to_kernel(name)))
+
+    async def invalidate_attrs_now(self, ino: int) -> None:
+        # Safe to wait for from a handler, unlike the calls above: dropping
+        # attributes alone (a negative offset to the kernel) locks no page,
+        # so it never waits for a read that is waiting for us.
+        await trio.to_thread.run_sync(
+            functools.partial(_notify, pyfuse3.invalidate_inode, ino, attr_only=True))
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -86,6 +86,10 @@ class Notifier:
     def invalidate_entry(self, parent_ino: int, name: str) -> None:
         pass
 
+    async def invalidate_attrs_now(self, ino: int) -> None:
+        """Drop the kernel's cached attributes of ``ino`` (not its pages),
+        returning once the kernel has."""
+
 
 class _Scan:
     """Where lookups in one huge directory have been going (see SCAN_AFTER)."""
