@@ -751,3 +751,89 @@ def test_a_refused_put_leaves_no_entry_and_the_name_can_be_made_again(tmp_path, 
 
     store = run_fs(tmp_path, body, store=RefusingPuts())
     assert set(store.objects) == ({"x/"} if kind == "mkdir" else {"x"})
+
+
+# -- a handle that has read nothing moves to a version another client made -------------
+
+RO = os.O_RDONLY
+
+
+def _with_replace(tmp_path, body, old_size=3 * MiB, new_size=4 * MiB, *opts):
+    """``f`` looked up at its first version; ``body(fs, node, old, new,
+    replace)``, where ``replace()`` replaces it as another client would
+    (straight into the store), unseen by the mount for ``metadata_ttl``."""
+    old, new = os.urandom(old_size), os.urandom(new_size)
+    store = MemoryStore()
+    store.put_sync("f", old)
+
+    async def run(fs, store):
+        node = await fs.lookup(1, b"f")
+        assert node.attr.size == len(old)
+        await body(fs, node, old, new, lambda: store.put_sync("f", new))
+
+    run_fs(tmp_path, run, "metadata_ttl=60", *opts, store=store)
+
+
+@pytest.mark.parametrize("tier", ["tier", "no-tier"])
+@pytest.mark.parametrize("sizes", [(3 * MiB, 4 * MiB), (3 * MiB, 2 * MiB)], ids=["longer", "shorter"])
+def test_the_first_read_of_a_file_replaced_since_its_lookup_reads_the_new_version(
+        tmp_path, tier, sizes):
+    async def body(fs, node, old, new, replace):
+        replace()
+        h = await fs.open(node.ino, RO)
+        got = bytearray()
+        while chunk := bytes(await fs.read(h.fh, len(got), 128 * KiB)):
+            got += chunk
+        assert got == new
+        assert node.attr.size == len(new)
+        await fs.release(h.fh)
+
+    _with_replace(tmp_path, body, *sizes, *(["cache_size=0"] if tier == "no-tier" else []))
+
+
+def test_reads_of_a_moving_handle_under_way_together_all_read_the_new_version(tmp_path):
+    async def body(fs, node, old, new, replace):
+        replace()
+        h = await fs.open(node.ino, RO)
+        got = {}
+
+        async def read(off):
+            got[off] = bytes(await fs.read(h.fh, off, 128 * KiB))
+
+        async with trio.open_nursery() as n:   # as the kernel's readahead sends them
+            for off in range(0, 1 * MiB, 128 * KiB):
+                n.start_soon(read, off)
+        assert len(got) == 8
+        for off, data in got.items():
+            assert data == new[off:off + 128 * KiB]
+        await fs.release(h.fh)
+
+    _with_replace(tmp_path, body)
+
+
+@pytest.mark.parametrize("case", ["read-before", "second-handle", "kept-cache", "written"])
+def test_a_handle_that_may_hold_old_bytes_gets_estale_not_the_new_version(tmp_path, case):
+    async def body(fs, node, old, new, replace):
+        if case == "kept-cache":
+            # opened (and its pages cached) before: the kernel keeps them
+            first = await fs.open(node.ino, RO)
+            assert not fs.keep_cache(first)
+            await fs.release(first.fh)
+        h = await fs.open(node.ino, os.O_RDWR if case == "written" else RO)
+        if case == "kept-cache":
+            assert fs.keep_cache(h)
+        if case == "read-before":
+            assert bytes(await fs.read(h.fh, 0, 4096)) == old[:4096]
+        if case == "second-handle":
+            other = await fs.open(node.ino, RO)
+        if case == "written":
+            await fs.write(h.fh, 0, b"x")  # a change on top of the old version
+        replace()
+        with pytest.raises(FsError) as e:
+            await fs.read(h.fh, 2 * MiB, 4096)   # beyond what the first read fetched
+        assert e.value.errno == errno.ESTALE
+        if case == "second-handle":
+            await fs.release(other.fh)
+        await fs.release(h.fh)
+
+    _with_replace(tmp_path, body, 3 * MiB, 4 * MiB, "cache_size=0")
