@@ -837,3 +837,23 @@ def test_a_handle_that_may_hold_old_bytes_gets_estale_not_the_new_version(tmp_pa
         await fs.release(h.fh)
 
     _with_replace(tmp_path, body, 3 * MiB, 4 * MiB, "cache_size=0")
+
+
+@pytest.mark.parametrize("size", [100 * KiB, 12 * MiB], ids=["one-put", "multipart"])
+def test_an_append_on_a_version_replaced_since_its_lookup_fails_and_overwrites_nothing(
+        tmp_path, size):
+    """A writer does not move: its offsets (an append's, from the kernel's
+    cached size) belong to the version it looked up.  Its upload finds the
+    object changed and close() fails; the other client's version stays."""
+    async def body(fs, node, old, new, replace):
+        replace()
+        h = await fs.open(node.ino, os.O_WRONLY)
+        await fs.write(h.fh, len(old), b"appended")
+        with pytest.raises(FsError) as e:
+            await fs.flush(h.fh)
+        assert e.value.errno in (errno.ESTALE, errno.EIO)
+        assert fs.store.objects["f"].data == new
+        await fs.release(h.fh)   # tries once more, and fails the same way
+        assert fs.store.objects["f"].data == new
+
+    _with_replace(tmp_path, body, size, size + 5, "cache_size=0")
