@@ -1145,9 +1145,8 @@ class Filesystem:
         node, data = h.node, h.node.data
         moves = h.moves
 
-        def unchanged() -> bool:
-            return (not h.served and h.moves == moves and node.data is data
-                    and node.open_count == 1)
+        def unchanged() -> bool:   # after an await, h.moves is checked before it
+            return not h.served and node.data is data and node.open_count == 1
 
         if h.kept_cache or data is None or data.local_reads or data.base_etag is None \
                 or node.local or not unchanged():
@@ -1179,7 +1178,6 @@ class Filesystem:
         if h.prefetcher is not None:
             h.prefetcher.close()
             h.prefetcher = None
-        h.prefetch_etag = None
         node.data = None
         node.cache_etag = None
         self._file_data(node)
