@@ -961,6 +961,54 @@ def test_multipart_requests_but_upload_part_go_lean_and_make_what_boto3_makes(
     trio.run(main)
 
 
+def test_a_lean_create_sends_the_kms_key_and_storage_class_as_boto3_does(
+        s3, s3_client, bucket):
+    """The mount's SSE-KMS key and storage class reach a lean
+    CreateMultipartUpload as the headers botocore sends for them (moto does
+    not show either on the object, so the requests are compared)."""
+    opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
+                          storage_class="STANDARD_IA")
+    fast, slow = stores(s3, bucket, request_options=opts)
+    lean_sent: list[dict] = []
+    boto_sent: list = []
+    real_asend = fast.lean._asend
+
+    async def asend(op, method, key, headers, **kw):
+        lean_sent.append(dict(headers))
+        return await real_asend(op, method, key, headers, **kw)
+
+    fast.lean._asend = asend
+    slow.client.meta.events.register(
+        "before-send.s3.CreateMultipartUpload",
+        lambda request, **_: boto_sent.append(request))
+
+    def amz(headers) -> dict[str, str]:
+        out = {}
+        for k, v in headers.items():
+            k = k.lower()
+            if k.startswith("x-amz-") and k not in ("x-amz-date", "x-amz-content-sha256",
+                                                     "x-amz-security-token"):
+                out[k] = v.decode() if isinstance(v, bytes) else v
+        return out
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        for s in (fast, slow):
+            upload_id = await s.create_multipart("k", metadata={"mode": "33188"},
+                                                 content_type="x/y")
+            await s.abort_multipart("k", upload_id)
+        assert "CreateMultipartUpload" not in used      # sent lean
+        assert len(lean_sent) == 2 and len(boto_sent) == 1
+        want = amz(boto_sent[0].headers)
+        assert want["x-amz-server-side-encryption"] == "aws:kms"
+        assert want["x-amz-server-side-encryption-aws-kms-key-id"] == opts.sse_kms_key_id
+        assert want["x-amz-storage-class"] == "STANDARD_IA"
+        assert amz(lean_sent[0]) == want
+
+    trio.run(main)
+
+
 def test_multipart_errors_are_boto3s(s3, s3_client, bucket):
     """A copy whose source is missing, a part ETag the server does not know,
     an upload that does not exist: the same error as through boto3, each
