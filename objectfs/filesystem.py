@@ -94,7 +94,7 @@ class FileHandle:
     prefetcher: Prefetcher | None = None
     prefetch_etag: str | None = None
     prefetch_version: int = -1
-    kept_cache: bool = False   # opened with the kernel's cached pages kept
+    kept_cache: bool = False   # opened keeping pages the kernel had cached
     served: bool = False       # a read has returned bytes
     moves: int = 0             # times it moved to a new version (_follow)
 
@@ -1112,7 +1112,9 @@ class Filesystem:
         current = node.remote.etag if node.remote is not None else None
         keep = current is not None and node.cache_etag == current and not node.local
         node.cache_etag = current
-        handle.kept_cache = keep
+        handle.kept_cache = keep and node.pages
+        if not keep:
+            node.pages = False
         return keep
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
@@ -1127,7 +1129,7 @@ class Filesystem:
         if h.moves != moves:
             # bytes of the version this handle left while they were read
             raise Stale("object changed in S3 while open")
-        h.served = True
+        h.served = h.node.pages = True
         return out
 
     async def _follow(self, h: FileHandle) -> bool:
@@ -1137,18 +1139,25 @@ class Filesystem:
         change).  True if the handle moved, here or by another of its reads
         meanwhile: read again.
 
-        Only a file's one handle, clean, whose open did not keep the kernel's
-        cached pages (the old version's), moves; otherwise the reader gets
-        ESTALE, as a handle that has returned bytes of the old version
-        always does.
+        The file's data is shared by its handles, so they move together, and
+        only if none has returned bytes or kept the kernel's cached pages at
+        its open (the old version's), the data is clean, and every other
+        handle is read-only (a writer's offsets belong to the version it
+        opened: its close fails instead).  Otherwise the reader gets ESTALE,
+        as a handle that has returned bytes of the old version always does.
         """
         node, data = h.node, h.node.data
         moves = h.moves
 
         def unchanged() -> bool:   # after an await, h.moves is checked before it
-            return not h.served and node.data is data and node.open_count == 1
+            if node.data is not data:
+                return False
+            handles = self._handles_of(node)
+            return len(handles) == node.open_count and all(
+                not o.served and not o.kept_cache
+                and (o is h or o.flags & os.O_ACCMODE == os.O_RDONLY) for o in handles)
 
-        if h.kept_cache or data is None or data.local_reads or data.base_etag is None \
+        if data is None or data.local_reads or data.base_etag is None \
                 or node.local or not unchanged():
             return False
         node.validated_at = float("-inf")
@@ -1175,15 +1184,20 @@ class Filesystem:
                 return True
             if not unchanged():
                 return False
-        if h.prefetcher is not None:
-            h.prefetcher.close()
-            h.prefetcher = None
+        for o in self._handles_of(node):
+            if o.prefetcher is not None:
+                o.prefetcher.close()
+                o.prefetcher = None
+            o.moves += 1
         node.data = None
         node.cache_etag = None
         self._file_data(node)
-        h.moves += 1
         await data.close()
         return True
+
+    def _handles_of(self, node: Inode) -> list[FileHandle]:
+        return [o for o in self.handles.values()
+                if isinstance(o, FileHandle) and o.node is node]
 
     async def _read(self, h: FileHandle, off: int, size: int) -> bytes | memoryview:
         node = h.node
@@ -1211,6 +1225,7 @@ class Filesystem:
         if off + len(buf) > MAX_OBJECT_SIZE:
             raise FileTooBig("S3 objects are at most 5 TiB")
         n = await data.write(off, buf)
+        node.pages = True
         now = time.time_ns()
         node.attr.mtime_ns = node.attr.ctime_ns = now
         node.attr.size = data.size

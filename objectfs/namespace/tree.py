@@ -64,7 +64,7 @@ class Inode:
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
-                 "pending", "subdirs", "__weakref__")
+                 "pending", "subdirs", "pages", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -108,6 +108,9 @@ class Inode:
         self.meta_known = False
         # ETag of the content the kernel may hold in its page cache
         self.cache_etag: str | None = None
+        # the kernel may hold some of its pages: read or written since the
+        # last open that did not keep them (the kernel drops them there)
+        self.pages = False
         # wall-clock time of the HEAD that gave our attributes (0: none)
         self.head_wall_ns = 0
         # write-back: the staged version not yet in S3 (writeback.Pending);

@@ -191,23 +191,28 @@ def test_a_handle_that_has_read_nothing_reads_the_version_now_in_s3(
     """``stat``, another client replaces the object, then ``open`` and a read
     within ``metadata_ttl``: the read finds the object changed, and as the
     handle has returned nothing yet it moves to the new version (ESTALE
-    before), whole, neither cut at the old size nor padded to it.  A handle
-    that has read old bytes still gets ESTALE: no mix."""
+    before), whole, neither cut at the old size nor padded to it; two such
+    handles of one file move together.  A handle that has read old bytes
+    still gets ESTALE: no mix."""
     old, new = b"o" * (100 * 1024), b"n" * new_size
     big = b"b" * (16 * MiB)   # more than the first read fetches, with or without the tier
-    s3_client.put_object(Bucket=bucket, Key="f.bin", Body=old)
+    for key in ("f.bin", "two.bin"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=old)
     s3_client.put_object(Bucket=bucket, Key="g.bin", Body=big)
     opts = ["metadata_ttl=60"] + (["cache_size=0"] if tier == "no-tier" else [])
     m = mount(bucket, options=opts)
-    f, g = (os.path.join(m.mountpoint, n) for n in ("f.bin", "g.bin"))
+    f, g, two = (os.path.join(m.mountpoint, n) for n in ("f.bin", "g.bin", "two.bin"))
     assert os.stat(f).st_size == len(old)   # the lookup's HEAD: the old version
+    assert os.stat(two).st_size == len(old)
     with open(g, "rb", buffering=0) as held:
         assert held.read(4096) == big[:4096]
-        s3_client.put_object(Bucket=bucket, Key="f.bin", Body=new)
-        s3_client.put_object(Bucket=bucket, Key="g.bin", Body=new)
+        for key in ("f.bin", "g.bin", "two.bin"):
+            s3_client.put_object(Bucket=bucket, Key=key, Body=new)
         with open(f, "rb") as h:
             assert h.read() == new
         assert os.stat(f).st_size == len(new)
+        with open(two, "rb") as a, open(two, "rb") as b:
+            assert b.read() == new and a.read() == new
         with pytest.raises(OSError) as e:
             held.seek(12 * MiB)
             held.read(4096)

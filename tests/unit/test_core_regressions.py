@@ -811,28 +811,65 @@ def test_reads_of_a_moving_handle_under_way_together_all_read_the_new_version(tm
     _with_replace(tmp_path, body)
 
 
-@pytest.mark.parametrize("case", ["read-before", "second-handle", "kept-cache", "written"])
+def test_handles_that_have_read_nothing_move_together(tmp_path):
+    """Two programs open the file in the window: the data is shared, so both
+    handles move, whichever reads first, and each reads the new version.
+    The second open keeps the kernel's pages, but there are none: the first
+    dropped them and nothing was read since."""
+    async def body(fs, node, old, new, replace):
+        replace()
+        a, b = await fs.open(node.ino, RO), await fs.open(node.ino, RO)
+        assert not fs.keep_cache(a) and fs.keep_cache(b)   # as the FUSE adapter asks
+        got = {a.fh: bytearray(), b.fh: bytearray()}
+
+        async def read_all(fh):
+            while chunk := bytes(await fs.read(fh, len(got[fh]), 128 * KiB)):
+                got[fh] += chunk
+
+        async with trio.open_nursery() as n:
+            n.start_soon(read_all, b.fh)
+            n.start_soon(read_all, a.fh)
+        assert got[a.fh] == new and got[b.fh] == new
+        assert a.moves == b.moves == 1
+        for h in (a, b):
+            await fs.release(h.fh)
+
+    _with_replace(tmp_path, body, 3 * MiB, 4 * MiB, "cache_size=0")
+
+
+@pytest.mark.parametrize("case", ["read-before", "other-read-before", "other-writer",
+                                  "kept-cache", "kept-written", "written"])
 def test_a_handle_that_may_hold_old_bytes_gets_estale_not_the_new_version(tmp_path, case):
     async def body(fs, node, old, new, replace):
         if case == "kept-cache":
             # opened (and its pages cached) before: the kernel keeps them
             first = await fs.open(node.ino, RO)
             assert not fs.keep_cache(first)
+            assert bytes(await fs.read(first.fh, 0, 4096)) == old[:4096]
+            await fs.release(first.fh)
+        if case == "kept-written":
+            # written and closed before: the kernel keeps the written pages
+            first = await fs.open(node.ino, os.O_RDWR)
+            assert not fs.keep_cache(first)
+            await fs.write(first.fh, 0, b"x")
+            await fs.flush(first.fh)
             await fs.release(first.fh)
         h = await fs.open(node.ino, os.O_RDWR if case == "written" else RO)
-        if case == "kept-cache":
+        if case.startswith("kept"):
             assert fs.keep_cache(h)
         if case == "read-before":
             assert bytes(await fs.read(h.fh, 0, 4096)) == old[:4096]
-        if case == "second-handle":
-            other = await fs.open(node.ino, RO)
+        if case.startswith("other"):
+            other = await fs.open(node.ino, os.O_WRONLY if case == "other-writer" else RO)
+            if case == "other-read-before":
+                assert bytes(await fs.read(other.fh, 0, 4096)) == old[:4096]
         if case == "written":
             await fs.write(h.fh, 0, b"x")  # a change on top of the old version
         replace()
         with pytest.raises(FsError) as e:
             await fs.read(h.fh, 2 * MiB, 4096)   # beyond what the first read fetched
         assert e.value.errno == errno.ESTALE
-        if case == "second-handle":
+        if case.startswith("other"):
             await fs.release(other.fh)
         await fs.release(h.fh)
 
