@@ -92,7 +92,6 @@ class FileHandle:
     node: Inode
     flags: int
     prefetcher: Prefetcher | None = None
-    prefetch_etag: str | None = None
     prefetch_version: int = -1
     kept_cache: bool = False   # opened keeping pages the kernel had cached
     served: bool = False       # a read has returned bytes
@@ -1206,13 +1205,13 @@ class Filesystem:
         if data.local_reads or data.base_etag is None:
             return await data.read(off, size)
         pf = h.prefetcher
-        if pf is None or h.prefetch_etag != data.base_etag or h.prefetch_version != data.version:
+        if pf is None or pf.etag != data.base_etag or h.prefetch_version != data.version:
             if pf is not None:
                 pf.close()
             assert self.ctx is not None
             pf = h.prefetcher = Prefetcher(self.ctx, self._key_fn(node), data.base_etag,
                                            data.size)
-            h.prefetch_etag, h.prefetch_version = data.base_etag, data.version
+            h.prefetch_version = data.version
         return await pf.read(off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
