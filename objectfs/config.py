@@ -213,9 +213,10 @@ OPTIONS: list[Option] = [
     Option("requester_pays", parse_bool, False, "Send RequestPayer=requester on every request "
            "(buckets where the reader pays).", "encryption"),
     Option("lean_requests", parse_bool, True, "Send HeadObject, GetObject, DeleteObject, "
-           "ListObjectsV2 and a multipart upload's requests but UploadPart without botocore's "
-           "per-call work and HTTP session (about 1 ms of CPU less per request, 1.5-2 ms for the "
-           "multipart ones, a third of it per listing page; signed exactly as botocore "
+           "ListObjectsV2, PutObject of up to 256 KiB and a multipart upload's requests but "
+           "UploadPart without botocore's per-call work and HTTP session (about 1 ms of CPU "
+           "less per request, 1.5-2 ms for the PUTs and multipart ones, a third of it per "
+           "listing page; signed exactly as botocore "
            "signs them, checked against its signer on each operation's first request; the "
            "client's credentials, timeouts, CA bundle and TLS verification; small requests "
            "sent from the event loop instead of a worker thread; behind a proxy or with a "

@@ -1,5 +1,6 @@
-"""HeadObject, GetObject, DeleteObject, ListObjectsV2 and the requests of a
-multipart upload but UploadPart, without botocore's per-call machinery.
+"""HeadObject, GetObject, PutObject, DeleteObject, ListObjectsV2 and the
+requests of a multipart upload but UploadPart, without botocore's per-call
+machinery.
 
 A boto3 call spends most of its CPU on parameter validation,
 serialisation, endpoint rules, event hooks and response parsing, for a
@@ -11,8 +12,8 @@ operation's first request by that signer, the rest by sigv4.py once its
 signature for that first request was the same.  So the credentials (and
 their refresh) and the signing region and version are exactly the client's.
 
-Small requests (a HEAD, a DELETE, a few keys' listing, a small GET, and
-CreateMultipartUpload, UploadPartCopy, CompleteMultipartUpload and
+Small requests (a HEAD, a DELETE, a few keys' listing, a small GET or PUT,
+and CreateMultipartUpload, UploadPartCopy, CompleteMultipartUpload and
 AbortMultipartUpload, which only ever go this way) are sent from the event
 loop through ``ahttp.AsyncTransport`` (the ``a...`` methods);
 the others go out through ``Transport``, from worker threads: kept
@@ -530,6 +531,20 @@ class LeanRequests:
     def _delete_answer(self, response) -> None:
         if response.status_code not in (200, 204):
             raise self._error("DeleteObject", response)
+
+    async def aput(self, key: str, headers: dict[str, str], body: bytes,
+                   idempotent: bool) -> dict[str, Any]:
+        """PutObject of a small ``body`` with ``headers`` (those boto3 sends:
+        see ``S3Store._lean_put``); its answer shaped as boto3's (the ETag).
+        Not ``idempotent`` (a conditional PUT): a kept connection found closed
+        is an error for the caller's retry, not a silent second request."""
+        op = "PutObject"
+        response = await self._asend(op, "PUT", key, headers, body=body, idempotent=idempotent)
+        if response.status_code != 200:
+            raise self._error(op, response)
+        # the ETag alone: a header _decode leaves to botocore (Expires) must
+        # not make boto3 send the PUT again
+        return {"ETag": response.headers.get("etag")}
 
     # -- multipart uploads (from the event loop only) -------------------------
     #

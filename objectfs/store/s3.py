@@ -61,6 +61,9 @@ RECEIVE_IDLE = 2.0
 # listings of at most this many keys (lookups ask for one or two).
 ASYNC_GET_MAX = 256 * 1024
 ASYNC_LIST_KEYS = 10
+# PutObject bodies up to this size are sent from the event loop too (a
+# small file's close; a bigger body is signed and sent in a worker thread).
+ASYNC_PUT_MAX = 256 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -104,6 +107,10 @@ _CREATE_HEADERS = {"ContentType": "Content-Type", "CacheControl": "Cache-Control
                    "StorageClass": "x-amz-storage-class",
                    "ServerSideEncryption": "x-amz-server-side-encryption",
                    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+# PutObject's own parameters (not CreateMultipartUpload's) -> their headers;
+# Bucket, Key and Body are the request itself.
+_PUT_OWN = {"Bucket": None, "Key": None, "Body": None, "ContentMD5": "Content-MD5",
+            "IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
@@ -635,7 +642,7 @@ class S3Store:
         try:
             r = await self._call("PutObject", key,
                                  functools.partial(self.client.put_object, **kw),
-                                 sent=len(body), retried=retried)
+                                 sent=len(body), retried=retried, afn=self._lean_put(key, kw))
         except PreconditionFailed:
             # an earlier attempt whose answer was lost may have made the
             # object: it is ours if it holds exactly this body
@@ -647,6 +654,25 @@ class S3Store:
         return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=0,
                           metadata=dict(metadata), content_type=content_type,
                           headers=dict(headers or {}))
+
+    def _lean_put(self, key: str, kw: Mapping[str, Any]) -> Callable[[], Awaitable[Any]] | None:
+        """PutObject(**kw) from the event loop, for a small body whose
+        headers the lean path sends as boto3 does (``_create_headers``,
+        then the body's Content-MD5 and the conditions); else None."""
+        body = kw["Body"]
+        if len(body) > ASYNC_PUT_MAX:
+            return None
+        headers = self._create_headers({k: v for k, v in kw.items() if k not in _PUT_OWN})
+        if headers is None:
+            return None
+        for name, header in _PUT_OWN.items():
+            if name in kw and header:
+                headers[header] = kw[name]
+        # A condition answered once must not be sent again unseen: the
+        # retry of _call knows it was (``retried``), a silent resend would not.
+        conditional = "IfNoneMatch" in kw or "IfMatch" in kw
+        return self._lean_async(lambda lean: lean.aput(key, headers, bytes(body),
+                                                       idempotent=not conditional))
 
     async def copy(self, src: str, dst: str, *, size: int,
                    metadata: Mapping[str, str] | None = None,

@@ -1082,3 +1082,120 @@ def test_an_error_in_the_body_of_a_200_is_a_500_of_that_error(s3, bucket):
         lean._xml_text(b"<CompleteMultipartUploadResult/>", "ETag", "CompleteMultipartUpload")
     assert (e.value.code, e.value.status) == ("InternalError", 500)
     assert lean._xml_text(b"<r><ETag>&quot;ab&amp;c&quot;</ETag></r>", "ETag", "op") == '"ab&c"'
+
+
+# -- PutObject ----------------------------------------------------------------
+
+_UNCOMPARED = {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token",
+               "user-agent", "content-length", "expect", "amz-sdk-invocation-id",
+               "amz-sdk-request"}
+
+
+def _sent(headers) -> dict[str, str]:
+    """A request's headers that say what is stored or asked for (not how the
+    request is signed or framed), lower-cased."""
+    return {k.lower(): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in headers.items() if k.lower() not in _UNCOMPARED}
+
+
+def test_a_small_put_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket, monkeypatch):
+    """A PutObject of a small body is sent from the event loop with the
+    headers botocore sends for the same call (request against request:
+    metadata, Content-Type, the preserved headers, Content-MD5, the mount's
+    SSE-KMS key and storage class), and makes boto3's object and answer; a
+    body over ASYNC_PUT_MAX still goes through boto3 in a worker thread."""
+    from objectfs.store import s3 as s3mod
+
+    opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
+                          storage_class="STANDARD_IA")
+    fast, slow = stores(s3, bucket, request_options=opts, upload_checksum="md5")
+    lean_sent: list[dict] = []
+    boto_sent: list = []
+    real_asend = fast.lean._asend
+
+    async def asend(op, method, key, headers, **kw):
+        lean_sent.append(dict(headers))
+        return await real_asend(op, method, key, headers, **kw)
+
+    fast.lean._asend = asend
+    slow.client.meta.events.register("before-send.s3.PutObject",
+                                     lambda request, **_: boto_sent.append(request))
+    put = dict(metadata={"mode": "33188", "x-tool": "kept value"},
+               content_type="text/x-odd; charset=utf-8",
+               headers={"CacheControl": "max-age=60", "ContentDisposition": "inline",
+                        "ContentLanguage": "de"})
+    threads: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *a, **kw):
+        threads.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real(fn, *a, **kw)
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        got = await fast.put("lean " + KEY, BODY, **put)
+        assert threads == [] and used == [], (threads, used)
+        monkeypatch.setattr(trio.to_thread, "run_sync", real)
+        want = await slow.put("boto3 " + KEY, BODY, **put)
+        assert got == dataclasses.replace(want, key=got.key) and got.etag
+        assert len(lean_sent) == 1 and len(boto_sent) == 1
+        assert _sent(lean_sent[0]) == _sent(boto_sent[0].headers)
+        assert "content-md5" in _sent(lean_sent[0])
+        a, b = await fast.head("lean " + KEY), await slow.head("boto3 " + KEY)
+        assert dataclasses.replace(a, key="", checked_ns=0, mtime_ns=0) == \
+            dataclasses.replace(b, key="", checked_ns=0, mtime_ns=0)
+        assert a.etag == got.etag and a.metadata == put["metadata"]
+        assert await fast.get("lean " + KEY) == BODY
+        # an empty body, and one just over the limit (through boto3)
+        assert (await fast.put("empty", b"", metadata={}, content_type="x/y")).size == 0
+        assert await slow.get("empty") == b"" and used == []
+        big = bytes(s3mod.ASYNC_PUT_MAX + 1)
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        await fast.put("big", big, metadata={}, content_type="x/y")
+        monkeypatch.setattr(trio.to_thread, "run_sync", real)
+        assert used == ["PutObject"] and threads
+        assert await slow.get("big") == big
+
+    trio.run(main)
+
+
+def test_conditional_puts_answer_as_boto3s_and_are_never_resent_unseen(s3, s3_client, bucket):
+    """If-None-Match and If-Match go out on the lean path with the answers
+    boto3's calls get (a 412 is PreconditionFailed); a conditional PUT is
+    not idempotent for the transport (a kept connection found closed is an
+    error for _call's retry, which knows the request may have acted), an
+    unconditional one is."""
+    s3_client.put_object(Bucket=bucket, Key="there", Body=b"old")
+    etag = s3_client.head_object(Bucket=bucket, Key="there")["ETag"]
+    fast, slow = stores(s3, bucket)
+    flags: list[bool] = []
+    real_aput = fast.lean.aput
+
+    async def aput(key, headers, body, idempotent):
+        flags.append(idempotent)
+        return await real_aput(key, headers, body, idempotent)
+
+    fast.lean.aput = aput
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        calls = [lambda s: s.put("there", b"x", metadata={}, content_type="x/y",
+                                 if_none_match=True),
+                 lambda s: s.put("there", b"x", metadata={}, content_type="x/y",
+                                 if_match='"0123456789abcdef0123456789abcdef"')]
+        for call in calls:
+            a, b = await outcome(lambda: call(fast)), await outcome(lambda: call(slow))
+            assert a == b and a[0] == "PreconditionFailed", (a, b)
+        info = await fast.put("there", b"new", metadata={}, content_type="x/y", if_match=etag)
+        assert info.etag == s3_client.head_object(Bucket=bucket, Key="there")["ETag"]
+        await fast.put("fresh", b"1", metadata={}, content_type="x/y", if_none_match=True)
+        await fast.put("fresh", b"2", metadata={}, content_type="x/y")
+        assert flags == [False, False, False, False, True]
+        assert used == []
+
+    trio.run(main)
+    assert s3_client.get_object(Bucket=bucket, Key="there")["Body"].read() == b"new"
+    assert s3_client.get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"2"

@@ -3,6 +3,8 @@ headers, Authorization included, for any request the lean path makes."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from urllib.parse import quote
 
 import botocore.session
@@ -98,18 +100,17 @@ meta = st.dictionaries(st.text(st.sampled_from("abcdefxyz-_0123456789"), min_siz
 
 @settings(max_examples=200, deadline=None)
 @given(op=st.sampled_from(["CreateMultipartUpload", "UploadPartCopy",
-                           "CompleteMultipartUpload", "AbortMultipartUpload"]),
+                           "CompleteMultipartUpload", "AbortMultipartUpload", "PutObject"]),
        region=st.sampled_from(["us-east-1", "eu-west-3", "garage"]), endpoint=endpoints,
        key=keys, upload_id=upload_ids, number=st.integers(1, 10_000), metadata=meta,
        if_match=st.none() | header_values, body=st.binary(min_size=1, max_size=300))
 def test_our_signature_of_a_multipart_uploads_requests_is_botocores(
         op, region, endpoint, key, upload_id, number, metadata, if_match, body):
-    """The requests lean.py makes for a multipart upload, as it makes them:
-    a query without a value (``?uploads``), a percent-encoded upload id,
-    x-amz-* headers, and CompleteMultipartUpload's body, whose SHA-256 is
-    signed (over HTTPS too)."""
-    import hashlib
-
+    """The requests lean.py makes for a multipart upload, and a small
+    PutObject, as it makes them: a query without a value (``?uploads``), a
+    percent-encoded upload id, x-amz-* headers, Content-MD5 and the
+    conditions, and the bodies of CompleteMultipartUpload and PutObject,
+    whose SHA-256 is signed (over HTTPS too)."""
     c = client(region, endpoint, None)
     url = f"{endpoint}/bucket/" + quote(key, safe="/~")
     upload = "uploadId=" + quote(upload_id, safe="-_.~")
@@ -124,10 +125,19 @@ def test_our_signature_of_a_multipart_uploads_requests_is_botocores(
                    "x-amz-copy-source-range": "bytes=0-5242879"}
         if if_match is not None:
             headers["x-amz-copy-source-if-match"] = if_match
+    elif op == "PutObject":
+        method = "PUT"
+        headers = {"x-amz-meta-" + k: v for k, v in metadata.items()}
+        headers["Content-Type"] = "text/plain"
+        headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        else:
+            headers["If-None-Match"] = "*"
     else:
         method = "POST" if op == "CompleteMultipartUpload" else "DELETE"
         url = f"{url}?{upload}"
-    if op != "CompleteMultipartUpload":
+    if op not in ("CompleteMultipartUpload", "PutObject"):
         body = b""
     theirs = botocore_signed_body(c, op, method, url, headers, body)
     payload = hashlib.sha256(body).hexdigest()
