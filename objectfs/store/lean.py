@@ -1,6 +1,6 @@
-"""HeadObject, GetObject, PutObject, DeleteObject, ListObjectsV2 and the
-requests of a multipart upload but UploadPart, without botocore's per-call
-machinery.
+"""HeadObject, GetObject, PutObject, CopyObject, DeleteObject, ListObjectsV2
+and the requests of a multipart upload but UploadPart, without botocore's
+per-call machinery.
 
 A boto3 call spends most of its CPU on parameter validation,
 serialisation, endpoint rules, event hooks and response parsing, for a
@@ -13,7 +13,7 @@ signature for that first request was the same.  So the credentials (and
 their refresh) and the signing region and version are exactly the client's.
 
 Small requests (a HEAD, a DELETE, a few keys' listing, a small GET or PUT,
-and CreateMultipartUpload, UploadPartCopy, CompleteMultipartUpload and
+a CopyObject, and CreateMultipartUpload, UploadPartCopy, CompleteMultipartUpload and
 AbortMultipartUpload, which only ever go this way) are sent from the event
 loop through ``ahttp.AsyncTransport`` (the ``a...`` methods);
 the others go out through ``Transport``, from worker threads: kept
@@ -545,6 +545,18 @@ class LeanRequests:
         # the ETag alone: a header _decode leaves to botocore (Expires) must
         # not make boto3 send the PUT again
         return {"ETag": response.headers.get("etag")}
+
+    async def acopy(self, key: str, source: str, headers: dict[str, str]) -> dict[str, Any]:
+        """CopyObject of ``source`` (a key of this bucket) onto ``key`` with
+        ``headers`` (those boto3 sends: see ``S3Store.copy``); its answer
+        shaped as boto3's (ETag, LastModified).  Sent again unseen after a
+        lost answer it makes the same object again."""
+        op = "CopyObject"
+        body = self._result(op, await self._asend(
+            op, "PUT", key, {"x-amz-copy-source": self._copy_source(source), **headers}))
+        return {"CopyObjectResult": {"ETag": _xml_text(body, "ETag", op),
+                                     "LastModified": _timestamp(
+                                         _xml_text(body, "LastModified", op))}}
 
     # -- multipart uploads (from the event loop only) -------------------------
     #

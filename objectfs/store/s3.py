@@ -111,6 +111,11 @@ _CREATE_HEADERS = {"ContentType": "Content-Type", "CacheControl": "Cache-Control
 # Bucket, Key and Body are the request itself.
 _PUT_OWN = {"Bucket": None, "Key": None, "Body": None, "ContentMD5": "Content-MD5",
             "IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
+# CopyObject's own parameters -> their headers (x-amz-copy-source is made
+# by the lean path from the source's key).
+_COPY_OWN = {"Bucket": None, "Key": None, "CopySource": None,
+             "MetadataDirective": "x-amz-metadata-directive",
+             "CopySourceIfMatch": "x-amz-copy-source-if-match"}
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
@@ -662,12 +667,9 @@ class S3Store:
         body = kw["Body"]
         if len(body) > ASYNC_PUT_MAX:
             return None
-        headers = self._create_headers({k: v for k, v in kw.items() if k not in _PUT_OWN})
+        headers = self._lean_headers(kw, _PUT_OWN)
         if headers is None:
             return None
-        for name, header in _PUT_OWN.items():
-            if name in kw and header:
-                headers[header] = kw[name]
         # A condition answered once must not be sent again unseen: the
         # retry of _call knows it was (``retried``), a silent resend would not.
         conditional = "IfNoneMatch" in kw or "IfMatch" in kw
@@ -692,7 +694,10 @@ class S3Store:
             kw["MetadataDirective"] = "REPLACE"
         if src_etag:
             kw["CopySourceIfMatch"] = src_etag
-        r = await self._call("CopyObject", dst, functools.partial(self.client.copy_object, **kw))
+        sent = self._lean_headers(kw, _COPY_OWN)
+        afn = None if sent is None else self._lean_async(lambda lean: lean.acopy(dst, src, sent))
+        r = await self._call("CopyObject", dst, functools.partial(self.client.copy_object, **kw),
+                             afn=afn)
         res = r.get("CopyObjectResult", {})
         return ObjectInfo(key=dst, size=size, etag=res.get("ETag"),
                           mtime_ns=_ms(res.get("LastModified")),
@@ -771,6 +776,17 @@ class S3Store:
         if retried:
             await self._abort_orphans(key, upload_id)
         return upload_id
+
+    def _lean_headers(self, kw: Mapping[str, Any],
+                      own: Mapping[str, str | None]) -> dict[str, str] | None:
+        """The headers boto3 sends for a call with parameters ``kw``: ``own``
+        maps the call's own parameters to their headers (None: part of the
+        request line or body), the rest are ``_create_headers``'s; None where
+        the lean path would not be sure to send the same."""
+        headers = self._create_headers({k: v for k, v in kw.items() if k not in own})
+        if headers is not None:
+            headers.update((h, kw[n]) for n, h in own.items() if h and n in kw)
+        return headers
 
     def _create_headers(self, kw: Mapping[str, Any]) -> dict[str, str] | None:
         """The headers boto3 sends for CreateMultipartUpload(**kw), the

@@ -100,14 +100,15 @@ meta = st.dictionaries(st.text(st.sampled_from("abcdefxyz-_0123456789"), min_siz
 
 @settings(max_examples=200, deadline=None)
 @given(op=st.sampled_from(["CreateMultipartUpload", "UploadPartCopy",
-                           "CompleteMultipartUpload", "AbortMultipartUpload", "PutObject"]),
+                           "CompleteMultipartUpload", "AbortMultipartUpload", "PutObject",
+                           "CopyObject"]),
        region=st.sampled_from(["us-east-1", "eu-west-3", "garage"]), endpoint=endpoints,
        key=keys, upload_id=upload_ids, number=st.integers(1, 10_000), metadata=meta,
        if_match=st.none() | header_values, body=st.binary(min_size=1, max_size=300))
 def test_our_signature_of_a_multipart_uploads_requests_is_botocores(
         op, region, endpoint, key, upload_id, number, metadata, if_match, body):
-    """The requests lean.py makes for a multipart upload, and a small
-    PutObject, as it makes them: a query without a value (``?uploads``), a
+    """The requests lean.py makes for a multipart upload, a small PutObject
+    and a CopyObject, as it makes them: a query without a value (``?uploads``), a
     percent-encoded upload id, x-amz-* headers, Content-MD5 and the
     conditions, and the bodies of CompleteMultipartUpload and PutObject,
     whose SHA-256 is signed (over HTTPS too)."""
@@ -123,6 +124,13 @@ def test_our_signature_of_a_multipart_uploads_requests_is_botocores(
         method, url = "PUT", f"{url}?partNumber={number}&{upload}"
         headers = {"x-amz-copy-source": "bucket/" + quote(key, safe="-._~/"),
                    "x-amz-copy-source-range": "bytes=0-5242879"}
+        if if_match is not None:
+            headers["x-amz-copy-source-if-match"] = if_match
+    elif op == "CopyObject":
+        method = "PUT"
+        headers = {"x-amz-meta-" + k: v for k, v in metadata.items()}
+        headers["x-amz-copy-source"] = "bucket/" + quote(key, safe="-._~/")
+        headers["x-amz-metadata-directive"] = "REPLACE" if metadata else "COPY"
         if if_match is not None:
             headers["x-amz-copy-source-if-match"] = if_match
     elif op == "PutObject":
