@@ -632,11 +632,12 @@ class TierStore:
             oids = [oid for oid, _ in self._objects_matching(ns, key, prefix)]
             return self._forget_objects(oids, keep_pinned=True)
 
-    def forget_key(self, ns: str, key: str) -> None:
-        """The object was deleted or replaced through this mount: drop every
-        cached version of it, pinned or not."""
+    def forget_keys(self, ns: str, keys: list[str]) -> None:
+        """The objects were deleted or replaced through this mount: drop
+        every cached version of each, pinned or not (one transaction)."""
         with self._lock, self._tx():
-            oids = [oid for oid, _ in self._objects_matching(ns, key, False)]
+            oids = list(dict.fromkeys(oid for key in keys
+                                      for oid, _ in self._objects_matching(ns, key, False)))
             if oids:
                 self._forget_objects(oids, keep_pinned=False)
 

@@ -38,6 +38,13 @@ QUEUE_BYTES = 64 << 20
 FLUSH_INTERVAL = 2.0
 # Parallel disk operations of one mount.
 DISK_THREADS = 4
+# Deleted keys whose blocks the write-behind task drops together: it waits
+# up to FORGET_WAIT seconds for more after the first (anything else queued
+# ends the wait).  One trip to a disk thread costs about 150 us of CPU, the
+# index lookup of a key never cached 20 us, and ``rm`` of many files sends
+# one key a file.
+FORGET_WAIT = 0.25
+FORGET_BATCH = 1000
 # Background fills of files read at random: GET size, and GETs in parallel
 # for all fills of the mount together (so fills hold at most 64 MiB).  A
 # random read of bytes the fill has not brought yet waits for it (its step is
@@ -454,15 +461,27 @@ class Tier:
         if self._running:
             self._send.send_nowait(key)
         else:
-            await trio.to_thread.run_sync(self._forget, key, limiter=self._disk)
+            await trio.to_thread.run_sync(self._forget, [key], limiter=self._disk)
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, keys: list[str]) -> None:
         try:
-            self.store.forget_key(self.ns, key)
+            self.store.forget_keys(self.ns, keys)
         except Closed:
             pass
         except Exception:  # a broken disk must not break an unlink
-            log.exception("could not drop the cached blocks of %r", key)
+            log.exception("could not drop the cached blocks of %d deleted key(s)", len(keys))
+
+    async def _more_forgets(self, keys: list[str]):
+        """Add the keys to forget that follow in the queue (within
+        FORGET_WAIT) to ``keys``; the first item of another kind, which
+        ends the wait, is returned to be handled next (else None)."""
+        with trio.move_on_after(FORGET_WAIT):
+            while len(keys) < FORGET_BATCH:
+                item = await self._recv.receive()
+                if not isinstance(item, str):
+                    return item
+                keys.append(item)
+        return None
 
     def _put(self, ref: ObjectRef, blocks: list[tuple[int, memoryview]]) -> None:
         try:
@@ -485,12 +504,16 @@ class Tier:
 
     async def _serve(self) -> None:
         last_flush = trio.current_time()
+        held = None   # an item taken from the queue while gathering forgets
         while True:
-            item = None
-            with trio.move_on_after(FLUSH_INTERVAL):
-                item = await self._recv.receive()
+            item, held = held, None
+            if item is None:
+                with trio.move_on_after(FLUSH_INTERVAL):
+                    item = await self._recv.receive()
             if isinstance(item, str):
-                await trio.to_thread.run_sync(self._forget, item, limiter=self._disk)
+                keys = [item]
+                held = await self._more_forgets(keys)
+                await trio.to_thread.run_sync(self._forget, keys, limiter=self._disk)
             elif item is not None:
                 ref, blocks, size = item
                 try:

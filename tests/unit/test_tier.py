@@ -876,6 +876,51 @@ def test_unlink_and_rename_through_the_mount_drop_the_old_keys_cached_data(tmp_p
     trio.run(main)
 
 
+def test_forgets_in_a_row_go_to_the_disk_together_and_in_order_with_puts(root, monkeypatch):
+    """Keys deleted one after the other (``rm`` of many files) are dropped
+    from the index in one trip to a disk thread; a put queued behind them
+    ends the wait and is written after them, so a new version cached right
+    after its key was forgotten stays."""
+    trips: list[list[str]] = []
+    real = TierStore.forget_keys
+
+    def counting(self, ns, keys):
+        trips.append(list(keys))
+        return real(self, ns, keys)
+
+    monkeypatch.setattr(TierStore, "forget_keys", counting)
+    data = payload(9, 3000)
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            for i in range(20):
+                tier.offer(f"k{i}", "old", data)
+            while tier._queued:
+                await trio.sleep(0.01)
+            assert tier.store.stats()["objects"] == 20
+            for i in range(20):
+                await tier.forget(f"k{i}")
+            tier.offer("k0", "new", data[::-1])
+            with trio.fail_after(10):
+                while tier.store.stats()["objects"] != 1 or tier._queued:
+                    await trio.sleep(0.01)
+            assert trips == [[f"k{i}" for i in range(20)]]
+            new = tier.ref("k0", "new", len(data))
+            assert await tier.peek(new, 0, len(data)) == data[::-1]
+            # a lone forget is dropped too, within FORGET_WAIT
+            await tier.forget("k0")
+            with trio.fail_after(10):
+                while tier.store.stats()["objects"]:
+                    await trio.sleep(0.01)
+            assert trips[1:] == [["k0"]]
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
+
+
 # -- objectfs cache warm: progress and Ctrl-C ---------------------------------------------
 
 class FakeTTY:
