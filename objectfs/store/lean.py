@@ -13,9 +13,10 @@ signature for that first request was the same.  So the credentials (and
 their refresh) and the signing region and version are exactly the client's.
 
 Small requests (a HEAD, a DELETE, a few keys' listing, a small GET or PUT,
-a CopyObject, and CreateMultipartUpload, UploadPartCopy, CompleteMultipartUpload and
-AbortMultipartUpload, which only ever go this way) are sent from the event
-loop through ``ahttp.AsyncTransport`` (the ``a...`` methods);
+a CopyObject, and CreateMultipartUpload, UploadPartCopy,
+CompleteMultipartUpload and AbortMultipartUpload, which only ever go this
+way) are sent from the event loop through ``ahttp.AsyncTransport`` (the
+``a...`` methods);
 the others go out through ``Transport``, from worker threads: kept
 ``http.client`` connections (a pool per server) with the client's timeouts,
 socket options, CA bundle and verification.  botocore's HTTP session

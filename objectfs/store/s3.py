@@ -663,10 +663,11 @@ class S3Store:
     def _lean_put(self, key: str, kw: Mapping[str, Any]) -> Callable[[], Awaitable[Any]] | None:
         """PutObject(**kw) from the event loop, for a small body whose
         headers the lean path sends as boto3 does (``_create_headers``,
-        then the body's Content-MD5 and the conditions); else None."""
+        then the body's Content-MD5 and the conditions); else None, as with
+        ``checksums=when_supported``."""
         body = kw["Body"]
-        if len(body) > ASYNC_PUT_MAX:
-            return None
+        if len(body) > ASYNC_PUT_MAX or self.settings.checksums != "when_required":
+            return None   # (botocore adds a CRC of the body where it is asked to)
         headers = self._lean_headers(kw, _PUT_OWN)
         if headers is None:
             return None

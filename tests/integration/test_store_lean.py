@@ -1103,7 +1103,8 @@ def test_a_small_put_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket,
     headers botocore sends for the same call (request against request:
     metadata, Content-Type, the preserved headers, Content-MD5, the mount's
     SSE-KMS key and storage class), and makes boto3's object and answer; a
-    body over ASYNC_PUT_MAX still goes through boto3 in a worker thread."""
+    body over ASYNC_PUT_MAX, or any with ``checksums=when_supported``, still
+    goes through boto3."""
     from objectfs.store import s3 as s3mod
 
     opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
@@ -1159,6 +1160,18 @@ def test_a_small_put_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket,
         assert await slow.get("big") == big
 
     trio.run(main)
+    # where botocore is asked to add a CRC of the body, boto3 sends the PUT
+    crc, _ = stores(s3, bucket, checksums="when_supported")
+    used = boto3_calls(crc)
+
+    async def with_crc():
+        await crc.check_bucket()
+        used.clear()
+        await crc.put("crc", BODY, metadata={}, content_type="x/y")
+
+    trio.run(with_crc)
+    assert used == ["PutObject"]
+    assert s3_client.get_object(Bucket=bucket, Key="crc")["Body"].read() == BODY
 
 
 def test_conditional_puts_answer_as_boto3s_and_are_never_resent_unseen(s3, s3_client, bucket):
