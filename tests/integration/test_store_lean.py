@@ -50,6 +50,19 @@ def boto3_calls(store: S3Store) -> list[str]:
     return calls
 
 
+def thread_counter():
+    """(the names of the functions sent to worker threads, a stand-in for
+    ``trio.to_thread.run_sync`` that records them, the real one)."""
+    threads: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *a, **kw):
+        threads.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real(fn, *a, **kw)
+
+    return threads, counting, real
+
+
 async def outcome(fn):
     try:
         return "ok", await fn()
@@ -826,12 +839,7 @@ def test_small_requests_of_a_store_need_no_worker_thread(s3, s3_client, bucket, 
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=BODY, Metadata={"mode": "33188"})
     s3_client.put_object(Bucket=bucket, Key="big", Body=BODY * 300)   # 3 MiB
     fast, slow = stores(s3, bucket)
-    threads: list[str] = []
-    real = trio.to_thread.run_sync
-
-    async def counting(fn, *a, **kw):
-        threads.append(getattr(fn, "__qualname__", repr(fn)))
-        return await real(fn, *a, **kw)
+    threads, counting, real = thread_counter()
 
     async def main():
         await fast.check_bucket()   # through boto3: the bucket's URL
@@ -893,6 +901,36 @@ def test_botocore_signs_an_operations_first_request_and_ours_the_rest(s3, s3_cli
 
 
 # -- the multipart upload's requests ----------------------------------------
+
+_UNCOMPARED = {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token",
+               "user-agent", "content-length", "expect", "amz-sdk-invocation-id",
+               "amz-sdk-request"}
+
+
+def _sent(headers) -> dict[str, str]:
+    """A request's headers that say what is stored or asked for (not how the
+    request is signed or framed), lower-cased."""
+    return {k.lower(): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in headers.items() if k.lower() not in _UNCOMPARED}
+
+
+def requests_of(op: str, fast: S3Store, slow: S3Store) -> tuple[list[dict], list]:
+    """The headers of each ``op`` request ``fast`` sends on the lean path
+    (before signing), and the requests boto3 sends for ``slow`` (signed)."""
+    lean_sent: list[dict] = []
+    boto_sent: list = []
+    real_asend = fast.lean._asend
+
+    async def asend(name, method, key, headers, **kw):
+        if name == op:
+            lean_sent.append(dict(headers))
+        return await real_asend(name, method, key, headers, **kw)
+
+    fast.lean._asend = asend
+    slow.client.meta.events.register(f"before-send.s3.{op}",
+                                     lambda request, **_: boto_sent.append(request))
+    return lean_sent, boto_sent
+
 
 async def _multipart(store: S3Store, key: str, src_etag: str | None, **create) -> list:
     """CreateMultipartUpload, a part copied from KEY's first 5 MiB, a part
@@ -969,27 +1007,7 @@ def test_a_lean_create_sends_the_kms_key_and_storage_class_as_boto3_does(
     opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
                           storage_class="STANDARD_IA")
     fast, slow = stores(s3, bucket, request_options=opts)
-    lean_sent: list[dict] = []
-    boto_sent: list = []
-    real_asend = fast.lean._asend
-
-    async def asend(op, method, key, headers, **kw):
-        lean_sent.append(dict(headers))
-        return await real_asend(op, method, key, headers, **kw)
-
-    fast.lean._asend = asend
-    slow.client.meta.events.register(
-        "before-send.s3.CreateMultipartUpload",
-        lambda request, **_: boto_sent.append(request))
-
-    def amz(headers) -> dict[str, str]:
-        out = {}
-        for k, v in headers.items():
-            k = k.lower()
-            if k.startswith("x-amz-") and k not in ("x-amz-date", "x-amz-content-sha256",
-                                                     "x-amz-security-token"):
-                out[k] = v.decode() if isinstance(v, bytes) else v
-        return out
+    lean_sent, boto_sent = requests_of("CreateMultipartUpload", fast, slow)
 
     async def main():
         await fast.check_bucket()
@@ -999,12 +1017,12 @@ def test_a_lean_create_sends_the_kms_key_and_storage_class_as_boto3_does(
                                                  content_type="x/y")
             await s.abort_multipart("k", upload_id)
         assert "CreateMultipartUpload" not in used      # sent lean
-        assert len(lean_sent) == 2 and len(boto_sent) == 1
-        want = amz(boto_sent[0].headers)
+        assert len(lean_sent) == 1 and len(boto_sent) == 1
+        want = _sent(boto_sent[0].headers)
         assert want["x-amz-server-side-encryption"] == "aws:kms"
         assert want["x-amz-server-side-encryption-aws-kms-key-id"] == opts.sse_kms_key_id
         assert want["x-amz-storage-class"] == "STANDARD_IA"
-        assert amz(lean_sent[0]) == want
+        assert _sent(lean_sent[0]) == want
 
     trio.run(main)
 
@@ -1084,18 +1102,7 @@ def test_an_error_in_the_body_of_a_200_is_a_500_of_that_error(s3, bucket):
     assert lean._xml_text(b"<r><ETag>&quot;ab&amp;c&quot;</ETag></r>", "ETag", "op") == '"ab&c"'
 
 
-# -- PutObject ----------------------------------------------------------------
-
-_UNCOMPARED = {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token",
-               "user-agent", "content-length", "expect", "amz-sdk-invocation-id",
-               "amz-sdk-request"}
-
-
-def _sent(headers) -> dict[str, str]:
-    """A request's headers that say what is stored or asked for (not how the
-    request is signed or framed), lower-cased."""
-    return {k.lower(): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in headers.items() if k.lower() not in _UNCOMPARED}
+# -- PutObject and CopyObject -------------------------------------------------
 
 
 def test_a_small_put_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket, monkeypatch):
@@ -1110,27 +1117,12 @@ def test_a_small_put_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket,
     opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
                           storage_class="STANDARD_IA")
     fast, slow = stores(s3, bucket, request_options=opts, upload_checksum="md5")
-    lean_sent: list[dict] = []
-    boto_sent: list = []
-    real_asend = fast.lean._asend
-
-    async def asend(op, method, key, headers, **kw):
-        lean_sent.append(dict(headers))
-        return await real_asend(op, method, key, headers, **kw)
-
-    fast.lean._asend = asend
-    slow.client.meta.events.register("before-send.s3.PutObject",
-                                     lambda request, **_: boto_sent.append(request))
+    lean_sent, boto_sent = requests_of("PutObject", fast, slow)
     put = dict(metadata={"mode": "33188", "x-tool": "kept value"},
                content_type="text/x-odd; charset=utf-8",
                headers={"CacheControl": "max-age=60", "ContentDisposition": "inline",
                         "ContentLanguage": "de"})
-    threads: list[str] = []
-    real = trio.to_thread.run_sync
-
-    async def counting(fn, *a, **kw):
-        threads.append(getattr(fn, "__qualname__", repr(fn)))
-        return await real(fn, *a, **kw)
+    threads, counting, real = thread_counter()
 
     async def main():
         await fast.check_bucket()
@@ -1227,18 +1219,7 @@ def test_a_copy_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket):
     opts = RequestOptions(sse="aws:kms", sse_kms_key_id="arn:aws:kms:us-east-1:1:key/k-1",
                           storage_class="STANDARD_IA")
     fast, slow = stores(s3, bucket, request_options=opts)
-    lean_sent: list[dict] = []
-    boto_sent: list = []
-    real_asend = fast.lean._asend
-
-    async def asend(op, method, key, headers, **kw):
-        if op == "CopyObject":
-            lean_sent.append(dict(headers))
-        return await real_asend(op, method, key, headers, **kw)
-
-    fast.lean._asend = asend
-    slow.client.meta.events.register("before-send.s3.CopyObject",
-                                     lambda request, **_: boto_sent.append(request))
+    lean_sent, boto_sent = requests_of("CopyObject", fast, slow)
     replace = dict(metadata={"mode": "33261", "x-tool": "kept value"},
                    content_type="text/x-new", headers={"ContentLanguage": "de"})
 
