@@ -533,7 +533,7 @@ class LeanRequests:
         if response.status_code not in (200, 204):
             raise self._error("DeleteObject", response)
 
-    async def aput(self, key: str, headers: dict[str, str], body: bytes,
+    async def aput(self, key: str, headers: dict[str, str], body: bytes | bytearray,
                    idempotent: bool) -> dict[str, Any]:
         """PutObject of a small ``body`` with ``headers`` (those boto3 sends:
         see ``S3Store._lean_put``); its answer shaped as boto3's (the ETag).

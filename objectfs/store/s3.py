@@ -674,7 +674,7 @@ class S3Store:
         # A condition answered once must not be sent again unseen: the
         # retry of _call knows it was (``retried``), a silent resend would not.
         conditional = "IfNoneMatch" in kw or "IfMatch" in kw
-        return self._lean_async(lambda lean: lean.aput(key, headers, bytes(body),
+        return self._lean_async(lambda lean: lean.aput(key, headers, body,
                                                        idempotent=not conditional))
 
     async def copy(self, src: str, dst: str, *, size: int,
