@@ -1248,3 +1248,39 @@ def test_a_copy_goes_lean_and_makes_what_boto3_makes(s3, s3_client, bucket):
         assert used == [], used
 
     trio.run(main)
+
+
+def test_with_crc_checksums_the_lean_requests_are_still_boto3s(s3, s3_client, bucket):
+    """With ``checksums=when_supported`` botocore adds a CRC to the requests
+    that carry data (PutObject, UploadPart: those go through boto3 then),
+    and to none of the requests the lean path still sends: Create, Complete,
+    UploadPartCopy and CopyObject go out with the headers boto3 sends in
+    that mode, request against request."""
+    src = bytes(range(256)) * (24 << 10)   # 6 MiB
+    s3_client.put_object(Bucket=bucket, Key="src", Body=src)
+    etag = s3_client.head_object(Bucket=bucket, Key="src")["ETag"]
+    fast, slow = stores(s3, bucket, checksums="when_supported")
+    ops = ("CreateMultipartUpload", "UploadPartCopy", "UploadPart",
+           "CompleteMultipartUpload", "CopyObject")
+    sent = {op: requests_of(op, fast, slow) for op in ops}
+
+    async def main():
+        await fast.check_bucket()
+        used = boto3_calls(fast)
+        create = dict(metadata={"mode": "33188"}, content_type="x/y")
+        got = await _multipart(fast, "lean", etag, **create)
+        want = await _multipart(slow, "boto3", etag, **create)
+        assert got == want and all(s[0] == "ok" for s in got), (got, want)
+        for s, name in ((fast, "lean"), (slow, "boto3")):
+            await s.copy("src", name + " copy", size=len(src), src_etag=etag)
+        assert used == ["UploadPart"], used
+        # botocore's CRC went on the part boto3 sent ...
+        assert "x-amz-checksum-crc32" in _sent(sent["UploadPart"][1][-1].headers)
+        # ... and on none of the others, which the lean path sent as boto3 did
+        for op in ops:
+            if op != "UploadPart":
+                lean_sent, boto_sent = sent[op]
+                assert len(lean_sent) == len(boto_sent) == 1, op
+                assert _sent(lean_sent[0]) == _sent(boto_sent[0].headers), op
+
+    trio.run(main)
