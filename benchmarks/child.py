@@ -279,20 +279,66 @@ def op_create_files(a):
 
 
 def op_ls(a):
+    """``ls -ln`` of dir (numeric owners: the same stat calls as ``ls -l``).
+    With ``perms``, ``uid`` and ``gid`` the result also counts the entries
+    shown with that mode string and owner (``shown_as_stored``)."""
     if a["mode"] == "s3":
         s3 = _client(a)
         with Timer() as t:
             entries = _list(s3, a["bucket"], a["dir"] + "/", delimiter="/")
         count = len(entries)
+        extra = {}
     else:
         with Timer() as t:
-            r = subprocess.run(["ls", "-l", os.path.join(a["root"], a["dir"])],
+            r = subprocess.run(["ls", "-ln", os.path.join(a["root"], a["dir"])],
                                capture_output=True, text=True)
         if r.returncode != 0:
             return t.result(error=f"ls -l exited {r.returncode}: {r.stderr.strip()[:200]}")
-        count = sum(1 for line in r.stdout.splitlines() if line and not line.startswith("total "))
+        rows = [line.split() for line in r.stdout.splitlines()
+                if line and not line.startswith("total ")]
+        count = len(rows)
+        extra = {}
+        if "perms" in a:
+            want = [a["perms"], str(a["uid"]), str(a["gid"])]
+            extra["shown_as_stored"] = sum(1 for f in rows if [f[0], f[2], f[3]] == want)
     err = None if count == a["count"] else f"ls saw {count} entries, expected {a['count']}"
+    return t.result(entries=count, error=err, **extra)
+
+
+def op_find(a):
+    """``find dir`` (names only: no stat a file is needed): every entry."""
+    if a["mode"] == "s3":
+        s3 = _client(a)
+        with Timer() as t:
+            count = len(_list(s3, a["bucket"], a["dir"] + "/"))
+    else:
+        with Timer() as t:
+            r = subprocess.run(["find", os.path.join(a["root"], a["dir"]), "-mindepth", "1"],
+                               capture_output=True, text=True)
+        if r.returncode != 0:
+            return t.result(error=f"find exited {r.returncode}: {r.stderr.strip()[:200]}")
+        count = len(r.stdout.splitlines())
+    err = None if count == a["count"] else f"find saw {count} entries, expected {a['count']}"
     return t.result(entries=count, error=err)
+
+
+def op_du(a):
+    """``du -sb dir``: the apparent size of every file (a stat each)."""
+    if a["mode"] == "s3":
+        s3 = _client(a)
+        with Timer() as t:
+            total = sum(o.get("Size", 0) for o in _list(s3, a["bucket"], a["dir"] + "/"))
+    else:
+        with Timer() as t:
+            r = subprocess.run(["du", "-sb", os.path.join(a["root"], a["dir"])],
+                               capture_output=True, text=True)
+        if r.returncode != 0:
+            return t.result(error=f"du exited {r.returncode}: {r.stderr.strip()[:200]}")
+        # du counts the directory itself too: its size is the filesystem's to choose
+        total = int(r.stdout.split()[0])
+    want = a["count"] * a["fsize"]
+    err = None if want <= total < want + (1 << 16) else f"du saw {total} bytes, expected {want}"
+    return t.result(total=total, error=err)
 
 
 def op_read_files(a):
@@ -428,11 +474,13 @@ def op_verify_tar(a):
 
 
 def op_put_small(a):
-    """Setup: count small-file objects under dir/, straight into S3."""
+    """Setup: count small-file objects under dir/, straight into S3, with
+    the object metadata ``meta`` if given (s3fs's mode, uid, gid, mtime)."""
     s3, b, d = _client(a), a["bucket"], a["dir"]
     data = Data(a["seed"])
+    meta = a.get("meta") or {}
     with Timer() as t:
-        _map(a, lambda i: s3.put_object(Bucket=b, Key=f"{d}/f{i:05d}",
+        _map(a, lambda i: s3.put_object(Bucket=b, Key=f"{d}/f{i:05d}", Metadata=meta,
                                         Body=small_file_content(data, i, a["fsize"])),
              range(a["count"]))
     return t.result()

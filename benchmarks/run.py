@@ -78,6 +78,12 @@ M.mount_entry = _mount_entry_nostat
 # seeds of the deterministic data streams (datagen.Data)
 SEED_FIXTURE, SEED_WRITE, SEED_SMALL, SEED_RENAME, SEED_APPEND = 1, 2, 3, 4, 5
 FIXTURE_KEY = "fixture-seq.bin"  # at the bucket root: no directory marker needed
+# The big directory, put once through S3 with s3fs's attributes (mode 0640,
+# owner 1234:2345), which ls -l must show for every file.
+BIG_DIR, BIG_PERMS, BIG_UID, BIG_GID = "fixture-big", "-rw-r-----", 1234, 2345
+BIG_META = {"mode": str(0o100640), "uid": str(BIG_UID), "gid": str(BIG_GID),
+            "mtime": "1700000000"}
+SEED_BIG = 6
 # Before each measured operation the server must be idle: under SETTLE_BUSY of
 # a core over SETTLE_STEP seconds (Swift idles at about 1%), waiting at most
 # SETTLE_MAX seconds (see Bench.settle).
@@ -94,13 +100,14 @@ class Scale:
     untar_files: int | None  # None: the whole (test-less) stdlib
     append_base: int
     append: int
+    n_big: int           # files of the big directory listed by ls -l, find and du
 
 
 SCALES = {
     "full": Scale(file=GiB, n_random=500, n_sparse=50, n_small=2000, n_rename=500,
-                  untar_files=None, append_base=10 * MiB, append=MiB),
+                  untar_files=None, append_base=10 * MiB, append=MiB, n_big=10_000),
     "small": Scale(file=64 * MiB, n_random=200, n_sparse=20, n_small=200, n_rename=100,
-                   untar_files=200, append_base=10 * MiB, append=MiB),
+                   untar_files=200, append_base=10 * MiB, append=MiB, n_big=1_000),
 }
 
 
@@ -248,6 +255,7 @@ class Bench:
         self.tarball: Path | None = None
         self.tar_files: dict[str, int] = {}
         self.untar_desc = ""
+        self._big_put = False
         self.data_dir = getattr(server, "data_dir", None)
         self.server_pids = server_pids(server)
         self.op_env = server.env()
@@ -571,9 +579,7 @@ class Bench:
     def drop_caches(self) -> None:
         """Drop the kernel page cache (the server's files included): "cold"."""
         if os.geteuid() != 0:
-            note = "not root: the page cache could not be dropped; cold reads may be warm"
-            if note not in self.notes:
-                self.notes.append(note)
+            self.note("not root: the page cache could not be dropped; cold reads may be warm")
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             # syncfs of the server's data only: a global sync could block on some
@@ -775,6 +781,30 @@ class Bench:
             s.times["close"] = r["t1"] - r["t0"]
             s.times["durable"] = self.durable_object(fs, key, base + add, SEED_APPEND, r["t0"])
 
+    def wl_big_dir(self, fs, s, prefix):
+        # one fixture for every filesystem, put once; each command on a fresh mount
+        n, args = self.sc.n_big, dict(dir=BIG_DIR, count=self.sc.n_big, fsize=4 * KiB)
+        if not self._big_put:
+            log(f"putting the big directory: {n:,} files with s3fs's attributes")
+            self.op(None, fs, "put_small", self.t_files(n), s3_side=True, seed=SEED_BIG,
+                    meta=BIG_META, **args)
+            self._big_put = True
+        for metric, op, more in (("ls", "ls", dict(perms=BIG_PERMS, uid=BIG_UID, gid=BIG_GID)),
+                                 ("find", "find", {}), ("du", "du", {})):
+            self.drop_caches()
+            with self.mounted(fs) as m, self.metered(m):
+                r = self.op(m, fs, op, self.t_files(n), **args, **more)
+            s.times[metric] = r["t1"] - r["t0"]
+            if "shown_as_stored" in r:
+                s.extra["ls_shown_as_stored"] = r["shown_as_stored"]
+                if r["shown_as_stored"] != n:
+                    self.note(f"{fs}: `ls -l` of the big directory showed {r['shown_as_stored']:,}"
+                              f" of {n:,} files with their stored mode and owner")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
     # ---------------------------------------------------------- cleanup
     def delete_buckets(self) -> None:
         for b, fs in {b: fs for fs, b in self.buckets.items()}.items():
@@ -842,7 +872,8 @@ def parse_args(argv=None):
                    help="repetitions (default 3 at --scale small, 1 at full: one full "
                         "repetition of all five filesystems takes about 25-30 min here)")
     p.add_argument("--only", default=None,
-                   help="comma-separated workloads (default all): " + ",".join(rpt.WORKLOADS))
+                   help="comma-separated workloads (default all but big_dir): "
+                        + ",".join(rpt.WORKLOADS))
     p.add_argument("--fs", default=",".join(rpt.FS_ORDER),
                    help="comma-separated filesystems (default all): " + ",".join(rpt.FS_ORDER))
     p.add_argument("--scale", choices=sorted(SCALES), default="full",
@@ -858,7 +889,8 @@ def parse_args(argv=None):
                    help="keep the work directory (mount logs) for debugging")
     a = p.parse_args(argv)
     a.only_given = a.only is not None
-    a.only = [w.strip() for w in (a.only or ",".join(rpt.WORKLOADS)).split(",") if w.strip()]
+    a.only = [w.strip() for w in (a.only or ",".join(rpt.DEFAULT_WORKLOADS)).split(",")
+              if w.strip()]
     a.fs = [f.strip() for f in a.fs.split(",") if f.strip()]
     for w in a.only:
         if w not in rpt.WORKLOADS:
@@ -991,7 +1023,8 @@ def main(argv=None) -> int:
                         "n_sparse": sc.n_sparse,
                         "n_small": f"{sc.n_small:,}", "n_rename": sc.n_rename,
                         "untar": f"{len(bench.tar_files)} files" if bench.tar_files else "",
-                        "append_base": _size(sc.append_base), "append": _size(sc.append)},
+                        "append_base": _size(sc.append_base), "append": _size(sc.append),
+                        "n_big": f"{sc.n_big:,}"},
         "command": "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in
                                                           (argv or sys.argv[1:])),
         "json_name": base + ".json",
