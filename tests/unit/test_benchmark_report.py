@@ -1,6 +1,7 @@
 """The benchmark harness's bookkeeping that needs no server: the S3 server's
 CPU in the report, and finding a started server's processes."""
 
+import os
 import subprocess
 import sys
 import time
@@ -72,3 +73,30 @@ def test_cpu_of_several_process_trees_adds_up():
         for p in procs:
             p.kill()
             p.wait(timeout=10)
+
+
+def test_big_dir_commands_count_entries_sizes_and_stored_modes(tmp_path):
+    """The big_dir workload's ls -l, find and du, run on a local directory:
+    the entries, the total size, and how many files ls shows with the mode
+    and owner stored for them; a wrong count is the sample's error."""
+    from benchmarks import child
+    from benchmarks.run import parse_args
+    d = tmp_path / "big"
+    d.mkdir()
+    for i in range(5):
+        p = d / f"f{i:05d}"
+        p.write_bytes(b"x" * 8192)   # more than the directory's own size
+        p.chmod(0o640 if i else 0o644)   # one shown otherwise
+    a = dict(mode="fs", root=str(tmp_path), dir="big", count=5, fsize=8192)
+    uid, gid = os.getuid(), os.getgid()
+    r = child.op_ls(dict(a, perms="-rw-r-----", uid=uid, gid=gid))
+    assert r["entries"] == 5 and r["shown_as_stored"] == 4 and r["error"] is None
+    assert child.op_ls(dict(a, perms="-rw-r-----", uid=uid + 1, gid=gid))["shown_as_stored"] == 0
+    assert child.op_find(a)["entries"] == 5 and child.op_find(a)["error"] is None
+    assert child.op_du(a)["total"] >= 5 * 8192 and child.op_du(a)["error"] is None
+    (d / "f00000").unlink()
+    assert "4 entries" in child.op_ls(a)["error"] and "4 entries" in child.op_find(a)["error"]
+    assert "expected 40960" in child.op_du(a)["error"]
+    # asked for by name only: the default run is the one the README quotes
+    assert "big_dir" not in parse_args([]).only
+    assert "big_dir" in parse_args(["--only", "big_dir"]).only
