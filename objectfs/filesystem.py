@@ -171,6 +171,7 @@ class Filesystem:
             self.ctx.fill_max = cfg.cache_fill_max
             await nursery.start(self.tier.run)
         nursery.start_soon(self._release_idle)
+        self.ns.background = nursery
         root = self.table.root
         if self.table.root_prefix:
             try:
@@ -610,14 +611,21 @@ class Filesystem:
         for ino, n in items:
             self.table.forget(ino, n)
 
+    def attr_pending(self, node: Inode) -> bool:
+        """True while ``node`` shows its listing's attributes, the HEAD a
+        readdir did not wait for under way (the kernel must not keep them)."""
+        return self.ns.filling(node)
+
     async def getattr(self, ino: int) -> Inode:
         node = self.table.get(ino)
+        await self.ns.settle(node)
         if not self.ns.fresh(node):
             await self.ns.revalidate(node)
         return node
 
     async def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Inode:
         node = self.table.get(ino)
+        await self.ns.settle(node)   # a HEAD under way would undo the change
         self._check_writable()
         now = time.time_ns()
         if changes.size is not None:
@@ -1080,6 +1088,7 @@ class Filesystem:
 
     async def open(self, ino: int, flags: int) -> FileHandle:
         node = self.table.get(ino)
+        await self.ns.settle(node)   # its ETag, if its HEAD is under way
         if node.is_dir:
             raise IsADirectory()
         if not node.is_reg:
@@ -1282,9 +1291,9 @@ class Filesystem:
             fresh = self.ns.listing_fresh(d)
             metrics.cache("listing", hit=fresh)
             if not fresh:
-                await self.ns.list_dir(d)
+                await self.ns.list_dir(d, defer=True)
             elif not self.cfg.trust_listing:
-                await self.ns.fill_metadata(d)
+                await self.ns.fill_metadata(d, defer=True)
             assert d.children is not None
             h.entries = sorted(d.children.items())
         return h.entries[start:]

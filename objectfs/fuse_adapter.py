@@ -156,7 +156,8 @@ class FuseOperations(pyfuse3.Operations):
         e.st_ino = node.ino
         e.generation = 0
         e.entry_timeout = self.ttl
-        e.attr_timeout = self.ttl
+        # the listing's attributes while a HEAD is under way: a stat asks again
+        e.attr_timeout = 0 if self.fs.attr_pending(node) else self.ttl
         e.st_mode = a.mode
         e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid

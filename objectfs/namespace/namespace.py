@@ -13,7 +13,13 @@ merges the result into the tree: new names get inodes, vanished names are
 detached (the kernel is told), and entries changed or created locally after
 the listing was requested are left alone.  Mode, owner and times are not in
 listings, so entries whose metadata is unknown or changed are HEADed in
-parallel (``stat_concurrency``) unless ``trust_listing`` is set.
+parallel (``stat_concurrency``) unless ``trust_listing`` is set.  A
+readdir does not wait for those of entries whose type the listing already
+settles (directories, and files of at least PATH_MAX bytes: no symlink, FIFO
+or device is that big): it answers with what the listing gave, the kernel is
+told to keep none of it (see ``filling``), and a stat of such an entry waits
+for its HEAD (``settle``).  So ``find`` of a big directory needs its listing
+only, and ``ls -l`` sees each file's mode and owner as before.
 
 With the local tier enabled (``cache_size`` > 0), S3 being unreachable
 (connection refused, timeouts: ``StoreUnavailable``) does not make known
@@ -43,6 +49,10 @@ from .tree import Attr, Inode, InodeTable, clock
 from ..tasks import open_nursery
 
 log = logging.getLogger(__name__)
+
+# A file this big is a regular file whatever its metadata says: a symlink's
+# target is shorter than PATH_MAX, a FIFO or device holds nothing.
+PATH_MAX = 4096
 
 NEGATIVE_CACHE_ENTRIES = 100_000
 # A directory bigger than one listing page is listed whole by lookups (up to
@@ -136,6 +146,11 @@ class Namespace:
         self._to_keep: list[ObjectInfo] = []
         # directory ino -> its scan (see SCAN_AFTER)
         self._scans: LRUCache = LRUCache(SCANS_KEPT)
+        # where a readdir's HEADs of entries it did not wait for run (None:
+        # it waits for all, as before Filesystem.start), and the inodes whose
+        # HEAD is under way there, each with what its stat waits for
+        self.background: trio.Nursery | None = None
+        self._filling: dict[int, trio.Event | None] = {}
 
     # -- attributes ---------------------------------------------------------
 
@@ -272,8 +287,11 @@ class Namespace:
     async def _lookup(self, parent: Inode, name: str) -> Inode:
         if parent.children is None:
             raise NotFound("not a directory")
-        now = clock()
         child = parent.children.get(name)
+        if child is not None and child.ino in self._filling:
+            await self.settle(child)
+            child = parent.children.get(name)
+        now = clock()
         if child is not None and self.fresh(child, now):
             self._count_in_scan(parent, name)
             if child.meta_known or self.cfg.trust_listing:
@@ -620,8 +638,9 @@ class Namespace:
 
     # -- listing ------------------------------------------------------------
 
-    async def list_dir(self, d: Inode) -> None:
-        """Bring ``d``'s children up to date with a full listing."""
+    async def list_dir(self, d: Inode, *, defer: bool = False) -> None:
+        """Bring ``d``'s children up to date with a full listing (``defer``:
+        see ``fill_metadata``)."""
         if d.listed_at is not None and self._known_offline(d):
             d.listed_at = clock()
             return
@@ -633,7 +652,7 @@ class Namespace:
             d.listed_at = clock()
             return
         if not self.cfg.trust_listing:
-            await self.fill_metadata(d)
+            await self.fill_metadata(d, defer=defer)
 
     async def _list(self, d: Inode, max_pages: int = 0) -> bool:
         """List ``d`` and merge the result; with ``max_pages``, give up
@@ -837,13 +856,63 @@ class Namespace:
             d.listed_at = started
             d.validated_at = clock()
 
-    async def fill_metadata(self, d: Inode) -> None:
-        """HEAD, in parallel, every child whose attributes are unknown or stale."""
+    async def fill_metadata(self, d: Inode, *, defer: bool = False) -> None:
+        """HEAD, in parallel, every child whose attributes are unknown or
+        stale.  ``defer`` (a readdir): wait only for the children whose type
+        the HEAD may change; the others' HEADs go on in the background, each
+        ``filling`` until its answer is in."""
         assert d.children is not None
         now = clock()
-        await self._fill(d, [c for c in d.children.values()
-                             if not c.local and c.pending is None
-                             and (not c.meta_known or not self.fresh(c, now))])
+        todo = [c for c in d.children.values()
+                if not c.local and c.pending is None and c.ino not in self._filling
+                and (not c.meta_known or not self.fresh(c, now))]
+        later = [c for c in todo if self._type_settled(c)] if defer else []
+        if later and self.background is not None:
+            # directories first: a walk (find, du) waits for each one it enters
+            later.sort(key=lambda c: not c.is_dir)
+            try:
+                self.background.start_soon(self._fill_later, d, later)
+            except RuntimeError:   # the mount is stopping: do them here
+                later = []
+            else:
+                todo = [c for c in todo if not self._type_settled(c)]
+                for c in later:
+                    self._filling[c.ino] = None   # an Event once a stat waits
+        await self._fill(d, todo)
+
+    @staticmethod
+    def _type_settled(child: Inode) -> bool:
+        """True if ``child``'s HEAD cannot change the type its listing
+        gave: a directory (a prefix), or a file of PATH_MAX bytes or more."""
+        return child.is_dir or (stat.S_ISREG(child.attr.mode) and child.attr.size >= PATH_MAX)
+
+    async def _fill_later(self, d: Inode, later: list[Inode]) -> None:
+        try:
+            await self._fill(d, later)
+        except Exception:   # (a bug) must not take the mount's nursery down
+            log.exception("filling in the attributes of %r failed", self.table.key(d))
+        finally:
+            for c in later:   # those not reached (cancelled, failed)
+                self._settled(c)
+
+    def filling(self, node: Inode) -> bool:
+        """True while ``node``'s attributes are the listing's, its HEAD
+        under way: the kernel must not keep them."""
+        return node.ino in self._filling
+
+    async def settle(self, node: Inode) -> None:
+        """Wait for the HEAD of an entry a readdir answered for without it."""
+        if node.ino not in self._filling:
+            return
+        event = self._filling[node.ino]
+        if event is None:
+            event = self._filling[node.ino] = trio.Event()
+        await event.wait()
+
+    def _settled(self, node: Inode) -> None:
+        event = self._filling.pop(node.ino, None)
+        if event is not None:
+            event.set()
 
     async def _fill(self, d: Inode, todo: list[Inode], strict: bool = False) -> None:
         """HEAD ``todo`` in parallel.  ``strict``: a file's HEAD error is raised
@@ -852,10 +921,17 @@ class Namespace:
             return
 
         async def one(child: Inode) -> None:
+            try:
+                await head_one(child)
+            finally:
+                self._settled(child)
+
+        async def head_one(child: Inode) -> None:
             async with self._stat_limiter:
                 if child.parent is not d:
                     return
                 key = self.table.key(child)  # "x/" for directories
+                started = clock()
                 try:
                     info = await self.store.head(
                         key, body_max=self.cfg.small_file_prefetch if self._small(child) else 0)
@@ -874,8 +950,8 @@ class Namespace:
                     if child.is_dir:
                         self.apply_info(child, None, is_dir=True)
                     return
-                if child.parent is not d:
-                    return
+                if child.parent is not d or child.changed_at >= started:
+                    return   # gone, moved or changed here meanwhile: ours is newer
                 if info is None:
                     # deleted since the listing
                     self.notifier.invalidate_entry(d.ino, child.name)
@@ -922,6 +998,7 @@ class Namespace:
         (needed before rewriting an object, to keep foreign keys)."""
         if node.local:
             return
+        await self.settle(node)
         if node.remote is not None and node.remote.metadata is not None:
             return
         if node.is_dir and node.remote is None:

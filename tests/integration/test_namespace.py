@@ -700,3 +700,55 @@ def test_a_remount_lists_unchanged_files_from_the_metadata_cache(mount, bucket, 
     m = mount(bucket, options=["metadata_cache=false"])
     _, asked = ls_l(m)
     assert asked == 6
+
+
+def test_readdir_answers_before_the_heads_of_entries_whose_type_is_settled(
+        mount, bucket, s3_client, s3):
+    """A readdir waits for the HEADs of entries whose type the listing cannot
+    settle (small files: a symlink or FIFO stored s3fs's way looks like one),
+    not for those of directories and of files of 4 KiB or more.  Those show
+    their listing's type at once (``find`` needs no more), and a stat of one
+    waits for its HEAD: the mode and owner stored in S3 show, never the
+    defaults.  A chmod made while the HEAD is under way is the one kept."""
+    from tests.support.faultproxy import FaultProxy
+    meta = {"mode": str(0o100640), "uid": "1234", "gid": "2345", "mtime": "1700000000"}
+    for i in range(6):
+        put(s3_client, bucket, f"d/big{i}", b"b" * 5000, Metadata=meta)
+    put(s3_client, bucket, "d/sub/", Metadata={"mode": str(0o40750), "uid": "1234"})
+    put(s3_client, bucket, "d/link", b"big0", Metadata={"mode": str(0o120777)})
+    put(s3_client, bucket, "d/small", b"s" * 100, Metadata={"mode": str(0o100600)})
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy)
+        d = os.path.join(m.mountpoint, "d")
+        proxy.hold("GetObject", "/big")      # the fills of the big files
+        proxy.hold("HeadObject", "/sub")     # and of the directory's marker
+        with m.watchdog(120), ThreadPoolExecutor(2) as pool:
+            try:
+                listed = pool.submit(scandir_types, d)
+                # answered while those HEADs wait (a readdir that waited for them
+                # would not return before release)
+                types = listed.result(timeout=30)
+                assert types == {**{f"big{i}": "file" for i in range(6)}, "sub": "dir",
+                                 "link": "link", "small": "file"}
+                assert proxy.held("GetObject") >= 1
+                stat_big = pool.submit(os.stat, os.path.join(d, "big3"))
+                chmod = pool.submit(os.chmod, os.path.join(d, "big4"), 0o604)
+                time.sleep(0.5)
+                assert not stat_big.done() and not chmod.done()   # they wait for the HEADs
+            finally:
+                proxy.release()   # also when an assertion failed
+            st = stat_big.result(timeout=60)
+            chmod.result(timeout=60)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 2345)
+        for i in (0, 1, 2, 5):
+            st = os.stat(os.path.join(d, f"big{i}"))
+            assert (st.st_mode, st.st_uid, st.st_gid, st.st_size) == \
+                (0o100640, 1234, 2345, 5000)
+            assert st.st_mtime == 1700000000
+        assert os.stat(os.path.join(d, "big4")).st_mode == 0o100604
+        head = s3_client.head_object(Bucket=bucket, Key="d/big4")["Metadata"]
+        assert int(head["mode"]) == 0o100604 and head["uid"] == "1234"
+        st = os.stat(os.path.join(d, "sub"))
+        assert (st.st_mode, st.st_uid) == (0o40750, 1234)
+        assert os.readlink(os.path.join(d, "link")) == "big0"
+        assert stat.S_IMODE(os.stat(os.path.join(d, "small")).st_mode) == 0o600

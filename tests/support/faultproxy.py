@@ -46,6 +46,9 @@ Python API::
         proxy.events                      # [Event(t, op, fault, signature)]
         proxy.rejected                    # bodies refused for a bad checksum
         proxy.clear()                     # no more faults
+        proxy.hold("GetObject", "/big")   # such requests wait (not counted
+        proxy.held("GetObject")           #   as faults) until release()
+        proxy.release()
 
 Randomness comes from one ``random.Random(seed)``.  ``max_consecutive``
 bounds how many faults in a row one request (same method, target and Range)
@@ -162,6 +165,9 @@ class FaultProxy:
         self._rates: dict[str, dict[str, float]] = {}
         self._scripted: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._streak: dict[str, int] = {}
+        self._holds: list[tuple[str, str]] = []
+        self._released = threading.Event()
+        self.waiting: collections.Counter = collections.Counter()
         self.counts: collections.Counter = collections.Counter()
         self.requests: collections.Counter = collections.Counter()
         self.events: list[Event] = []
@@ -217,6 +223,35 @@ class FaultProxy:
             self._rates = {}
             self._scripted.clear()
 
+    def hold(self, op: str, contains: str = "") -> None:
+        """Keep requests of ``op`` whose target holds ``contains`` waiting,
+        before they are forwarded, until ``release()`` (at most 120 s)."""
+        with self._lock:
+            self._released.clear()
+            self._holds.append((op, contains))
+
+    def held(self, op: str | None = None) -> int:
+        """How many requests (of ``op``) are waiting now."""
+        with self._lock:
+            return sum(n for o, n in self.waiting.items() if op is None or o == op)
+
+    def release(self) -> None:
+        """Let every held request go on; hold nothing more."""
+        with self._lock:
+            self._holds = []
+            self._released.set()
+
+    def _wait_if_held(self, op: str, target: str) -> None:
+        with self._lock:
+            if not any(op == o and c in target for o, c in self._holds):
+                return
+            self.waiting[op] += 1
+        try:
+            self._released.wait(timeout=120)
+        finally:
+            with self._lock:
+                self.waiting[op] -= 1
+
     def injected(self, op: str | None = None, fault: str | None = None) -> int:
         """How many faults were injected (optionally of one op and/or kind)."""
         with self._lock:
@@ -228,6 +263,7 @@ class FaultProxy:
         if self._stopped:
             return
         self._stopped = True
+        self._released.set()
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -331,6 +367,7 @@ class FaultProxy:
         """Serve one request; False when the connection is to be dropped."""
         method, target, raw_headers, headers, body = self._read_request(conn, rfile)
         op = operation(method, target, headers)
+        self._wait_if_held(op, target)
         signature = f"{method} {target} {headers.get('range', '')}"
         fault = self._choose(op, signature, bool(body))
         if fault in ("error", "slowdown"):

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 
 from objectfs.config import build
 from objectfs.errors import ConfigError, FsError, store_error
@@ -894,3 +895,69 @@ def test_an_append_on_a_version_replaced_since_its_lookup_fails_and_overwrites_n
         assert fs.store.objects["f"].data == new
 
     _with_replace(tmp_path, body, size, size + 5, "cache_size=0")
+
+
+# -- a readdir does not wait for HEADs that cannot change an entry's type -------------------
+
+class GatedHeads(MemoryStore):
+    """HEADs of keys holding "/big" wait for ``gate``; those in ``broken``
+    fail as a bug would."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = trio.Event()
+        self.broken: set[str] = set()
+
+    async def head(self, key, *, body_max=0):
+        if key in self.broken:
+            raise RuntimeError("a bug in a HEAD")
+        if "/big" in key:
+            await self.gate.wait()
+        return await super().head(key, body_max=body_max)
+
+
+def test_a_readdir_answers_before_the_heads_that_cannot_change_a_type(tmp_path, caplog):
+    """Files of 4 KiB or more are answered from the listing while their HEADs
+    go on (the kernel told to keep nothing); a small object, which may be a
+    symlink, is waited for.  A getattr waits for the HEAD and shows what S3
+    stores; a HEAD that fails as a bug leaves the listing's attributes, logs,
+    and the mount goes on."""
+    store = GatedHeads()
+    meta = {"mode": str(stat.S_IFREG | 0o640), "uid": "7", "gid": "8"}
+    for i in range(4):
+        store.put_sync(f"d/big{i}", b"x" * 4096, meta)
+        store.put_sync(f"e/big{i}", b"x" * 4096, meta)
+    store.put_sync("d/link", b"big0", {"mode": str(stat.S_IFLNK | 0o777)})
+    store.broken.add("e/big0")   # with 2 workers, big2 and big3 are never sent
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        entries = dict(await fs.readdir((await fs.opendir(d.ino)).fh, 0))
+        assert stat.S_ISLNK(entries["link"].attr.mode) and not fs.attr_pending(entries["link"])
+        big = [entries[f"big{i}"] for i in range(4)]
+        assert all(fs.attr_pending(n) and stat.S_ISREG(n.attr.mode) for n in big)
+        got = []
+
+        async def stat_one(node):
+            got.append(await fs.getattr(node.ino))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(stat_one, big[3])
+            await trio.testing.wait_all_tasks_blocked()
+            assert not got   # it waits for the HEAD
+            store.gate.set()
+        assert (got[0].attr.mode, got[0].attr.uid, got[0].attr.gid) == (stat.S_IFREG | 0o640, 7, 8)
+        for node in big:
+            assert (await fs.getattr(node.ino)).attr.uid == 7 and not fs.attr_pending(node)
+        # a bug in one HEAD: the batch stops, its entries keep the listing's
+        # attributes and nobody waits for ever
+        e = await fs.lookup(1, b"e")
+        entries = dict(await fs.readdir((await fs.opendir(e.ino)).fh, 0))
+        with trio.fail_after(5):
+            for i in range(4):
+                await fs.getattr(entries[f"big{i}"].ino)
+        assert not fs.ns._filling
+        assert (await fs.lookup(e.ino, b"big1")).attr.size == 4096
+
+    run_fs(tmp_path, body, "stat_concurrency=2", store=store)
+    assert "filling in the attributes of 'e/' failed" in caplog.text

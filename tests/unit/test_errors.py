@@ -286,13 +286,21 @@ def test_successful_getattr_builds_entry_attributes():
         def nlink(self, n):
             return 1
 
+        def attr_pending(self, n):
+            return pending
+
+    pending = False
     ops = FuseOperations(Fs(result=node))
     e = call(ops, "getattr")
     assert e.st_ino == 42
     assert e.st_mode == stat.S_IFREG | 0o640
     assert (e.st_uid, e.st_gid, e.st_size) == (5, 6, 1000)
     assert e.st_blocks == 2
-    assert e.attr_timeout == 1.0
+    assert e.attr_timeout == 1.0 and e.entry_timeout == 1.0
+    # the listing's attributes while the entry's HEAD is under way: not kept
+    pending = True
+    e = call(ops, "getattr")
+    assert e.attr_timeout == 0 and e.entry_timeout == 1.0
 
 
 def test_lookup_miss_is_a_cached_negative_entry_when_negative_ttl_is_set():
