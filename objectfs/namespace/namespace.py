@@ -43,7 +43,7 @@ from cachetools import LRUCache, TTLCache
 
 from .. import metadata as md, metrics
 from ..errors import FsError, NotFound, StoreUnavailable
-from ..store.base import LAST_MODIFIED_SLACK_NS, ObjectInfo, ObjectStore
+from ..store.base import BODY_CACHE_BYTES, LAST_MODIFIED_SLACK_NS, ObjectInfo, ObjectStore
 from . import attrdisk, keys
 from .tree import Attr, Inode, InodeTable, clock
 from ..tasks import open_nursery
@@ -919,6 +919,10 @@ class Namespace:
         (a lookup of that file); else it is logged and the entry kept."""
         if not todo:
             return
+        # A small file comes whole with its attributes (small_file_prefetch),
+        # unless the batch's small files hold more than a store keeps: most
+        # of those bodies would be dropped before a read, so HEADs it is.
+        whole = sum(c.attr.size for c in todo if self._small(c)) <= BODY_CACHE_BYTES
 
         async def one(child: Inode) -> None:
             try:
@@ -934,7 +938,8 @@ class Namespace:
                 started = clock()
                 try:
                     info = await self.store.head(
-                        key, body_max=self.cfg.small_file_prefetch if self._small(child) else 0)
+                        key, body_max=self.cfg.small_file_prefetch
+                        if whole and self._small(child) else 0)
                 except NotFound:
                     if child.is_dir:
                         await self._legacy_dir(child)

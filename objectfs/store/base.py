@@ -24,6 +24,10 @@ MAX_OBJECT_SIZE = 5 * TiB
 MAX_SINGLE_COPY = 5 * GiB        # CopyObject limit; above it use UploadPartCopy
 MAX_KEY_BYTES = 1024
 MAX_DELETE_BATCH = 1000          # DeleteObjects limit
+# Bodies of small objects fetched by ``head(body_max=...)`` that a store
+# keeps for the read that usually follows (``ls -l`` then reading the files)
+BODY_CACHE_BYTES = 16 * MiB
+
 # Last-Modified has one-second resolution (rounded either way by servers):
 # allow as much again, so an object's state seen this long after its
 # Last-Modified is one no later change can share.

@@ -36,8 +36,8 @@ from ..errors import (PreconditionFailed, StoreError, StoreUnavailable, UserErro
                       store_error)
 from ..tasks import open_nursery
 from . import lean as _lean
-from .base import (MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB, ListPage,
-                   ObjectInfo, Part, PRESERVED_HEADERS)
+from .base import (BODY_CACHE_BYTES, MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB,
+                   ListPage, ObjectInfo, Part, PRESERVED_HEADERS)
 from .buffers import ReceiveBuffers
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
 from .s3options import RequestOptions
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 # Part size for server-side multipart copies of objects over 5 GiB: large
 # parts mean few requests; the size grows for objects over 5 TiB / 10,000.
 COPY_PART_SIZE = 512 * MiB
-# Bodies of small objects fetched by ``head(body_max=...)``, kept for the
-# read that usually follows (``ls -l`` then reading the files)
-BODY_CACHE_BYTES = 16 * MiB
 # Large GET bodies are read into buffers kept for the next body of the same
 # size (see buffers.py): at most this much, each given back after its
 # RECEIVE_IDLE seconds unused (``release_idle``).

@@ -961,3 +961,41 @@ def test_a_readdir_answers_before_the_heads_that_cannot_change_a_type(tmp_path, 
 
     run_fs(tmp_path, body, "stat_concurrency=2", store=store)
     assert "filling in the attributes of 'e/' failed" in caplog.text
+
+
+class BodyAsks(MemoryStore):
+    """Remembers the ``body_max`` each HEAD of a key asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: dict[str, int] = {}
+
+    async def head(self, key, *, body_max=0):
+        self.asked[key] = body_max
+        return await super().head(key, body_max=body_max)
+
+
+def test_a_listing_of_more_small_bodies_than_are_kept_sends_heads(tmp_path, monkeypatch):
+    """The small files of a listing come whole with their attributes while
+    their bodies fit in what the store keeps (BODY_CACHE_BYTES); a listing
+    of more sends HEADs: most bodies would be dropped before a read."""
+    from objectfs.namespace import namespace as namespace_module
+    monkeypatch.setattr(namespace_module, "BODY_CACHE_BYTES", 64 << 10)
+    store = BodyAsks()
+    meta = {"mode": str(stat.S_IFREG | 0o600)}
+    for i in range(10):
+        store.put_sync(f"few/f{i}", b"x" * 1000, meta)        # 10 KB of bodies
+    for i in range(100):
+        store.put_sync(f"many/f{i:03d}", b"x" * 1000, meta)   # 100 KB
+        store.put_sync(f"many/g{i:03d}", b"x" * 5000, meta)   # (after the readdir)
+
+    async def body(fs, store):
+        for name in (b"few", b"many"):
+            d = await fs.lookup(1, name)
+            entries = await fs.readdir((await fs.opendir(d.ino)).fh, 0)
+            for _, node in entries:
+                await fs.getattr(node.ino)
+        assert [store.asked[f"few/f{i}"] for i in range(10)] == [16 << 10] * 10
+        assert {store.asked[f"many/{c}{i:03d}"] for c in "fg" for i in range(100)} == {0}
+
+    run_fs(tmp_path, body, store=store)
