@@ -266,7 +266,8 @@ OPTIONS: list[Option] = [
            "attributes are fetched (ls -l, stat, a lookup after a listing) is fetched whole with "
            "a GET instead of a HEAD: the same one request, and its first read then needs none. "
            "The bytes are kept in memory (16 MiB at most) only while the object's ETag is the "
-           "one they came with. 0 turns this off.", "metadata", "16K"),
+           "one they came with; a listing whose small files hold more sends HEADs. 0 turns "
+           "this off.", "metadata", "16K"),
     Option("metadata_cache", parse_bool, None, "Keep the attributes that HEADs found on local "
            "disk (meta.db under cache_dir), so a later mount lists an unchanged file with its "
            "mode and owner without a HEAD. A kept entry is used only when the listing shows "
