@@ -278,6 +278,15 @@ def op_create_files(a):
     return t.result()
 
 
+def _run_timed(argv: list[str]) -> tuple[Timer, str, str | None]:
+    """Run a command, timed: its output, and what went wrong if it failed."""
+    with Timer() as t:
+        r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        return t, r.stdout, f"{argv[0]} exited {r.returncode}: {r.stderr.strip()[:200]}"
+    return t, r.stdout, None
+
+
 def op_ls(a):
     """``ls -ln`` of dir (numeric owners: the same stat calls as ``ls -l``).
     With ``perms``, ``uid`` and ``gid`` the result also counts the entries
@@ -289,12 +298,10 @@ def op_ls(a):
         count = len(entries)
         extra = {}
     else:
-        with Timer() as t:
-            r = subprocess.run(["ls", "-ln", os.path.join(a["root"], a["dir"])],
-                               capture_output=True, text=True)
-        if r.returncode != 0:
-            return t.result(error=f"ls -l exited {r.returncode}: {r.stderr.strip()[:200]}")
-        rows = [line.split() for line in r.stdout.splitlines()
+        t, out, err = _run_timed(["ls", "-ln", os.path.join(a["root"], a["dir"])])
+        if err:
+            return t.result(error=err)
+        rows = [line.split() for line in out.splitlines()
                 if line and not line.startswith("total ")]
         count = len(rows)
         extra = {}
@@ -312,12 +319,10 @@ def op_find(a):
         with Timer() as t:
             count = len(_list(s3, a["bucket"], a["dir"] + "/"))
     else:
-        with Timer() as t:
-            r = subprocess.run(["find", os.path.join(a["root"], a["dir"]), "-mindepth", "1"],
-                               capture_output=True, text=True)
-        if r.returncode != 0:
-            return t.result(error=f"find exited {r.returncode}: {r.stderr.strip()[:200]}")
-        count = len(r.stdout.splitlines())
+        t, out, err = _run_timed(["find", os.path.join(a["root"], a["dir"]), "-mindepth", "1"])
+        if err:
+            return t.result(error=err)
+        count = len(out.splitlines())
     err = None if count == a["count"] else f"find saw {count} entries, expected {a['count']}"
     return t.result(entries=count, error=err)
 
@@ -329,13 +334,11 @@ def op_du(a):
         with Timer() as t:
             total = sum(o.get("Size", 0) for o in _list(s3, a["bucket"], a["dir"] + "/"))
     else:
-        with Timer() as t:
-            r = subprocess.run(["du", "-sb", os.path.join(a["root"], a["dir"])],
-                               capture_output=True, text=True)
-        if r.returncode != 0:
-            return t.result(error=f"du exited {r.returncode}: {r.stderr.strip()[:200]}")
+        t, out, err = _run_timed(["du", "-sb", os.path.join(a["root"], a["dir"])])
+        if err:
+            return t.result(error=err)
         # du counts the directory itself too: its size is the filesystem's to choose
-        total = int(r.stdout.split()[0])
+        total = int(out.split()[0])
     want = a["count"] * a["fsize"]
     err = None if want <= total < want + (1 << 16) else f"du saw {total} bytes, expected {want}"
     return t.result(total=total, error=err)
