@@ -866,18 +866,19 @@ class Namespace:
         todo = [c for c in d.children.values()
                 if not c.local and c.pending is None and c.ino not in self._filling
                 and (not c.meta_known or not self.fresh(c, now))]
-        later = [c for c in todo if self._type_settled(c)] if defer else []
-        if later and self.background is not None:
+        later = [c for c in todo if self._type_settled(c)] \
+            if defer and self.background is not None else []
+        if later:
             # directories first: a walk (find, du) waits for each one it enters
             later.sort(key=lambda c: not c.is_dir)
             try:
                 self.background.start_soon(self._fill_later, d, later)
-            except RuntimeError:   # the mount is stopping: do them here
-                later = []
+            except RuntimeError:
+                pass   # the mount is stopping: do them here
             else:
-                todo = [c for c in todo if not self._type_settled(c)]
                 for c in later:
                     self._filling[c.ino] = None   # an Event once a stat waits
+                todo = [c for c in todo if c.ino not in self._filling]
         await self._fill(d, todo)
 
     @staticmethod
