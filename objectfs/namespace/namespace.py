@@ -18,8 +18,10 @@ readdir does not wait for those of entries whose type the listing already
 settles (directories, and files of at least PATH_MAX bytes: no symlink, FIFO
 or device is that big): it answers with what the listing gave, the kernel is
 told to keep none of it (see ``filling``), and a stat of such an entry waits
-for its HEAD (``settle``).  So ``find`` of a big directory needs its listing
-only, and ``ls -l`` sees each file's mode and owner as before.
+for its HEAD (``settle``), sending it at once if its turn has not come.  So
+``find`` of a big directory needs its listing only, ``ls -l`` sees each
+file's mode and owner as before, and a stat of the last name of a big
+directory does not wait for the HEADs of all the names before it.
 
 With the local tier enabled (``cache_size`` > 0), S3 being unreachable
 (connection refused, timeouts: ``StoreUnavailable``) does not make known
@@ -151,6 +153,7 @@ class Namespace:
         # HEAD is under way there, each with what its stat waits for
         self.background: trio.Nursery | None = None
         self._filling: dict[int, trio.Event | None] = {}
+        self._heading: set[int] = set()   # those of _filling whose HEAD is sent
 
     # -- attributes ---------------------------------------------------------
 
@@ -889,12 +892,13 @@ class Namespace:
 
     async def _fill_later(self, d: Inode, later: list[Inode]) -> None:
         try:
-            await self._fill(d, later)
+            await self._fill(d, later, queued=True)
         except Exception:   # (a bug) must not take the mount's nursery down
             log.exception("filling in the attributes of %r failed", self.table.key(d))
         finally:
-            for c in later:   # those not reached (cancelled, failed)
-                self._settled(c)
+            for c in later:   # those not reached (cancelled, failed), but not
+                if c.ino not in self._heading:   # one a stat is HEADing
+                    self._settled(c)
 
     def filling(self, node: Inode) -> bool:
         """True while ``node``'s attributes are the listing's, its HEAD
@@ -902,22 +906,35 @@ class Namespace:
         return node.ino in self._filling
 
     async def settle(self, node: Inode) -> None:
-        """Wait for the HEAD of an entry a readdir answered for without it."""
+        """Wait for the HEAD of an entry a readdir answered for without it;
+        send it now if the background has not reached it (a stat of the last
+        of 10,000 names would otherwise wait for the other 9,999)."""
         if node.ino not in self._filling:
             return
-        event = self._filling[node.ino]
+        if node.ino not in self._heading and node.parent is not None:
+            try:
+                await self._fill(node.parent, [node], queued=True)
+            except Exception:   # (a bug) as in _fill_later: the listing's attributes stay
+                log.exception("filling in the attributes of %r failed", self.table.key(node))
+            if node.ino not in self._filling:
+                return
+        event = self._filling[node.ino]   # another task sent it: wait for that
         if event is None:
             event = self._filling[node.ino] = trio.Event()
         await event.wait()
 
     def _settled(self, node: Inode) -> None:
+        self._heading.discard(node.ino)
         event = self._filling.pop(node.ino, None)
         if event is not None:
             event.set()
 
-    async def _fill(self, d: Inode, todo: list[Inode], strict: bool = False) -> None:
+    async def _fill(self, d: Inode, todo: list[Inode], strict: bool = False,
+                    queued: bool = False) -> None:
         """HEAD ``todo`` in parallel.  ``strict``: a file's HEAD error is raised
-        (a lookup of that file); else it is logged and the entry kept."""
+        (a lookup of that file); else it is logged and the entry kept.
+        ``queued``: ``todo`` are ``filling``; one whose HEAD a stat sent
+        meanwhile (or whose answer is in) is skipped."""
         if not todo:
             return
         # A small file comes whole with its attributes (small_file_prefetch),
@@ -926,6 +943,10 @@ class Namespace:
         whole = sum(c.attr.size for c in todo if self._small(c)) <= BODY_CACHE_BYTES
 
         async def one(child: Inode) -> None:
+            if queued:
+                if child.ino not in self._filling or child.ino in self._heading:
+                    return
+                self._heading.add(child.ino)
             try:
                 await head_one(child)
             finally:

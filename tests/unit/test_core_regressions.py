@@ -927,8 +927,10 @@ def test_a_readdir_answers_before_the_heads_that_cannot_change_a_type(tmp_path, 
     for i in range(4):
         store.put_sync(f"d/big{i}", b"x" * 4096, meta)
         store.put_sync(f"e/big{i}", b"x" * 4096, meta)
+        store.put_sync(f"f/big{i}", b"x" * 4096, meta)
     store.put_sync("d/link", b"big0", {"mode": str(stat.S_IFLNK | 0o777)})
     store.broken.add("e/big0")   # with 2 workers, big2 and big3 are never sent
+    store.broken.add("f/big3")
 
     async def body(fs, store):
         d = await fs.lookup(1, b"d")
@@ -953,14 +955,80 @@ def test_a_readdir_answers_before_the_heads_that_cannot_change_a_type(tmp_path, 
         # attributes and nobody waits for ever
         e = await fs.lookup(1, b"e")
         entries = dict(await fs.readdir((await fs.opendir(e.ino)).fh, 0))
+        await trio.testing.wait_all_tasks_blocked()   # the background batch first
         with trio.fail_after(5):
             for i in range(4):
                 await fs.getattr(entries[f"big{i}"].ino)
         assert not fs.ns._filling
         assert (await fs.lookup(e.ino, b"big1")).attr.size == 4096
+        # the same bug in a HEAD a stat sends itself (its turn not come)
+        f = await fs.lookup(1, b"f")
+        entries = dict(await fs.readdir((await fs.opendir(f.ino)).fh, 0))
+        with trio.fail_after(5):
+            got = await fs.getattr(entries["big3"].ino)
+        assert got.attr.size == 4096 and not fs.attr_pending(got)
+        with trio.fail_after(5):
+            for i in range(3):
+                assert (await fs.getattr(entries[f"big{i}"].ino)).attr.uid == 7
+        assert not fs.ns._filling and not fs.ns._heading
 
     run_fs(tmp_path, body, "stat_concurrency=2", store=store)
     assert "filling in the attributes of 'e/' failed" in caplog.text
+    assert "filling in the attributes of 'f/big3' failed" in caplog.text \
+        or "filling in the attributes of 'f/' failed" in caplog.text
+
+
+class OrderedHeads(MemoryStore):
+    """Records the order of HEADs; those of keys holding "/big" wait for
+    ``gate``."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = trio.Event()
+        self.order: list[str] = []
+
+    async def head(self, key, *, body_max=0):
+        self.order.append(key)
+        if "/big" in key:
+            await self.gate.wait()
+        return await super().head(key, body_max=body_max)
+
+
+def test_a_stat_of_an_entry_not_yet_reached_sends_its_head_at_once(tmp_path):
+    """A stat of the last name of a big listing does not wait for the HEADs
+    of every name before it: its HEAD goes next, and only once."""
+    store = OrderedHeads()
+    meta = {"mode": str(stat.S_IFREG | 0o640), "uid": "7", "gid": "8"}
+    for i in range(20):
+        store.put_sync(f"d/big{i:02d}", b"x" * 4096, meta)
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        entries = dict(await fs.readdir((await fs.opendir(d.ino)).fh, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(store.order[-2:]) == ["d/big00", "d/big01"]   # 2 workers, held
+        store.order.clear()
+        got = []
+
+        async def stat_last():
+            got.append(await fs.getattr(entries["big19"].ino))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(stat_last)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not got
+            store.gate.set()
+        assert (got[0].attr.mode, got[0].attr.uid) == (stat.S_IFREG | 0o640, 7)
+        # the next token of the limiter went to it: sent beside big02, not
+        # after big18 (trio runs the two woken tasks in either order)
+        assert "d/big19" in store.order[:2]
+        with trio.fail_after(5):
+            while fs.ns._filling:
+                await trio.sleep(0.01)
+        assert sorted(store.order) == [f"d/big{i:02d}" for i in range(2, 20)]   # each once
+        assert not fs.ns._heading
+
+    run_fs(tmp_path, body, "stat_concurrency=2", store=store)
 
 
 class BodyAsks(MemoryStore):
