@@ -901,14 +901,16 @@ def test_an_append_on_a_version_replaced_since_its_lookup_fails_and_overwrites_n
 
 class GatedHeads(MemoryStore):
     """HEADs of keys holding "/big" wait for ``gate``; those in ``broken``
-    fail as a bug would."""
+    fail as a bug would.  ``order``: the keys HEADed, in order."""
 
     def __init__(self):
         super().__init__()
         self.gate = trio.Event()
         self.broken: set[str] = set()
+        self.order: list[str] = []
 
     async def head(self, key, *, body_max=0):
+        self.order.append(key)
         if key in self.broken:
             raise RuntimeError("a bug in a HEAD")
         if "/big" in key:
@@ -978,26 +980,10 @@ def test_a_readdir_answers_before_the_heads_that_cannot_change_a_type(tmp_path, 
         or "filling in the attributes of 'f/' failed" in caplog.text
 
 
-class OrderedHeads(MemoryStore):
-    """Records the order of HEADs; those of keys holding "/big" wait for
-    ``gate``."""
-
-    def __init__(self):
-        super().__init__()
-        self.gate = trio.Event()
-        self.order: list[str] = []
-
-    async def head(self, key, *, body_max=0):
-        self.order.append(key)
-        if "/big" in key:
-            await self.gate.wait()
-        return await super().head(key, body_max=body_max)
-
-
 def test_a_stat_of_an_entry_not_yet_reached_sends_its_head_at_once(tmp_path):
     """A stat of the last name of a big listing does not wait for the HEADs
     of every name before it: its HEAD goes next, and only once."""
-    store = OrderedHeads()
+    store = GatedHeads()
     meta = {"mode": str(stat.S_IFREG | 0o640), "uid": "7", "gid": "8"}
     for i in range(20):
         store.put_sync(f"d/big{i:02d}", b"x" * 4096, meta)
