@@ -890,11 +890,18 @@ class Namespace:
         gave: a directory (a prefix), or a file of PATH_MAX bytes or more."""
         return child.is_dir or (stat.S_ISREG(child.attr.mode) and child.attr.size >= PATH_MAX)
 
+    async def _fill_queued(self, d: Inode, nodes: list[Inode]) -> None:
+        """``_fill`` of ``filling`` entries; a bug in it is logged and their
+        attributes stay the listing's (it must not take the mount's nursery
+        down, nor fail the stat that sent a HEAD itself)."""
+        try:
+            await self._fill(d, nodes, queued=True)
+        except Exception:
+            log.exception("filling in the attributes of %r failed", self.table.key(d))
+
     async def _fill_later(self, d: Inode, later: list[Inode]) -> None:
         try:
-            await self._fill(d, later, queued=True)
-        except Exception:   # (a bug) must not take the mount's nursery down
-            log.exception("filling in the attributes of %r failed", self.table.key(d))
+            await self._fill_queued(d, later)
         finally:
             for c in later:   # those not reached (cancelled, failed), but not
                 if c.ino not in self._heading:   # one a stat is HEADing
@@ -912,10 +919,7 @@ class Namespace:
         if node.ino not in self._filling:
             return
         if node.ino not in self._heading and node.parent is not None:
-            try:
-                await self._fill(node.parent, [node], queued=True)
-            except Exception:   # (a bug) as in _fill_later: the listing's attributes stay
-                log.exception("filling in the attributes of %r failed", self.table.key(node))
+            await self._fill_queued(node.parent, [node])
             if node.ino not in self._filling:
                 return
         event = self._filling[node.ino]   # another task sent it: wait for that
