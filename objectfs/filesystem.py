@@ -250,7 +250,7 @@ class Filesystem:
             if self.ctx is not None:
                 self.ctx.tier = None
             try:
-                tier.store.close()
+                tier.close()
             except Exception:
                 log.exception("could not close the local tier")
 

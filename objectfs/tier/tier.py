@@ -136,6 +136,7 @@ class Tier:
         self._room = trio.Event()   # set (and replaced) whenever the queue shrinks
         self._running = False
         self._send, self._recv = trio.open_memory_channel(math.inf)
+        self._forgetting: list[str] = []   # forgets taken from the queue, not done yet
         self._disk = trio.CapacityLimiter(DISK_THREADS)
         self._fill_gets = trio.CapacityLimiter(FILL_CONCURRENCY)
 
@@ -511,9 +512,10 @@ class Tier:
                 with trio.move_on_after(FLUSH_INTERVAL):
                     item = await self._recv.receive()
             if isinstance(item, str):
-                keys = [item]
+                keys = self._forgetting = [item]
                 held = await self._more_forgets(keys)
                 await trio.to_thread.run_sync(self._forget, keys, limiter=self._disk)
+                self._forgetting = []
             elif item is not None:
                 ref, blocks, size = item
                 try:
@@ -531,6 +533,25 @@ class Tier:
                     return
                 except Exception:
                     log.exception("could not record block use in the local tier")
+
+    def close(self) -> None:
+        """At unmount, once the write-behind task has stopped: drop the
+        blocks of the deleted or replaced keys whose forget was still
+        queued, then close the index.  Blocks still queued to be written
+        are not written (a later read fetches them again), but a forget
+        left undone would keep a deleted file's blocks on disk until
+        evicted."""
+        keys, self._forgetting = self._forgetting, []
+        while True:
+            try:
+                item = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, str):
+                keys.append(item)
+        if keys:
+            self._forget(keys)
+        self.store.close()
 
     # -- figures -------------------------------------------------------------
 

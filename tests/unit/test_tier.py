@@ -921,6 +921,38 @@ def test_forgets_in_a_row_go_to_the_disk_together_and_in_order_with_puts(root, m
     trio.run(main)
 
 
+def test_forgets_still_queued_at_unmount_are_done_by_close(root):
+    """A key deleted just before the unmount: its forget may still wait in
+    the queue, or in the write-behind task's gathering of forgets, when the
+    task is cancelled.  ``close`` does it, so the deleted file's blocks do
+    not stay on disk; the keys not deleted keep theirs."""
+    data = payload(10, 3000)
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            for k in ("k1", "k2", "k3"):
+                tier.offer(k, "v", data)
+            while tier._queued:
+                await trio.sleep(0.01)
+            await tier.forget("k1")   # handed to the task, which gathers more
+            n.cancel_scope.cancel()
+            await tier.forget("k2")   # queued: the task stops before taking it
+        assert tier._forgetting == ["k1"] and tier.store.stats()["objects"] == 3
+        tier.close()
+
+    trio.run(main)
+    store = TierStore(root, 64 * MiB)
+    try:
+        assert store.stats()["objects"] == 1
+        with store._lock:
+            keys = [k for (k,) in store.db.execute("SELECT key FROM objects")]
+        assert keys == ["k3"]
+    finally:
+        store.close()
+
+
 # -- objectfs cache warm: progress and Ctrl-C ---------------------------------------------
 
 class FakeTTY:
