@@ -108,14 +108,19 @@ class _Conn:
         self.buf = bytearray()
 
 
-@functools.lru_cache(maxsize=64)
 def host_header(parts: SplitResult) -> str:
     """What ``http.client`` sends as Host and botocore signs (sigv4.py signs
     it too): the URL's host, lower-case, and its port unless the scheme's
     default."""
-    # remembered: a server's requests differ only in path and query, and
-    # urllib's hostname and port cost about 5 us (twice a request)
-    default = 443 if parts.scheme == "https" else 80
+    return _host_header(parts.scheme, parts.netloc)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_header(scheme: str, netloc: str) -> str:
+    # remembered per server, not per URL (whose path differs from one
+    # request to the next): urllib's hostname and port cost about 5 us
+    parts = SplitResult(scheme, netloc, "", "", "")
+    default = 443 if scheme == "https" else 80
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"

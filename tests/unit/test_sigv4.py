@@ -152,3 +152,15 @@ def test_our_signature_of_a_multipart_uploads_requests_is_botocores(
     signer = sigv4.Signer(c._request_signer._credentials, region, "s3")
     assert signer.sign(method, url, headers, theirs["X-Amz-Date"], payload) == theirs
     assert signer.matches(method, url, headers, theirs, payload)
+
+
+def test_the_host_header_is_worked_out_once_per_server_not_per_url():
+    from urllib.parse import urlsplit
+
+    from objectfs.store import ahttp
+
+    ahttp._host_header.cache_clear()
+    for path in ("/bucket/k1", "/bucket/k2?uploads", "/bucket/dir/k3"):
+        assert ahttp.host_header(urlsplit("http://[::1]:8080" + path)) == "[::1]:8080"
+        assert ahttp.host_header(urlsplit("https://S3.Example.com:443" + path)) == "s3.example.com"
+    assert ahttp._host_header.cache_info().misses == 2
