@@ -114,6 +114,9 @@ _COPY_OWN = {"Bucket": None, "Key": None, "CopySource": None,
              "MetadataDirective": "x-amz-metadata-directive",
              "CopySourceIfMatch": "x-amz-copy-source-if-match"}
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
+# Characters XML 1.0 cannot carry, even as references: a DeleteObjects body
+# naming such a key is malformed (S3: MalformedXML), so it goes alone in a URL.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _ms(dt) -> int:
@@ -742,6 +745,12 @@ class S3Store:
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         first_error: StoreError | None = None
+        for key in (k for k in keys if _NOT_XML.search(k)):
+            try:
+                await self.delete(key)
+            except StoreError as e:
+                first_error = first_error or e
+        keys = [k for k in keys if not _NOT_XML.search(k)]
         for i in range(0, len(keys), MAX_DELETE_BATCH):
             batch = keys[i:i + MAX_DELETE_BATCH]
             r = await self._call("DeleteObjects", batch[0], functools.partial(

@@ -206,6 +206,27 @@ def list_big_prefix(m, count: int, per_entry_kib: float) -> dict:
     return figures
 
 
+def test_a_directory_holding_names_xml_cannot_carry_renames_and_goes(mount, bucket, s3_client):
+    """A name with a control character XML 1.0 cannot carry, even as a
+    reference (ESC, \\x01): a DeleteObjects body naming it is malformed, so
+    a directory rename deletes that key alone (DeleteObject, the key in the
+    URL) and the rest in batches.  ``mv`` succeeds and only the new name is
+    left in S3."""
+    names = ["plain.txt", "esc\x1b[31mred", "one\x01", "tab\tname"]
+    m = mount(bucket)
+    d = os.path.join(m.mountpoint, "d")
+    os.mkdir(d)
+    for n in names:
+        Path(d, n).write_bytes(n.encode())
+    os.rename(d, os.path.join(m.mountpoint, "d2"))
+    assert os.listdir(m.mountpoint) == ["d2"]
+    assert sorted(os.listdir(os.path.join(m.mountpoint, "d2"))) == sorted(names)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, EncodingType="url")
+            .get("Contents", [])]
+    assert all(k.startswith("d2/") for k in keys), keys
+    assert len(keys) == len(names) + 1   # and the directory's marker
+
+
 @pytest.mark.parametrize("big_server", [20_000], indirect=True)
 def test_prefix_of_20000_keys_lists_in_bounded_memory(mount, big_server):
     server, count = big_server
