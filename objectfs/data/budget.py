@@ -38,6 +38,11 @@ class ByteBudget:
         self.used += n
         self.peak = max(self.peak, self.used)
 
+    def take(self, n: int) -> None:
+        """Take ``n`` bytes now, over the limit if need be (where waiting
+        could wait for ever); ``release`` them as usual."""
+        self._take(n)
+
     async def acquire(self, n: int) -> None:
         if n <= 0:
             await trio.lowlevel.checkpoint()

@@ -83,6 +83,11 @@ class DataContext:
         """
         if self.write_budget.try_acquire(n):
             return
-        for f in list(self.streaming):
-            await f.spill()
+        spilled = [await f.spill() for f in list(self.streaming)]
+        if not all(spilled):
+            # a buffer that could not move (staging disk full) frees its
+            # budget only when its writer goes on, which may be after this
+            # very upload: go over the budget rather than wait for ever
+            self.write_budget.take(n)
+            return
         await self.write_budget.acquire(n)

@@ -178,30 +178,41 @@ class FileData:
             self.size = new_size
             self.mark_dirty()
 
-    async def spill(self) -> None:
+    async def spill(self) -> bool:
         """Move an idle stream's part buffer to the staging disk (freeing
-        its write budget); a file busy with an operation is left alone."""
+        its write budget); a file busy with an operation is left alone.
+        False if the buffer could not move (its bytes and budget stay)."""
         if (self.stream is None or self.stream.closed or not self.stream.buf
                 or self.lock.locked()):
-            return
+            return True
         async with self.lock:
             if self.stream is None or self.stream.closed:
-                return
+                return True
             try:
                 await self._to_staging()
-            except FsError as e:  # the file is broken; its writer sees EIO
+            except FsError as e:
                 log.warning("could not move %r to staging: %s", self.key_fn(), e)
+                return False
+            return True
 
     async def _to_staging(self) -> None:
-        """Move from streaming (or nothing) to a staging file."""
+        """Move from streaming (or nothing) to a staging file.  A staging
+        file that cannot be made or written (disk full, no file descriptors)
+        leaves the stream as it was, its buffered bytes and budget with it."""
         if self.stream is not None:
-            stream, self.stream = self.stream, None
+            stream = self.stream
             staging = Staging(self.ctx.staging_dir)
             if not stream.started:
-                staging.write(0, stream.buf)
+                try:
+                    staging.write(0, stream.buf)
+                except BaseException:
+                    staging.close()
+                    raise
+                self.stream = None
                 await stream.abort()  # releases the buffer; nothing was sent
                 self.base_etag, self.base_size = None, 0
             else:
+                self.stream = None
                 try:
                     info = await stream.finish()
                 except FsError as e:

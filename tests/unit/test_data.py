@@ -865,6 +865,88 @@ def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path):
     assert [store.objects[f"s{i}"].data for i in range(2)] == datas
 
 
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk.on = True``: every write to a staging file fails as on a
+    full disk (ENOSPC), leaving the file as it was."""
+    from objectfs.data.staging import Staging
+    from objectfs.errors import NoSpace
+
+    class Switch:
+        on = False
+
+    write = Staging.write
+
+    def failing(self, *a, **kw):
+        if Switch.on:
+            raise NoSpace("staging disk full while writing")
+        return write(self, *a, **kw)
+
+    monkeypatch.setattr(Staging, "write", failing)
+    return Switch
+
+
+@pytest.mark.parametrize("after", ["close", "space-freed-then-write"])
+def test_a_stream_that_cannot_move_to_a_full_staging_disk_keeps_its_bytes(
+        tmp_path, full_disk, after):
+    """A write that is not sequential moves a file written from offset 0 out
+    of memory to the staging disk.  When that disk is full the write fails
+    with ENOSPC and changes nothing: the bytes written before stay, in
+    memory, and close stores them (or them with a later write, once there
+    is room), never an empty object or zeros."""
+    store = CountingStore()
+    data = blob(512 * KiB, 7)
+
+    async def body(ctx):
+        f = new_file(ctx, store, existing=False)
+        await f.write(0, data)
+        full_disk.on = True
+        with pytest.raises(FsError) as e:
+            await f.write(0, b"HDR!")
+        assert e.value.errno == errno.ENOSPC
+        assert f.size == len(data)
+        if after == "space-freed-then-write":
+            full_disk.on = False
+            await f.write(0, b"HDR!")
+        await f.flush()
+        await f.close()
+
+    run_data(body, store, tmp_path)
+    want = data if after == "close" else b"HDR!" + data[4:]
+    assert store.objects[KEY].data == want
+
+
+def test_closing_a_staged_file_when_idle_streams_cannot_spill_goes_over_the_budget(
+        tmp_path, full_disk):
+    """As above, with the staging disk full: the streams' buffers cannot
+    move, so the close of the staged file takes its budget over the limit
+    rather than wait for ever for theirs (their writer is the one closing)."""
+    store = CountingStore()
+    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
+    staged = blob(PART + MiB, 3)
+
+    async def body(ctx):
+        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
+        await f.write(1, staged[1:])  # not from offset 0: staged
+        await f.write(0, b"\0")
+        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
+                            base_size=0) for i in range(2)]
+        for s, data in zip(streams, datas):
+            await s.write(0, data)
+        full_disk.on = True
+        with trio.fail_after(20):
+            await f.flush()
+        assert all(s.stream is not None for s in streams)   # still in memory
+        await f.close()
+        for s in streams:
+            await s.flush()
+            await s.close()
+
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    assert store.objects["staged"].data == b"\0" + staged[1:]
+    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
+
+
 def test_readers_beyond_the_read_budget_fetch_only_what_they_read(tmp_path):
     """Many sequential readers at once: what the read budget cannot cover is
     fetched read by read, never whole segments outside the budget."""
