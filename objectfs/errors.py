@@ -140,9 +140,11 @@ def store_error(code: str, message: str = "", **kw) -> StoreError:
 
 
 # Store errors that tell a writer something useful keep their errno when an
-# upload fails; anything else (a missing bucket, a server error) is EIO.
+# upload fails (ESTALE: the version the file was opened from is no longer
+# the one in S3); anything else (a missing bucket, a server error) is EIO.
 _UPLOAD_ERRNOS = frozenset({_errno.EACCES, _errno.EPERM, _errno.EDQUOT, _errno.ENOSPC,
-                            _errno.EFBIG, _errno.ENAMETOOLONG, _errno.EROFS, _errno.E2BIG})
+                            _errno.EFBIG, _errno.ENAMETOOLONG, _errno.EROFS, _errno.E2BIG,
+                            _errno.ESTALE})
 
 
 def upload_error(err: BaseException, what: str) -> FsError:

@@ -368,8 +368,13 @@ class Filesystem:
             data.detached = True
         if self.wb is not None:
             await self._stage(node)
-        else:
+            return
+        try:
             await data.flush()
+        except FsError:
+            if data.stale:   # its changes were dropped (FileData._give_up)
+                self._remote_wins(node)
+            raise
 
     # -- write-back -------------------------------------------------------------
 
@@ -501,20 +506,24 @@ class Filesystem:
             return
         node.pending = None
         if conflict:
-            # S3's version wins under this name: show it from now on
-            node.local = False
-            node.remote = None
-            self._size_unknown.discard(node)
-            node.validated_at = float("-inf")
-            node.meta_known = False
-            node.cache_etag = None
-            self.ns.notifier.invalidate_inode(node.ino)
-            if node.parent is not None:
-                node.parent.listed_at = None
+            self._remote_wins(node)
             return
         if data is not None and data.origin_etag == p.manifest.base_etag:
             data.origin_etag = info.etag
         self._uploaded(node, info)
+
+    def _remote_wins(self, node: Inode) -> None:
+        """Another client's version wins under ``node``'s name (ours was
+        laid on a version it replaced): show S3's from now on."""
+        node.local = False
+        node.remote = None
+        self._size_unknown.discard(node)
+        node.validated_at = float("-inf")
+        node.meta_known = False
+        node.cache_etag = None
+        self.ns.notifier.invalidate_inode(node.ino)
+        if node.parent is not None:
+            node.parent.listed_at = None
 
     def _wb_lock(self, node: Inode) -> trio.Lock:
         lock = self._wb_locks.get(node)

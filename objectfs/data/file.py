@@ -35,6 +35,7 @@ of one file are applied in arrival order and never interleave.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -82,6 +83,7 @@ class FileData:
         self.staging: Staging | None = None
         self.lock = trio.Lock()
         self.broken: str | None = None     # a stream failed: its data is gone
+        self.stale = False                 # ... or its base version left S3 (ESTALE)
         self.detached = False              # unlinked: never upload
         self.version = 0                   # bumped by every local change
         self.meta_changed = False          # metadata set after a stream started
@@ -101,7 +103,7 @@ class FileData:
 
     def _check(self) -> None:
         if self.broken:
-            raise IOFailure(self.broken)
+            raise (Stale if self.stale else IOFailure)(self.broken)
 
     def mark_dirty(self) -> None:
         self.dirty = True
@@ -155,6 +157,19 @@ class FileData:
     def _fail_stream(self, e: Exception) -> None:
         self.broken = f"upload failed, data of this file was lost: {e}"
         log.error("%s", self.broken)
+
+    def _give_up(self, e: FsError) -> None:
+        """The version this file was opened from is no longer the one in S3
+        (another client replaced or deleted it): the changes made here, laid
+        on that version, can never be uploaded.  They are dropped (not
+        dirty: nothing retries them) and the other client's version stays;
+        the close that found it fails with ESTALE, and so does every later
+        operation on this file's open handles."""
+        self.broken = f"{self.key_fn()!r} changed in S3 while open; the changes made here " \
+                      f"were dropped ({e})"
+        self.stale = True
+        self.dirty = False
+        log.warning("%s", self.broken)
 
     async def truncate(self, new_size: int) -> None:
         async with self.lock:
@@ -376,12 +391,17 @@ class FileData:
             elif self.staging is not None:
                 base_key = key if (self.base_etag is not None and self.base_size
                                    and self.local_base_fd is None) else None
-                info = await upload_staged(
-                    self.ctx, key, self.size, self.headers_fn(),
-                    touched=self.staging.dirty.overlaps,
-                    read=functools.partial(self._read_range, exact=True),
-                    base_key=base_key, base_etag=self.base_etag, base_size=self.base_size,
-                    small_parts=self._mix_layout())
+                try:
+                    info = await upload_staged(
+                        self.ctx, key, self.size, self.headers_fn(),
+                        touched=self.staging.dirty.overlaps,
+                        read=functools.partial(self._read_range, exact=True),
+                        base_key=base_key, base_etag=self.base_etag, base_size=self.base_size,
+                        small_parts=self._mix_layout())
+                except FsError as e:
+                    if e.errno == errno.ESTALE:
+                        self._give_up(e)
+                    raise
             else:
                 h = self.headers_fn()
                 try:

@@ -18,13 +18,14 @@ re-uploaded.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 from typing import Awaitable, Callable
 
 import trio
 
-from ..errors import FsError, StoreError, upload_error
+from ..errors import FsError, ObjectNotFound, PreconditionFailed, Stale, StoreError, upload_error
 from ..store.base import MIN_PART_SIZE, ObjectInfo, Part
 from .context import DataContext, ObjectHeaders
 from .parts import layout, part_size
@@ -222,13 +223,48 @@ async def upload_staged(ctx: DataContext, key: str, size: int, headers: ObjectHe
     await ctx.acquire_for_upload(size)
     try:
         body = await read(0, size)
-        return await ctx.store.put(key, body, metadata=headers.metadata,
-                                   content_type=headers.content_type,
-                                   headers=headers.headers)
+        if base_key is None:
+            return await ctx.store.put(key, body, metadata=headers.metadata,
+                                       content_type=headers.content_type,
+                                       headers=headers.headers)
+        # The base's bytes may have come from a cache (a small file's body
+        # fetched with its attributes, the local tier), not from a GET pinned
+        # to its ETag that S3 would have refused: the PUT checks it itself.
+        try:
+            return await put_conditional(ctx, key, body, headers, if_match=base_etag)
+        except PreconditionFailed:
+            raise Stale("object changed in S3 while open") from None
+        except ObjectNotFound as e:
+            if e.code == "NoSuchBucket":
+                raise
+            raise Stale("object deleted in S3 while open") from None
     except StoreError as e:
         raise upload_error(e, f"upload of {key!r}") from e
     finally:
         ctx.write_budget.release(size)
+
+
+async def put_conditional(ctx: DataContext, key: str, body: bytes | bytearray,
+                          headers: ObjectHeaders, *, if_match: str | None = None,
+                          if_none_match: bool = False) -> ObjectInfo:
+    """PutObject only if S3 holds the version ``if_match`` (or, with
+    ``if_none_match``, nothing) under ``key``.  A server that refuses
+    conditional writes (Swift's s3api, older MinIO and Ceph answer 501) gets
+    the plain PUT, from then on for the mount (``ctx.conditional_puts``):
+    there the check is the caller's alone."""
+    put = functools.partial(ctx.store.put, key, body, metadata=headers.metadata,
+                            content_type=headers.content_type, headers=headers.headers)
+    if not ctx.conditional_puts:
+        return await put()
+    try:
+        return await put(if_match=if_match, if_none_match=if_none_match)
+    except FsError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+    if ctx.conditional_puts:
+        log.info("the server refuses conditional writes; uploads rely on checks before them")
+        ctx.conditional_puts = False
+    return await put()
 
 
 def _refused(e: StoreError) -> bool:

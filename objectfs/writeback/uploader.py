@@ -45,7 +45,7 @@ from typing import Callable
 import trio
 
 from ..data.context import DataContext, ObjectHeaders
-from ..data.upload import upload_staged
+from ..data.upload import put_conditional, upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
 from ..tasks import first_error
@@ -121,7 +121,6 @@ class WriteBack:
         self._busy_keys: set[str] = set()
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(FILE_CONCURRENCY)
-        self._conditional = True     # the server accepts If-Match on PutObject
         self._nursery: trio.Nursery | None = None
         self._refilling = False      # spare entry files being made
         # group commit of removals after uploads (see _sync_journal)
@@ -451,19 +450,7 @@ class WriteBack:
             return await upload_staged(self.ctx, key, m.size, h, touched=lambda s, e: True,
                                        read=read, base_key=None, base_etag=None, base_size=0)
         body = await read(0, m.size)
-        cond: dict = {}
-        if self._conditional:
-            cond = {"if_match": remote.etag} if remote is not None else {"if_none_match": True}
-        try:
-            return await self.ctx.store.put(key, body, metadata=h.metadata,
-                                            content_type=h.content_type, headers=h.headers,
-                                            **cond)
-        except FsError as e:
-            # Swift's s3api, older MinIO and Ceph answer 501 NotImplemented
-            if not cond or e.errno != errno.EOPNOTSUPP:
-                raise
-            log.info("the server refuses conditional writes; relying on HEAD checks")
-            self._conditional = False
-            return await self.ctx.store.put(key, body, metadata=h.metadata,
-                                            content_type=h.content_type, headers=h.headers)
+        if remote is not None:
+            return await put_conditional(self.ctx, key, body, h, if_match=remote.etag)
+        return await put_conditional(self.ctx, key, body, h, if_none_match=True)
 

@@ -184,6 +184,46 @@ def test_a_prefetched_body_serves_only_its_own_version(mount, bucket, s3_client)
     assert requests(m, "GetObject") > gets
 
 
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_an_append_to_a_small_file_changed_after_ls_l_fails_and_keeps_the_other_version(
+        mount, bucket, s3_client, change):
+    """``ls -l`` kept a small file's body; another client replaces (or
+    deletes) the object; an append through the mount within
+    ``metadata_ttl`` takes the old bytes from what was kept (no GET pinned to
+    the old ETag that S3 would refuse), so its PUT carries If-Match: close()
+    fails with ESTALE, S3 keeps the other version (or nothing), the file
+    then shows that, nothing is retried, and the unmount is clean."""
+    old, new = b"old\n" * 100, b"new\n" * 50
+    s3_client.put_object(Bucket=bucket, Key="d/f.txt", Body=old)
+    m = mount(bucket, options=["metadata_ttl=60", "cache_size=0"])
+    path = os.path.join(m.mountpoint, "d", "f.txt")
+    assert [e.stat().st_size for e in os.scandir(os.path.dirname(path))] == [len(old)]
+    gets = requests(m, "GetObject")
+    if change == "replaced":
+        s3_client.put_object(Bucket=bucket, Key="d/f.txt", Body=new)
+    else:
+        s3_client.delete_object(Bucket=bucket, Key="d/f.txt")
+    with pytest.raises(OSError) as e:
+        with open(path, "ab") as f:
+            f.write(b"appended\n")
+    assert e.value.errno == errno.ESTALE
+    assert requests(m, "GetObject") == gets   # the old bytes were at hand
+    puts = requests(m, "PutObject")
+    if change == "replaced":
+        with open(path, "rb") as f:
+            assert f.read() == new
+    else:
+        assert not os.path.exists(path)
+    m.stop()
+    assert m.proc.returncode == 0
+    assert "could not be uploaded" not in open(m.log_path).read()
+    assert puts == 1   # the refused one; none after it
+    if change == "replaced":
+        assert s3_client.get_object(Bucket=bucket, Key="d/f.txt")["Body"].read() == new
+    else:
+        assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)
+
+
 @pytest.mark.parametrize("tier", ["tier", "no-tier"])
 @pytest.mark.parametrize("new_size", [300 * 1024, 40 * 1024], ids=["longer", "shorter"])
 def test_a_handle_that_has_read_nothing_reads_the_version_now_in_s3(
