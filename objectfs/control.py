@@ -109,8 +109,8 @@ class ControlServer:
             return {"ok": False, "error": "bad request"}
         try:
             reply = await handler(req)
-        except FsError as e:
-            return {"ok": False, "error": str(e)}
+        except FsError as e:   # "No such file or directory: a/b", not "a/b"
+            return {"ok": False, "error": f"{os.strerror(e.errno)}: {e}"}
         except Exception:
             log.exception("control request %r failed", req.get("op"))
             return {"ok": False, "error": "internal error (see the daemon's log)"}

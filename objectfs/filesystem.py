@@ -1414,8 +1414,20 @@ class Filesystem:
     async def refresh(self, rel: str) -> int:
         """Forget cached metadata of ``rel`` and everything under it, in this
         process and in the kernel: the next access asks S3.  Local changes
-        not yet uploaded are kept.  Returns the number of entries dropped."""
-        top = await self.resolve(rel)
+        not yet uploaded are kept.  Returns the number of entries dropped.
+        A name this mount has as missing (a cached miss, or a listing without
+        it) is dropped as such: its next lookup asks S3."""
+        top = self.table.root
+        for name in (p for p in rel.split("/") if p):
+            if not top.is_dir:
+                raise NotADirectory(rel)
+            try:
+                top = await self.ns.lookup(top, name)
+            except NotFound:
+                self.ns.forget_negative(top, name)
+                top.listed_at = None
+                self.ns.notifier.invalidate_entry(top.ino, name)
+                return 1
         dropped = 0
         notify = self.ns.notifier
         subtree = list(self.table.walk(top))

@@ -336,6 +336,15 @@ def test_refresh_shows_a_remote_change_before_the_ttl(objectfs_cli, s3, bucket, 
         assert "refreshed" in r.stdout
         assert (mountpoint / "d" / "f").read_bytes() == b"new and longer"
         assert sorted(os.listdir(mountpoint / "d")) == ["f", "g"]
+        # a name the mount has as missing, refreshed by its own path
+        assert not (mountpoint / "d" / "h").exists()
+        s3_client.put_object(Bucket=bucket, Key="d/h", Body=b"h")
+        assert not (mountpoint / "d" / "h").exists()  # cached for an hour
+        r = objectfs_cli("refresh", str(mountpoint / "d" / "h"))
+        assert r.returncode == 0, r.stderr
+        assert (mountpoint / "d" / "h").read_bytes() == b"h"
+        r = objectfs_cli("refresh", str(mountpoint / "d" / "f" / "x"))
+        assert r.returncode == 1 and "Not a directory" in r.stderr, r.stderr
         r = objectfs_cli("refresh", "/tmp")
         assert r.returncode == 1 and "not on an ObjectFS mount" in r.stderr
     finally:
