@@ -620,6 +620,16 @@ class Filesystem:
         for ino, n in items:
             self.table.forget(ino, n)
 
+    def fresh_for(self, node: Inode) -> float:
+        """Seconds the kernel may keep ``node``'s entry and attributes (see
+        Namespace.fresh_for)."""
+        return self.ns.fresh_for(node)
+
+    def missing_for(self, parent_ino: int, name: bytes) -> float:
+        """Seconds the kernel may keep the miss of ``name`` just answered
+        (see Namespace.missing_for)."""
+        return self.ns.missing_for(self.table.get(parent_ino), keys.name_from_kernel(name))
+
     def attr_pending(self, node: Inode) -> bool:
         """True while ``node`` shows its listing's attributes, the HEAD a
         readdir did not wait for under way (the kernel must not keep them)."""
@@ -900,7 +910,7 @@ class Filesystem:
 
     def _remove(self, parent: Inode, node: Inode) -> None:
         self.table.detach(node)
-        self.ns.negative[(parent.ino, node.name)] = True
+        self.ns.negative[(parent.ino, node.name)] = clock()
         self._touch_dir(parent)
         node.attr.ctime_ns = time.time_ns()
 
@@ -976,7 +986,7 @@ class Filesystem:
         else:
             await self._rename_file(src, new_parent, new_name, dst)
         self.ns.on_local_change(new_parent, new_name)
-        self.ns.negative[(old_parent.ino, old_name)] = True
+        self.ns.negative[(old_parent.ino, old_name)] = clock()
         self._touch_dir(old_parent)
         self._touch_dir(new_parent)
 

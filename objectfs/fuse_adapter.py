@@ -147,7 +147,6 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
-        self.ttl = fs.cfg.metadata_ttl
         self.negative_ttl = fs.cfg.negative_ttl
 
     def _entry(self, node: Inode) -> pyfuse3.EntryAttributes:
@@ -155,9 +154,12 @@ class FuseOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = self.ttl
+        # what is left of the daemon's own trust in them (not a fresh
+        # metadata_ttl), so another client's change shows within metadata_ttl
+        left = self.fs.fresh_for(node)
+        e.entry_timeout = left
         # the listing's attributes while a HEAD is under way: a stat asks again
-        e.attr_timeout = 0 if self.fs.attr_pending(node) else self.ttl
+        e.attr_timeout = 0 if self.fs.attr_pending(node) else left
         e.st_mode = a.mode
         e.st_nlink = self.fs.nlink(node)
         e.st_uid = a.uid
@@ -182,7 +184,7 @@ class FuseOperations(pyfuse3.Operations):
             # a zero inode tells the kernel to cache the miss for entry_timeout
             neg = pyfuse3.EntryAttributes()
             neg.st_ino = 0
-            neg.entry_timeout = self.negative_ttl
+            neg.entry_timeout = self.fs.missing_for(parent_inode, name)
             return neg
         return self._entry(node)
 

@@ -235,13 +235,43 @@ class Namespace:
 
     # -- freshness ----------------------------------------------------------
 
+    @staticmethod
+    def _ours(node: Inode) -> bool:
+        """True for an entry only this mount changes the attributes of: the
+        root, a file not in S3 yet, open with local data, or staged."""
+        return node.local or node.ino == 1 or (node.data is not None and node.data.local_reads) \
+            or node.pending is not None
+
     def fresh(self, node: Inode, now: float | None = None) -> bool:
         """True if ``node``'s attributes need no revalidation now."""
-        if node.local or node.ino == 1 or (node.data is not None and node.data.local_reads) \
-                or node.pending is not None:
+        if self._ours(node):
             return True
         now = clock() if now is None else now
         return now - node.validated_at < self.cfg.metadata_ttl
+
+    def fresh_for(self, node: Inode) -> float:
+        """Seconds the kernel may keep ``node``'s entry and attributes: what
+        is left of ``metadata_ttl`` since they were checked against S3 (a
+        full ``metadata_ttl`` for entries of this mount's own, see _ours).
+        Not a fresh ``metadata_ttl`` per answer: the kernel's time would add
+        to the daemon's, and another client's change could take twice as
+        long to show."""
+        ttl = self.cfg.metadata_ttl
+        if self._ours(node):
+            return ttl
+        return min(ttl, max(0.0, node.validated_at + ttl - clock()))
+
+    def missing_for(self, parent: Inode, name: str) -> float:
+        """Seconds the kernel may keep the miss of ``name`` in ``parent`` that
+        this mount just answered: what is left of the listing that lacks it,
+        or of the miss remembered (``negative_ttl`` for one just found)."""
+        now = clock()
+        neg = self.cfg.negative_ttl
+        if self.listing_fresh(parent, now):
+            assert parent.listed_at is not None
+            return min(neg, max(0.0, parent.listed_at + self.cfg.metadata_ttl - now))
+        found = self.negative.get((parent.ino, name))
+        return neg if found is None else min(neg, max(0.0, found + neg - now))
 
     def holds_staged(self, node: Inode) -> bool:
         """True for a directory with a file staged for write-back under it:
@@ -401,13 +431,13 @@ class Namespace:
         stale file costs one HEAD (a prefix name/ made beside it then shows
         at the next listing that covers it), a new name a HEAD and a LIST."""
         if child is None and self._window_lacks(parent, name):
-            self.negative[(parent.ino, name)] = True
+            self.negative[(parent.ino, name)] = clock()
             raise NotFound(name)
         window = self._scan_window(parent, name)
         if window and await self._list_window(parent, name, window):
             node = parent.children.get(name)
             if node is None:
-                self.negative[(parent.ino, name)] = True
+                self.negative[(parent.ino, name)] = clock()
                 raise NotFound(name)
             if node.meta_known and self.fresh(node):
                 return node
@@ -598,7 +628,7 @@ class Namespace:
         if current is not None:
             self.notifier.invalidate_entry(parent.ino, name)
             self.table.detach(current, remember=False)
-        self.negative[(parent.ino, name)] = True
+        self.negative[(parent.ino, name)] = clock()
         raise NotFound(name)
 
     def forget_negative(self, parent: Inode, name: str) -> None:
@@ -795,7 +825,7 @@ class Namespace:
             self.notifier.invalidate_entry(d.ino, name)
             self.table.detach(child, remember=False)
             if within is not None:
-                self.negative[(d.ino, name)] = True  # a full listing answers for itself
+                self.negative[(d.ino, name)] = clock()  # a full listing answers for itself
         for name in dirs:
             if name in d.removed:
                 continue

@@ -383,6 +383,30 @@ def test_many_lookups_and_forgets_keep_the_mount_working(mount, bucket, s3_clien
 
 # -- changes made by another client ---------------------------------------------------------------
 
+def test_answers_from_an_aging_cache_do_not_add_the_kernels_time_to_it(
+        mount, bucket, s3_client):
+    """The kernel keeps an entry only for what is left of the daemon's trust
+    in it: a listing made at t0 and answered from again at 0.7 x
+    metadata_ttl (a second ``ls``, a lookup of a name it lacks) must not
+    hand the kernel a fresh metadata_ttl, or another client's change made
+    after t0 would take up to twice metadata_ttl to show."""
+    ttl = 2.0
+    put(s3_client, bucket, "ext/a", b"old")
+    m = mount(bucket, options=[f"metadata_ttl={ttl}", f"negative_ttl={ttl}"])
+    a, new = (os.path.join(m.mountpoint, "ext", n) for n in ("a", "new"))
+    assert os.stat(a).st_size == 3 and os.listdir(os.path.dirname(a)) == ["a"]
+    assert_enoent(new)
+    t0 = time.monotonic()   # everything above was fetched before now
+    put(s3_client, bucket, "ext/a", b"newer content")
+    put(s3_client, bucket, "ext/new", b"n")
+    time.sleep(max(0.0, t0 + 0.7 * ttl - time.monotonic()))
+    os.listdir(os.path.dirname(a))   # readdir answered from the listing of t0
+    os.path.exists(new)              # a miss answered from it too
+    time.sleep(max(0.0, t0 + ttl + 0.2 - time.monotonic()))
+    assert os.stat(a).st_size == len(b"newer content")
+    assert os.path.exists(new)
+
+
 def test_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
     for k, v in [("ext/keep", b"keep"), ("ext/gone", b"gone"), ("ext/change", b"old")]:
         put(s3_client, bucket, k, v)

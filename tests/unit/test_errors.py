@@ -289,6 +289,9 @@ def test_successful_getattr_builds_entry_attributes():
         def attr_pending(self, n):
             return pending
 
+        def fresh_for(self, n):
+            return 1.0
+
     pending = False
     ops = FuseOperations(Fs(result=node))
     e = call(ops, "getattr")
@@ -304,9 +307,13 @@ def test_successful_getattr_builds_entry_attributes():
 
 
 def test_lookup_miss_is_a_cached_negative_entry_when_negative_ttl_is_set():
-    ops = FuseOperations(StubFs(E.NotFound("x"), negative_ttl=7.0))
+    class Fs(StubFs):
+        def missing_for(self, parent, name):
+            return 6.5   # what is left of the miss's time (Namespace.missing_for)
+
+    ops = FuseOperations(Fs(E.NotFound("x"), negative_ttl=7.0))
     e = call(ops, "lookup")
-    assert e.st_ino == 0 and e.entry_timeout == 7.0
+    assert e.st_ino == 0 and e.entry_timeout == 6.5
     ops = FuseOperations(StubFs(E.NotFound("x"), negative_ttl=0.0))
     with pytest.raises(pyfuse3.FUSEError) as ei:
         call(ops, "lookup")
