@@ -49,7 +49,7 @@ from .config import cache_root, default_staging_dir
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
 from .tier.tier import Tier, open_tier, tier_namespace
-from .writeback.journal import Journal, Manifest
+from .writeback.journal import Journal, Manifest, staged_files
 from .writeback.uploader import Pending, WriteBack
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,14 @@ class Filesystem:
             except OSError as e:
                 raise UserError(f"cannot use the write-back directory under "
                                 f"{cache_root(cfg)}: {e.strerror}") from None
+        else:
+            journal = os.path.join(cache_root(cfg), "writeback")
+            waiting = await trio.to_thread.run_sync(staged_files, journal, self._owns)
+            if waiting:
+                log.warning("%d file(s) of this bucket staged by a write-back mount wait "
+                            "under %s: this mount shows S3's versions of them and does not upload "
+                            "them; mount with -o writeback and the same cache_dir to do so",
+                            waiting, journal)
         if cfg.metadata_cache or (cfg.metadata_cache is None and cfg.cache_size):
             self.ns.attr_disk = await trio.to_thread.run_sync(open_attr_disk, cache_root(cfg))
             self.ns.disk_ns = tier_namespace(cfg.endpoint_url, cfg.bucket)

@@ -247,6 +247,32 @@ def _remove_if_empty(d: str) -> None:
         pass
 
 
+def staged_files(root: str, accept: Callable[[Manifest], bool]) -> int:
+    """How many files under the journal ``root`` are staged for upload and
+    ``accept``ed (this bucket, endpoint and prefix), read only: nothing is
+    locked, adopted or removed.  For a mount without write-back, which does
+    not upload them."""
+    n = 0
+    try:
+        dirs = os.listdir(root)
+    except OSError:
+        return 0
+    for d in dirs:
+        try:
+            names = os.listdir(os.path.join(root, d))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(root, d, name)
+            try:
+                if name.endswith(ENTRY_SUFFIX) and os.path.getsize(path) \
+                        and accept(read_entry_manifest(path)):
+                    n += 1
+            except (OSError, ValueError, TypeError):
+                continue   # a spare, or a staging that never finished
+    return n
+
+
 class Journal:
     """This mount's journal directory (created and locked by ``open``), plus
     the directories of dead mounts it adopted entries from."""

@@ -290,6 +290,30 @@ def test_kill9_during_writeback_then_remount_uploads_everything(mount, workdir, 
     print(f"{rounds} rounds, {recovered} files recovered after kill -9")
 
 
+def test_a_mount_without_writeback_warns_of_staged_files_and_leaves_them(
+        mount, workdir, s3_client, bucket):
+    """Files a killed write-back mount staged wait for a write-back mount:
+    one without ``-o writeback`` shows S3's versions, leaves them on disk and
+    says so in the log (how many, where); the next write-back mount uploads
+    them."""
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    with m.watchdog(60):
+        with open(os.path.join(m.mountpoint, "staged.txt"), "wb") as f:
+            f.write(b"kept")
+        kill9(m)
+    m2 = mount(bucket, options=wb_options(workdir))
+    wait_for(lambda: "1 file(s) of this bucket staged by a write-back mount wait"
+             in m2.log(), what="the warning")
+    assert not os.path.exists(os.path.join(m2.mountpoint, "staged.txt"))
+    assert m2.unmount() == 0
+    assert len(journal_entries(workdir)) == 1
+    m3 = mount(bucket, options=wb_options(workdir, "writeback=0"))
+    with m3.watchdog(120):
+        wait_for(lambda: exists(s3_client, bucket, "staged.txt"), what="the recovered upload")
+        assert body(s3_client, bucket, "staged.txt") == b"kept"
+        assert "staged by a write-back mount" not in m3.log()
+
+
 def test_unusable_writeback_directory_fails_the_mount_in_one_line(objectfs_cli, s3, bucket,
                                                                   workdir):
     mp = workdir / "mnt-bad"
