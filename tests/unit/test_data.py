@@ -836,35 +836,6 @@ def test_prefetch_closed_early_releases_its_budget(tmp_path):
     run_data(body, store, tmp_path)
 
 
-def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path):
-    """One task writes two files in turn (streams holding most of the
-    budget) and then closes a staged file: the streams' buffers move to
-    disk instead of the close waiting for them forever."""
-    store = CountingStore()
-    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
-    staged = blob(PART + MiB, 3)
-
-    async def body(ctx):
-        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
-                            base_size=0) for i in range(2)]
-        for s, data in zip(streams, datas):
-            await s.write(0, data)
-        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
-        await f.write(1, staged[1:])  # not from offset 0: staged
-        await f.write(0, b"\0")
-        assert f.staging is not None
-        await f.flush()
-        assert all(s.staging is not None for s in streams)
-        await f.close()
-        for s in streams:
-            await s.flush()
-            await s.close()
-
-    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
-    assert store.objects["staged"].data == b"\0" + staged[1:]
-    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
-
-
 @pytest.fixture
 def full_disk(monkeypatch):
     """``full_disk.on = True``: every write to a staging file fails as on a
@@ -884,6 +855,43 @@ def full_disk(monkeypatch):
 
     monkeypatch.setattr(Staging, "write", failing)
     return Switch
+
+
+@pytest.mark.parametrize("disk", ["room", "full"])
+def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path, full_disk, disk):
+    """One task writes two files in turn (streams holding most of the
+    budget) and then closes a staged file: the streams' buffers move to
+    disk instead of the close waiting for them forever.  With the staging
+    disk full they cannot move, and the close takes its budget over the
+    limit rather than wait for ever (their writer is the one closing)."""
+    store = CountingStore()
+    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
+    staged = blob(PART + MiB, 3)
+
+    async def body(ctx):
+        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
+        await f.write(1, staged[1:])  # not from offset 0: staged
+        await f.write(0, b"\0")
+        assert f.staging is not None
+        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
+                            base_size=0) for i in range(2)]
+        for s, data in zip(streams, datas):
+            await s.write(0, data)
+        full_disk.on = disk == "full"
+        with trio.fail_after(20):
+            await f.flush()
+        if disk == "full":
+            assert all(s.stream is not None for s in streams)   # still in memory
+        else:
+            assert all(s.staging is not None for s in streams)
+        await f.close()
+        for s in streams:
+            await s.flush()
+            await s.close()
+
+    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
+    assert store.objects["staged"].data == b"\0" + staged[1:]
+    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
 
 
 @pytest.mark.parametrize("after", ["close", "space-freed-then-write"])
@@ -914,37 +922,6 @@ def test_a_stream_that_cannot_move_to_a_full_staging_disk_keeps_its_bytes(
     run_data(body, store, tmp_path)
     want = data if after == "close" else b"HDR!" + data[4:]
     assert store.objects[KEY].data == want
-
-
-def test_closing_a_staged_file_when_idle_streams_cannot_spill_goes_over_the_budget(
-        tmp_path, full_disk):
-    """As above, with the staging disk full: the streams' buffers cannot
-    move, so the close of the staged file takes its budget over the limit
-    rather than wait for ever for theirs (their writer is the one closing)."""
-    store = CountingStore()
-    datas = [blob(PART - 100 * KiB, 1), blob(PART - 100 * KiB, 2)]
-    staged = blob(PART + MiB, 3)
-
-    async def body(ctx):
-        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
-        await f.write(1, staged[1:])  # not from offset 0: staged
-        await f.write(0, b"\0")
-        streams = [FileData(ctx, (lambda k=f"s{i}": k), lambda: HEADERS, base_etag=None,
-                            base_size=0) for i in range(2)]
-        for s, data in zip(streams, datas):
-            await s.write(0, data)
-        full_disk.on = True
-        with trio.fail_after(20):
-            await f.flush()
-        assert all(s.stream is not None for s in streams)   # still in memory
-        await f.close()
-        for s in streams:
-            await s.flush()
-            await s.close()
-
-    run_data(body, store, tmp_path, write_buffer_memory=2 * PART)
-    assert store.objects["staged"].data == b"\0" + staged[1:]
-    assert [store.objects[f"s{i}"].data for i in range(2)] == datas
 
 
 def test_readers_beyond_the_read_budget_fetch_only_what_they_read(tmp_path):
