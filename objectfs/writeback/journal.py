@@ -248,11 +248,11 @@ def _remove_if_empty(d: str) -> None:
 
 
 def staged_files(root: str, accept: Callable[[Manifest], bool]) -> int:
-    """How many files under the journal ``root`` are staged for upload and
-    ``accept``ed (this bucket, endpoint and prefix), read only: nothing is
-    locked, adopted or removed.  For a mount without write-back, which does
-    not upload them."""
-    n = 0
+    """How many files (keys) under the journal ``root`` are staged for
+    upload and ``accept``ed (this bucket, endpoint and prefix), read only:
+    nothing is locked, adopted or removed.  For a mount without write-back,
+    which does not upload them."""
+    keys: set[str] = set()
     try:
         dirs = os.listdir(root)
     except OSError:
@@ -265,12 +265,13 @@ def staged_files(root: str, accept: Callable[[Manifest], bool]) -> int:
         for name in names:
             path = os.path.join(root, d, name)
             try:
-                if name.endswith(ENTRY_SUFFIX) and os.path.getsize(path) \
-                        and accept(read_entry_manifest(path)):
-                    n += 1
+                if name.endswith(ENTRY_SUFFIX) and os.path.getsize(path):
+                    m = read_entry_manifest(path)
+                    if accept(m):
+                        keys.add(m.key)   # staged again later: one file
             except (OSError, ValueError, TypeError):
                 continue   # a spare, or a staging that never finished
-    return n
+    return len(keys)
 
 
 class Journal:

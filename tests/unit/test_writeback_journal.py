@@ -549,3 +549,28 @@ def test_removals_after_uploads_share_one_directory_fsync():
         assert len(syncs) <= 10      # one per upload before: 16
         assert not any(n.endswith(".entry") and os.path.getsize(os.path.join(d, n))
                        for d, _, names in os.walk(os.path.join(root, "wb")) for n in names)
+
+
+def test_staged_files_counts_this_buckets_keys_and_touches_nothing(tmp_path):
+    """What a mount without write-back reports of a journal it does not
+    upload: each key of its bucket once (staged twice: one file), spares and
+    interrupted stagings not at all, and every file left as it was."""
+    from objectfs.writeback.journal import staged_files
+
+    root = str(tmp_path)
+    left_by_a_dead_mount(root, manifest("a"), b"first")
+    left_by_a_dead_mount(root, manifest("a"), b"again")
+    left_by_a_dead_mount(root, manifest("b"), b"")
+    left_by_a_dead_mount(root, manifest("c", bucket="other"), b"elsewhere")
+    j = Journal(os.path.join(root, "wb"))
+    j.open()
+    j.make_spares(3)    # empty entry files
+    with open(os.path.join(j.directory, "9" * 24 + ".entry"), "wb") as f:
+        f.write(b"a staging cut short")   # no trailer
+    before = sorted((p, os.path.getsize(p)) for p in tmp_path.rglob("*") if p.is_file())
+    wb = os.path.join(root, "wb")
+    assert staged_files(wb, lambda m: m.bucket == "b") == 2
+    assert staged_files(wb, lambda m: m.bucket == "other") == 1
+    assert staged_files(os.path.join(root, "none"), lambda m: True) == 0
+    assert sorted((p, os.path.getsize(p)) for p in tmp_path.rglob("*") if p.is_file()) == before
+    j.close()
