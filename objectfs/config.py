@@ -251,8 +251,8 @@ OPTIONS: list[Option] = [
     # -- namespace and metadata
     Option("metadata_ttl", parse_seconds, 5.0, "Seconds that cached attributes, lookups and "
            "directory listings are trusted before S3 is asked again (the kernel keeps entries and "
-           "attributes for what is left of it). Changes made by other S3 clients show up after at most this "
-           "long; our own changes show at once.", "metadata"),
+           "attributes for what is left of it). Changes made by other S3 clients show up after "
+           "at most this long; our own changes show at once.", "metadata"),
     Option("negative_ttl", parse_seconds, 5.0, "Seconds a 'no such file' answer is cached.",
            "metadata"),
     Option("stat_concurrency", parse_positive_int, 32, "Parallel HEAD requests that fill in "

@@ -31,24 +31,22 @@ class ByteBudget:
         """Take ``n`` bytes if they are free now and nobody is waiting."""
         if self._waiters or not self._fits(n):
             return False
-        self._take(n)
+        self.take(n)
         return True
 
-    def _take(self, n: int) -> None:
+    def take(self, n: int) -> None:
+        """Take ``n`` bytes now, over the limit if need be (``acquire``
+        checks the limit first; where waiting could wait for ever, callers
+        take them outright); ``release`` them as usual."""
         self.used += n
         self.peak = max(self.peak, self.used)
-
-    def take(self, n: int) -> None:
-        """Take ``n`` bytes now, over the limit if need be (where waiting
-        could wait for ever); ``release`` them as usual."""
-        self._take(n)
 
     async def acquire(self, n: int) -> None:
         if n <= 0:
             await trio.lowlevel.checkpoint()
             return
         if not self._waiters and self._fits(n):
-            self._take(n)
+            self.take(n)
             await trio.lowlevel.checkpoint()
             return
         ev = trio.Event()
@@ -70,5 +68,5 @@ class ByteBudget:
         assert self.used >= 0, "released more than acquired"
         while self._waiters and self._fits(self._waiters[0][0]):
             n, ev = self._waiters.popleft()
-            self._take(n)
+            self.take(n)
             ev.set()

@@ -745,12 +745,16 @@ class S3Store:
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         first_error: StoreError | None = None
-        for key in (k for k in keys if _NOT_XML.search(k)):
+        plain: list[str] = []
+        for key in keys:
+            if not _NOT_XML.search(key):
+                plain.append(key)
+                continue
             try:
                 await self.delete(key)
             except StoreError as e:
                 first_error = first_error or e
-        keys = [k for k in keys if not _NOT_XML.search(k)]
+        keys = plain
         for i in range(0, len(keys), MAX_DELETE_BATCH):
             batch = keys[i:i + MAX_DELETE_BATCH]
             r = await self._call("DeleteObjects", batch[0], functools.partial(
