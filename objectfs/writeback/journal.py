@@ -216,6 +216,26 @@ def data_md5(path: str, size: int) -> tuple[int, str]:
     return got, md5.hexdigest()
 
 
+def data_multipart_etag(path: str, parts: list[tuple[int, int, int]]) -> str:
+    """The bare ETag S3 gives a multipart upload of ``path`` cut into
+    ``parts`` ((number, start, end), as parts.layout gives them): the MD5 of
+    the parts' MD5s, then ``-`` and their count."""
+    digests = bytearray()
+    with open(path, "rb") as f:
+        for _, start, end in parts:
+            md5 = hashlib.md5()
+            f.seek(start)
+            left = end - start
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise OSError(errno.EIO, "staged file is shorter than its manifest", path)
+                md5.update(chunk)
+                left -= len(chunk)
+            digests += md5.digest()
+    return f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)

@@ -19,7 +19,8 @@ Upload of one entry (its ``lock`` held, so rename and unlink wait for it):
    object the file was opened from; None for a file created new):
    unchanged (or deleted in S3 meanwhile) -> upload to the key; changed ->
    a conflict, unless the object already holds exactly our bytes (its ETag
-   is our MD5: we uploaded it before a crash removed the entry).
+   is our MD5, or our parts' for a multipart upload: we uploaded it before
+   a crash removed the entry).
 2. The PUT is conditional where the server supports it (If-Match on the
    ETag the HEAD saw, If-None-Match: * when the key was absent), so a
    change between the HEAD and the PUT is a conflict as well.  Large files
@@ -45,11 +46,12 @@ from typing import Callable
 import trio
 
 from ..data.context import DataContext, ObjectHeaders
+from ..data.parts import layout
 from ..data.upload import put_conditional, upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..store.base import ObjectInfo
 from ..tasks import first_error
-from .journal import SPARE_BATCH, Entry, Journal, Manifest
+from .journal import SPARE_BATCH, Entry, Journal, Manifest, data_multipart_etag
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +402,7 @@ class WriteBack:
         log.debug("write-back: uploading %s to %r (base %s, S3 has %s)", p.entry.id, m.key,
                   m.base_etag, remote.etag if remote else None)
         if remote is not None and remote.etag != m.base_etag:
-            if _bare(remote.etag) == m.md5:
+            if await self._holds_ours(remote, p.entry):
                 log.info("write-back: %r already holds the staged bytes", m.key)
                 return remote, False
             return await self._conflict(p, remote), True
@@ -409,6 +411,24 @@ class WriteBack:
         except PreconditionFailed:
             remote = await store.head(m.key)
             return await self._conflict(p, remote), True
+
+    async def _holds_ours(self, remote: ObjectInfo, entry: Entry) -> bool:
+        """Whether ``remote`` is exactly the staged bytes, uploaded by us before
+        a crash kept the entry from being removed: its ETag is their MD5, or,
+        for a file ``_put`` sends as a multipart upload, the MD5 of its parts'
+        MD5s (the layout follows from the size and part_size alone)."""
+        m = entry.manifest
+        etag = _bare(remote.etag)
+        if not etag or remote.size != m.size:
+            return False
+        if etag == m.md5:
+            return True
+        if m.size <= self.ctx.single_put_max:
+            return False
+        parts = layout(m.size, self.ctx.part_size)
+        if not etag.endswith(f"-{len(parts)}"):
+            return False
+        return etag == await self._io(data_multipart_etag, entry.data_path, parts)
 
     async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
         m = p.manifest

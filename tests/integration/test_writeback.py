@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from objectfs.data.parts import layout
 from tests.support.faultproxy import FaultProxy
 from tests.support.mounts import is_mounted
 from tests.support.wait import wait_for as support_wait_for
@@ -288,6 +289,34 @@ def test_kill9_during_writeback_then_remount_uploads_everything(mount, workdir, 
             assert lines == 12
         recovered += lines
     print(f"{rounds} rounds, {recovered} files recovered after kill -9")
+
+
+def test_a_large_file_uploaded_just_before_a_kill_is_not_a_conflict(mount, workdir, s3_client,
+                                                                    bucket):
+    """A kill -9 between a multipart upload's completion and the removal of
+    its journal entry: the next mount finds S3 holding the staged bytes (the
+    ETag of the same parts) and neither uploads them again nor makes a
+    conflict copy."""
+    data = random.Random(5).randbytes(11 << 20)
+    m = mount(bucket, options=wb_options(workdir, STAY, "part_size=5M"))
+    with m.watchdog(60):
+        with open(os.path.join(m.mountpoint, "big.bin"), "wb") as f:
+            f.write(data)
+        kill9(m)
+    # what the killed mount's upload had done: the same parts, completed
+    up = s3_client.create_multipart_upload(Bucket=bucket, Key="big.bin")
+    done = [{"PartNumber": n, "ETag": s3_client.upload_part(
+        Bucket=bucket, Key="big.bin", UploadId=up["UploadId"], PartNumber=n,
+        Body=data[start:end])["ETag"]} for n, start, end in layout(len(data), 5 << 20)]
+    s3_client.complete_multipart_upload(Bucket=bucket, Key="big.bin", UploadId=up["UploadId"],
+                                        MultipartUpload={"Parts": done})
+    m2 = mount(bucket, options=wb_options(workdir, "writeback=0", "part_size=5M"))
+    with m2.watchdog(120):
+        wait_for(lambda: journal_entries(workdir) == [], what="journal to empty")
+        assert m2.unmount() == 0
+    assert keys(s3_client, bucket) == ["big.bin"]
+    assert body(s3_client, bucket, "big.bin") == data
+    assert "'big.bin' already holds the staged bytes" in m2.log()
 
 
 def test_a_mount_without_writeback_warns_of_staged_files_and_leaves_them(

@@ -222,16 +222,34 @@ def test_uploader_conflict_rules():
     assert [store.objects[k].data for k in conflicts] == [b"3", b"2"]
 
 
-def test_uploader_recognises_its_own_upload_after_a_crash():
-    """An entry uploaded just before a crash (not yet removed) is not a conflict."""
+@pytest.mark.parametrize("size", [4, 17 << 20], ids=["one-put", "multipart"])
+def test_uploader_recognises_its_own_upload_after_a_crash(size):
+    """An entry uploaded just before a crash (not yet removed) is not a
+    conflict, whether it went up in one PutObject (ETag: the MD5) or in
+    parts (ETag: the MD5 of the parts' MD5s); other bytes of the same size
+    are one."""
+    ours = os.urandom(size)
+    theirs = bytes(size)
     store = MemoryStore()
     store.put_sync("k", b"old")
     old = store.objects["k"].etag
-    store.put_sync("k", b"ours")     # the upload that happened before the crash
     with tempfile.TemporaryDirectory() as root:
-        done = trio.run(run_writeback, store, root, [manifest("k", base=old)], [b"ours"])
-    assert done == [("k", False)]
-    assert [k for k in store.objects] == ["k"]
+        # the upload that happened before the crash, by the same uploader
+        assert trio.run(run_writeback, store, root, [manifest("k", base=old)], [ours]) \
+            == [("k", False)]
+        assert ("-" in store.objects["k"].etag) == (size > 8 << 20)
+        # the entry the crash left behind is uploaded again
+        done = trio.run(run_writeback, store, root, [manifest("k", base=old)], [ours])
+        assert done == [("k", False)]
+        assert [k for k in store.objects] == ["k"]
+        assert store.objects["k"].data == ours
+        store.put_sync("k", theirs)
+        done = trio.run(run_writeback, store, root, [manifest("k", base=old)], [ours])
+    [(copy, conflict)] = done
+    assert conflict
+    assert copy.startswith("k" + CONFLICT_INFIX)
+    assert store.objects["k"].data == theirs
+    assert store.objects[copy].data == ours
 
 
 def test_a_recovered_entry_is_never_silently_replaced():
