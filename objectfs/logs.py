@@ -90,6 +90,20 @@ class Redactor(logging.Filter):
         return True
 
 
+class RequestGone(logging.Filter):
+    """pyfuse3 logs an ERROR when a reply finds no request to answer
+    (``fuse_reply_*`` failing with ENOENT): the kernel no longer waits for
+    it, as when the caller was interrupted or went away.  Nothing failed in
+    the daemon and no caller missed an answer, so it is a DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and \
+                "fuse_reply_* failed with No such file or directory" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 # Loggers that print request details (and so signatures) below INFO.
 CHATTY = ("botocore", "boto3", "urllib3", "s3transfer")
 SYSLOG_SOCKET = "/dev/log"
@@ -125,3 +139,6 @@ def setup(cfg, daemon: bool) -> None:
     root.addHandler(handler)
     for name in CHATTY:
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    fuse_log = logging.getLogger("pyfuse3")
+    if not any(isinstance(f, RequestGone) for f in fuse_log.filters):
+        fuse_log.addFilter(RequestGone())

@@ -344,6 +344,33 @@ def test_daemon_logs_to_syslog_with_its_name_and_the_daemon_facility(tmp_path, m
     assert logs.no_log_warning(build("b", "", "/m")) is None  # the socket exists now
 
 
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_reply_to_a_request_the_kernel_dropped_is_no_error(tmp_path, level):
+    """pyfuse3's ERROR for a reply that found its request gone (ENOENT) is
+    logged at DEBUG (so not at all at INFO); its other reply errors stay."""
+    log_file = tmp_path / "log"
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        logs.setup(build("b", "", "/m", o_options=[f"log_level={level}", f"log_file={log_file}"]),
+                   daemon=True)
+        fuse_log = logging.getLogger("pyfuse3")
+        fuse_log.error("fuse_release(): fuse_reply_* failed with %s", "No such file or directory")
+        fuse_log.error("fuse_read(): fuse_reply_* failed with %s", "Invalid argument")
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(saved[0])
+        for h in saved[1]:
+            root.addHandler(h)
+    lines = log_file.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == (
+        ["DEBUG pyfuse3: fuse_release(): fuse_reply_* failed with No such file or directory"]
+        if level == "debug" else []) + [
+        "ERROR pyfuse3: fuse_read(): fuse_reply_* failed with Invalid argument"]
+
+
 def test_no_syslog_is_said_to_the_user(monkeypatch, tmp_path):
     monkeypatch.setattr(logs, "SYSLOG_SOCKET", str(tmp_path / "missing"))
     assert "log_file" in logs.no_log_warning(build("b", "", "/m"))
