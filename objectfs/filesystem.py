@@ -436,7 +436,12 @@ class Filesystem:
             return p, fds[0]
 
         async with self._wb_lock(node):
+            gen = data.meta_gen
             await data.export(sink)
+        if data.meta_gen != gen and not data.dirty:
+            # attributes set while it was being staged, after its manifest
+            # was written: the staged entry takes them now
+            await self._persist_meta(node)
 
     def _show_recovered(self, p: Pending) -> None:
         """Show a file staged by an earlier mount (recovered from the journal)
@@ -687,20 +692,27 @@ class Filesystem:
     async def _truncate(self, node: Inode, size: int) -> None:
         if size > MAX_OBJECT_SIZE:
             raise FileTooBig("S3 objects are at most 5 TiB")
-        temporary = node.data is None
         data = self._file_data(node)
+        # held as an open would hold it: a last close() meanwhile leaves it
+        # here, and the upload below is ours to make
+        node.open_count += 1
         try:
             await self.ns.ensure_metadata(node)
             await data.truncate(size)
-            now = time.time_ns()
-            node.attr.size = size
-            node.attr.mtime_ns = node.attr.ctime_ns = now
-            self.ns.touch(node)
-            if temporary or node.open_count == 0:
-                # truncate(2) on a file nobody has open: persist now
+        except BaseException:
+            node.open_count -= 1
+            await self._release_data(node)
+            raise
+        node.open_count -= 1
+        now = time.time_ns()
+        node.attr.size = size
+        node.attr.mtime_ns = node.attr.ctime_ns = now
+        self.ns.touch(node)
+        if node.open_count == 0:
+            # truncate(2) on a file nobody has open: persist now
+            try:
                 await self._upload(node)
-        finally:
-            if temporary:
+            finally:
                 await self._release_data(node)
 
     async def _persist_meta(self, node: Inode) -> None:
@@ -708,10 +720,7 @@ class Filesystem:
         self.ns.touch(node)
         data = node.data
         if data is not None and data.dirty:
-            # the pending upload carries them, unless a multipart upload has
-            # already been started with the old ones
-            if data.stream is not None and data.stream.started:
-                data.meta_changed = True
+            data.attrs_changed()  # the pending (or running) upload stores them
             return
         async with self._staged(node) as p:
             if p is not None:

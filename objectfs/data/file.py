@@ -87,6 +87,7 @@ class FileData:
         self.detached = False              # unlinked: never upload
         self.version = 0                   # bumped by every local change
         self.meta_changed = False          # metadata set after a stream started
+        self.meta_gen = 0                  # bumped by attrs_changed()
         # write-back: the ETag S3 must still hold when our version is uploaded
         # (the object this file was opened from; None for a new file)
         self.origin_etag = origin_etag
@@ -210,6 +211,15 @@ class FileData:
                 return False
             return True
 
+    def attrs_changed(self) -> None:
+        """The file's attributes changed while it has changes to upload: the
+        upload carries them, or, if it has already taken its headers (a
+        multipart upload under way, or any upload in flight), stores them
+        after it."""
+        self.meta_gen += 1
+        if self.stream is not None and self.stream.started:
+            self.meta_changed = True
+
     async def _to_staging(self) -> None:
         """Move from streaming (or nothing) to a staging file.  A staging
         file that cannot be made or written (disk full, no file descriptors)
@@ -228,6 +238,7 @@ class FileData:
                 self.base_etag, self.base_size = None, 0
             else:
                 self.stream = None
+                gen = self.meta_gen
                 try:
                     info = await stream.finish()
                 except FsError as e:
@@ -235,7 +246,10 @@ class FileData:
                     self._fail_stream(e)
                     raise
                 self.base_etag, self.base_size = info.etag, stream.size
-                self.dirty = self.meta_changed
+                # attributes set after its headers were taken: the next
+                # upload (from staging, with the headers of then) stores them
+                self.dirty = self.meta_changed or self.meta_gen != gen
+                self.meta_changed = False
                 self.published_fn(info)
             self.staging = staging
         elif self.staging is None:
@@ -358,6 +372,7 @@ class FileData:
             if not self.dirty or self.detached:
                 return None
             key = self.key_fn()
+            gen = self.meta_gen
             if self.stream is not None and not self.stream.started:
                 # small file, all in memory: one PutObject
                 stream = self.stream
@@ -382,12 +397,6 @@ class FileData:
                 if stream.key != key:
                     # renamed while streaming: the upload went to the old key
                     info = await self._move(stream.key, key, info)
-                if self.meta_changed:
-                    h = self.headers_fn()
-                    info = await self.ctx.store.copy(key, key, size=stream.size,
-                                                     metadata=h.metadata,
-                                                     content_type=h.content_type,
-                                                     headers=h.headers)
             elif self.staging is not None:
                 base_key = key if (self.base_etag is not None and self.base_size
                                    and self.local_base_fd is None) else None
@@ -410,6 +419,12 @@ class FileData:
                                                     headers=h.headers)
                 except FsError as e:
                     raise upload_error(e, f"upload of {key!r}") from e
+            if self.meta_changed or self.meta_gen != gen:
+                # attributes set after the upload took its headers (a chmod
+                # while a close uploads, or once a multipart upload began)
+                h = self.headers_fn()
+                info = await self.ctx.store.copy(key, key, size=self.size, metadata=h.metadata,
+                                                 content_type=h.content_type, headers=h.headers)
             self.base_etag, self.base_size = info.etag, self.size
             self.dirty = False
             self.meta_changed = False

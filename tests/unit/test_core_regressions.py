@@ -1089,3 +1089,109 @@ def test_a_listing_of_more_small_bodies_than_are_kept_sends_heads(tmp_path, monk
         assert {store.asked[f"many/{c}{i:03d}"] for c in "fg" for i in range(100)} == {0}
 
     run_fs(tmp_path, body, store=store)
+
+
+# -- attribute and size changes that race with an upload -----------------------------------
+
+class Gated(MemoryStore):
+    """Once ``armed``, calls of the methods named in ``gated`` wait for
+    ``gate``; ``waiting`` is set when the first one does."""
+
+    def __init__(self, *gated: str):
+        super().__init__()
+        self.gated = set(gated)
+        self.armed = False
+        self.gate = trio.Event()
+        self.waiting = trio.Event()
+
+    async def _hold(self, op: str) -> None:
+        if self.armed and op in self.gated and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+
+    async def head(self, key, **kw):
+        await self._hold("head")
+        return await super().head(key, **kw)
+
+    async def get(self, key, start=0, end=None, **kw):
+        await self._hold("get")
+        return await super().get(key, start, end, **kw)
+
+    async def put(self, key, body, **kw):
+        await self._hold("put")
+        return await super().put(key, body, **kw)
+
+    async def complete_multipart(self, key, upload_id, parts):
+        await self._hold("complete_multipart")
+        return await super().complete_multipart(key, upload_id, parts)
+
+
+@pytest.mark.parametrize("how", ["one-put", "staged", "multipart", "writeback"])
+def test_attributes_set_while_a_close_uploads_are_stored(tmp_path, how):
+    """A chmod and a utime that return while the last close() is uploading
+    (after the upload took its headers) reach S3, or the staged entry."""
+    from objectfs.metadata import parse_attrs
+
+    store = Gated("put", "complete_multipart")
+    size = 6 * MiB if how == "multipart" else MiB
+    data = os.urandom(size)
+    mtime = 1_000_000_000 * 10**9
+
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", F, RW, CALLER)
+        if how == "staged":  # out of order: staged on disk
+            await fs.write(h.fh, 100, data[100:])
+            await fs.write(h.fh, 0, data[:100])
+        else:
+            await fs.write(h.fh, 0, data)
+        if how == "writeback":
+            stage = fs.wb.stage
+
+            async def gated_stage(*args):
+                store.waiting.set()
+                await store.gate.wait()
+                return await stage(*args)
+            fs.wb.stage = gated_stage
+        store.armed = True
+
+        async def close():
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(close)
+                await store.waiting.wait()
+                await fs.setattr(node.ino, SetAttr(mode=0o600, mtime_ns=mtime))
+                store.gate.set()
+        if how == "writeback":
+            m = node.pending.manifest
+            assert (m.mode, m.mtime_ns) == (stat.S_IFREG | 0o600, mtime)
+            await fs.wb.sync(node.pending)
+
+    run_fs(tmp_path, body, *(["writeback=600"] if how == "writeback" else []), store=store)
+    assert store.objects["f"].data == data
+    a = parse_attrs(store.objects["f"].metadata)
+    assert (a.mode, a.mtime_ns) == (stat.S_IFREG | 0o600, mtime)
+
+
+def test_a_truncate_that_a_last_close_overtakes_still_reaches_s3(tmp_path):
+    """truncate(2) of a file whose last (read-only) descriptor closes while
+    the truncate waits on S3: it returns 0, so S3 must get the new size."""
+    store = Gated("head", "get")
+    store.put_sync("f", os.urandom(100_000), {"mode": str(F)})
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDONLY)
+        store.armed = True
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.setattr, node.ino, SetAttr(size=5000))
+                await store.waiting.wait()
+                await fs.release(h.fh)
+                store.gate.set()
+        assert (await fs.getattr(node.ino)).attr.size == 5000
+
+    run_fs(tmp_path, body, "trust_listing", store=store)
+    assert len(store.objects["f"].data) == 5000
