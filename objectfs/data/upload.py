@@ -286,23 +286,35 @@ async def _multipart(ctx: DataContext, key: str, size: int, headers: ObjectHeade
     parts: list[Part] = []
     copied = 0
     try:
+        async def send(number: int, start: int, end: int) -> None:
+            body = await read(start, end)
+            parts.append(await ctx.store.upload_part(key, upload_id, number, body))
+
         async def one(number: int, start: int, end: int) -> None:
             nonlocal copied
+            n = end - start
             async with ctx.upload_slots:
-                can_copy = (base_key is not None and end <= base_size
-                            and not touched(start, end)
-                            and (end - start >= MIN_PART_SIZE or end == size))
-                if can_copy:
+                if base_key is not None and end <= base_size and not touched(start, end) \
+                        and (n >= MIN_PART_SIZE or end == size):
                     parts.append(await ctx.store.upload_part_copy(
                         key, upload_id, number, base_key, start, end, src_etag=base_etag))
-                    copied += end - start
+                    copied += n
                     return
-                await ctx.acquire_for_upload(end - start)
-                try:
-                    body = await read(start, end)
-                    parts.append(await ctx.store.upload_part(key, upload_id, number, body))
-                finally:
-                    ctx.write_budget.release(end - start)
+                if ctx.write_budget.try_acquire(n):
+                    try:
+                        await send(number, start, end)
+                    finally:
+                        ctx.write_budget.release(n)
+                    return
+            # The budget is spent: wait for it holding no upload slot, since
+            # making room may take one (an idle stream moved to disk sends
+            # its last part to complete its multipart upload).
+            await ctx.acquire_for_upload(n)
+            try:
+                async with ctx.upload_slots:
+                    await send(number, start, end)
+            finally:
+                ctx.write_budget.release(n)
 
         async with open_nursery() as nursery:
             for number, start, end in spans:

@@ -894,6 +894,36 @@ def test_closing_a_staged_file_while_idle_streams_hold_the_budget(tmp_path, full
     assert [store.objects[f"s{i}"].data for i in range(2)] == datas
 
 
+def test_closing_a_staged_file_while_an_idle_multipart_stream_holds_the_budget(tmp_path):
+    """The idle stream has sent a part and holds the rest of the budget; the
+    staged file's parts take every upload slot waiting for budget.  Moving
+    the stream to disk completes its multipart upload, which needs a slot:
+    the parts wait for budget holding none, so the close does not hang."""
+    store = CountingStore()
+    streamed = blob(PART + 4 * MiB, 1)
+    staged = blob(4 * PART, 2)
+
+    async def body(ctx):
+        s = FileData(ctx, lambda: "streamed", lambda: HEADERS, base_etag=None, base_size=0)
+        await s.write(0, streamed[:PART])
+        while ctx.write_budget.used:  # the stream's first part is sent
+            await trio.sleep(0.01)
+        await s.write(PART, streamed[PART:])
+        assert s.stream is not None and s.stream.started
+        f = FileData(ctx, lambda: "staged", lambda: HEADERS, base_etag=None, base_size=0)
+        await f.write(1, staged[1:])  # not from offset 0: staged
+        await f.write(0, staged[:1])
+        with trio.fail_after(20):
+            await f.flush()
+        await f.close()
+        await s.flush()
+        await s.close()
+
+    run_data(body, store, tmp_path, write_buffer_memory=PART + 2 * MiB, upload_concurrency=4)
+    assert store.objects["staged"].data == staged
+    assert store.objects["streamed"].data == streamed
+
+
 @pytest.mark.parametrize("after", ["close", "space-freed-then-write"])
 def test_a_stream_that_cannot_move_to_a_full_staging_disk_keeps_its_bytes(
         tmp_path, full_disk, after):
