@@ -1077,8 +1077,6 @@ class Filesystem:
             await self._settle(node)
         old_prefix = self.table.key(src)
         new_prefix = self.table.key(new_parent) + new_name + "/"
-        if dst is not None:
-            await self._delete_dir_objects(dst)
         objects: list[ObjectInfo] = []
         token = None
         while True:
@@ -1087,6 +1085,13 @@ class Filesystem:
             token = page.next_token
             if not token:
                 break
+        # every key under it, in S3 or not uploaded yet, must fit at its new
+        # place: refused before anything is copied or replaced
+        longest = max([o.key for o in objects] + [self.table.key(n) for n in self.table.walk(src)],
+                      key=lambda k: len(k.encode("utf-8")))
+        keys.check_key(new_prefix + longest[len(old_prefix):])
+        if dst is not None:
+            await self._delete_dir_objects(dst)
         new_etags: dict[str, str | None] = {}
         limiter = trio.CapacityLimiter(RENAME_CONCURRENCY)
 

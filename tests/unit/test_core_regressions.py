@@ -1195,3 +1195,37 @@ def test_a_truncate_that_a_last_close_overtakes_still_reaches_s3(tmp_path):
 
     run_fs(tmp_path, body, "trust_listing", store=store)
     assert len(store.objects["f"].data) == 5000
+
+
+@pytest.mark.parametrize("where", ["in-s3", "not-uploaded"])
+def test_a_directory_rename_that_would_make_a_key_too_long_changes_nothing(tmp_path, where):
+    """S3 refuses keys over 1,024 bytes: a directory rename that would give
+    one of the keys under it (stored, or of a file not uploaded yet) more
+    fails with ENAMETOOLONG before anything is copied, and the (empty)
+    target directory it would have replaced stays."""
+    deep = ["b" * 250, "c" * 250, "d" * 250]
+    leaf = "e" * 200
+    key = "/".join(["a", *deep, leaf])       # 955 bytes
+    store = MemoryStore()
+    store.put_sync(key, b"x", {"mode": str(F)})
+    store.put_sync("z" * 100 + "/", b"", {"mode": str(stat.S_IFDIR | 0o750)})  # empty
+
+    async def body(fs, store):
+        if where == "not-uploaded":
+            d = await fs.lookup(1, b"a")
+            for name in deep:
+                d = await fs.lookup(d.ino, name.encode())
+            h, _ = await fs.create(d.ino, b"f" * 200, F, RW, CALLER)
+            await fs.write(h.fh, 0, b"open")
+        with pytest.raises(FsError) as e:
+            await fs.rename(1, b"a", 1, b"z" * 100, 0)
+        assert e.value.errno == errno.ENAMETOOLONG
+        await fs.rename(1, b"a", 1, b"z" * 50, 0)  # 1,004 bytes: fits
+        if where == "not-uploaded":
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
+    assert store.objects["z" * 100 + "/"].metadata["mode"] == str(stat.S_IFDIR | 0o750)
+    assert store.objects["z" * 50 + key[1:]].data == b"x"
+    assert not [k for k in store.objects if k.startswith("a/")]
