@@ -414,7 +414,9 @@ class Lifecycle:
             with trio.CancelScope() as scope:
                 task_status.started(scope)
                 await trio.sleep(self.cfg.shutdown_timeout)
-                self.hard_stop(f"shutdown_timeout ({self.cfg.shutdown_timeout:g} s)")
+                if self.fs.pending_uploads():
+                    self.hard_stop(f"shutdown_timeout ({self.cfg.shutdown_timeout:g} s)")
+                # else nothing is left to upload or lose: the flush ends by itself
 
         watchdog = await nursery.start(deadline)
         try:

@@ -458,6 +458,23 @@ def test_sigint_uploads_every_open_file_with_a_log_line_each(s3, bucket, s3_clie
     no_traceback(workdir / "daemon.log")
 
 
+def test_shutdown_timeout_0_with_nothing_to_upload_exits_0(s3, bucket, s3_client, workdir,
+                                                          mountpoint):
+    """shutdown_timeout=0 stops at once what is left to upload, but with
+    everything in S3 there is nothing to stop: the exit is clean (0)."""
+    with mount8_cleanup(mountpoint):
+        proc = start_foreground(s3, bucket, mountpoint, workdir, "shutdown_timeout=0")
+        try:
+            (mountpoint / "done").write_bytes(b"in S3 at close")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0
+            assert not is_mounted(str(mountpoint))
+        finally:
+            reap(proc)
+    assert s3_client.get_object(Bucket=bucket, Key="done")["Body"].read() == b"in S3 at close"
+    assert "stopped by" not in log_of(workdir / "daemon.log")
+
+
 def test_upload_refused_at_shutdown_is_logged_and_exit_code_1(auth_s3, workdir, mountpoint):
     bucket = auth_s3.new_bucket()
     with mount8_cleanup(mountpoint):
