@@ -49,7 +49,6 @@ exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
 # answers.  The bucket check itself is bounded to well under this.
 READY_TIMEOUT = 60.0
 # The daemon answers a stats request from memory, at once.
-STATS_TIMEOUT = 10.0
 # How long opening an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 5.0
 
@@ -360,7 +359,18 @@ def cmd_umount(args) -> int:
     pid = state.get("pid") if state else None
     if pid and _alive(int(pid)):
         _wait_exit(int(pid), args.timeout, args.mountpoint)
-    elif state is not None:  # the daemon was killed: its state file is stale
+        last = read_state(mp)   # the daemon leaves one only to say what it lost
+        if last is None or last.get("pid") != pid or "not_uploaded" not in last:
+            return 0
+        lost = last["not_uploaded"]
+        shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        try:
+            os.unlink(state_path(mp))
+        except OSError:
+            pass
+        raise UserError(f"{len(lost)} file(s) could not be uploaded before the daemon exited "
+                        f"and are lost: {shown} (the daemon's log says why)")
+    if state is not None:  # the daemon was killed: its state file is stale
         try:
             os.unlink(state_path(mp))
         except OSError:
@@ -374,9 +384,10 @@ def _drain_writeback(mp: str, timeout: float) -> None:
     from . import control
 
     try:
+        control.request(mp, {"op": "ping"}, timeout=control.QUICK)
         reply = control.request(mp, {"op": "drain"}, timeout=timeout)
     except UserError:
-        return  # no control socket: the daemon drains on unmount as well
+        return  # no answer: the daemon drains on unmount as well, if it can
     left = reply.get("left") or []
     if left:
         print(f"objectfs: {len(left)} staged file(s) not yet in S3 stay in "
@@ -388,7 +399,8 @@ def cmd_refresh(args) -> int:
     from . import control
 
     entry, rel = control.mount_of(args.path)
-    reply = control.request(entry.mountpoint, {"op": "refresh", "path": rel})
+    reply = control.request(entry.mountpoint, {"op": "refresh", "path": rel},
+                            timeout=control.QUICK)
     print(f"objectfs: refreshed {reply['dropped']} cached entries under {args.path}")
     return 0
 
@@ -401,7 +413,7 @@ def cmd_stats(args) -> int:
     entry = procmounts.find(args.mountpoint)
     if entry is None or entry.fstype != "fuse.objectfs":
         entry, _ = control.mount_of(args.mountpoint)
-    reply = control.request(entry.mountpoint, {"op": "stats"}, timeout=STATS_TIMEOUT)
+    reply = control.request(entry.mountpoint, {"op": "stats"}, timeout=control.QUICK)
     if args.json:
         reply.pop("ok", None)
         print(json.dumps(reply, indent=1, sort_keys=True))

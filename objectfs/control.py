@@ -119,7 +119,7 @@ class ControlServer:
 
 def mount_of(path: str) -> tuple[procmounts.MountEntry, str]:
     """The ObjectFS mount holding ``path`` and the path relative to its root."""
-    real = os.path.realpath(path)
+    real = procmounts.canonical(path)  # never a stat() of the mount: it may hang
     best = None
     for e in procmounts.entries():
         if e.fstype != "fuse.objectfs":
@@ -132,6 +132,12 @@ def mount_of(path: str) -> tuple[procmounts.MountEntry, str]:
         raise UserError(f"{path} is not on an ObjectFS mount")
     rel = os.path.relpath(real, best.mountpoint)
     return best, "" if rel == "." else rel
+
+
+# How long a request that makes the daemon do little (stats, refresh, the
+# cache's bookkeeping) waits for its answer: a hung daemon is reported, not
+# waited for.
+QUICK = 10.0
 
 
 def request(mountpoint: str, req: dict[str, Any], timeout: float = 600) -> dict:

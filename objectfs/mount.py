@@ -379,6 +379,22 @@ class Lifecycle:
         except OSError:
             pass
 
+    def _final_state(self, lost: list[str]) -> None:
+        """At exit: no state file if everything reached S3; else one naming
+        what did not, which ``objectfs umount`` (waiting for this process
+        to end) reports before it exits 1."""
+        if not lost:
+            self._clear_state()
+            return
+        try:
+            tmp = state_path(self.cfg.mountpoint) + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,
+                           "not_uploaded": sorted(lost)}, f)
+            os.replace(tmp, state_path(self.cfg.mountpoint))
+        except OSError as e:
+            log.warning("could not write mount state: %s", e)
+
     async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for signum in sigs:
@@ -436,7 +452,7 @@ class Lifecycle:
             log.error("not uploaded, stopped by %s: %s", reason, path)
         log.warning("stopped by %s without finishing uploads", reason)
         self._notify_stopping()
-        self._clear_state()
+        self._final_state(self.fs.pending_uploads())
         unmount(self.cfg.mountpoint, lazy=True)
         logging.shutdown()
         os._exit(1)
@@ -582,7 +598,7 @@ def run(cfg: Config, ready_fd: int | None = None, daemon: bool = False,
         code = 1
     finally:
         notifier.stop()
-        life._clear_state()
+        life._final_state(sorted(life.failed) or (fs.pending_uploads() if code else []))
         # Closing /dev/fuse aborts the connection if the kernel still has it
         # (loop stopped by a signal or a crash); only then is it safe to
         # detach the mount, since nothing would answer a stat of it.

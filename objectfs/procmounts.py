@@ -6,8 +6,11 @@ path is mounted is decided from /proc/self/mountinfo alone.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,38 @@ def entries() -> list[MountEntry]:
     return out
 
 
+MAX_SYMLINKS = 40
+
+
 def canonical(path: str) -> str:
-    """``path`` made absolute with its parent's symlinks resolved, without
-    looking at ``path`` itself: a stat() of a mountpoint is answered by its
-    daemon, which may be hung, dead, or the very process asking."""
-    path = os.path.abspath(path)
-    parent, name = os.path.split(path)
-    return os.path.join(os.path.realpath(parent), name) if name else path
+    """``path`` made absolute with its symlinks resolved, without a stat()
+    of anything on a FUSE mount or of a mountpoint: such a stat is answered
+    by the mount's daemon, which may be hung, dead, or the very process
+    asking.  From a FUSE mountpoint on, names are taken as they are."""
+    fuse = {e.mountpoint for e in entries() if e.fstype.startswith("fuse")}
+    todo = [n for n in os.path.abspath(path).split("/") if n]
+    todo.reverse()
+    out, inside, links = "/", False, 0
+    while todo:
+        name = todo.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            out = os.path.dirname(out)
+            continue
+        candidate = os.path.join(out, name)
+        if inside or candidate in fuse or not os.path.islink(candidate):
+            inside = inside or candidate in fuse
+            out = candidate
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise UserError(f"{path}: {os.strerror(errno.ELOOP)}")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            out = "/"
+        todo.extend(reversed([n for n in target.split("/") if n]))
+    return out
 
 
 def find(mountpoint: str) -> MountEntry | None:

@@ -127,7 +127,7 @@ def warm(paths: list[str]) -> int:
 
 def stats(mountpoint: str, as_json: bool) -> int:
     entry, _ = control.mount_of(mountpoint)
-    s = control.request(entry.mountpoint, {"op": "cache_stats"})
+    s = control.request(entry.mountpoint, {"op": "cache_stats"}, timeout=control.QUICK)
     s.pop("ok", None)
     if as_json:
         print(json.dumps(s, indent=1, sort_keys=True))

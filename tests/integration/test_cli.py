@@ -119,6 +119,73 @@ def test_umount_of_busy_mount_fails_cleanly(objectfs_cli, s3, bucket, mountpoint
     assert objectfs_cli("umount", str(mountpoint)).returncode == 0
 
 
+def test_umount_says_what_the_daemon_could_not_upload_and_exits_1(auth_s3, mountpoint):
+    """A file whose upload S3 refuses (close gave EACCES) is tried again at
+    unmount; when that fails too the daemon exits 1, and objectfs umount
+    says which file is lost instead of exiting 0."""
+    bucket = auth_s3.new_bucket()
+    auth_s3.client().put_object(Bucket=bucket, Key="readonly/", Body=b"")
+    env = auth_s3.env()
+    r = run_cli(mount_args(auth_s3, bucket, mountpoint), env=env)
+    assert r.returncode == 0, r.stderr
+    f = open(mountpoint / "readonly" / "locked.txt", "wb")
+    f.write(b"refused")
+    with pytest.raises(PermissionError):
+        f.close()
+    pid = daemon_pid(mountpoint)
+    r = run_cli(["umount", str(mountpoint)], env=env, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "objectfs: 1 file(s) could not be uploaded before the daemon exited and are lost: "
+        "/readonly/locked.txt (the daemon's log says why)"]
+    assert not is_mounted(str(mountpoint)) and not alive(pid)
+    assert read_state(str(mountpoint)) is None
+
+
+def test_commands_on_a_hung_mount_fail_in_one_line(objectfs_cli, s3, bucket, mountpoint):
+    """refresh, stats and cache stats never stat() the mount (its daemon
+    would have to answer) and wait for the daemon's answer a few seconds."""
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint, "-o", "metadata_ttl=1"))
+    assert r.returncode == 0, r.stderr
+    pid = daemon_pid(mountpoint)
+    time.sleep(1.5)  # the kernel's cached attributes of the root expire
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for cmd in (["refresh", str(mountpoint)], ["stats", str(mountpoint)],
+                    ["cache", "stats", str(mountpoint)]):
+            r, t = timed(lambda: objectfs_cli(*cmd, timeout=60))
+            assert r.returncode == 1, (cmd, r.stderr)
+            assert r.stderr.strip().splitlines() == [
+                f"objectfs: the ObjectFS daemon of {mountpoint} did not answer"], cmd
+            assert t < 30, cmd
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert objectfs_cli("umount", str(mountpoint)).returncode == 0
+
+
+def test_a_mountpoint_given_through_a_symlink(objectfs_cli, s3, bucket, mountpoint):
+    """The mount is on the symlink's target; every command finds it by
+    either name, and a second mount there is refused."""
+    link = mountpoint.parent / "link-to-mnt"
+    link.symlink_to(mountpoint.name)
+    r = objectfs_cli(*mount_args(s3, bucket, link))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert is_mounted(str(mountpoint))
+        assert objectfs_cli("stats", str(link)).returncode == 0
+        assert objectfs_cli("stats", str(mountpoint)).returncode == 0
+        r = objectfs_cli(*mount_args(s3, bucket, link))
+        assert r.returncode == 1 and "already" in r.stderr, r.stderr
+        r = objectfs_cli(*mount_args(s3, bucket, mountpoint))
+        assert r.returncode == 1 and "already" in r.stderr, r.stderr
+        assert sum(e.split()[1] == str(mountpoint) for e in open("/proc/mounts")) == 1
+        r = objectfs_cli("umount", str(link))
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(str(mountpoint))
+    finally:
+        force_unmount(str(mountpoint))
+
+
 def test_umount_of_something_not_mounted(objectfs_cli, mountpoint):
     r = objectfs_cli("umount", str(mountpoint))
     assert r.returncode == 1 and "not mounted" in r.stderr
