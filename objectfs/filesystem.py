@@ -138,6 +138,9 @@ class Filesystem:
         # files recovered from the journal whose ``remote`` (the object they
         # replace) comes from the manifest, which does not record its size
         self._size_unknown: weakref.WeakSet[Inode] = weakref.WeakSet()
+        # inode -> event: renames under way (a file, or a directory and all
+        # under it); uploads of what they move wait for them (_moving_tree)
+        self._moving: dict[int, trio.Event] = {}
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -369,6 +372,8 @@ class Filesystem:
     async def _upload(self, node: Inode) -> None:
         """Flush ``node``'s data to S3 (``_uploaded`` hears of the result), or
         with write-back to the journal."""
+        while (moving := self._move_under_way(node)) is not None:
+            await moving.wait()   # then upload to where the rename put it
         data = node.data
         if data is None:
             return
@@ -383,6 +388,38 @@ class Filesystem:
             if data.stale:   # its changes were dropped (FileData._give_up)
                 self._remote_wins(node)
             raise
+
+    def _move_under_way(self, node: Inode) -> trio.Event | None:
+        """The event of a rename moving ``node`` (or a directory above it)."""
+        n: Inode | None = node
+        while n is not None:
+            ev = self._moving.get(n.ino)
+            if ev is not None:
+                return ev
+            n = n.parent
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _moving_tree(self, src: Inode):
+        """Hold ``src`` and every file under it while a rename moves their
+        objects: uploads started meanwhile (a close in another process)
+        wait for the move and go to the new keys, those under way finish
+        first, and multipart uploads bound to the old keys are completed
+        (FileData.held_for_move).  Files are taken in inode order, so two
+        renames of nested trees cannot deadlock."""
+        done = trio.Event()
+        self._moving[src.ino] = done
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                held = sorted((n for n in self.table.walk(src) if n.data is not None),
+                              key=lambda n: n.ino)
+                for n in held:
+                    if n.data is not None:
+                        await stack.enter_async_context(n.data.held_for_move())
+                yield
+        finally:
+            del self._moving[src.ino]
+            done.set()
 
     # -- write-back -------------------------------------------------------------
 
@@ -1021,10 +1058,6 @@ class Filesystem:
 
     async def _rename_file_now(self, src: Inode, new_parent: Inode, new_name: str,
                                dst: Inode | None) -> None:
-        if src.data is not None:
-            # a multipart upload is bound to its key: finish it at the old
-            # name, then move the object like any other
-            await src.data.publish()
         old_key = self.table.key(src)
         new_key = self.table.key(new_parent) + new_name
         if dst is not None:
@@ -1040,6 +1073,11 @@ class Filesystem:
                 # src reaches S3 only at its first close, perhaps under yet
                 # another name: the object it replaces must go now
                 await self.store.delete(new_key)
+        async with self._moving_tree(src):
+            await self._move_file(src, new_parent, new_name, old_key, new_key)
+
+    async def _move_file(self, src: Inode, new_parent: Inode, new_name: str, old_key: str,
+                         new_key: str) -> None:
         src.attr.ctime_ns = time.time_ns()
         if not src.local and src.remote is not None and src in self._size_unknown:
             # recovered from the journal, which does not record the size of
@@ -1070,11 +1108,14 @@ class Filesystem:
     async def _rename_dir(self, src: Inode, new_parent: Inode, new_name: str,
                           dst: Inode | None) -> None:
         for node in list(self.table.walk(src)):
-            if node.data is not None:
-                await node.data.publish()  # see _rename_file
             # staged files go up first, then move with the rest (a directory
             # rename is a copy of every key under it anyway)
             await self._settle(node)
+        async with self._moving_tree(src):
+            await self._move_dir(src, new_parent, new_name, dst)
+
+    async def _move_dir(self, src: Inode, new_parent: Inode, new_name: str,
+                        dst: Inode | None) -> None:
         old_prefix = self.table.key(src)
         new_prefix = self.table.key(new_parent) + new_name + "/"
         objects: list[ObjectInfo] = []

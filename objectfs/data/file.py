@@ -35,6 +35,7 @@ of one file are applied in arrival order and never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -440,13 +441,17 @@ class FileData:
                           metadata=info.metadata, content_type=info.content_type,
                           headers=info.headers)
 
-    async def publish(self) -> None:
-        """Complete a multipart upload already under way (before a rename
-        moves the file: the upload is bound to the key it started at)."""
+    @contextlib.asynccontextmanager
+    async def held_for_move(self):
+        """Hold the file while a rename moves its object to another key: a
+        multipart upload already under way (bound to the key it started at)
+        is completed first, and no upload of it starts until the move is
+        done, so none lands at the old key once that was copied."""
         async with self.lock:
             self._check()
             if self.stream is not None and self.stream.started:
                 await self._to_staging()
+            yield
 
     async def materialize(self) -> None:
         """Bring every byte local, so the object in S3 may go away."""

@@ -1125,6 +1125,18 @@ class Gated(MemoryStore):
         await self._hold("complete_multipart")
         return await super().complete_multipart(key, upload_id, parts)
 
+    async def copy(self, src, dst, **kw):
+        await self._hold("copy")
+        return await super().copy(src, dst, **kw)
+
+    async def delete(self, key):
+        await self._hold("delete")
+        return await super().delete(key)
+
+    async def delete_many(self, keys):
+        await self._hold("delete")
+        return await super().delete_many(keys)
+
 
 @pytest.mark.parametrize("how", ["one-put", "staged", "multipart", "writeback"])
 def test_attributes_set_while_a_close_uploads_are_stored(tmp_path, how):
@@ -1229,3 +1241,45 @@ def test_a_directory_rename_that_would_make_a_key_too_long_changes_nothing(tmp_p
     assert store.objects["z" * 100 + "/"].metadata["mode"] == str(stat.S_IFDIR | 0o750)
     assert store.objects["z" * 50 + key[1:]].data == b"x"
     assert not [k for k in store.objects if k.startswith("a/")]
+
+
+@pytest.mark.parametrize("first", ["rename", "close"])
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_close_racing_a_rename_uploads_to_the_new_name(tmp_path, first, what):
+    """One process rewrites a file and closes it while another renames it
+    (or its directory): the close's upload goes to the new name, never to
+    the old key after the rename copied it (then deleted with it)."""
+    # the rename waits between its copy and its delete; or the close in its PUT
+    store = Gated("delete" if first == "rename" else "put")
+    store.put_sync("d/f", b"old content " * 1000, {"mode": str(F)})
+    new = b"new content"
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        node = await fs.lookup(d.ino, b"f")
+        h = await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
+        await fs.write(h.fh, 0, new)
+
+        async def close():
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+
+        async def rename():
+            if what == "file":
+                await fs.rename(d.ino, b"f", d.ino, b"g", 0)
+            else:
+                await fs.rename(1, b"d", 1, b"e", 0)
+
+        store.armed = True
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(rename if first == "rename" else close)
+                await store.waiting.wait()
+                n.start_soon(close if first == "rename" else rename)
+                await trio.testing.wait_all_tasks_blocked()
+                store.gate.set()
+
+    run_fs(tmp_path, body, store=store)
+    target = "d/g" if what == "file" else "e/f"
+    assert store.objects[target].data == new
+    assert sorted(store.objects) == [target]
