@@ -358,16 +358,15 @@ ALIASES = {"endpoint": "region", "url": "endpoint_url",
 # something to mount(8), systemd or the administrator and are dropped.
 KERNEL_FLAGS = {flag: group for group, flags in {
     "suid": ("suid", "nosuid"), "dev": ("dev", "nodev"), "exec": ("exec", "noexec"),
-    "sync": ("sync", "async"), "dirsync": ("dirsync",), "symfollow": ("symfollow", "nosymfollow"),
-    "nodiratime": ("nodiratime",),
+    "sync": ("sync", "async"), "dirsync": ("dirsync",),
 }.items() for flag in flags}
 # Access times are never recorded (every mount is noatime), so the atime
-# options have nothing to change.
+# options have nothing to change; symfollow is the kernel's default.
 DROPPED_FLAGS = frozenset({
     "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner",
     "group", "atime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
-    "nolazytime", "diratime", "noatime", "iversion", "noiversion", "mand", "nomand", "silent",
-    "loud", "comment", "bg", "fg"})
+    "nolazytime", "diratime", "nodiratime", "noatime", "iversion", "noiversion", "mand",
+    "nomand", "silent", "loud", "comment", "bg", "fg", "symfollow"})
 
 
 def is_dropped(name: str) -> bool:
@@ -419,6 +418,10 @@ def _set(values: dict[str, Any], name: str, raw: Any, source: str,
         return
     if name == "remount":
         raise ConfigError("remount is not supported: unmount and mount again")
+    if name == "nosymfollow":
+        # libfuse (3.14) cannot hand it to the kernel; a mount without it
+        # would quietly follow symlinks the user asked not to follow
+        raise ConfigError("nosymfollow is not supported (libfuse cannot pass it to the kernel)")
     opt = BY_NAME.get(name)
     if opt is None:
         raise ConfigError(f"unknown option {name!r} ({source}); see 'objectfs mount --help'")

@@ -33,6 +33,17 @@ def test_mount8_options_are_accepted_and_dropped():
                                "allow_other", "default_permissions"}
 
 
+def test_flags_libfuse_cannot_pass_are_dropped_or_refused():
+    """libfuse 3.14 knows no nodiratime or (no)symfollow: handed to it they
+    fail every mount.  nodiratime is implied by noatime and symfollow is
+    the default, so they are dropped; nosymfollow is refused in one line."""
+    c = cfg("rw,nodiratime,symfollow,nosuid")
+    assert set(c.kernel_flags) == {"nosuid"}
+    assert not {"nodiratime", "symfollow"} & fuse_options(c)
+    with pytest.raises(ConfigError, match="nosymfollow is not supported"):
+        cfg("nosymfollow")
+
+
 def test_kernel_flags_go_to_the_kernel_last_one_wins():
     c = cfg("rw,nosuid,nodev,noexec,suid,sync,async")
     assert c.ro is False
