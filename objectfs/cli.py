@@ -13,6 +13,7 @@ import argparse
 import errno
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -261,6 +262,7 @@ def cmd_mount(args) -> int:
     # Credentials are resolved here so a bad passwd file is exit code 2.
     settings = mount.s3_settings(cfg)
     check_mountpoint(args.mountpoint)
+    check_log_file(cfg.log_file)
     if args.foreground:
         return mount.run(cfg, settings=settings)
     code = _daemonize(cfg, settings)
@@ -272,6 +274,18 @@ def cmd_mount(args) -> int:
         if warning:
             print(f"objectfs: warning: {warning}", file=sys.stderr)
     return code
+
+
+def check_log_file(path: str | None) -> None:
+    """A log_file the daemon could not open fails the mount here, in one
+    line, rather than in a daemon with nowhere to say so."""
+    if not path:
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot open log_file {path}: {e.strerror}") from None
 
 
 def _daemonize(cfg, settings) -> int:
@@ -298,12 +312,25 @@ def _daemonize(cfg, settings) -> int:
             except OSError:
                 pass
             code = e.exit_code
-        except BaseException:
+        except BaseException as e:
+            try:  # one line, where the user looks, rather than nothing
+                os.write(w, f"ERR unexpected error while mounting: {e!r}\n".encode())
+            except OSError:
+                pass
             code = 1
         finally:
             os._exit(code)
     os.close(w)
-    message = _wait_ready(r, pid)
+    # SIGTERM (systemd's mount timeout, a kill) ends the wait like Ctrl-C:
+    # the daemon goes too, so that no mount appears after we failed
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        message = _wait_ready(r, pid)
+    except KeyboardInterrupt:
+        _stop_unready_daemon(pid, cfg.mountpoint)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if message == "OK":
         return 0
     try:
@@ -311,6 +338,28 @@ def _daemonize(cfg, settings) -> int:
     except ChildProcessError:
         pass
     raise UserError(message)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_unready_daemon(pid: int, mountpoint: str) -> None:
+    """Undo a mount the user gave up waiting for: nothing has been written
+    through it, so the daemon is killed and its mount, if any, detached."""
+    from .mount import state_path
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    if procmounts.find(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True)
+    try:
+        os.unlink(state_path(mountpoint))
+    except OSError:
+        pass
 
 
 def _wait_ready(fd: int, pid: int) -> str:

@@ -156,6 +156,18 @@ def _str(text) -> str:
     return str(text)
 
 
+def parse_endpoint(text) -> str:
+    """An S3 endpoint URL: http:// or https://, a host, perhaps a port."""
+    from urllib.parse import urlsplit
+
+    s = _str(text).strip()
+    u = urlsplit(s)   # ValueError for a malformed address ("http://[::1")
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
+    u.port  # noqa: B018 - ValueError for a port that is not a number in range
+    return s
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -169,7 +181,7 @@ class Option:
 
 OPTIONS: list[Option] = [
     # -- connection
-    Option("endpoint_url", _str, None, "S3 endpoint URL (AWS when unset). Path-style addressing is "
+    Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). Path-style addressing is "
            "used when it is set.", "connection", "AWS"),
     Option("region", _str, None, "Region for request signing (boto3's configuration when unset, "
            "else us-east-1).", "connection", "from boto3"),
@@ -460,6 +472,8 @@ def load_yaml(path: str) -> dict[str, Any]:
             data = yaml.load(f, Loader=yaml.BaseLoader)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -512,6 +526,9 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sse_c_key_file (SSE-C) and sse cannot be used together")
     if v["no_verify_ssl"]:
         v["verify_ssl"] = False
+    if v["fsname"] and "," in v["fsname"]:
+        # libfuse would read what follows the comma as mount options of its own
+        raise ConfigError("bad value for fsname: it cannot hold a comma")
     if v["allow_other"] and v["allow_root"]:
         # libfuse would quietly keep allow_root only: everyone but root and
         # the owner would be refused, the opposite of what allow_other says

@@ -73,12 +73,22 @@ def read_passwd(path: str, bucket: str) -> KeyPair:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise ConfigError(f"cannot read passwd file {path}: {e.strerror}") from None
-    with os.fdopen(fd) as f:
-        mode = os.fstat(f.fileno()).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(f"passwd file {path} is accessible by group or others "
                               f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}")
-        text = f.read()
+        raw = b""
+        while chunk := os.read(fd, 65536):
+            raw += chunk
+    except OSError as e:   # a directory: EISDIR
+        raise ConfigError(f"cannot read passwd file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeError:
+        raise ConfigError(f"passwd file {path}: not UTF-8 text") from None
     pair = parse_passwd(text, bucket, path)
     if pair is None:
         raise ConfigError(f"passwd file {path} has no key pair for bucket {bucket!r}")

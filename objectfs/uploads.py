@@ -17,7 +17,7 @@ import datetime as dt
 
 import trio
 
-from .config import ConfigError, parse_seconds
+from .config import ConfigError, parse_endpoint, parse_seconds
 from .errors import StoreError, UserError
 from .store.s3 import S3Settings, S3Store
 
@@ -43,6 +43,11 @@ def run(args, bucket: str, prefix: str) -> int:
             DEFAULT_OLDER_THAN if args.abort else 0.0)
     except ValueError as e:
         raise ConfigError(f"bad value for --older-than: {args.older_than!r}: {e}") from None
+    if args.endpoint_url is not None:
+        try:
+            parse_endpoint(args.endpoint_url)
+        except ValueError as e:
+            raise ConfigError(f"bad value for --endpoint-url: {args.endpoint_url!r}: {e}") from None
     store = S3Store(S3Settings(bucket=bucket, endpoint_url=args.endpoint_url,
                                region=args.region, profile=args.profile))
     key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""

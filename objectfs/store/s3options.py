@@ -49,7 +49,10 @@ def read_sse_c_key(path: str) -> bytes:
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise UserError(f"sse_c_key_file {path} is accessible by group or others "
                             f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-        data = os.read(fd, 4096)
+        try:
+            data = os.read(fd, 4096)
+        except OSError as e:   # a directory: EISDIR
+            raise UserError(f"cannot read sse_c_key_file {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     if len(data) == SSE_C_KEY_BYTES:

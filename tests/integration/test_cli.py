@@ -186,6 +186,33 @@ def test_a_mountpoint_given_through_a_symlink(objectfs_cli, s3, bucket, mountpoi
         force_unmount(str(mountpoint))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_mount_given_up_while_waiting_leaves_nothing(s3, bucket, mountpoint, sig):
+    """Ctrl-C, or systemd's mount timeout (SIGTERM), while objectfs mount
+    waits for a slow endpoint: the command exits 130, and its daemon goes
+    with it; no mount appears later."""
+    from tests.support.faultproxy import FaultProxy
+
+    with FaultProxy(s3, delay=6) as proxy:
+        proxy.fail_next("ListObjectsV2", "delay")   # the bucket check takes 6 s
+        env = {**os.environ, **s3.env(), "PYTHONPATH": str(REPO)}
+        p = subprocess.Popen([sys.executable, "-m", "objectfs", "mount", f"s3://{bucket}",
+                              str(mountpoint), "--endpoint-url", proxy.endpoint], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2)
+            p.send_signal(sig)
+            assert p.wait(timeout=30) == 130
+            time.sleep(6)   # past the slow answer
+            assert not is_mounted(str(mountpoint))
+            assert objectfs_processes(mountpoint) == []
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+
+
 def test_umount_of_something_not_mounted(objectfs_cli, mountpoint):
     r = objectfs_cli("umount", str(mountpoint))
     assert r.returncode == 1 and "not mounted" in r.stderr
@@ -327,6 +354,9 @@ def test_bad_mountpoint(objectfs_cli, s3, bucket, workdir, mountpoint, problem):
     (["-o", "metadata_ttl=-1"], ("metadata_ttl",)),
     (["--config", "/nonexistent/objectfs.yaml"], ("cannot read config file",)),
     (["--no-such-flag"], ("unrecognized",)),
+    (["--endpoint-url", "127.0.0.1:9000"], ("bad value", "endpoint_url")),
+    (["-o", "log_file=/nonexistent/dir/objectfs.log"], ("cannot open log_file",)),
+    (["-f", "-o", "log_file=/nonexistent/dir/objectfs.log"], ("cannot open log_file",)),
 ])
 def test_bad_options_exit_2(objectfs_cli, s3, bucket, mountpoint, args, words):
     r, t = timed(lambda: objectfs_cli(*mount_args(s3, bucket, mountpoint, *args)))

@@ -300,6 +300,9 @@ def test_read_sse_c_key(tmp_path):
         read_sse_c_key(str(short))
     with pytest.raises(UserError, match="cannot read"):
         read_sse_c_key(str(tmp_path / "missing"))
+    (tmp_path / "a-dir").mkdir(mode=0o700)
+    with pytest.raises(UserError, match="cannot read sse_c_key_file .*directory"):
+        read_sse_c_key(str(tmp_path / "a-dir"))
 
 
 def test_encryption_and_tls_options():

@@ -155,6 +155,37 @@ def test_passwd_file_readable_by_others_is_refused(tmp_path):
     assert credentials.read_passwd(p, "b").access_key == "A"
     with pytest.raises(ConfigError, match="cannot read passwd file"):
         credentials.read_passwd(str(tmp_path / "missing"), "b")
+    d = tmp_path / "a-dir"
+    d.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="cannot read passwd file .*directory"):
+        credentials.read_passwd(str(d), "b")
+    latin = tmp_path / "latin"
+    latin.write_bytes(b"A:S\n# caf\xe9\n")
+    latin.chmod(0o600)
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        credentials.read_passwd(str(latin), "b")
+
+
+@pytest.mark.parametrize("url,words", [
+    ("127.0.0.1:9000", "expected http://HOST"), ("ftp://x", "expected http://HOST"),
+    ("http://[::1", "Invalid IPv6"), ("http://127.0.0.1:99999", "Port out of range")])
+def test_endpoint_urls_are_checked(url, words):
+    with pytest.raises(ConfigError, match="bad value for endpoint_url") as ei:
+        build("b", "", "/m", flags={"endpoint_url": url})
+    assert words in str(ei.value) and ei.value.exit_code == 2
+    assert build("b", "", "/m", flags={"endpoint_url": "https://h:9000"}).endpoint_url \
+        == "https://h:9000"
+
+
+def test_a_config_file_that_is_not_utf8_or_names_fsname_with_a_comma(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"log_level: info\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        build("b", "", "/m", yaml_path=str(latin))
+    comma = tmp_path / "comma.yaml"
+    comma.write_text('fsname: "s3,allow_other"\n')
+    with pytest.raises(ConfigError, match="fsname: it cannot hold a comma"):
+        build("b", "", "/m", yaml_path=str(comma))
 
 
 def test_credential_precedence(tmp_path, monkeypatch):
