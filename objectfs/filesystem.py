@@ -703,6 +703,12 @@ class Filesystem:
             if not node.is_reg:
                 raise InvalidArgument("cannot truncate this file type")
             await self._truncate(node, changes.size)
+        if (changes.mode is not None or changes.uid is not None or changes.gid is not None
+                or changes.atime_ns is not None or changes.mtime_ns is not None) \
+                and (node.data is None or not node.data.dirty):
+            # attributes known from a listing alone (trust_listing): the HEAD
+            # that _persist_meta needs must not land on top of the change
+            await self.ns.ensure_metadata(node)
         meta = False
         a = node.attr
         if changes.mode is not None:
@@ -755,6 +761,8 @@ class Filesystem:
     async def _persist_meta(self, node: Inode) -> None:
         """Store ``node``'s attributes (and xattrs) in S3."""
         self.ns.touch(node)
+        if self.ns.unlinked(node):
+            return  # its object is gone (or another file's): the change stays with it
         data = node.data
         if data is not None and data.dirty:
             data.attrs_changed()  # the pending (or running) upload stores them

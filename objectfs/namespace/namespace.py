@@ -1054,10 +1054,16 @@ class Namespace:
         if self.attr_disk is not None and ftype != stat.S_IFDIR and attrdisk.trusted(info):
             self._to_keep.append(info)
 
+    def unlinked(self, node: Inode) -> bool:
+        """Removed from the tree (unlinked, or replaced by a rename) while
+        open: its key is gone, or another file's now."""
+        return node.parent is None and node is not self.table.root
+
     async def ensure_metadata(self, node: Inode) -> None:
         """Make sure ``node.remote.metadata`` is the full set from a HEAD
-        (needed before rewriting an object, to keep foreign keys)."""
-        if node.local:
+        (needed before rewriting an object, to keep foreign keys).  Nothing
+        for a file of this mount only, or one unlinked (see ``unlinked``)."""
+        if node.local or self.unlinked(node):
             return
         await self.settle(node)
         if node.remote is not None and node.remote.metadata is not None:

@@ -1283,3 +1283,63 @@ def test_a_close_racing_a_rename_uploads_to_the_new_name(tmp_path, first, what):
     target = "d/g" if what == "file" else "e/f"
     assert store.objects[target].data == new
     assert sorted(store.objects) == [target]
+
+
+@pytest.mark.parametrize("change", ["chmod", "chown", "utime"])
+def test_trust_listing_stores_a_change_to_an_entry_known_from_its_listing(tmp_path, change):
+    """The entry's stored attributes are fetched before the change is made,
+    not on top of it: the change reaches S3 (it was dropped, chmod -R went
+    on returning 0 with every file unchanged)."""
+    from objectfs.metadata import parse_attrs
+
+    store = MemoryStore()
+    store.put_sync("d/f", b"x", {"mode": str(stat.S_IFREG | 0o640), "uid": "1001",
+                                 "gid": "1002", "mtime": "1000000000"})
+    want = {"chmod": SetAttr(mode=0o600), "chown": SetAttr(uid=55, gid=66),
+            "utime": SetAttr(mtime_ns=2 * 10**18 + 7)}[change]
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        await fs.readdir((await fs.opendir(d.ino)).fh, 0)
+        node = await fs.lookup(d.ino, b"f")
+        await fs.setattr(node.ino, want)
+
+    run_fs(tmp_path, body, "trust_listing=true", store=store)
+    a = parse_attrs(store.objects["d/f"].metadata)
+    expected = {"chmod": (stat.S_IFREG | 0o600, 1001, 1002, 10**18),
+                "chown": (stat.S_IFREG | 0o640, 55, 66, 10**18),
+                "utime": (stat.S_IFREG | 0o640, 1001, 1002, 2 * 10**18 + 7)}[change]
+    assert (a.mode, a.uid, a.gid, a.mtime_ns) == expected
+
+
+@pytest.mark.parametrize("how", ["unlink", "rename-over"])
+def test_attribute_changes_through_an_unlinked_open_file_succeed_and_touch_no_object(
+        tmp_path, how):
+    """fchmod, fchown, futimens and fsetxattr on an open file whose name was
+    unlinked or taken by a rename apply to the open file (it has no object
+    any more) and succeed; the file now at that name is left alone."""
+    store = MemoryStore()
+    store.put_sync("f", b"old", {"mode": str(F)})
+    store.put_sync("g", b"other", {"mode": str(stat.S_IFREG | 0o640)})
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDONLY)
+        if how == "unlink":
+            await fs.unlink(1, b"f")
+        else:
+            await fs.rename(1, b"g", 1, b"f", 0)
+        await fs.setattr(node.ino, SetAttr(mode=0o600, uid=5, mtime_ns=10**18), h.fh)
+        await fs.setxattr(node.ino, b"user.note", b"kept")
+        assert stat.S_IMODE((await fs.getattr(node.ino)).attr.mode) == 0o600
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
+    if how == "unlink":
+        assert sorted(store.objects) == ["g"]
+    else:
+        assert sorted(store.objects) == ["f"]
+        assert store.objects["f"].data == b"other"
+        meta = store.objects["f"].metadata
+        assert meta["mode"] == str(stat.S_IFREG | 0o640) and meta["uid"] != "5"
+        assert "kept" not in str(meta)
