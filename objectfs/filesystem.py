@@ -829,12 +829,14 @@ class Filesystem:
 
     # -- creating entries -------------------------------------------------------
 
-    async def _check_new(self, parent: Inode, raw: bytes) -> str:
+    async def _check_new(self, parent: Inode, raw: bytes, suffix: str = "") -> str:
+        """The name of a new entry, refused if taken or if its key (with
+        ``suffix``: "/" for a directory's marker) would be over S3's limit."""
         self._check_writable()
         name = keys.name_from_kernel(raw)
         if await self._child_or_none(parent, name) is not None:
             raise Exists(name)
-        keys.check_key(self.table.key(parent) + name + "/")
+        keys.check_key(self.table.key(parent) + name + suffix)
         return name
 
     def _attach(self, parent: Inode, name: str, attr: Attr) -> Inode:
@@ -863,7 +865,7 @@ class Filesystem:
 
     async def mkdir(self, parent_ino: int, raw: bytes, mode: int, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
-        name = await self._check_new(parent, raw)
+        name = await self._check_new(parent, raw, "/")
         attr = self._new_attr(parent, stat.S_IFDIR | stat.S_IMODE(mode), caller, size=4096)
         node = self._attach(parent, name, attr)
         await self._put_new(node)
@@ -1017,6 +1019,8 @@ class Filesystem:
         self._check_writable()
         if flags & RENAME_EXCHANGE:
             raise InvalidArgument("RENAME_EXCHANGE cannot be done atomically on S3")
+        if flags & ~RENAME_NOREPLACE:
+            raise InvalidArgument("unsupported rename flags (RENAME_WHITEOUT is for overlayfs)")
         old_parent = self._dir(old_parent_ino)
         new_parent = self._dir(new_parent_ino)
         old_name = keys.name_from_kernel(old_raw)
@@ -1413,6 +1417,8 @@ class Filesystem:
             raise NotSupported("xattr names must be UTF-8") from None
         if not name.startswith("user."):
             raise NotSupported("only user.* extended attributes are stored")
+        if name == "user.":
+            raise InvalidArgument("an xattr name needs something after user.")
         return name
 
     async def getxattr(self, ino: int, raw: bytes) -> bytes:

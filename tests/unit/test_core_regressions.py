@@ -1343,3 +1343,35 @@ def test_attribute_changes_through_an_unlinked_open_file_succeed_and_touch_no_ob
         meta = store.objects["f"].metadata
         assert meta["mode"] == str(stat.S_IFREG | 0o640) and meta["uid"] != "5"
         assert "kept" not in str(meta)
+
+
+def test_edges_of_names_flags_and_xattr_names(tmp_path):
+    """A symlink, a device or a FIFO may take a key of exactly 1,024 bytes
+    (only a directory's marker adds a "/"); rename flags other than
+    RENAME_NOREPLACE (RENAME_WHITEOUT = 4) are EINVAL rather than ignored;
+    the xattr name "user." alone is EINVAL, as on ext4."""
+    deep = [b"a" * 250, b"b" * 250, b"c" * 250, b"d" * 250]   # 1,004 bytes with slashes
+    last = b"e" * (1024 - 1004)
+
+    async def body(fs, store):
+        d = 1
+        for name in deep:
+            d = (await fs.mkdir(d, name, 0o755, CALLER)).ino
+        await fs.symlink(d, last, b"target", CALLER)
+        await fs.mknod(d, last[:-1] + b"f", stat.S_IFIFO | 0o644, 0, CALLER)
+        with pytest.raises(FsError) as e:
+            await fs.mkdir(d, last[:-1] + b"g", 0o755, CALLER)
+        assert e.value.errno == errno.ENAMETOOLONG
+        h, f = await fs.create(1, b"f", F, RW, CALLER)
+        await fs.release(h.fh)
+        with pytest.raises(FsError) as e:
+            await fs.rename(1, b"f", 1, b"g", 4)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(FsError) as e:
+            await fs.setxattr(f.ino, b"user.", b"v")
+        assert e.value.errno == errno.EINVAL
+
+    store = run_fs(tmp_path, body)
+    key = "/".join(n.decode() for n in deep) + "/" + last.decode()
+    assert len(key.encode()) == 1024 and key in store.objects
+    assert "f" in store.objects and "g" not in store.objects
