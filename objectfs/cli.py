@@ -49,7 +49,6 @@ exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
 # How long "objectfs mount" waits for the daemon to report that the mount
 # answers.  The bucket check itself is bounded to well under this.
 READY_TIMEOUT = 60.0
-# The daemon answers a stats request from memory, at once.
 # How long opening an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 5.0
 

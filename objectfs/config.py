@@ -181,8 +181,8 @@ class Option:
 
 OPTIONS: list[Option] = [
     # -- connection
-    Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). Path-style addressing is "
-           "used when it is set.", "connection", "AWS"),
+    Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). "
+           "Path-style addressing is used when it is set.", "connection", "AWS"),
     Option("region", _str, None, "Region for request signing (boto3's configuration when unset, "
            "else us-east-1).", "connection", "from boto3"),
     Option("profile", _str, None, "Profile in ~/.aws/config and ~/.aws/credentials.", "connection",

@@ -407,6 +407,8 @@ class Filesystem:
         first, and multipart uploads bound to the old keys are completed
         (FileData.held_for_move).  Files are taken in inode order, so two
         renames of nested trees cannot deadlock."""
+        while (other := self._moving.get(src.ino)) is not None:
+            await other.wait()   # the same file renamed twice at once: in turn
         done = trio.Event()
         self._moving[src.ino] = done
         try:

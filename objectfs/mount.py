@@ -357,18 +357,16 @@ class Lifecycle:
         log.info("mounted s3://%s/%s on %s", self.cfg.bucket, self.cfg.prefix,
                  self.cfg.mountpoint)
         set_read_ahead(self.cfg)  # the kernel has processed INIT, which resets it
-        self._write_state()
+        self._write_state(bucket=self.cfg.bucket, prefix=self.cfg.prefix, started=time.time())
         self._report("OK")
         sd_notify("READY=1\nSTATUS=mounted")
 
-    def _write_state(self) -> None:
+    def _write_state(self, **fields) -> None:
         try:
             private_dir(runtime_dir())
             tmp = state_path(self.cfg.mountpoint) + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,
-                           "bucket": self.cfg.bucket, "prefix": self.cfg.prefix,
-                           "started": time.time()}, f)
+                json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint, **fields}, f)
             os.replace(tmp, state_path(self.cfg.mountpoint))
         except OSError as e:
             log.warning("could not write mount state: %s", e)
@@ -383,17 +381,10 @@ class Lifecycle:
         """At exit: no state file if everything reached S3; else one naming
         what did not, which ``objectfs umount`` (waiting for this process
         to end) reports before it exits 1."""
-        if not lost:
+        if lost:
+            self._write_state(not_uploaded=sorted(lost))
+        else:
             self._clear_state()
-            return
-        try:
-            tmp = state_path(self.cfg.mountpoint) + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), "mountpoint": self.cfg.mountpoint,
-                           "not_uploaded": sorted(lost)}, f)
-            os.replace(tmp, state_path(self.cfg.mountpoint))
-        except OSError as e:
-            log.warning("could not write mount state: %s", e)
 
     async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
