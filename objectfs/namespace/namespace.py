@@ -852,7 +852,9 @@ class Namespace:
                                       or child.pending is not None):
                 continue
             if child is not None and child.is_dir:
-                if child.legacy == info.key:
+                if child.legacy == info.key or not covered(name, True):
+                    # its legacy object; or a window that ends before
+                    # "name/" cannot tell that the directory is gone
                     continue
                 child = None
             if kept is not None and (child is None or not child.meta_known):

@@ -203,6 +203,29 @@ def test_directory_wins_over_file_of_same_name(mount, bucket, s3_client, first):
     assert scandir_types(mp) == {"a": "dir", "b": "dir"}
 
 
+def test_a_window_of_a_big_directory_ending_before_d_slash_keeps_directory_d(
+        mount, bucket, s3_client):
+    """In a directory of more than 1,000 entries, stats in name order list
+    windows of names.  One that holds the file "d" but ends before "d/"
+    cannot tell that the directory d is gone: d stays a directory (it took
+    the file for it, and a file being written under d was never uploaded)."""
+    keys = ["c1", "c2", "c3", "c4", "d", *(f"d-{i}" for i in range(1, 7)), "d/x",
+            *(f"z{i:04d}" for i in range(1100))]
+    put_many(s3_client, bucket, [f"big/{k}" for k in keys], b"content")
+    mp = mount(bucket, options=["metadata_ttl=1"]).mountpoint
+    big = os.path.join(mp, "big")
+    assert os.path.isdir(os.path.join(big, "d"))
+    with open(os.path.join(big, "d", "new.txt"), "wb") as f:
+        f.write(b"important")
+        f.flush()
+        time.sleep(3.5)   # every entry goes stale
+        for n in ("c1", "c2", "c3"):
+            os.stat(os.path.join(big, n))
+        assert stat.S_ISDIR(os.stat(os.path.join(big, "d")).st_mode)
+    assert s3_client.get_object(Bucket=bucket, Key="big/d/new.txt")["Body"].read() \
+        == b"important"
+
+
 # -- keys that cannot be POSIX names ----------------------------------------------------------
 
 LONG = "L" * 300
