@@ -826,7 +826,7 @@ class Filesystem:
             raise InvalidArgument("not a symlink")
         if node.target is None:
             body = await self.store.get(self.table.key(node))
-            node.target = os.fsdecode(body)
+            node.target = os.fsdecode(bytes(body))
         return os.fsencode(node.target)
 
     # -- creating entries -------------------------------------------------------
@@ -1412,11 +1412,10 @@ class Filesystem:
         """A ``user.*`` name.  Other namespaces (security, system, trusted)
         are not stored here: EOPNOTSUPP, as a Linux filesystem without them
         answers.  ``ls -l`` then asks once per mount, not twice a file (the
-        SELinux label and the ACL; ENODATA made it ask again for each)."""
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise NotSupported("xattr names must be UTF-8") from None
+        SELinux label and the ACL; ENODATA made it ask again for each).
+        Bytes that are not UTF-8 are kept as they are (surrogate escapes), as
+        s3fs stores them."""
+        name = raw.decode("utf-8", "surrogateescape")
         if not name.startswith("user."):
             raise NotSupported("only user.* extended attributes are stored")
         if name == "user.":
@@ -1435,7 +1434,9 @@ class Filesystem:
         node = await self._xattr_node(ino)
         # names of other namespaces that s3fs stored stay in the object,
         # unseen (kept when a user.* attribute changes)
-        return [n.encode() for n in sorted(node.xattrs or {}) if n.startswith("user.")]
+        # names another tool stored that are not UTF-8 come back as they were
+        return [md.xattr_name_bytes(n) for n in sorted(node.xattrs or {})
+                if n.startswith("user.")]
 
     async def setxattr(self, ino: int, raw: bytes, value: bytes, flags: int = 0) -> None:
         self._check_writable()

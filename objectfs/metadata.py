@@ -160,6 +160,8 @@ def _parse_numeric_ns(text: str) -> int | None:
     if not whole and not frac or len(whole) > _MAX_DIGITS:
         return None
     seconds = int(whole or "0")
+    if seconds >= 1 << 63:
+        return None  # past what a stat can carry (64-bit seconds): unusable
     nanos = _fraction_ns(frac)
     if sign != "-":
         return seconds * _NS_PER_S + nanos
@@ -691,7 +693,7 @@ def valid_xattr_name(name: str) -> bool:
     return isinstance(name, str) and bool(name) and not _XATTR_NAME_FORBIDDEN.intersection(name)
 
 
-def _xattr_name_bytes(name: str) -> bytes:
+def xattr_name_bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
@@ -709,7 +711,7 @@ def format_xattrs(xattrs: Mapping[str, bytes]) -> str | None:
     if not xattrs:
         return None
     parts = []
-    for name in sorted(xattrs, key=_xattr_name_bytes):
+    for name in sorted(xattrs, key=xattr_name_bytes):
         if not valid_xattr_name(name):
             raise ValueError(f"xattr name not storable in s3fs format: {name!r}")
         value = base64.b64encode(bytes(xattrs[name])).decode("ascii")

@@ -1375,3 +1375,29 @@ def test_edges_of_names_flags_and_xattr_names(tmp_path):
     key = "/".join(n.decode() for n in deep) + "/" + last.decode()
     assert len(key.encode()) == 1024 and key in store.objects
     assert "f" in store.objects and "g" not in store.objects
+
+
+def test_odd_metadata_other_tools_wrote_is_shown_not_an_error(tmp_path):
+    """A time too large for a stat (64-bit seconds) is ignored like any
+    unreadable time (Last-Modified shows, as s3fs does), not EIO for the
+    whole directory; an xattr name s3fs stored that is not UTF-8 is listed,
+    read and removed with its bytes (listxattr failed with EIO)."""
+    store = MemoryStore()
+    store.put_sync("d/huge", b"x", {"mode": str(F), "mtime": "9" * 20, "atime": "-" + "9" * 20})
+    store.put_sync("d/xattrs", b"x", {"mode": str(F), "xattr": (
+        "%7B%22user.ok%22%3A%22MQ%3D%3D%22%2C%22user.%FF%FE%22%3A%22dg%3D%3D%22%7D")})
+    last_modified = store.objects["d/huge"].mtime_ns
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        assert sorted(n for n, _ in await fs.readdir((await fs.opendir(d.ino)).fh, 0)) == [
+            "huge", "xattrs"]
+        node = await fs.lookup(d.ino, b"huge")
+        assert (await fs.getattr(node.ino)).attr.mtime_ns == last_modified
+        x = await fs.lookup(d.ino, b"xattrs")
+        assert await fs.listxattr(x.ino) == [b"user.ok", b"user.\xff\xfe"]
+        assert await fs.getxattr(x.ino, b"user.\xff\xfe") == b"v"
+        await fs.removexattr(x.ino, b"user.\xff\xfe")
+        assert await fs.listxattr(x.ino) == [b"user.ok"]
+
+    run_fs(tmp_path, body, store=store)
