@@ -354,7 +354,8 @@ OPTIONS: list[Option] = [
     Option("shutdown_timeout", parse_seconds, 300.0, "Seconds SIGTERM, SIGINT or an unmount "
            "wait for pending uploads; then each file not uploaded is logged and the daemon "
            "exits with code 1. Keep systemd's TimeoutStopSec above it.", "process"),
-    Option("fsname", _str, None, "Source shown in mount(8) and /proc/mounts.", "process",
+    Option("fsname", _str, None, "Source shown in mount(8) and /proc/mounts (characters "
+           "beyond ASCII percent-encoded).", "process",
            "s3://BUCKET[/PREFIX]"),
 ]
 
@@ -526,9 +527,6 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sse_c_key_file (SSE-C) and sse cannot be used together")
     if v["no_verify_ssl"]:
         v["verify_ssl"] = False
-    if v["fsname"] and "," in v["fsname"]:
-        # libfuse would read what follows the comma as mount options of its own
-        raise ConfigError("bad value for fsname: it cannot hold a comma")
     if v["allow_other"] and v["allow_root"]:
         # libfuse would quietly keep allow_root only: everyone but root and
         # the owner would be refused, the opposite of what allow_other says

@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import time
+from urllib.parse import quote
 
 import trio
 
@@ -206,6 +207,11 @@ def unmount(mountpoint: str, lazy: bool) -> bool:
 def fuse_options(cfg: Config) -> set[str]:
     fsname = cfg.fsname or ("s3://" + cfg.bucket + ("/" + cfg.prefix.strip("/")
                                                     if cfg.prefix.strip("/") else ""))
+    # libfuse splits options at commas (a backslash escapes one) and pyfuse3
+    # hands them over as ASCII: a prefix "a,allow_other" must not become an
+    # option, nor "données" an error
+    fsname = quote(fsname, safe="".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%"))
+    fsname = fsname.replace("\\", "\\\\").replace(",", "\\,")
     opts = {f"fsname={fsname}", "subtype=objectfs", "noatime"}
     for name in ("allow_other", "allow_root", "default_permissions", "ro"):
         if cfg.values.get(name):

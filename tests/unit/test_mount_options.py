@@ -177,15 +177,22 @@ def test_endpoint_urls_are_checked(url, words):
         == "https://h:9000"
 
 
-def test_a_config_file_that_is_not_utf8_or_names_fsname_with_a_comma(tmp_path):
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"log_level: info\n# caf\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         build("b", "", "/m", yaml_path=str(latin))
-    comma = tmp_path / "comma.yaml"
-    comma.write_text('fsname: "s3,allow_other"\n')
-    with pytest.raises(ConfigError, match="fsname: it cannot hold a comma"):
-        build("b", "", "/m", yaml_path=str(comma))
+
+
+@pytest.mark.parametrize("prefix,fsname", [
+    ("a,allow_other", "fsname=s3://b/a\\,allow_other"), ("données", "fsname=s3://b/donn%C3%A9es"),
+    ("back\\slash", "fsname=s3://b/back\\\\slash")])
+def test_the_fsname_never_carries_options_or_non_ascii(prefix, fsname):
+    """libfuse splits options at commas (a backslash escapes one) and
+    pyfuse3 passes them as ASCII: a prefix "a,allow_other" made the mount
+    allow other users, and "données" failed it with a traceback."""
+    opts = fuse_options(build("b", prefix, "/mnt"))
+    assert fsname in opts and "allow_other" not in opts
 
 
 def test_credential_precedence(tmp_path, monkeypatch):
