@@ -1121,11 +1121,12 @@ class Filesystem:
 
     async def _rename_dir(self, src: Inode, new_parent: Inode, new_name: str,
                           dst: Inode | None) -> None:
-        for node in list(self.table.walk(src)):
-            # staged files go up first, then move with the rest (a directory
-            # rename is a copy of every key under it anyway)
-            await self._settle(node)
         async with self._moving_tree(src):
+            for node in list(self.table.walk(src)):
+                # staged files go up first, then move with the rest (a
+                # directory rename is a copy of every key under it anyway);
+                # files closed meanwhile wait, and are staged at the new keys
+                await self._settle(node)
             await self._move_dir(src, new_parent, new_name, dst)
 
     async def _move_dir(self, src: Inode, new_parent: Inode, new_name: str,

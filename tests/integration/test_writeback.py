@@ -19,6 +19,7 @@ import random
 import signal
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -237,6 +238,40 @@ def test_directory_rename_uploads_staged_files_first(mount, workdir, s3_client, 
         assert os.listdir(os.path.join(mp, "dst")) == ["inner.txt"]
         assert keys(s3_client, bucket) == ["dst/", "dst/inner.txt"]
         assert body(s3_client, bucket, "dst/inner.txt") == b"inside"
+
+
+def test_a_file_closed_during_a_directory_rename_is_staged_at_the_new_name(
+        mount, workdir, s3, s3_client, bucket):
+    """The rename first uploads the staged files under the directory; a file
+    closed meanwhile waits for the rename and is staged under the new name
+    (it was staged, and then uploaded, at the old one)."""
+    proxy = FaultProxy(s3)
+    try:
+        m = mount(bucket, options=wb_options(workdir, STAY), server=proxy)
+        with m.watchdog(120):
+            d = os.path.join(m.mountpoint, "d")
+            os.mkdir(d)
+            with open(os.path.join(d, "a"), "wb") as f:
+                f.write(b"file a")
+            fb = open(os.path.join(d, "b"), "wb")
+            fb.write(b"file b")
+            fb.flush()
+            proxy.hold("PutObject", "/d/a")
+            rename = threading.Thread(target=os.rename, args=(d, os.path.join(m.mountpoint, "e")))
+            rename.start()
+            wait_for(lambda: proxy.held("PutObject") >= 1, what="the upload of d/a to be held")
+            close = threading.Thread(target=fb.close)
+            close.start()
+            time.sleep(1)
+            proxy.release()
+            rename.join(60)
+            close.join(60)
+            assert not rename.is_alive() and not close.is_alive()
+            assert m.unmount() == 0
+    finally:
+        proxy.stop()
+    assert keys(s3_client, bucket) == ["e/", "e/a", "e/b"]
+    assert body(s3_client, bucket, "e/b") == b"file b"
 
 
 def kill9(m) -> None:
