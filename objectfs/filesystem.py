@@ -810,6 +810,7 @@ class Filesystem:
             info = await self.store.copy(key, key, size=0, metadata=h.metadata,
                                          content_type=h.content_type, headers=h.headers)
         else:
+            await self.ns.verify_legacy(node)
             info = await self.store.put(key, b"", metadata=h.metadata,
                                         content_type=h.content_type, headers=h.headers)
             if node.legacy is not None:
@@ -971,8 +972,10 @@ class Filesystem:
         vanish from S3 with its last entry, though nobody removed it.
         Writing the ``dir/`` marker first keeps it, as POSIX expects.
         """
-        if d.implicit and d.ino != ROOT_INODE and d.legacy is None and not self.read_only:
-            await self._persist_dir_meta(d)
+        if d.implicit and d.ino != ROOT_INODE and not self.read_only:
+            await self.ns.verify_legacy(d)
+            if d.legacy is None:
+                await self._persist_dir_meta(d)
 
     def _remove(self, parent: Inode, node: Inode) -> None:
         self.table.detach(node)
@@ -1004,6 +1007,7 @@ class Filesystem:
 
     async def _delete_dir_objects(self, node: Inode) -> None:
         prefix = self.table.key(node)
+        await self.ns.verify_legacy(node)
         doomed = [prefix]
         if node.legacy:
             doomed.append(node.legacy)
@@ -1133,6 +1137,7 @@ class Filesystem:
                         dst: Inode | None) -> None:
         old_prefix = self.table.key(src)
         new_prefix = self.table.key(new_parent) + new_name + "/"
+        await self.ns.verify_legacy(src)
         objects: list[ObjectInfo] = []
         token = None
         while True:
@@ -1160,7 +1165,9 @@ class Filesystem:
         async with open_nursery() as nursery:
             for o in objects:
                 nursery.start_soon(copy_one, o)
-        if src.legacy is not None and src.remote is not None:
+        if src.legacy is not None:
+            # its legacy object (s3fs's "name" or compat_dir's
+            # "name_$folder$") is replaced by a marker at the new name
             h = self.headers_for(src, content_changed=False)
             await self.store.put(new_prefix, b"", metadata=h.metadata,
                                  content_type="application/x-directory", headers=h.headers)
@@ -1172,9 +1179,13 @@ class Filesystem:
         await self.ns.forget_kept(old_prefix)
         self.table.move(src, new_parent, new_name)
         for node in self.table.walk(src):
+            if node.legacy is not None and node.legacy.startswith(old_prefix):
+                node.legacy = new_prefix + node.legacy[len(old_prefix):]  # moved with the rest
             if node.remote is None or node.local:
                 continue
-            new_key = self.table.key(node)
+            old = node.remote.key
+            new_key = (new_prefix + old[len(old_prefix):] if old.startswith(old_prefix)
+                       else self.table.key(node))
             etag = new_etags.get(new_key, node.remote.etag)
             node.remote = replace(node.remote, key=new_key, etag=etag)
             if node.data is not None:

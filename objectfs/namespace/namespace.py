@@ -558,6 +558,20 @@ class Namespace:
                 child.legacy = None
         self.apply_info(child, info, is_dir=True)
 
+    async def verify_legacy(self, node: Inode) -> None:
+        """Before a directory's legacy no-slash object is deleted or moved:
+        make sure the key is one.  A listing only guesses so (a key "name"
+        beside "name/"); an ordinary file of that name, hidden by the
+        directory, must be left alone."""
+        if node.legacy is None or node.legacy.endswith(keys.FOLDER_SUFFIX):
+            return
+        try:
+            info = await self.store.head(node.legacy)
+        except NotFound:
+            info = None
+        if info is None or self.type_of(info) != stat.S_IFDIR:
+            node.legacy = None
+
     async def _complete(self, parent: Inode, child: Inode) -> Inode:
         """HEAD a child known from a listing only; NotFound if it is gone."""
         await self._fill(parent, [child], strict=True)

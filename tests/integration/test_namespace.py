@@ -164,6 +164,14 @@ def test_compat_dir_folder_objects(mount, bucket, s3_client):
     assert sorted(os.listdir(mp)) == ["y"]
 
 
+def test_compat_dir_rename_of_an_empty_folder_directory_keeps_it(mount, bucket, s3_client):
+    put(s3_client, bucket, "x_$folder$")
+    mp = mount(bucket, options=["compat_dir"]).mountpoint
+    assert os.path.isdir(os.path.join(mp, "x"))
+    os.rename(os.path.join(mp, "x"), os.path.join(mp, "x2"))
+    assert all_keys(s3_client, bucket) == {"x2/"}
+
+
 def test_folder_objects_are_plain_files_without_compat_dir(mount, bucket, s3_client):
     put(s3_client, bucket, "x_$folder$")
     m = mount(bucket)
@@ -224,6 +232,49 @@ def test_a_window_of_a_big_directory_ending_before_d_slash_keeps_directory_d(
         assert stat.S_ISDIR(os.stat(os.path.join(big, "d")).st_mode)
     assert s3_client.get_object(Bucket=bucket, Key="big/d/new.txt")["Body"].read() \
         == b"important"
+
+
+@pytest.mark.parametrize("opts", [[], ["trust_listing"]], ids=["default", "trust_listing"])
+def test_a_file_hidden_by_a_directory_survives_rmdir_mv_and_chmod_of_it(
+        mount, bucket, s3_client, opts):
+    """The directory wins over a file of the same name, which is hidden, not
+    the directory's: rmdir, mv and chmod of the directory leave it (they
+    deleted it, taking it for s3fs's legacy no-slash directory object)."""
+    for k, body in [("d", b"file d"), ("e", b"file e"), ("f", b"file f"), ("f/x", b"x"),
+                    ("g", b"file g"), ("g/x", b"x")]:
+        put(s3_client, bucket, k, body)
+    for k in ("d/", "e/"):
+        put(s3_client, bucket, k, ContentType="application/x-directory")
+    mp = mount(bucket, options=opts).mountpoint
+    os.listdir(mp)
+    os.rmdir(os.path.join(mp, "d"))
+    os.rename(os.path.join(mp, "e"), os.path.join(mp, "e2"))
+    os.chmod(os.path.join(mp, "f"), 0o700)
+    os.rename(os.path.join(mp, "g"), os.path.join(mp, "g2"))
+    for k in ("d", "e", "f", "g"):
+        assert s3_client.get_object(Bucket=bucket, Key=k)["Body"].read() == f"file {k}".encode()
+    assert {"e2/", "f/", "g2/x"} <= all_keys(s3_client, bucket)
+
+
+def test_legacy_directories_under_a_renamed_directory_move_with_it(mount, bucket, s3_client):
+    """s3fs's legacy directory objects below a renamed directory are known at
+    their new keys: chmod and rmdir of them work and touch nothing else."""
+    put(s3_client, bucket, "d/sub", ContentType="application/x-directory")
+    put(s3_client, bucket, "d/sub/f", b"f")
+    put(s3_client, bucket, "d/sub2", ContentType="application/x-directory")
+    put(s3_client, bucket, "d/sub2/f", b"f")
+    mp = mount(bucket).mountpoint
+    assert os.path.isdir(os.path.join(mp, "d", "sub")) and os.path.isdir(os.path.join(mp, "d", "sub2"))
+    os.rename(os.path.join(mp, "d"), os.path.join(mp, "e"))
+    os.mkdir(os.path.join(mp, "d"))
+    Path(mp, "d", "sub").write_bytes(b"a new file at the old legacy key")
+    os.chmod(os.path.join(mp, "e", "sub2"), 0o700)
+    os.unlink(os.path.join(mp, "e", "sub", "f"))
+    os.rmdir(os.path.join(mp, "e", "sub"))
+    assert s3_client.get_object(Bucket=bucket, Key="d/sub")["Body"].read() \
+        == b"a new file at the old legacy key"
+    assert not os.path.exists(os.path.join(mp, "e", "sub"))
+    assert not {"e/sub", "e/sub/"} & all_keys(s3_client, bucket)
 
 
 # -- keys that cannot be POSIX names ----------------------------------------------------------
