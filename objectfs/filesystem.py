@@ -40,7 +40,8 @@ from .data.file import FileData
 from .data.prefetch import Prefetcher
 from .errors import (BadHandle, Exists, FileTooBig, FsError, InvalidArgument, IsADirectory, NoData,
                      IOFailure, NoSpace, NotADirectory, NotEmpty, NotFound, NotPermitted,
-                     NotSupported, RangeError, ReadOnly, Stale, TooBig, UserError)
+                     NotSupported, PreconditionFailed, RangeError, ReadOnly, Stale, TooBig,
+                     UserError)
 from .namespace import keys
 from .namespace.attrdisk import open_attr_disk
 from .namespace.namespace import Namespace, Notifier, clock
@@ -1106,13 +1107,34 @@ class Filesystem:
             except NotFound:
                 src.local, src.remote = True, None   # nothing left to move
             self._size_unknown.discard(src)
+        staged = src.pending if src.pending is not None and not src.pending.finished else None
         if not src.local and src.remote is not None:
-            await self.ns.ensure_metadata(src)
+            if staged is None:
+                await self.ns.ensure_metadata(src)
             remote = src.remote
             h = self.headers_for(src, content_changed=False)
-            info = await self.store.copy(old_key, new_key, size=remote.size,
-                                         metadata=h.metadata, content_type=h.content_type,
-                                         headers=h.headers)
+            base = staged.manifest.base_etag if staged is not None else None
+            try:
+                # a staged version is based on one object: copy that one or
+                # nothing (the copy's bytes are replaced by its upload)
+                info = await self.store.copy(
+                    old_key, new_key, size=remote.size, metadata=h.metadata,
+                    content_type=h.content_type, headers=h.headers, src_etag=base)
+                if base is not None and "-" not in base and info.etag != base:
+                    # a server that ignored the condition (moto): a copy of
+                    # an object of one PUT keeps its ETag, so this was another
+                    await self.store.delete(new_key)
+                    raise PreconditionFailed("PreconditionFailed", "copied another version",
+                                             op="CopyObject", key=old_key)
+            except (PreconditionFailed, NotFound):
+                if staged is None:
+                    raise
+                # Another client replaced or deleted it since: theirs stays
+                # where it is, and ours, whole in the journal, goes up at the
+                # new name as a new file.
+                src.local, src.remote = True, None
+                self.table.move(src, new_parent, new_name)
+                return
             await self.store.delete(old_key)
             if self.tier is not None:  # the old key's cached data is of no use now
                 await self.tier.forget(old_key)

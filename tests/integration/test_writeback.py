@@ -274,6 +274,35 @@ def test_a_file_closed_during_a_directory_rename_is_staged_at_the_new_name(
     assert body(s3_client, bucket, "e/b") == b"file b"
 
 
+@pytest.mark.parametrize("other", ["replaced", "deleted"])
+def test_renaming_a_staged_file_another_client_changed_keeps_both_versions(
+        mount, workdir, s3_client, bucket, other):
+    """The rename copies the object our staged version was based on, or
+    nothing: another client's replacement stays at the old name and ours
+    goes up at the new one (the rename copied theirs, which our upload then
+    overwrote); a deletion meanwhile no longer fails the rename."""
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"original")
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    with m.watchdog(120):
+        with open(os.path.join(m.mountpoint, "f"), "wb") as f:
+            f.write(b"ours")
+        if other == "replaced":
+            s3_client.put_object(Bucket=bucket, Key="f", Body=b"theirs")
+        else:
+            s3_client.delete_object(Bucket=bucket, Key="f")
+        os.rename(os.path.join(m.mountpoint, "f"), os.path.join(m.mountpoint, "g"))
+        fd = os.open(os.path.join(m.mountpoint, "g"), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert m.unmount() == 0
+    assert body(s3_client, bucket, "g") == b"ours"
+    assert keys(s3_client, bucket) == (["f", "g"] if other == "replaced" else ["g"])
+    if other == "replaced":
+        assert body(s3_client, bucket, "f") == b"theirs"
+
+
 def kill9(m) -> None:
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait(timeout=30)
