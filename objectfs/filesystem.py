@@ -1399,6 +1399,11 @@ class Filesystem:
                 return  # keep the bytes: a later flush_all retries
             data, node.data = node.data, None
             await data.close()
+            if data.broken and node.local and node.parent is not None:
+                # a new file whose streamed upload failed (its close said
+                # EIO): its bytes are gone and S3 never had it, so the name
+                # goes too rather than show a size that reads as nothing
+                self._remove(node.parent, node)
         self.table.maybe_drop(node)
 
     # -- directories ----------------------------------------------------------------

@@ -1401,3 +1401,28 @@ def test_odd_metadata_other_tools_wrote_is_shown_not_an_error(tmp_path):
         assert await fs.listxattr(x.ino) == [b"user.ok"]
 
     run_fs(tmp_path, body, store=store)
+
+
+class FailingCompletes(MemoryStore):
+    async def complete_multipart(self, key, upload_id, parts):
+        raise store_error("InternalError", op="CompleteMultipartUpload", key=key)
+
+
+def test_a_new_file_whose_streamed_upload_failed_goes_away_at_its_last_close(tmp_path):
+    """Its close() said EIO and its bytes are gone (SEMANTICS, Faults): the
+    name no longer shows a size that reads as nothing; S3 never had it."""
+    store = FailingCompletes()
+
+    async def body(fs, store):
+        h, node = await fs.create(1, b"stream.bin", F, RW, CALLER)
+        await fs.write(h.fh, 0, os.urandom(6 * MiB))   # a part is on its way
+        with pytest.raises(FsError) as e:
+            await fs.flush(h.fh)
+        assert e.value.errno == errno.EIO
+        await fs.release(h.fh)
+        with pytest.raises(FsError) as e:
+            await fs.lookup(1, b"stream.bin")
+        assert e.value.errno == errno.ENOENT
+
+    run_fs(tmp_path, body, store=store)
+    assert "stream.bin" not in store.objects and not store.uploads
