@@ -1399,11 +1399,15 @@ class Filesystem:
                 return  # keep the bytes: a later flush_all retries
             data, node.data = node.data, None
             await data.close()
-            if data.broken and node.local and node.parent is not None:
-                # a new file whose streamed upload failed (its close said
-                # EIO): its bytes are gone and S3 never had it, so the name
-                # goes too rather than show a size that reads as nothing
-                self._remove(node.parent, node)
+            if data.broken and node.parent is not None:
+                # its streamed upload failed (its close said EIO) and its
+                # bytes are gone: a new file, which S3 never had, goes too
+                # rather than show a size that reads as nothing; an existing
+                # one shows what S3 still holds
+                if node.local:
+                    self._remove(node.parent, node)
+                else:
+                    self._remote_wins(node)
         self.table.maybe_drop(node)
 
     # -- directories ----------------------------------------------------------------

@@ -1408,21 +1408,36 @@ class FailingCompletes(MemoryStore):
         raise store_error("InternalError", op="CompleteMultipartUpload", key=key)
 
 
-def test_a_new_file_whose_streamed_upload_failed_goes_away_at_its_last_close(tmp_path):
-    """Its close() said EIO and its bytes are gone (SEMANTICS, Faults): the
-    name no longer shows a size that reads as nothing; S3 never had it."""
+@pytest.mark.parametrize("file", ["new", "existing"])
+def test_a_file_whose_streamed_upload_failed_shows_what_s3_holds_after_its_last_close(
+        tmp_path, file):
+    """Its close() said EIO and its bytes are gone (SEMANTICS, Faults): a new
+    file leaves the mount (S3 never had it), an existing one shows the
+    version S3 still holds, not a size that reads as nothing or as less."""
     store = FailingCompletes()
+    if file == "existing":
+        store.put_sync("stream.bin", b"old" * 1000, {"mode": str(F)})
 
     async def body(fs, store):
-        h, node = await fs.create(1, b"stream.bin", F, RW, CALLER)
+        if file == "new":
+            h, node = await fs.create(1, b"stream.bin", F, RW, CALLER)
+        else:
+            node = await fs.lookup(1, b"stream.bin")
+            h = await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
         await fs.write(h.fh, 0, os.urandom(6 * MiB))   # a part is on its way
         with pytest.raises(FsError) as e:
             await fs.flush(h.fh)
         assert e.value.errno == errno.EIO
         await fs.release(h.fh)
-        with pytest.raises(FsError) as e:
-            await fs.lookup(1, b"stream.bin")
-        assert e.value.errno == errno.ENOENT
+        if file == "new":
+            with pytest.raises(FsError) as e:
+                await fs.lookup(1, b"stream.bin")
+            assert e.value.errno == errno.ENOENT
+        else:
+            n = await fs.lookup(1, b"stream.bin")
+            assert (await fs.getattr(n.ino)).attr.size == 3000
+            h = await fs.open(n.ino, os.O_RDONLY)
+            assert await fs.read(h.fh, 0, 10000) == b"old" * 1000
 
     run_fs(tmp_path, body, store=store)
-    assert "stream.bin" not in store.objects and not store.uploads
+    assert not store.uploads
