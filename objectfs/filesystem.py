@@ -553,9 +553,12 @@ class Filesystem:
         data = node.data
         if node.pending is not p:
             # superseded while uploading: the newer version shows, and the
-            # object just uploaded is what its upload must find in S3
-            if not conflict and data is not None and data.origin_etag == p.manifest.base_etag:
-                data.origin_etag = info.etag
+            # object just uploaded is what its upload must find in S3 (and
+            # what an unlink or rename meanwhile must delete or move)
+            if not conflict:
+                if data is not None and data.origin_etag == p.manifest.base_etag:
+                    data.origin_etag = info.etag
+                node.local, node.remote = False, info
             return
         node.pending = None
         if conflict:
@@ -602,6 +605,7 @@ class Filesystem:
                 await stack.enter_async_context(self._wb_lock(n))
             p = nodes[0].pending
             if p is not None:
+                await self.wb.settle_older(p)
                 await stack.enter_async_context(p.lock)
                 if p.finished:
                     p = None
@@ -1085,6 +1089,8 @@ class Filesystem:
             if dp is not None:
                 # dst's staging lock is held (_rename_file): wait for an
                 # upload in progress, then forget the replaced version
+                assert self.wb is not None
+                await self.wb.settle_older(dp)
                 async with dp.lock:
                     if not dp.finished:
                         await self._cancel_pending(dst, dp)

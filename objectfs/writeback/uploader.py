@@ -90,6 +90,9 @@ class Pending:
         self.attempts = 0
         self.attempted = trio.Event()  # set after each upload attempt
         self.successor: Pending | None = None  # the entry that superseded this one
+        # an older entry of the key whose upload was under way when this one
+        # was staged (kept until that attempt ends; see WriteBack.settle_older)
+        self.predecessor: Pending | None = None
         # left by an earlier mount and not shown by this one (see
         # WriteBack.start): never superseded by a version staged in this
         # mount (which was not based on it), uploaded before it
@@ -218,9 +221,12 @@ class WriteBack:
                   entry.id, took * 1e3, entry.sync_s * 1e3)
         self.pending[p.key] = p
         self.active.add(p)
-        if old is not None and not old.busy and not old.recovered:
+        if old is not None and not old.recovered:
             old.successor = p
-            await self.drop(old, lazy=True)
+            if old.busy:
+                p.predecessor = old   # its upload goes on; a failure ends it
+            else:
+                await self.drop(old, lazy=True)
         self._kick()
         self._refill()
         return p
@@ -296,6 +302,17 @@ class WriteBack:
 
     # -- waiting --------------------------------------------------------------
 
+    async def settle_older(self, p: Pending) -> None:
+        """Wait for the upload of an older version of ``p``'s key that was
+        under way when ``p`` was staged: an unlink or rename must not be
+        overtaken by it (the old version would come back)."""
+        older = p.predecessor
+        while older is not None:
+            async with older.lock:   # held by its upload attempt
+                if not older.finished:
+                    await self.drop(older, lazy=True)
+            older, p.predecessor = older.predecessor, None
+
     async def sync(self, p: Pending) -> None:
         """Upload ``p`` (or the entry that superseded it) now and wait (fsync);
         raises the upload's error."""
@@ -356,6 +373,12 @@ class WriteBack:
                     # on; neither reaches the mount's nursery as an error.
                     failed = first_error(group)
                 if failed is not None:
+                    if p.successor is not None and not p.successor.finished:
+                        # superseded while it was being sent: the newer
+                        # version carries its bytes, so it is not retried
+                        # (the newer one would wait behind its back-off)
+                        await self.drop(p, lazy=True)
+                        return
                     self._failed(p, failed)
                     return
                 p.error = None

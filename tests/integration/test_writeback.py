@@ -303,6 +303,52 @@ def test_renaming_a_staged_file_another_client_changed_keeps_both_versions(
         assert body(s3_client, bucket, "f") == b"theirs"
 
 
+@pytest.mark.parametrize("then", ["unlink", "rename", "fsync-while-s3-fails"])
+def test_a_version_staged_while_the_previous_one_uploads(mount, workdir, s3, s3_client,
+                                                         bucket, then):
+    """v2 is staged while v1's upload is under way.  An unlink or rename then
+    waits for that upload, so v1 does not come back at the old name (it did,
+    after the unlink had returned 0); and when the upload fails, v1 is not
+    retried in front of v2, so an fsync gets the error at once (it waited
+    as long as S3 kept failing)."""
+    proxy = FaultProxy(s3)
+    try:
+        m = mount(bucket, options=wb_options(workdir, "writeback=1", "retries=1"), server=proxy)
+        f = os.path.join(m.mountpoint, "f")
+        with m.watchdog(120):
+            proxy.hold("PutObject", "/f")
+            with open(f, "wb") as fh:
+                fh.write(b"version one")
+            wait_for(lambda: proxy.held("PutObject") >= 1, what="the upload of v1 to be held")
+            with open(f, "wb") as fh:
+                fh.write(b"version two")
+            if then == "fsync-while-s3-fails":
+                proxy.set_rates({"PutObject": {"error": 1.0}})
+                proxy.release()
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    t = time.monotonic()
+                    with pytest.raises(OSError):
+                        os.fsync(fd)
+                    assert time.monotonic() - t < 30
+                    proxy.set_rates({})
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                assert body(s3_client, bucket, "f") == b"version two"
+                return
+            threading.Timer(1, proxy.release).start()
+            if then == "unlink":
+                os.unlink(f)
+            else:
+                os.rename(f, os.path.join(m.mountpoint, "g"))
+            assert m.unmount() == 0
+    finally:
+        proxy.stop()
+    assert {k: body(s3_client, bucket, k) for k in keys(s3_client, bucket)} == (
+        {} if then == "unlink" else {"g": b"version two"})
+
+
 def kill9(m) -> None:
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait(timeout=30)
