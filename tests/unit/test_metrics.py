@@ -4,6 +4,7 @@ the metrics HTTP answers, log redaction, and the per-request S3 options."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import math
@@ -319,6 +320,23 @@ def test_encryption_and_tls_options():
             build("b", "", "/m", o_options=[bad])
 
 
+@contextlib.contextmanager
+def own_root_logger():
+    """Let a test call logs.setup: the root logger's level and handlers are
+    put back afterwards (the handlers it added closed)."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        yield
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(saved[0])
+        for h in saved[1]:
+            root.addHandler(h)
+
+
 def test_daemon_logs_to_syslog_with_its_name_and_the_daemon_facility(tmp_path, monkeypatch):
     import socket
 
@@ -327,19 +345,12 @@ def test_daemon_logs_to_syslog_with_its_name_and_the_daemon_facility(tmp_path, m
     sink.bind(path)
     sink.settimeout(10)
     monkeypatch.setattr(logs, "SYSLOG_SOCKET", path)
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
     try:
-        logs.setup(build("b", "", "/m", o_options=["log_level=info"]), daemon=True)
-        logging.getLogger("objectfs.test").warning("hello Signature=%s", "0123456789abcdef")
-        message = sink.recv(4096).decode()
+        with own_root_logger():
+            logs.setup(build("b", "", "/m", o_options=["log_level=info"]), daemon=True)
+            logging.getLogger("objectfs.test").warning("hello Signature=%s", "0123456789abcdef")
+            message = sink.recv(4096).decode()
     finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-            h.close()
-        root.setLevel(saved[0])
-        for h in saved[1]:
-            root.addHandler(h)
         sink.close()
     # <priority> = facility daemon (3) * 8 + warning (4)
     assert message.startswith(f"<28>objectfs[{os.getpid()}]: WARNING objectfs.test: hello ")
@@ -352,21 +363,12 @@ def test_a_reply_to_a_request_the_kernel_dropped_is_no_error(tmp_path, level):
     """pyfuse3's ERROR for a reply that found its request gone (ENOENT) is
     logged at DEBUG (so not at all at INFO); its other reply errors stay."""
     log_file = tmp_path / "log"
-    root = logging.getLogger()
-    saved = (root.level, list(root.handlers))
-    try:
+    with own_root_logger():
         logs.setup(build("b", "", "/m", o_options=[f"log_level={level}", f"log_file={log_file}"]),
                    daemon=True)
         fuse_log = logging.getLogger("pyfuse3")
         fuse_log.error("fuse_release(): fuse_reply_* failed with %s", "No such file or directory")
         fuse_log.error("fuse_read(): fuse_reply_* failed with %s", "Invalid argument")
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-            h.close()
-        root.setLevel(saved[0])
-        for h in saved[1]:
-            root.addHandler(h)
     lines = log_file.read_text().splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == (
         ["DEBUG pyfuse3: fuse_release(): fuse_reply_* failed with No such file or directory"]
