@@ -119,9 +119,10 @@ class ControlServer:
 
 def mount_of(path: str) -> tuple[procmounts.MountEntry, str]:
     """The ObjectFS mount holding ``path`` and the path relative to its root."""
-    real = procmounts.canonical(path)  # never a stat() of the mount: it may hang
+    mounts = procmounts.entries()
+    real = procmounts.canonical(path, mounts)  # never a stat() of the mount: it may hang
     best = None
-    for e in procmounts.entries():
+    for e in mounts:
         if e.fstype != "fuse.objectfs":
             continue
         mp = e.mountpoint

@@ -50,12 +50,14 @@ def entries() -> list[MountEntry]:
 MAX_SYMLINKS = 40
 
 
-def canonical(path: str) -> str:
+def canonical(path: str, mounts: list[MountEntry] | None = None) -> str:
     """``path`` made absolute with its symlinks resolved, without a stat()
     of anything on a FUSE mount or of a mountpoint: such a stat is answered
     by the mount's daemon, which may be hung, dead, or the very process
-    asking.  From a FUSE mountpoint on, names are taken as they are."""
-    fuse = {e.mountpoint for e in entries() if e.fstype.startswith("fuse")}
+    asking.  From a FUSE mountpoint on, names are taken as they are.
+    ``mounts``: the entries already read, if the caller has them."""
+    fuse = {e.mountpoint for e in (entries() if mounts is None else mounts)
+            if e.fstype.startswith("fuse")}
     todo = [n for n in os.path.abspath(path).split("/") if n]
     todo.reverse()
     out, inside, links = "/", False, 0
@@ -83,9 +85,10 @@ def canonical(path: str) -> str:
 
 def find(mountpoint: str) -> MountEntry | None:
     """The (topmost) mount on ``mountpoint``, or None."""
-    mp = canonical(mountpoint)
+    mounts = entries()
+    mp = canonical(mountpoint, mounts)
     found = None
-    for e in entries():
+    for e in mounts:
         if e.mountpoint == mp:
             found = e
     return found

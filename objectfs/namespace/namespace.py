@@ -546,31 +546,24 @@ class Namespace:
         """A directory without a marker: its attributes come from a legacy
         directory object if it has one (and if the candidate key really is
         one), else it is a plain prefix."""
-        info = None
-        if child.legacy is not None and not child.legacy.endswith(keys.FOLDER_SUFFIX):
-            try:
-                info = await self.store.head(child.legacy)
-            except NotFound:
-                info = None
-            if info is not None and self.type_of(info) != stat.S_IFDIR:
-                info = None  # an ordinary file hidden by the directory
-            if info is None:
-                child.legacy = None
-        self.apply_info(child, info, is_dir=True)
+        self.apply_info(child, await self.verify_legacy(child), is_dir=True)
 
-    async def verify_legacy(self, node: Inode) -> None:
-        """Before a directory's legacy no-slash object is deleted or moved:
-        make sure the key is one.  A listing only guesses so (a key "name"
-        beside "name/"); an ordinary file of that name, hidden by the
-        directory, must be left alone."""
+    async def verify_legacy(self, node: Inode) -> ObjectInfo | None:
+        """HEAD a directory's legacy no-slash object and return it, if the
+        key really is one; else forget the key.  A listing only guesses so (a
+        key "name" beside "name/"): an ordinary file of that name, hidden by
+        the directory, must be left alone (never deleted or moved with it).
+        None for a compat_dir ``name_$folder$`` object, kept as it is."""
         if node.legacy is None or node.legacy.endswith(keys.FOLDER_SUFFIX):
-            return
+            return None
         try:
             info = await self.store.head(node.legacy)
         except NotFound:
             info = None
         if info is None or self.type_of(info) != stat.S_IFDIR:
             node.legacy = None
+            return None
+        return info
 
     async def _complete(self, parent: Inode, child: Inode) -> Inode:
         """HEAD a child known from a listing only; NotFound if it is gone."""

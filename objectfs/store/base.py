@@ -8,6 +8,7 @@ subclasses from ``objectfs.errors``; a missing key is ``ObjectNotFound``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
@@ -154,3 +155,9 @@ class ObjectStore(Protocol):
     async def aclose(self) -> None:
         """Close kept connections: the mount is ending (after its last
         request; the store is not used again)."""
+
+
+def etag_of_parts(md5s: Sequence[bytes]) -> str:
+    """The (quoted) ETag S3 gives an object completed from parts whose MD5
+    digests are ``md5s``: the MD5 of the digests, then ``-`` and their count."""
+    return f'"{hashlib.md5(b"".join(md5s)).hexdigest()}-{len(md5s)}"'

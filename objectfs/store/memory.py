@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import trio
 
 from ..errors import StoreError, store_error
-from .base import MAX_PARTS, MIN_PART_SIZE, ListPage, ObjectInfo, Part
+from .base import MAX_PARTS, MIN_PART_SIZE, ListPage, ObjectInfo, Part, etag_of_parts
 
 
 @dataclass
@@ -229,8 +229,7 @@ class MemoryStore:
         del self.uploads[upload_id]
         data = b"".join(chunks)
         o = self._store(key, data, u.metadata, u.content_type, u.headers)
-        o.etag = '"' + hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
-                                   ).hexdigest() + f'-{len(parts)}"'
+        o.etag = etag_of_parts([bytes.fromhex(p.etag.strip('"')) for p in parts])
         return self._info(key, o)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

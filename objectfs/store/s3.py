@@ -37,7 +37,7 @@ from ..errors import (PreconditionFailed, StoreError, StoreUnavailable, UserErro
 from ..tasks import open_nursery
 from . import lean as _lean
 from .base import (BODY_CACHE_BYTES, MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB,
-                   ListPage, ObjectInfo, Part, PRESERVED_HEADERS)
+                   ListPage, ObjectInfo, Part, PRESERVED_HEADERS, etag_of_parts)
 from .buffers import ReceiveBuffers
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
 from .s3options import RequestOptions
@@ -325,10 +325,9 @@ def multipart_etag(parts: Sequence[Part]) -> str | None:
     """The ETag S3 gives the object completed from ``parts`` (None if the
     part ETags are not MD5s, as with SSE-KMS)."""
     try:
-        digests = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
+        return etag_of_parts([bytes.fromhex(p.etag.strip('"')) for p in parts])
     except ValueError:
         return None
-    return f'"{hashlib.md5(digests).hexdigest()}-{len(parts)}"'
 
 
 class S3Store:

@@ -60,6 +60,8 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
+from ..store.base import etag_of_parts
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -202,38 +204,39 @@ def read_entry_manifest(path: str) -> Manifest:
     return m
 
 
+def _range_md5(f, start: int, end: int):
+    """(bytes read, MD5 object) of bytes [start, end) of the open file ``f``
+    (fewer read if it ends first)."""
+    md5 = hashlib.md5()
+    f.seek(start)
+    got = 0
+    while got < end - start:
+        chunk = f.read(min(CHUNK, end - start - got))
+        if not chunk:
+            break
+        md5.update(chunk)
+        got += len(chunk)
+    return got, md5
+
+
 def data_md5(path: str, size: int) -> tuple[int, str]:
     """(bytes read, MD5) of the first ``size`` bytes of ``path``."""
-    md5 = hashlib.md5()
-    got = 0
     with open(path, "rb") as f:
-        while got < size:
-            chunk = f.read(min(CHUNK, size - got))
-            if not chunk:
-                break
-            md5.update(chunk)
-            got += len(chunk)
+        got, md5 = _range_md5(f, 0, size)
     return got, md5.hexdigest()
 
 
 def data_multipart_etag(path: str, parts: list[tuple[int, int, int]]) -> str:
-    """The bare ETag S3 gives a multipart upload of ``path`` cut into
-    ``parts`` ((number, start, end), as parts.layout gives them): the MD5 of
-    the parts' MD5s, then ``-`` and their count."""
-    digests = bytearray()
+    """The (quoted) ETag S3 gives a multipart upload of ``path`` cut into
+    ``parts`` ((number, start, end), as parts.layout gives them)."""
+    digests = []
     with open(path, "rb") as f:
         for _, start, end in parts:
-            md5 = hashlib.md5()
-            f.seek(start)
-            left = end - start
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    raise OSError(errno.EIO, "staged file is shorter than its manifest", path)
-                md5.update(chunk)
-                left -= len(chunk)
-            digests += md5.digest()
-    return f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+            got, md5 = _range_md5(f, start, end)
+            if got != end - start:
+                raise OSError(errno.EIO, "staged file is shorter than its manifest", path)
+            digests.append(md5.digest())
+    return etag_of_parts(digests)
 
 
 def _unlink(path: str) -> None:

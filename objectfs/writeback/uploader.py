@@ -451,7 +451,7 @@ class WriteBack:
         parts = layout(m.size, self.ctx.part_size)
         if not etag.endswith(f"-{len(parts)}"):
             return False
-        return etag == await self._io(data_multipart_etag, entry.data_path, parts)
+        return etag == _bare(await self._io(data_multipart_etag, entry.data_path, parts))
 
     async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
         m = p.manifest
