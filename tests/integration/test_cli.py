@@ -153,7 +153,8 @@ def test_commands_on_a_hung_mount_fail_in_one_line(objectfs_cli, s3, bucket, mou
     try:
         for cmd in (["refresh", str(mountpoint)], ["stats", str(mountpoint)],
                     ["cache", "stats", str(mountpoint)]):
-            r, t = timed(lambda: objectfs_cli(*cmd, timeout=60))
+            r, t = timed(lambda: objectfs_cli(*cmd, timeout=60,
+                                              env={"OBJECTFS_ANSWER_TIMEOUT": "2"}))
             assert r.returncode == 1, (cmd, r.stderr)
             assert r.stderr.strip().splitlines() == [
                 f"objectfs: the ObjectFS daemon of {mountpoint} did not answer"], cmd
