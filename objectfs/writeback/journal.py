@@ -31,13 +31,17 @@ directory first, which makes its removal durable too.
 
 Recovery: the lock of a dead mount is free (the kernel drops ``flock`` when
 the process dies, even by ``kill -9``), so a new mount locks every unlocked
-directory and adopts, in place, the entries that belong to its bucket,
+directory and adopts the entries that belong to its bucket,
 endpoint and prefix.  It checks each one against its manifest's size and MD5
 (a mismatch is logged and the file set aside as ``ID.entry.corrupt``, never
 uploaded) and keeps only the newest entry of each key (older ones were
-superseded before they were uploaded).  It keeps the lock of a directory it
-adopted from until it closes; directories holding only other buckets'
-entries are unlocked again and left alone; empty ones are removed.
+superseded before they were uploaded).  The entries it adopts move into its
+own directory (see ``Journal._move_in``), so the dead directory is unlocked
+again at once, and the entries of other buckets or prefixes left in it can be
+recovered by their own mount while this one runs; empty directories are
+removed.  A directory is locked only through a lock file still at its path
+(another recovery may be removing it), and a new mount's directory, empty and
+unlocked for a moment after it is made, is replaced if one took it.
 
 Everything here is blocking file I/O; the caller runs it in a worker thread
 (an fsync can take as long as the disk wants, and must not stall the FUSE
@@ -247,13 +251,22 @@ def _unlink(path: str) -> None:
 
 
 def _lock(d: str) -> int | None:
-    """Lock a journal directory's lock file; None if a live mount holds it."""
+    """Lock a journal directory's lock file; None if a live mount holds it,
+    or if the directory went away meanwhile.
+
+    Another mount's recovery may remove an empty directory (lock file
+    first) while we lock it: a lock taken on a lock file that is no longer
+    at its path protects nothing, so it is checked and given up."""
+    path = os.path.join(d, LOCK_NAME)
     try:
-        fd = os.open(os.path.join(d, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held, there = os.fstat(fd), os.stat(path)
+        if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+            raise FileNotFoundError(path)
     except OSError:
         os.close(fd)
         return None
@@ -311,10 +324,18 @@ class Journal:
 
     def open(self) -> None:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        directory = os.path.join(self.root, uuid.uuid4().hex)
-        os.mkdir(directory, 0o700)
-        fd = _lock(directory)
-        assert fd is not None, "a new directory cannot be locked by anyone else"
+        # Until it is locked, a new directory is an empty dead one to another
+        # mount starting at the same moment, whose recovery may lock and
+        # remove it: then take another.
+        for _ in range(100):
+            directory = os.path.join(self.root, uuid.uuid4().hex)
+            os.mkdir(directory, 0o700)
+            fd = _lock(directory)
+            if fd is not None:
+                break
+            log.debug("write-back: %s was taken while being made; making another", directory)
+        else:
+            raise OSError(errno.EBUSY, "could not lock a new journal directory", self.root)
         self._locks[directory] = fd
         self.directory = directory
         _fsync_dir(self.root)
@@ -376,8 +397,10 @@ class Journal:
             raise
         return entry
 
-    def rewrite(self, entry: Entry, manifest: Manifest) -> None:
-        """Replace an entry's manifest atomically (rename, key, headers, base)."""
+    @staticmethod
+    def _write_manifest(entry: Entry, manifest: Manifest) -> None:
+        """Write ``entry``'s sidecar (a tmp file, fsync'd, renamed into
+        place); the directory is not fsync'd."""
         tmp = entry.manifest_path + ".tmp"
         _unlink(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -387,6 +410,10 @@ class Journal:
         finally:
             os.close(fd)
         os.rename(tmp, entry.manifest_path)
+
+    def rewrite(self, entry: Entry, manifest: Manifest) -> None:
+        """Replace an entry's manifest atomically (rename, key, headers, base)."""
+        self._write_manifest(entry, manifest)
         if not os.path.exists(entry.data_path):
             _unlink(entry.manifest_path)  # removed meanwhile: leave no orphan
         _fsync_dir(entry.directory)
@@ -425,9 +452,11 @@ class Journal:
             if fd is None:
                 continue  # a live mount owns it
             mine = self._scan(d, accept)
-            if mine:
-                self._locks[d] = fd  # ours until we close
-                found.extend(mine)
+            moved = self._move_in(d, mine)
+            found.extend(moved)
+            if len(moved) < len(mine):
+                self._locks[d] = fd  # what could not move stays ours until we close
+                found.extend(mine[len(moved):])
             else:
                 _remove_if_empty(d)
                 os.close(fd)
@@ -440,6 +469,46 @@ class Journal:
                 self.remove(older)
             newest[e.manifest.key] = e
         return sorted(newest.values(), key=lambda e: e.manifest.seq)
+
+    def _move_in(self, d: str, entries: list[Entry]) -> list[Entry]:
+        """Move adopted entries of the dead directory ``d`` into this mount's
+        directory, so ``d`` can be released: another mount (another bucket
+        or prefix) may recover the rest of it while this one runs.  Returns
+        the moved entries, a prefix of ``entries`` (after an error, the rest
+        stay where they are).
+
+        An entry is at one of its two places at every moment, each time with
+        its manifest: a changed manifest (sidecar) is first written, and
+        made durable, under the entry's new id; then the entry file is
+        renamed; the old sidecar, an orphan from then on, goes last."""
+        if not entries:
+            return []
+        here = [Entry(self.directory, f"{_next_seq():024d}", e.manifest) for e in entries]
+        sidecars = [os.path.exists(e.manifest_path) for e in entries]
+        moved: list[Entry] = []
+        try:
+            for old, new, has in zip(entries, here, sidecars):
+                if has:
+                    self._write_manifest(new, old.manifest)
+            _fsync_dir(self.directory)
+            for old, new in zip(entries, here):
+                os.rename(old.data_path, new.data_path)
+                moved.append(new)
+        except OSError as e:
+            log.warning("write-back: could not move %s into %s (%s); it is recovered in place",
+                        d, self.directory, e)
+        finally:
+            for new, has in zip(here[len(moved):], sidecars[len(moved):]):
+                if has:
+                    _unlink(new.manifest_path)
+            if moved:
+                _fsync_dir(self.directory)
+                _fsync_dir(d)
+                for old, has in zip(entries, sidecars[:len(moved)]):
+                    if has:
+                        _unlink(old.manifest_path)
+                _fsync_dir(d)
+        return moved
 
     def _scan(self, d: str, accept: Callable[[Manifest], bool]) -> list[Entry]:
         out: list[Entry] = []

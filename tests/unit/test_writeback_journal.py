@@ -10,6 +10,7 @@ against the in-memory store for the conflict rules.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import tempfile
 from dataclasses import replace
@@ -120,10 +121,11 @@ def test_interrupted_staging_is_dropped_and_damage_is_detected():
         assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
             ("good", b"good bytes"), ("after", b"renamed")]
         left = sorted(os.listdir(j.directory))
-        assert left == sorted(["lock", os.path.basename(bad.data_path) + ".corrupt",
-                               os.path.basename(good.data_path),
-                               os.path.basename(renamed.data_path),
-                               os.path.basename(renamed.manifest_path)])
+        assert left == sorted(["lock", os.path.basename(bad.data_path) + ".corrupt"])
+        # the adopted entries moved into the new mount's directory, the
+        # renamed one with its changed manifest
+        assert sorted(os.listdir(j2.directory)) == sorted(
+            ["lock"] + [e.id + ".entry" for e in adopted] + [adopted[1].id + ".json"])
         assert good.manifest.md5 == adopted[0].manifest.md5
 
 
@@ -141,10 +143,18 @@ def test_other_buckets_and_live_mounts_are_left_alone():
         j.open()
         got = j.adopt(lambda m: m.bucket == "mine")
         assert [read(e.data_path)[:1] for e in got] == [b"1"]
-        assert got[0].data_path == mine.data_path     # adopted in place
+        assert got[0].directory == j.directory        # moved into its own directory
+        assert not os.path.exists(mine.data_path)
         assert os.path.exists(theirs.data_path)
+        # the dead directory is free again: the other bucket's mount recovers
+        # its entry while this one runs
+        other = Journal(root)
+        other.open()
+        assert [read(e.data_path)[:1] for e in other.adopt(lambda m: m.bucket == "theirs")] \
+            == [b"2"]
+        assert not os.path.exists(dead.directory)
+        other.close()
         j.close()
-        assert os.path.exists(theirs.data_path)
         # the live mount's entry (and its spares) are untouched
         assert len([n for n in os.listdir(alive.directory) if n.endswith(".entry")
                     and os.path.getsize(os.path.join(alive.directory, n))]) == 1
@@ -454,15 +464,15 @@ def test_spares_and_torn_entries_at_recovery(caplog):
             adopted = j2.adopt(lambda m: True)
         assert [(e.manifest.key, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
             ("good", b"good bytes")]
-        assert sorted(os.listdir(j.directory)) == sorted(["lock",
-                                                          os.path.basename(good.data_path)])
+        assert not os.path.exists(j.directory)    # all moved or removed, then released
+        assert os.path.exists(adopted[0].data_path)
         discarded = [r for r in caplog.records if "incomplete staging" in r.getMessage()]
         assert len(discarded) == 2          # the torn ones; spares say nothing
         j2.stage(manifest("more"), [b"x"])        # makes spares in j2's own directory
         assert j2.spares > 0
         j2.close()
-        # its spares are removed at close; the staged entry stays
-        assert len([n for n in os.listdir(j2.directory) if n.endswith(".entry")]) == 1
+        # its spares are removed at close; the staged and adopted entries stay
+        assert len([n for n in os.listdir(j2.directory) if n.endswith(".entry")]) == 2
 
 
 def test_staging_from_many_threads_uses_each_spare_once():
@@ -508,9 +518,11 @@ def test_a_lazily_removed_older_entry_that_comes_back_is_dropped():
         j2 = Journal(root)
         j2.open()
         adopted = j2.adopt(lambda m: True)
-        assert [(e.data_path, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
-            (new.data_path, b"new")]
-        assert not os.path.exists(old.data_path)
+        assert [(e.manifest.seq, read(e.data_path)[:e.manifest.size]) for e in adopted] == [
+            (new.manifest.seq, b"new")]
+        assert [n for n in os.listdir(j2.directory) if n.endswith(".entry")] \
+            == [adopted[0].id + ".entry"]   # the old one is gone
+        assert not os.path.exists(j.directory)
 
 
 def test_removals_after_uploads_share_one_directory_fsync():
@@ -592,3 +604,69 @@ def test_staged_files_counts_this_buckets_keys_and_touches_nothing(tmp_path):
     assert staged_files(os.path.join(root, "none"), lambda m: True) == 0
     assert sorted((p, os.path.getsize(p)) for p in tmp_path.rglob("*") if p.is_file()) == before
     j.close()
+
+
+def _open_and_recover_repeatedly(root: str, rounds: int, out) -> None:
+    """One mount's start, ``rounds`` times: open, recover, check the lock, close."""
+    bad = 0
+    for i in range(rounds):
+        j = Journal(root)
+        try:
+            j.open()
+            j.adopt(lambda m: False)
+            # the directory is there, and its lock file is the one we hold
+            fd = os.open(os.path.join(j.directory, "lock"), os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            j.close()
+        except BaseException:
+            bad += 1
+    out.put(bad)
+
+
+def test_mounts_starting_together_never_take_each_others_directory(tmp_path):
+    """Several write-back mounts sharing a cache_dir start at once (fstab at
+    boot): a directory one of them just made is empty and unlocked to
+    another's recovery, which may remove it.  Each still ends up with a
+    directory of its own, and holds the lock of the lock file in it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_open_and_recover_repeatedly,
+                         args=(str(tmp_path / "wb"), 1000, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    failures = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert failures == [0, 0, 0, 0]
+
+
+def test_an_adopted_entry_keeps_its_changed_manifest_through_another_crash(tmp_path):
+    """A dead mount's entry renamed while staged (a sidecar manifest) is
+    moved into the adopting mount's directory with that manifest; if that
+    mount dies too, the next one still finds it under the new name."""
+    root = str(tmp_path)
+    dead = Journal(root)
+    dead.open()
+    e = dead.stage(manifest("old"), [b"body"])
+    dead.rewrite(e, replace(e.manifest, key="new"))
+    crash(dead)
+    second = Journal(root)
+    second.open()
+    [got] = second.adopt(lambda m: True)
+    assert got.manifest.key == "new" and got.directory == second.directory
+    assert sorted(os.listdir(second.directory)) == sorted(
+        ["lock", got.id + ".entry", got.id + ".json"])
+    assert not os.path.exists(dead.directory)
+    crash(second)
+    third = Journal(root)
+    third.open()
+    [again] = third.adopt(lambda m: True)
+    assert again.manifest.key == "new" and read(again.data_path)[:4] == b"body"
+    third.close()
+    assert os.listdir(root) == [os.path.basename(third.directory)]   # the entry stays staged
