@@ -356,14 +356,17 @@ class Filesystem:
                 origin_etag=pending.manifest.base_etag if pending is not None else etag)
         return node.data
 
-    def _uploaded(self, node: Inode, info: ObjectInfo) -> None:
+    def _uploaded(self, node: Inode, info: ObjectInfo, stored_mtime: bool = True) -> None:
+        """``info`` is what an upload of ``node`` stored; ``stored_mtime``:
+        show the mtime it stored (False: the node's, which a later change
+        may have set, is what is or will be stored)."""
         node.remote = info
         self._size_unknown.discard(node)
         node.local = False
         node.head_wall_ns = time.time_ns()  # we know what we just stored
         node.cache_etag = info.etag
         node.meta_known = True
-        if info.metadata is not None:
+        if stored_mtime and info.metadata is not None:
             pa = md.parse_attrs(info.metadata)
             if pa.mtime_ns is not None:
                 # a streamed upload stores the mtime of its start; show what is stored
@@ -566,7 +569,9 @@ class Filesystem:
             return
         if data is not None and data.origin_etag == p.manifest.base_etag:
             data.origin_etag = info.etag
-        self._uploaded(node, info)
+        # the entry's mtime was the node's when it was staged; one set since
+        # waits for this upload to store it (_persist_meta)
+        self._uploaded(node, info, stored_mtime=False)
 
     def _remote_wins(self, node: Inode) -> None:
         """Another client's version wins under ``node``'s name (ours was

@@ -1187,6 +1187,40 @@ def test_attributes_set_while_a_close_uploads_are_stored(tmp_path, how):
     assert (a.mode, a.mtime_ns) == (stat.S_IFREG | 0o600, mtime)
 
 
+def test_attributes_set_while_a_write_back_upload_runs_are_stored(tmp_path):
+    """With write-back, a chmod and a utime of a staged file while the
+    journal uploads it (``cp -p``, ``tar x`` setting times after the
+    close): they wait for that upload and then reach S3; the upload's
+    answer does not put the old mtime back."""
+    from objectfs.metadata import parse_attrs
+
+    store = Gated("put")
+    data = os.urandom(MiB)
+    mtime = 1_000_000_000 * 10**9
+
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", F, RW, CALLER)
+        await fs.write(h.fh, 0, data)
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        p = node.pending
+        store.armed = True
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.wb.sync, p)
+                await store.waiting.wait()   # the upload has its headers
+                n.start_soon(fs.setattr, node.ino, SetAttr(mode=0o600, mtime_ns=mtime))
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                store.gate.set()
+        assert (node.attr.mode, node.attr.mtime_ns) == (stat.S_IFREG | 0o600, mtime)
+        assert node.pending is None
+
+    run_fs(tmp_path, body, "writeback=600", store=store)
+    assert store.objects["f"].data == data
+    a = parse_attrs(store.objects["f"].metadata)
+    assert (a.mode, a.mtime_ns) == (stat.S_IFREG | 0o600, mtime)
+
+
 def test_a_truncate_that_a_last_close_overtakes_still_reaches_s3(tmp_path):
     """truncate(2) of a file whose last (read-only) descriptor closes while
     the truncate waits on S3: it returns 0, so S3 must get the new size."""
