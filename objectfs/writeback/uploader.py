@@ -49,7 +49,8 @@ from ..data.context import DataContext, ObjectHeaders
 from ..data.parts import layout
 from ..data.upload import put_conditional, upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
-from ..store.base import ObjectInfo
+from ..namespace.keys import NAME_MAX
+from ..store.base import MAX_KEY_BYTES, ObjectInfo
 from ..tasks import first_error
 from .journal import SPARE_BATCH, Entry, Journal, Manifest, data_multipart_etag
 
@@ -65,11 +66,27 @@ RETRY_MAX = 60.0
 CONFLICT_INFIX = ".objectfs-conflict-"
 
 
-def conflict_key(key: str, wall_ns: int | None = None) -> str:
+def conflict_key(key: str, wall_ns: int | None = None, n: int = 1) -> str:
     """Where our version goes when the remote one changed: beside it, named
-    by the UTC time, e.g. ``a/b.txt.objectfs-conflict-20260101T120000Z``."""
+    by the UTC time, e.g. ``a/b.txt.objectfs-conflict-20260101T120000Z``
+    (the ``n``-th copy made in that second ends in ``-n``).  The name is cut
+    short where it must be for the copy's name to fit in 255 bytes and its
+    key in 1,024, so it shows in the mount and S3 takes it."""
     t = time.gmtime((wall_ns if wall_ns is not None else time.time_ns()) // 1_000_000_000)
-    return key + CONFLICT_INFIX + time.strftime("%Y%m%dT%H%M%SZ", t)
+    suffix = (CONFLICT_INFIX + time.strftime("%Y%m%dT%H%M%SZ", t)
+              + (f"-{n}" if n > 1 else "")).encode()
+    head, _, name = key.rpartition("/")
+    raw = name.encode("utf-8", "surrogatepass")
+    room = min(NAME_MAX, MAX_KEY_BYTES - len(key.encode("utf-8", "surrogatepass"))
+               + len(raw)) - len(suffix)
+    raw = raw[:max(room, 1)]
+    while True:   # not in the middle of a character
+        try:
+            name = raw.decode("utf-8", "surrogatepass")
+            break
+        except UnicodeDecodeError:
+            raw = raw[:-1]
+    return (head + "/" if head else "") + name + suffix.decode()
 
 
 def _bare(etag: str | None) -> str | None:
@@ -455,10 +472,10 @@ class WriteBack:
 
     async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
         m = p.manifest
-        first = conflict_key(m.key)
+        now = time.time_ns()
         for n in itertools.count(1):
             # never overwrite an earlier conflict copy made in the same second
-            target = first if n == 1 else f"{first}-{n}"
+            target = conflict_key(m.key, now, n)
             try:
                 await self.ctx.store.head(target)
                 continue

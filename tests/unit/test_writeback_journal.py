@@ -171,6 +171,27 @@ def test_clean_close_removes_an_empty_directory():
         assert os.listdir(root) == []
 
 
+@given(st.text(min_size=1, max_size=300).filter(lambda n: "/" not in n and n not in (".", "..")
+                                                  and "\0" not in n),
+       st.sampled_from(["", "d/", "a/" * 380]), st.integers(1, 12))
+def test_a_conflict_copy_name_fits_in_255_bytes_and_its_key_in_1024(name, head, n):
+    """Names near the limits (the copy of a 250-byte name would be invisible
+    in the mount, a key near 1,024 bytes refused by S3): the name is cut
+    short, at a character boundary, and the copy still says when it was made."""
+    from objectfs.namespace.keys import valid_component
+
+    key = head + name
+    got = conflict_key(key, 1_700_000_000 * 10**9, n)
+    suffix = CONFLICT_INFIX + "20231114T221320Z" + (f"-{n}" if n > 1 else "")
+    assert got.startswith(head) and got.endswith(suffix)
+    copy_name = got[len(head):]
+    assert valid_component(copy_name)
+    assert len(got.encode()) <= 1024
+    assert name.startswith(copy_name[:-len(suffix)])
+    if len(name.encode()) + len(suffix) <= 255 and len(key.encode()) + len(suffix) <= 1024:
+        assert got == key + suffix   # nothing cut when it fits
+
+
 def test_conflict_key_is_beside_the_original_and_names_utc_time():
     assert conflict_key("a/b.txt", 1_700_000_000 * 10**9) == \
         "a/b.txt" + CONFLICT_INFIX + "20231114T221320Z"
