@@ -193,13 +193,18 @@ class Filesystem:
                 pass
 
     async def _release_idle(self) -> None:
-        """Memory kept for requests to come goes back once it sits unused."""
+        """Memory kept for requests to come goes back once it sits unused;
+        aborts the server refused are tried again once a minute."""
+        ticks = 0
         while True:
             await trio.sleep(1)
+            ticks += 1
             try:
                 self.store.release_idle()
+                if ticks % 60 == 0 and self.ctx is not None and self.ctx.unaborted:
+                    await self.ctx.abort_left()
             except Exception:  # housekeeping must never take the mount down
-                log.exception("could not release idle buffers")
+                log.exception("housekeeping failed")
 
     def _pending_nodes(self) -> list:
         return [node for node in list(self.table.inodes.values())
@@ -227,6 +232,8 @@ class Filesystem:
                     failed.append(path)
         if self.wb is not None:
             await self.drain_writeback()
+        if self.ctx is not None and self.ctx.unaborted:
+            await self.ctx.abort_left(last=True)
         return failed
 
     async def drain_writeback(self) -> list[str]:

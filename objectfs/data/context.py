@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import trio
 
+from ..errors import StoreError
 from ..store.base import ObjectStore
 from .budget import ByteBudget
 from .coalesce import InFlight
 
 if TYPE_CHECKING:
     from ..tier.tier import Tier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,34 @@ class DataContext:
         self.inflight = InFlight()
         # open files whose sequential writes stream from memory (FileData)
         self.streaming: weakref.WeakSet = weakref.WeakSet()
+        # (key, upload id) of multipart uploads of failed writes whose abort
+        # failed too: tried again later (abort_left), at the latest at unmount
+        self.unaborted: set[tuple[str, str]] = set()
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort the multipart upload of a failed write.  Never raises a
+        StoreError: if the server refuses, the upload is remembered and
+        ``abort_left`` tries again."""
+        try:
+            await self.store.abort_multipart(key, upload_id)
+        except StoreError as e:
+            log.error("could not abort the multipart upload of %r (%s); trying again later",
+                      key, e)
+            self.unaborted.add((key, upload_id))
+
+    async def abort_left(self, last: bool = False) -> None:
+        """Try again the aborts that failed; ``last`` (unmount): say how to
+        remove what the server still refuses to abort."""
+        for key, upload_id in sorted(self.unaborted):
+            try:
+                await self.store.abort_multipart(key, upload_id)
+            except StoreError as e:
+                if last:
+                    log.error("the multipart upload of %r is left on the server (%s); "
+                              "`objectfs uploads s3://BUCKET --abort` removes it", key, e)
+                continue
+            self.unaborted.discard((key, upload_id))
+            log.info("aborted the multipart upload of %r that had failed to abort", key)
 
     async def acquire_for_upload(self, n: int) -> None:
         """Write budget for ``n`` bytes of a staged file about to be sent.

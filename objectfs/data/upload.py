@@ -176,11 +176,7 @@ class StreamingUpload:
             await self._idle.wait()
             if self.upload_id is not None:
                 upload_id, self.upload_id = self.upload_id, None
-                try:
-                    await self.ctx.store.abort_multipart(self.key, upload_id)
-                except StoreError as e:
-                    log.error("could not abort multipart upload of %r (%s); "
-                              "it is left on the server", self.key, e)
+                await self.ctx.abort_upload(self.key, upload_id)
 
 
 ReadLocal = Callable[[int, int], Awaitable[bytes]]
@@ -323,10 +319,7 @@ async def _multipart(ctx: DataContext, key: str, size: int, headers: ObjectHeade
         info = await ctx.store.complete_multipart(key, upload_id, parts)
     except BaseException as e:
         with trio.CancelScope(shield=True):
-            try:
-                await ctx.store.abort_multipart(key, upload_id)
-            except StoreError as e2:
-                log.error("could not abort multipart upload of %r (%s)", key, e2)
+            await ctx.abort_upload(key, upload_id)
         if isinstance(e, Exception):
             raise upload_error(e, f"upload of {key!r}") from e
         raise

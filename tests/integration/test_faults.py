@@ -182,6 +182,26 @@ def test_refused_uploads_fail_with_eio_and_leave_nothing(mount, bucket, s3_clien
     _figures("refused", proxy, len(small), 0)
 
 
+def test_an_abort_the_server_refused_is_tried_again_at_unmount(mount, bucket, s3_client,
+                                                              proxy):
+    """A failed write whose multipart upload cannot be aborted either (the
+    server refuses the abort too): the upload is remembered, and the abort
+    is tried again, at unmount at the latest, so none is left behind."""
+    m = mount(bucket, options=["part_size=5M", "retries=2"], server=proxy)
+    proxy.max_consecutive = None
+    proxy.set_rates({"UploadPart": {"error": 1.0}, "AbortMultipartUpload": {"error": 1.0}})
+    with m.watchdog(120):
+        with pytest.raises(OSError) as e:
+            _write(os.path.join(m.mountpoint, "big"), os.urandom(12 * MiB))
+        assert e.value.errno == errno.EIO
+    assert proxy.injected("AbortMultipartUpload") >= 2
+    assert len(s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+    proxy.clear()
+    m.stop()
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "aborted the multipart upload of 'big' that had failed to abort" in m.log()
+
+
 def test_failed_reads_are_eio_then_read_again(mount, bucket, s3_client, proxy):
     data = os.urandom(3 * MiB)
     s3_client.put_object(Bucket=bucket, Key="r", Body=data)
