@@ -273,11 +273,16 @@ class Namespace:
         found = self.negative.get((parent.ino, name))
         return neg if found is None else min(neg, max(0.0, found + neg - now))
 
-    def holds_staged(self, node: Inode) -> bool:
-        """True for a directory with a file staged for write-back under it:
+    def holds_unsaved(self, node: Inode) -> bool:
+        """True for a directory with a file under it whose changes are not
+        in S3 yet (written since it was opened, or staged for write-back):
         it stays, though S3 may hold nothing under its prefix until that
-        upload (a file recovered from an earlier mount, say)."""
-        return node.is_dir and any(n.pending is not None for n in self.table.walk(node))
+        upload (a file recovered from an earlier mount; another client
+        removed the directory, or put a file at its name), so the upload
+        still reaches S3 under the key the file was written at."""
+        return node.is_dir and any(
+            n.pending is not None or (n.data is not None and n.data.dirty)
+            for n in self.table.walk(node))
 
     def listing_fresh(self, d: Inode, now: float | None = None) -> bool:
         now = clock() if now is None else now
@@ -617,6 +622,11 @@ class Namespace:
             node.legacy = legacy.key if (legacy is not None and marker is None) else None
             return node
         info = head[0]
+        if info is not None and current is not None and self.holds_unsaved(current) \
+                and self.type_of(info) != stat.S_IFDIR:
+            # the file being saved under it keeps the directory
+            self.apply_info(current, None, is_dir=True)
+            return current
         if info is not None:
             ftype = self.type_of(info)
             is_dir = ftype == stat.S_IFDIR
@@ -627,8 +637,8 @@ class Namespace:
             node = self.make_child(parent, name, stat.S_IFDIR, None, is_dir=True)
             node.legacy = folder[0].key
             return node
-        if current is not None and self.holds_staged(current):
-            # nothing in S3 yet, but a staged file under it will create it
+        if current is not None and self.holds_unsaved(current):
+            # nothing in S3 yet, but a file being saved under it will create it
             self.apply_info(current, None, is_dir=True)
             return current
         # nothing: forget any stale child and cache the miss
@@ -825,7 +835,7 @@ class Namespace:
                 continue
             if child.local or child.changed_at >= started or child.data is not None \
                     or child.open_count or child.pending is not None \
-                    or self.holds_staged(child):
+                    or self.holds_unsaved(child):
                 continue
             if child.is_dir and child.legacy is not None:
                 continue  # a legacy (no-slash) dir object shows as a file in listings
@@ -859,9 +869,11 @@ class Namespace:
                                       or child.pending is not None):
                 continue
             if child is not None and child.is_dir:
-                if child.legacy == info.key or not covered(name, True):
+                if child.legacy == info.key or not covered(name, True) \
+                        or self.holds_unsaved(child):
                     # its legacy object; or a window that ends before
-                    # "name/" cannot tell that the directory is gone
+                    # "name/" cannot tell that the directory is gone; or a
+                    # file being saved under it keeps it
                     continue
                 child = None
             if kept is not None and (child is None or not child.meta_known):

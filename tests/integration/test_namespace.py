@@ -850,3 +850,29 @@ def test_readdir_answers_before_the_heads_of_entries_whose_type_is_settled(
         assert (st.st_mode, st.st_uid) == (0o40750, 1234)
         assert os.readlink(os.path.join(d, "link")) == "big0"
         assert stat.S_IMODE(os.stat(os.path.join(d, "small")).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("change", ["removed", "made a file"])
+def test_a_file_written_in_a_directory_another_client_changes_is_still_saved(
+        mount, bucket, s3_client, change):
+    """Another client removes the directory of a file open for writing here
+    (or puts a file at its name) and this mount sees the change in a
+    listing before the file is closed: close() returning 0 means the bytes
+    are in S3, at the key they were written at (s3fs and rclone do the
+    same); the directory stays while the file is being saved."""
+    put(s3_client, bucket, "d/other", b"o")
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    mp = m.mountpoint
+    data = os.urandom(100_000)
+    with open(os.path.join(mp, "d", "f"), "wb") as f:
+        f.write(data[:50_000])
+        f.flush()
+        s3_client.delete_object(Bucket=bucket, Key="d/other")
+        if change == "made a file":
+            put(s3_client, bucket, "d", b"a file now")
+        time.sleep(1.5)
+        os.listdir(mp)                      # the listing that lacks d/
+        os.stat(os.path.join(mp, "d"))      # and a lookup of d
+        f.write(data[50_000:])
+    assert s3_client.get_object(Bucket=bucket, Key="d/f")["Body"].read() == data
+    assert os.listdir(os.path.join(mp, "d")) == ["f"]
