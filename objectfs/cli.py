@@ -48,7 +48,16 @@ exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
 
 # How long "objectfs mount" waits for the daemon to report that the mount
 # answers.  The bucket check itself is bounded to well under this.
-READY_TIMEOUT = 60.0
+# OBJECTFS_READY_TIMEOUT (seconds) changes it.
+def _ready_timeout() -> float:
+    try:
+        v = float(os.environ.get("OBJECTFS_READY_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
+    return v if 0 < v < 86400 else 60.0
+
+
+READY_TIMEOUT = _ready_timeout()
 # How long opening an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 5.0
 
@@ -324,7 +333,7 @@ def _daemonize(cfg, settings) -> int:
     # the daemon goes too, so that no mount appears after we failed
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        message = _wait_ready(r, pid)
+        message = _wait_ready(r)
     except KeyboardInterrupt:
         _stop_unready_daemon(pid, cfg.mountpoint)
         raise
@@ -332,6 +341,9 @@ def _daemonize(cfg, settings) -> int:
         signal.signal(signal.SIGTERM, previous)
     if message == "OK":
         return 0
+    if message is None:
+        _stop_unready_daemon(pid, cfg.mountpoint)
+        raise UserError(f"the mount did not become ready within {READY_TIMEOUT:g} s")
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -344,8 +356,9 @@ def _interrupt(signum, frame) -> None:
 
 
 def _stop_unready_daemon(pid: int, mountpoint: str) -> None:
-    """Undo a mount the user gave up waiting for: nothing has been written
-    through it, so the daemon is killed and its mount, if any, detached."""
+    """Undo a mount that was given up before it was ready (by the user, or
+    after READY_TIMEOUT): nothing has been written through it, so the daemon
+    is killed and its mount, if any, detached."""
     from .mount import state_path
 
     try:
@@ -361,14 +374,16 @@ def _stop_unready_daemon(pid: int, mountpoint: str) -> None:
         pass
 
 
-def _wait_ready(fd: int, pid: int) -> str:
+def _wait_ready(fd: int) -> str | None:
+    """The daemon's report: "OK", or why the mount failed; None if it said
+    nothing within READY_TIMEOUT."""
     deadline = time.monotonic() + READY_TIMEOUT
     buf = b""
     while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0:
-            os.kill(pid, 9)
-            return f"the mount did not become ready within {READY_TIMEOUT:.0f} s"
+            os.close(fd)
+            return None
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue

@@ -214,6 +214,29 @@ def test_a_mount_given_up_while_waiting_leaves_nothing(s3, bucket, mountpoint, s
             p.stderr.close()
 
 
+def test_a_mount_not_ready_in_time_fails_in_one_line_and_leaves_nothing(s3, bucket,
+                                                                       mountpoint):
+    """The daemon does not report the mount ready within the wait
+    (OBJECTFS_READY_TIMEOUT, 60 s by default; here the bucket check takes
+    6 s): exit 1 with one line, and neither the daemon nor a mount nor its
+    state stays."""
+    from objectfs.mount import state_path
+    from tests.support.faultproxy import FaultProxy
+
+    with FaultProxy(s3, delay=6) as proxy:
+        proxy.fail_next("ListObjectsV2", "delay")
+        env = {**s3.env(), "OBJECTFS_READY_TIMEOUT": "2"}
+        r = run_cli(["mount", f"s3://{bucket}", str(mountpoint), "--endpoint-url",
+                     proxy.endpoint], env=env, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            "objectfs: the mount did not become ready within 2 s"]
+        time.sleep(6)   # past the slow answer
+        assert not is_mounted(str(mountpoint))
+        assert objectfs_processes(mountpoint) == []
+        assert not os.path.exists(state_path(str(mountpoint)))
+
+
 def test_umount_of_something_not_mounted(objectfs_cli, mountpoint):
     r = objectfs_cli("umount", str(mountpoint))
     assert r.returncode == 1 and "not mounted" in r.stderr
