@@ -131,6 +131,10 @@ class Entry:
     id: str
     manifest: Manifest
     sync_s: float = 0.0     # seconds staging it spent in fsync (for the debug log)
+    # ETags of older versions of its key, on the same base, that recovery
+    # dropped: one of them in S3 was our own upload, which the crash kept
+    # from being recorded as this entry's base (in memory only)
+    also_ours: set[str] = field(default_factory=set, compare=False)
 
     @property
     def data_path(self) -> str:
@@ -436,9 +440,12 @@ class Journal:
 
     # -- recovery -----------------------------------------------------------
 
-    def adopt(self, accept: Callable[[Manifest], bool]) -> list[Entry]:
+    def adopt(self, accept: Callable[[Manifest], bool],
+              etags: Callable[[Entry], set[str]] = lambda e: {e.manifest.md5}) -> list[Entry]:
         """Take over the entries of dead mounts that ``accept`` (this bucket,
-        endpoint and prefix); returns them, oldest first."""
+        endpoint and prefix); returns them, oldest first.  An older entry of
+        a key is dropped; its ``etags`` (what S3 would show for its upload)
+        go to the newer entry's ``also_ours`` if both had the same base."""
         found: list[Entry] = []
         try:
             names = sorted(os.listdir(self.root))
@@ -466,6 +473,8 @@ class Journal:
             if older is not None:
                 log.info("write-back: %r was staged again later; dropping the older copy",
                          e.manifest.key)
+                if older.manifest.base_etag == e.manifest.base_etag:
+                    e.also_ours |= older.also_ours | etags(older)
                 self.remove(older)
             newest[e.manifest.key] = e
         return sorted(newest.values(), key=lambda e: e.manifest.seq)

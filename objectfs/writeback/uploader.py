@@ -168,7 +168,7 @@ class WriteBack:
         await self._io(self.journal.open)
         self._nursery = nursery
         self._refill()   # the first closes need not wait for entry files
-        recovered = await self._io(self.journal.adopt, self.accept)
+        recovered = await self._io(self.journal.adopt, self.accept, self._etags)
         out = []
         now = trio.current_time()
         for entry in recovered:
@@ -445,12 +445,24 @@ class WriteBack:
             if await self._holds_ours(remote, p.entry):
                 log.info("write-back: %r already holds the staged bytes", m.key)
                 return remote, False
-            return await self._conflict(p, remote), True
+            if _bare(remote.etag) not in p.entry.also_ours:
+                return await self._conflict(p, remote), True
+            # an older version staged here, uploaded just before a crash
+            log.info("write-back: %r holds an earlier version staged here; replacing it",
+                     m.key)
         try:
             return await self._put(m.key, p.entry, remote), False
         except PreconditionFailed:
             remote = await store.head(m.key)
             return await self._conflict(p, remote), True
+
+    def _etags(self, entry: Entry) -> set[str]:
+        """The ETag S3 gives ``entry``'s bytes as ``_put`` sends them (the
+        MD5, or the MD5 of its parts' MD5s); blocking file I/O."""
+        m = entry.manifest
+        if m.size <= self.ctx.single_put_max:
+            return {m.md5}
+        return {_bare(data_multipart_etag(entry.data_path, layout(m.size, self.ctx.part_size)))}
 
     async def _holds_ours(self, remote: ObjectInfo, entry: Entry) -> bool:
         """Whether ``remote`` is exactly the staged bytes, uploaded by us before

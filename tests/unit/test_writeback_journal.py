@@ -283,6 +283,43 @@ def test_uploader_recognises_its_own_upload_after_a_crash(size):
     assert store.objects[copy].data == ours
 
 
+@pytest.mark.parametrize("size", [4, 17 << 20], ids=["one-put", "multipart"])
+def test_a_version_staged_while_the_previous_one_uploaded_wins_after_a_crash(size):
+    """kill -9 after v1's upload reached S3 but before v2 (staged meanwhile,
+    on the same base) learnt that v1 is its base: at recovery v1's entry is
+    dropped as older, and S3 holding v1 is our own upload, not another
+    client's change: v2 goes to the key, no conflict copy.  Bytes of another
+    client in its place still are a conflict."""
+    v1, v2 = os.urandom(size), os.urandom(size)
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    with tempfile.TemporaryDirectory() as root:
+        for theirs in (False, True):
+            dead = Journal(os.path.join(root, "wb"))
+            dead.open()
+            dead.stage(manifest("k", base=old), [v1])
+            dead.stage(manifest("k", base=old), [v2])
+            crash(dead)
+            # v1 reached S3 before the crash (by the same uploader, so with
+            # the same part layout)
+            assert trio.run(run_writeback, store, os.path.join(root, "other"),
+                            [manifest("k", base=old)], [v1]) == [("k", False)]
+            if theirs:
+                store.put_sync("k", v1[:-1] + b"!")
+            done = trio.run(run_writeback, store, root, [], [])
+            if not theirs:
+                assert done == [("k", False)]
+                assert [k for k in store.objects] == ["k"]
+                assert store.objects["k"].data == v2
+            else:
+                [(copy, conflict)] = done
+                assert conflict and store.objects[copy].data == v2
+                assert store.objects["k"].data == v1[:-1] + b"!"
+            store.put_sync("k", b"old")
+            old = store.objects["k"].etag
+
+
 def test_a_recovered_entry_is_never_silently_replaced():
     """A version left by a dead mount goes up first; a version written in the
     new mount from the old object is not based on it, so it goes beside."""
