@@ -1246,9 +1246,17 @@ class Filesystem:
         if writing:
             self._check_writable()
             await self.ns.ensure_metadata(node)
+        fresh = node.data is None
         data = self._file_data(node)
         node.open_count += 1
         try:
+            if fresh and node.shown_size is not None and node.shown_size != data.size:
+                # The kernel holds another size, given while an earlier open
+                # kept the version it read (another client replaced the
+                # object meanwhile): it would end reads there.  Its
+                # attributes go first.
+                node.shown_size = None
+                await self.ns.notifier.invalidate_attrs_now(node.ino)
             if flags & os.O_TRUNC and (data.size or data.base_size):
                 await data.truncate(0)
                 now = time.time_ns()

@@ -165,7 +165,7 @@ class FuseOperations(pyfuse3.Operations):
         e.st_uid = a.uid
         e.st_gid = a.gid
         e.st_rdev = a.rdev
-        e.st_size = a.size
+        e.st_size = node.shown_size = a.size
         e.st_blksize = BLKSIZE
         e.st_blocks = 0 if node.is_dir else (a.size + 511) // 512
         e.st_atime_ns = a.atime_ns

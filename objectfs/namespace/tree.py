@@ -62,7 +62,7 @@ class Attr:
 class Inode:
     __slots__ = ("ino", "parent", "name", "attr", "lookups", "children", "listed_at",
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
-                 "local", "target", "xattrs", "data", "open_count", "meta_known",
+                 "local", "target", "xattrs", "data", "open_count", "shown_size", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
                  "pending", "subdirs", "pages", "__weakref__")
 
@@ -103,6 +103,8 @@ class Inode:
         self.xattrs: dict[str, bytes] | None = None
         self.data: FileData | None = None       # open-file state (data path)
         self.open_count = 0
+        # the size last given to the kernel in an attribute reply (None: none)
+        self.shown_size: int | None = None
         # True once mode/uid/gid/times came from a HEAD (or we wrote them);
         # entries made from a listing alone have default attributes
         self.meta_known = False

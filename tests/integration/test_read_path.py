@@ -257,3 +257,35 @@ def test_a_handle_that_has_read_nothing_reads_the_version_now_in_s3(
             held.seek(12 * MiB)
             held.read(4096)
         assert e.value.errno == errno.ESTALE
+
+
+@pytest.mark.parametrize("cache", ["tier", "no tier"])
+def test_a_file_reopened_after_another_client_grew_it_reads_whole(mount, bucket, s3_client,
+                                                                 cache):
+    """Open and read a file; another client replaces it with a longer one;
+    a stat while it is still open gives the open version's size (the
+    kernel keeps it); close, open again: the read returns the whole new
+    version, not its bytes cut at the old size."""
+    v1, v2 = os.urandom(3 << 20), os.urandom(5 << 20)
+    s3_client.put_object(Bucket=bucket, Key="f", Body=v1)
+    m = mount(bucket, options=["metadata_ttl=1"] + (["cache_size=0"] if cache == "no tier"
+                                                   else []))
+    path = os.path.join(m.mountpoint, "f")
+    with m.watchdog(60):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.read(fd, 8 << 20) == v1
+            s3_client.put_object(Bucket=bucket, Key="f", Body=v2)
+            time.sleep(1.5)
+            assert os.stat(path).st_size == len(v1)   # the open version's
+        finally:
+            os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            got = b""
+            while chunk := os.read(fd, 8 << 20):
+                got += chunk
+        finally:
+            os.close(fd)
+        assert len(got) == len(v2) and got == v2
