@@ -91,14 +91,18 @@ def warm(paths: list[str]) -> int:
             todo.append((entry.mountpoint, f, rel, size))
     progress = Progress(sum(t[3] for t in todo), len(todo))
     failed = 0
+    kept_total = 0
     try:
         for mountpoint, f, rel, size in todo:
-            offset, fetched = 0, 0
+            offset, fetched, kept = 0, 0, 0
             try:
                 while True:
                     r = control.request(mountpoint, {"op": "cache_warm", "path": rel,
                                                      "offset": offset})
+                    if r.get("skipped"):
+                        raise UserError(r["skipped"])
                     fetched += r.get("fetched", 0)
+                    kept += r.get("cached", 0)
                     progress.done += r["next"] - offset
                     progress.update()
                     if r["next"] <= offset or r["next"] >= r["size"]:
@@ -106,13 +110,21 @@ def warm(paths: list[str]) -> int:
                     offset = r["next"]
             except UserError as e:
                 failed += 1
+                progress.finish()
                 print(f"objectfs: cannot warm {f}: {e}", file=sys.stderr)
                 continue
-            progress.files_done += 1
             progress.fetched += fetched
+            kept_total += kept
+            if kept < r["size"]:
+                failed += 1
+                progress.finish()
+                print(f"objectfs: {f}: only {human(kept)} of {human(r['size'])} fit in the "
+                      "local tier (cache_size, beside pinned data)", file=sys.stderr)
+            else:
+                progress.files_done += 1
             if not progress.tty:
-                print(f"warmed {f} ({human(size)}, {human(fetched)} fetched from S3)",
-                      flush=True)
+                print(f"warmed {f} ({human(size)}, {human(fetched)} fetched from S3, "
+                      f"{human(kept)} kept)", flush=True)
             progress.update()
     except KeyboardInterrupt:
         progress.finish()
@@ -120,8 +132,8 @@ def warm(paths: list[str]) -> int:
               "warmed (what is cached stays cached)", file=sys.stderr)
         return 130
     progress.finish()
-    print(f"objectfs: {progress.files_done} file(s), {human(progress.total)} in the local tier "
-          f"({human(progress.fetched)} fetched from S3)")
+    print(f"objectfs: {progress.files_done} of {len(todo)} file(s) wholly in the local tier, "
+          f"{human(kept_total)} kept ({human(progress.fetched)} fetched from S3)")
     return 1 if failed else 0
 
 

@@ -63,7 +63,10 @@ def handlers(fs: "Filesystem") -> dict:
             async def get(s: int, e: int) -> bytes:
                 return await fs.store.get(key, s, e, etag=ref.etag)
             fetched = await t.warm(ref, start, end, get)
-        return {"size": ref.size, "next": end, "fetched": fetched}
+        # what the tier holds of the chunk now (blocks refused for want of
+        # room beside pinned data, or bigger than the tier, are not)
+        cached = await trio.to_thread.run_sync(t.store.cached_bytes, ref, start, end)
+        return {"size": ref.size, "next": end, "fetched": fetched, "cached": cached}
 
     async def pin(req: dict) -> dict:
         t = tier()

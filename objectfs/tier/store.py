@@ -422,6 +422,17 @@ class TierStore:
         except Closed:
             pass
 
+    def cached_bytes(self, ref: ObjectRef, start: int, end: int) -> int:
+        """Bytes of the blocks holding ``[start, end)`` of ``ref`` that are
+        stored now."""
+        if end <= start:
+            return 0
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT blockno FROM blocks WHERE oid=? AND blockno BETWEEN ? AND ?",
+                (ref.oid, start // BLOCK_SIZE, (end - 1) // BLOCK_SIZE)).fetchall()
+        return sum(ref.block_len(r[0]) for r in rows)
+
     def has(self, ref: ObjectRef, blockno: int) -> bool:
         return os.path.exists(self.path(ref.oid, blockno))
 

@@ -14,6 +14,8 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -249,6 +251,7 @@ def test_cache_commands_warm_pin_unpin_evict_and_stats(mount, logged_s3, workdir
     r = objectfs_cli("cache", "warm", str(mp / "t"), env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("warmed ") == 3  # not a terminal: one line per file
+    assert "3 of 3 file(s) wholly in the local tier, 1.4 MiB kept" in r.stdout
     before = {k: gets(logged_s3, bucket, k) for k in files}
     for k, v in files.items():
         assert read_uncached(mp / k) == v
@@ -388,3 +391,33 @@ def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_a_third_ti
     # a sequential read after a random one still goes by whole blocks
     assert read_uncached(Path(m.mountpoint) / "r.bin") == data
     assert settle(m, blocks=13)["blocks"] == 13
+
+
+def test_cache_warm_reports_what_the_tier_kept(mount, logged_s3, objectfs_cli):
+    """A file bigger than cache_size is not kept (a block goes in only with
+    room for it): warm says so and exits 1, rather than reporting it in the
+    tier; a file being written is not warmed either."""
+    bucket = logged_s3.new_bucket()
+    logged_s3.client().put_object(Bucket=bucket, Key="big", Body=blob(12 * MiB, 16))
+    m = mount(bucket, server=logged_s3, options=["cache_size=8M"])
+    mp = Path(m.mountpoint)
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r = objectfs_cli("cache", "warm", str(mp / "big"), env=env)
+    assert r.returncode == 1
+    assert "only 0 B of 12.0 MiB fit in the local tier" in r.stderr, r.stderr
+    assert "0 of 1 file(s) wholly in the local tier, 0 B kept" in r.stdout, r.stdout
+    # another process writes a file and keeps it open (a descriptor of
+    # ours would be closed in the command's child, and a close uploads)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         f"f = open({str(mp / 'new')!r}, 'wb'); f.write(b'not in S3 yet'); f.flush()\n"
+         "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        r = objectfs_cli("cache", "warm", str(mp / "new"), env=env)
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert r.returncode == 1 and "cannot warm" in r.stderr and "not in S3 yet" in r.stderr, \
+        r.stderr
