@@ -102,7 +102,8 @@ def warm(paths: list[str]) -> int:
                     if r.get("skipped"):
                         raise UserError(r["skipped"])
                     fetched += r.get("fetched", 0)
-                    kept += r.get("cached", 0)
+                    # (a daemon older than this command does not say)
+                    kept += r.get("cached", r["next"] - offset)
                     progress.done += r["next"] - offset
                     progress.update()
                     if r["next"] <= offset or r["next"] >= r["size"]:

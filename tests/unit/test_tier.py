@@ -985,7 +985,8 @@ def fake_daemon(monkeypatch, tmp_path, interrupt_after=None):
             raise KeyboardInterrupt
         size = os.path.getsize(os.path.join(mountpoint, req["path"]))
         nxt = min(size, req["offset"] + 32 * MiB)
-        return {"ok": True, "size": size, "next": nxt, "fetched": nxt - req["offset"]}
+        return {"ok": True, "size": size, "next": nxt, "fetched": nxt - req["offset"],
+                "cached": nxt - req["offset"]}
 
     monkeypatch.setattr(cli.control, "mount_of", mount_of)
     monkeypatch.setattr(cli.control, "request", request)
@@ -1005,7 +1006,7 @@ def test_warm_walks_a_tree_chunk_by_chunk_with_a_progress_bar(monkeypatch, tmp_p
     assert [(r["path"], r["offset"]) for r in sent] == [
         ("t/big", 0), ("t/big", 32 * MiB), ("t/big", 64 * MiB), ("t/sub/small", 0)]
     assert "100.0%" in tty.text and "2/2 files" in tty.text and "\r[" in tty.text
-    assert "2 file(s)" in capsys.readouterr().out
+    assert "2 of 2 file(s) wholly in the local tier, 70.0 MiB kept" in capsys.readouterr().out
 
 
 def test_warm_stops_at_ctrl_c_and_says_how_far_it_got(monkeypatch, tmp_path, capsys):
