@@ -344,7 +344,16 @@ class Filesystem:
         d.attr.mtime_ns = d.attr.ctime_ns = now
 
     def _key_fn(self, node: Inode):
-        return lambda: self.table.key(node)
+        """The key of an open file's data.  A file out of the tree whose
+        bytes are not all here (another client deleted its object, and a
+        lookup found it gone) has no key left to read from: ESTALE, as for
+        the read that found the object gone, never ENOENT."""
+        def key() -> str:
+            try:
+                return self.table.key(node)
+            except NotFound:
+                raise Stale("object deleted in S3 while open") from None
+        return key
 
     def _file_data(self, node: Inode) -> FileData:
         if node.data is None:

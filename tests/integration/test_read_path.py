@@ -289,3 +289,25 @@ def test_a_file_reopened_after_another_client_grew_it_reads_whole(mount, bucket,
         finally:
             os.close(fd)
         assert len(got) == len(v2) and got == v2
+
+
+@pytest.mark.parametrize("size", [100_000, 5_000_000])
+def test_the_first_read_of_a_file_another_client_deleted_is_estale(mount, bucket, s3_client,
+                                                                  size):
+    """Opened, then deleted by another client before its first read: every
+    read gives ESTALE (the kernel's read-ahead found the object gone first,
+    and took the inode out of the tree: a read after that gave ENOENT)."""
+    s3_client.put_object(Bucket=bucket, Key="f", Body=os.urandom(size))
+    m = mount(bucket, options=["metadata_ttl=2"])
+    path = os.path.join(m.mountpoint, "f")
+    time.sleep(2.5)
+    with m.watchdog(60):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            s3_client.delete_object(Bucket=bucket, Key="f")
+            for _ in range(2):
+                with pytest.raises(OSError) as e:
+                    os.read(fd, 1 << 24)
+                assert e.value.errno == errno.ESTALE
+        finally:
+            os.close(fd)
