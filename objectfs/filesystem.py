@@ -932,7 +932,7 @@ class Filesystem:
                 raise Exists(name)
             existing.lookups += 1
             try:
-                handle = await self.open(existing.ino, flags & ~os.O_CREAT)
+                handle = await self.open(existing.ino, flags & ~os.O_CREAT, caller)
             except BaseException:
                 existing.lookups -= 1
                 raise
@@ -1243,7 +1243,7 @@ class Filesystem:
 
     # -- files ----------------------------------------------------------------------
 
-    async def open(self, ino: int, flags: int) -> FileHandle:
+    async def open(self, ino: int, flags: int, caller: Caller | None = None) -> FileHandle:
         node = self.table.get(ino)
         await self.ns.settle(node)   # its ETag, if its HEAD is under way
         if node.is_dir:
@@ -1271,13 +1271,29 @@ class Filesystem:
                 now = time.time_ns()
                 node.attr.mtime_ns = node.attr.ctime_ns = now
                 node.attr.size = 0
+                self._kill_suid(node, caller)
             elif flags & os.O_TRUNC and not node.local:
                 data.mark_dirty()
+                self._kill_suid(node, caller)
         except BaseException:
             node.open_count -= 1
             await self._release_data(node)
             raise
         return self._alloc_fh(lambda fh: FileHandle(fh, node, flags))
+
+    @staticmethod
+    def _kill_suid(node: Inode, caller: Caller | None) -> None:
+        """A truncate at open (O_TRUNC, which the kernel leaves to us) by
+        anyone but root clears set-user-ID, and set-group-ID where group
+        execute is set, as truncate(2) and write(2) do; the upload at close
+        stores the mode."""
+        if caller is None or caller.uid == 0:
+            return
+        mode = node.attr.mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            node.attr.mode = mode & ~kill
+            node.attr.ctime_ns = time.time_ns()
 
     def keep_cache(self, handle: FileHandle) -> bool:
         """True if the kernel's cached pages of this file are still valid."""

@@ -237,7 +237,7 @@ class FuseOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=h.fh, keep_cache=self.fs.keep_cache(h))
 
     async def open(self, inode, flags, ctx):
-        return self._file_info(await self.fs.open(inode, flags))
+        return self._file_info(await self.fs.open(inode, flags, _caller(ctx)))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         h, node = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))

@@ -650,3 +650,38 @@ def test_new_big_file_attrs_set_before_close_reach_s3(mount, bucket, s3_client):
     md = s3_client.head_object(Bucket=bucket, Key="big.bin")["Metadata"]
     assert md["mode"] == "33152", md
     assert md["mtime"] == "1600000000", md
+
+
+def test_a_truncate_at_open_by_a_non_root_user_clears_setuid_and_setgid(mount, bucket,
+                                                                       s3_client):
+    """open(O_TRUNC) (``: > file``) by a user without CAP_FSETID clears
+    set-user-ID, and set-group-ID where group execute is set, as on ext4
+    (the kernel leaves an atomic O_TRUNC to the filesystem); root keeps
+    them.  The mode stored in S3 follows."""
+    from posix_suite.fsutil import NOBODY_UID, run_as
+
+    m = mount(bucket, options=["allow_other"])
+    os.chmod(os.path.dirname(m.mountpoint), 0o711)   # the test's own dir: nobody passes
+    d = os.path.join(m.mountpoint, "d")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    cases = {"a": (0o4666, None, 0o666), "b": (0o2676, None, 0o676),
+             "c": (0o4766, NOBODY_UID, 0o766), "d": (0o2666, None, 0o2666),
+             "root": (0o6777, "root", 0o6777)}
+    for name, (mode, owner, _) in cases.items():
+        p = os.path.join(d, name)
+        Path(p).write_bytes(b"hello\n")
+        if owner == NOBODY_UID:
+            os.chown(p, NOBODY_UID, NOBODY_UID)
+        os.chmod(p, mode)
+    for name, (_, owner, _) in cases.items():
+        p = os.path.join(d, name)
+        if owner == "root":
+            os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+        else:
+            run_as(lambda p=p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))) \
+                .expect_ok(f"truncate {name} as nobody")
+    for name, (_, _, want) in cases.items():
+        st = os.stat(os.path.join(d, name))
+        assert (stat.S_IMODE(st.st_mode), st.st_size) == (want, 0), name
+        assert int(meta(s3_client, bucket, f"d/{name}")["mode"]) == stat.S_IFREG | want, name
