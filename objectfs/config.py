@@ -90,6 +90,36 @@ def parse_writeback(text: str | bool | float) -> float | None:
     return parse_seconds(t)  # a number is the delay: writeback=0 uploads at once
 
 
+def _str(text) -> str:
+    if isinstance(text, bool) or str(text) == "":
+        raise ValueError("needs a value (name=value)")
+    return str(text)
+
+
+def parse_timeout(text: str | float) -> float:
+    """A network timeout: more than 0, at most a day (a socket refuses
+    timeouts past what its clock can hold, and every request then failed)."""
+    v = parse_seconds(text)
+    if not 0 < v <= 86400:
+        raise ValueError("must be more than 0 and at most 86400 seconds")
+    return v
+
+
+# botocore's rule for a region name (letters, digits and dashes)
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def parse_region(text) -> str:
+    s = _str(text).strip()
+    if "://" in s:
+        raise ValueError("is a region name such as us-east-1, not a URL (endpoint= is s3fs's "
+                         "name for the region here; give the URL as --endpoint-url or "
+                         "endpoint_url=)")
+    if not _REGION.match(s):
+        raise ValueError("must be a region name such as us-east-1 (letters, digits, dashes)")
+    return s
+
+
 def parse_positive_int(text: str | int) -> int:
     if isinstance(text, bool):
         raise ValueError("not an integer")
@@ -150,10 +180,6 @@ def parse_globs(text) -> tuple[str, ...]:
     return tuple(str(g).strip().lstrip("/") for g in items if str(g).strip())
 
 
-def _str(text) -> str:
-    if isinstance(text, bool) or str(text) == "":
-        raise ValueError("needs a value (name=value)")
-    return str(text)
 
 
 def parse_endpoint(text) -> str:
@@ -183,16 +209,16 @@ OPTIONS: list[Option] = [
     # -- connection
     Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). "
            "Path-style addressing is used when it is set.", "connection", "AWS"),
-    Option("region", _str, None, "Region for request signing (boto3's configuration when unset, "
+    Option("region", parse_region, None, "Region for request signing (boto3's configuration when unset, "
            "else us-east-1).", "connection", "from boto3"),
     Option("profile", _str, None, "Profile in ~/.aws/config and ~/.aws/credentials.", "connection",
            "boto3 default chain"),
     Option("max_connections", parse_positive_int, 32, "Concurrent S3 requests (connection pool "
-           "and worker threads).", "connection"),
-    Option("connect_timeout", parse_seconds, 5.0, "Seconds to wait for a TCP connection.",
-           "connection"),
-    Option("read_timeout", parse_seconds, 60.0, "Seconds to wait for response data.",
-           "connection"),
+           "and worker threads; at most 1024).", "connection"),
+    Option("connect_timeout", parse_timeout, 5.0, "Seconds to wait for a TCP connection "
+           "(at most 86400).", "connection"),
+    Option("read_timeout", parse_timeout, 60.0, "Seconds to wait for response data "
+           "(at most 86400).", "connection"),
     Option("retries", parse_positive_int, 5, "Attempts per S3 request (exponential back-off with "
            "jitter on 5xx, throttling, connection errors and damaged bodies; Retry-After is "
            "honoured). See Reliability.", "connection"),
@@ -258,7 +284,8 @@ OPTIONS: list[Option] = [
            "mount; not together with allow_other, which includes root. Needs user_allow_other "
            "in /etc/fuse.conf for users other than root.", "permissions", fuse=True),
     Option("default_permissions", parse_bool, True, "Let the kernel enforce mode bits and "
-           "ownership.", "permissions", fuse=True),
+           "ownership. Off, nothing checks them, so allow_other refuses it.", "permissions",
+           fuse=True),
     Option("ro", parse_bool, False, "Mount read-only.", "permissions", fuse=True),
     # -- namespace and metadata
     Option("metadata_ttl", parse_seconds, 5.0, "Seconds that cached attributes, lookups and "
@@ -527,6 +554,13 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError("sse_c_key_file (SSE-C) and sse cannot be used together")
     if v["no_verify_ssl"]:
         v["verify_ssl"] = False
+    if v["max_connections"] > 1024:
+        raise ConfigError("bad value for max_connections: at most 1024")
+    if v["allow_other"] and not v["default_permissions"]:
+        # nothing would check permissions: every user could read, write,
+        # chmod and chown everything in the mount
+        raise ConfigError("allow_other needs default_permissions: without it no permission "
+                          "is checked, and every user could read and change every file")
     if v["allow_other"] and v["allow_root"]:
         # libfuse would quietly keep allow_root only: everyone but root and
         # the owner would be refused, the opposite of what allow_other says

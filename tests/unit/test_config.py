@@ -126,6 +126,13 @@ BAD = [
     "retries=0", "max_connections=1.5", "upload_concurrency", "stat_concurrency=-3",
     "metadata_ttl=-1", "negative_ttl=soon", "connect_timeout",
     "log_level=verbose", "checksums=always", "verify_ssl=maybe", "ro=2",
+    # a socket refuses timeouts past what its clock holds: every request failed
+    "read_timeout=1e10", "connect_timeout=1e10", "read_timeout=0",
+    "max_connections=100000000",   # the bucket check hung filling the pool
+    # botocore refused them only in the daemon, with a traceback
+    "region=eu west", "region=bad!", "endpoint=http://127.0.0.1:9000",
+    # nothing would check permissions for the other users
+    "allow_other,default_permissions=false",
 ]
 
 
@@ -147,6 +154,9 @@ def test_cli_reports_config_errors_as_one_line_and_exit_2(capsys, tmp_path):
     assert err.startswith("objectfs: ") and err.count("\n") == 1
     assert "no_such_option" in err
     assert cli.main(["mount", "s3://bucket", str(mp), "--no-such-flag"]) == 2
+    capsys.readouterr()
+    assert cli.main(["mount", "s3://bucket", str(mp), "--region", "bad!"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
     assert cli.main(["mount", "s3://bucket", str(mp), "--config",
                      str(tmp_path / "missing.yaml")]) == 2
 
