@@ -1449,6 +1449,8 @@ class Filesystem:
             if node.data.dirty and not node.data.detached and not node.data.broken:
                 return  # keep the bytes: a later flush_all retries
             data, node.data = node.data, None
+            if h.flags & os.O_ACCMODE != os.O_RDONLY:
+                node.shown_size = data.size   # the kernel's own, after its writes
             await data.close()
             if data.broken and node.parent is not None:
                 # its streamed upload failed (its close said EIO) and its
