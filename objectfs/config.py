@@ -209,7 +209,8 @@ OPTIONS: list[Option] = [
     # -- connection
     Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). "
            "Path-style addressing is used when it is set.", "connection", "AWS"),
-    Option("region", parse_region, None, "Region for request signing (boto3's configuration when unset, "
+    Option("region", parse_region, None, "Region for request signing (boto3's configuration "
+           "when unset, "
            "else us-east-1).", "connection", "from boto3"),
     Option("profile", _str, None, "Profile in ~/.aws/config and ~/.aws/credentials.", "connection",
            "boto3 default chain"),

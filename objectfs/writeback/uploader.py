@@ -475,12 +475,10 @@ class WriteBack:
             return False
         if etag == m.md5:
             return True
-        if m.size <= self.ctx.single_put_max:
-            return False
-        parts = layout(m.size, self.ctx.part_size)
-        if not etag.endswith(f"-{len(parts)}"):
-            return False
-        return etag == _bare(await self._io(data_multipart_etag, entry.data_path, parts))
+        if m.size <= self.ctx.single_put_max \
+                or not etag.endswith(f"-{len(layout(m.size, self.ctx.part_size))}"):
+            return False   # (not worth reading the file)
+        return etag in await self._io(self._etags, entry)
 
     async def _conflict(self, p: Pending, remote: ObjectInfo | None) -> ObjectInfo:
         m = p.manifest
