@@ -48,16 +48,7 @@ exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration,
 
 # How long "objectfs mount" waits for the daemon to report that the mount
 # answers.  The bucket check itself is bounded to well under this.
-# OBJECTFS_READY_TIMEOUT (seconds) changes it.
-def _ready_timeout() -> float:
-    try:
-        v = float(os.environ.get("OBJECTFS_READY_TIMEOUT", "60"))
-    except ValueError:
-        return 60.0
-    return v if 0 < v < 86400 else 60.0
-
-
-READY_TIMEOUT = _ready_timeout()
+READY_TIMEOUT = config.env_seconds("OBJECTFS_READY_TIMEOUT", 60.0)
 # How long opening an existing mount may take before it counts as hung.
 PROBE_TIMEOUT = 5.0
 

@@ -63,6 +63,16 @@ def parse_mode(text: str | int) -> int:
     return v
 
 
+def env_seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name`` (more than 0, less
+    than a day), else ``default``."""
+    try:
+        v = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return v if 0 < v < 86400 else default
+
+
 def parse_seconds(text: str | float) -> float:
     if isinstance(text, bool):
         raise ValueError("not a duration")

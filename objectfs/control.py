@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import procmounts
+from .config import env_seconds
 from .errors import FsError, UserError
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,8 @@ def mount_of(path: str) -> tuple[procmounts.MountEntry, str]:
 
 # How long a request that makes the daemon do little (stats, refresh, the
 # cache's bookkeeping) waits for its answer: a hung daemon is reported, not
-# waited for.  OBJECTFS_ANSWER_TIMEOUT (seconds) changes it.
-def _quick() -> float:
-    try:
-        v = float(os.environ.get("OBJECTFS_ANSWER_TIMEOUT", "10"))
-    except ValueError:
-        return 10.0
-    return v if 0 < v < 86400 else 10.0
-
-
-QUICK = _quick()
+# waited for.
+QUICK = env_seconds("OBJECTFS_ANSWER_TIMEOUT", 10.0)
 
 
 def request(mountpoint: str, req: dict[str, Any], timeout: float = 600) -> dict:
