@@ -503,12 +503,25 @@ def parse_o(text: str) -> list[tuple[str, str | bool]]:
 def load_yaml(path: str) -> dict[str, Any]:
     import yaml
 
+    class Strict(yaml.BaseLoader):
+        """BaseLoader keeps every scalar as its text, so "0644" stays octal
+        digits (YAML 1.1 would turn it into the int 420) and each option
+        parses its own value exactly as it would from -o.  A key given
+        twice is refused: which one wins would be a guess."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: list = []
+            for k, _ in node.value:
+                key = self.construct_object(k, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice", k.start_mark)
+                seen.append(key)
+            return super().construct_mapping(node, deep)
+
     try:
         with open(path) as f:
-            # BaseLoader keeps every scalar as its text, so "0644" stays octal
-            # digits (YAML 1.1 would turn it into the int 420) and each option
-            # parses its own value exactly as it would from -o.
-            data = yaml.load(f, Loader=yaml.BaseLoader)
+            data = yaml.load(f, Loader=Strict)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except UnicodeError:
@@ -516,7 +529,9 @@ def load_yaml(path: str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}{where}: invalid YAML") from None
+        problem = getattr(e, "problem", None)
+        raise ConfigError(f"config file {path}{where}: invalid YAML"
+                          + (f" ({problem})" if problem else "")) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -29,7 +29,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
+from ..errors import ConfigError
 
 SSE_C_KEY_BYTES = 32  # AES-256
 
@@ -37,22 +37,22 @@ SSE_C_KEY_BYTES = 32  # AES-256
 def read_sse_c_key(path: str) -> bytes:
     """The 32-byte SSE-C key in ``path``: raw, or base64 text.
 
-    Refused (UserError) if the file is readable or writable by group or
+    Refused (ConfigError: exit 2) if the file is readable or writable by group or
     others, as ssh refuses a private key file.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
-        raise UserError(f"cannot read sse_c_key_file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read sse_c_key_file {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UserError(f"sse_c_key_file {path} is accessible by group or others "
+            raise ConfigError(f"sse_c_key_file {path} is accessible by group or others "
                             f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
         try:
             data = os.read(fd, 4096)
         except OSError as e:   # a directory: EISDIR
-            raise UserError(f"cannot read sse_c_key_file {path}: {e.strerror}") from None
+            raise ConfigError(f"cannot read sse_c_key_file {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     if len(data) == SSE_C_KEY_BYTES:
@@ -62,7 +62,7 @@ def read_sse_c_key(path: str) -> bytes:
     except ValueError:
         key = b""
     if len(key) != SSE_C_KEY_BYTES:
-        raise UserError(f"sse_c_key_file {path} must hold a 32-byte key, raw or base64")
+        raise ConfigError(f"sse_c_key_file {path} must hold a 32-byte key, raw or base64")
     return key
 
 

@@ -212,16 +212,19 @@ def test_sse_c_key_on_every_object_request(proxy, bucket, mount, workdir):
 @pytest.mark.parametrize("mode, content, words", [
     (0o644, None, "accessible by group or others"),
     (0o600, b"too short", "must hold a 32-byte key"),
+    (None, None, "cannot read sse_c_key_file"),    # missing
 ])
 def test_sse_c_key_file_refused(s3, bucket, workdir, mode, content, words):
+    """A key file that cannot serve is a configuration error: exit 2, one line."""
     key_file = workdir / "bad.key"
-    key_file.write_bytes(content or os.urandom(32))
-    key_file.chmod(mode)
+    if mode is not None:
+        key_file.write_bytes(content or os.urandom(32))
+        key_file.chmod(mode)
     mp = workdir / "mnt-sse-c"
     mp.mkdir()
     r = run_cli(["mount", f"s3://{bucket}", str(mp), "--endpoint-url", s3.endpoint, "-f",
                  "-o", f"sse_c_key_file={key_file}"], env=s3.env(), timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert words in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 

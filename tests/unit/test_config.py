@@ -221,6 +221,12 @@ def test_invalid_yaml_error_names_the_line(tmp_path):
         cfg(yaml_path=y)
 
 
+def test_an_option_given_twice_in_yaml_is_refused_with_its_line(tmp_path):
+    y = write_yaml(tmp_path, "retries: 3\npart_size: 8M\nretries: 4\n")
+    with pytest.raises(ConfigError, match="line 3: invalid YAML \\('retries' is given twice\\)"):
+        cfg(yaml_path=y)
+
+
 def test_missing_yaml_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as ei:
         cfg(yaml_path=str(tmp_path / "nope.yaml"))
