@@ -26,7 +26,9 @@ WARM_CHUNK = 32 << 20
 def handlers(fs: "Filesystem") -> dict:
     def tier():
         if fs.tier is None:
-            raise NotSupported("the local tier is disabled on this mount (cache_size=0)")
+            why = ("cache_size=0" if not fs.cfg.cache_size
+                   else "its directory could not be used at mount: see the daemon's log")
+            raise NotSupported(f"the local tier is disabled on this mount ({why})")
         return fs.tier
 
     async def target(req: dict) -> tuple[str, bool]:

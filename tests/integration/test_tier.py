@@ -421,3 +421,22 @@ def test_cache_warm_reports_what_the_tier_kept(mount, logged_s3, objectfs_cli):
         writer.stdout.close()
     assert r.returncode == 1 and "cannot warm" in r.stderr and "not in S3 yet" in r.stderr, \
         r.stderr
+
+
+def test_cache_commands_say_why_the_tier_is_off(mount, logged_s3, workdir, objectfs_cli):
+    """cache_size=0, or a tier directory the mount could not use (a damaged
+    tier.db: the mount works without the tier and logs why): the cache
+    commands say which, in one line."""
+    bucket = logged_s3.new_bucket()
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    m = mount(bucket, server=logged_s3, options=["cache_size=0"])
+    r = objectfs_cli("cache", "stats", m.mountpoint, env=env)
+    assert r.returncode == 1 and "disabled on this mount (cache_size=0)" in r.stderr, r.stderr
+    m.stop()
+    damaged = workdir / "damaged"
+    damaged.mkdir()
+    (damaged / "tier.db").write_bytes(b"not a database" * 100)
+    m = mount(bucket, server=logged_s3, options=[f"cache_dir={damaged}"])
+    r = objectfs_cli("cache", "stats", m.mountpoint, env=env)
+    assert r.returncode == 1 and "could not be used at mount" in r.stderr, r.stderr
+    assert "local tier disabled" in m.log()
