@@ -63,14 +63,19 @@ def parse_mode(text: str | int) -> int:
     return v
 
 
+# The longest timeout taken (a socket refuses timeouts past what its
+# clock can hold, and every request then failed).
+MAX_TIMEOUT = 86400.0
+
+
 def env_seconds(name: str, default: float) -> float:
     """Seconds from the environment variable ``name`` (more than 0, less
-    than a day), else ``default``."""
+    than MAX_TIMEOUT), else ``default``."""
     try:
         v = float(os.environ.get(name, default))
     except ValueError:
         return default
-    return v if 0 < v < 86400 else default
+    return v if 0 < v < MAX_TIMEOUT else default
 
 
 def parse_seconds(text: str | float) -> float:
@@ -100,34 +105,12 @@ def parse_writeback(text: str | bool | float) -> float | None:
     return parse_seconds(t)  # a number is the delay: writeback=0 uploads at once
 
 
-def _str(text) -> str:
-    if isinstance(text, bool) or str(text) == "":
-        raise ValueError("needs a value (name=value)")
-    return str(text)
-
-
 def parse_timeout(text: str | float) -> float:
-    """A network timeout: more than 0, at most a day (a socket refuses
-    timeouts past what its clock can hold, and every request then failed)."""
+    """A network timeout: more than 0, at most MAX_TIMEOUT."""
     v = parse_seconds(text)
-    if not 0 < v <= 86400:
-        raise ValueError("must be more than 0 and at most 86400 seconds")
+    if not 0 < v <= MAX_TIMEOUT:
+        raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
     return v
-
-
-# botocore's rule for a region name (letters, digits and dashes)
-_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-
-
-def parse_region(text) -> str:
-    s = _str(text).strip()
-    if "://" in s:
-        raise ValueError("is a region name such as us-east-1, not a URL (endpoint= is s3fs's "
-                         "name for the region here; give the URL as --endpoint-url or "
-                         "endpoint_url=)")
-    if not _REGION.match(s):
-        raise ValueError("must be a region name such as us-east-1 (letters, digits, dashes)")
-    return s
 
 
 def parse_positive_int(text: str | int) -> int:
@@ -190,6 +173,25 @@ def parse_globs(text) -> tuple[str, ...]:
     return tuple(str(g).strip().lstrip("/") for g in items if str(g).strip())
 
 
+def _str(text) -> str:
+    if isinstance(text, bool) or str(text) == "":
+        raise ValueError("needs a value (name=value)")
+    return str(text)
+
+
+# botocore's rule for a region name (letters, digits and dashes)
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def parse_region(text) -> str:
+    s = _str(text).strip()
+    if "://" in s:
+        raise ValueError("is a region name such as us-east-1, not a URL (endpoint= is s3fs's "
+                         "name for the region here; give the URL as --endpoint-url or "
+                         "endpoint_url=)")
+    if not _REGION.match(s):
+        raise ValueError("must be a region name such as us-east-1 (letters, digits, dashes)")
+    return s
 
 
 def parse_endpoint(text) -> str:
@@ -220,8 +222,7 @@ OPTIONS: list[Option] = [
     Option("endpoint_url", parse_endpoint, None, "S3 endpoint URL (AWS when unset). "
            "Path-style addressing is used when it is set.", "connection", "AWS"),
     Option("region", parse_region, None, "Region for request signing (boto3's configuration "
-           "when unset, "
-           "else us-east-1).", "connection", "from boto3"),
+           "when unset, else us-east-1).", "connection", "from boto3"),
     Option("profile", _str, None, "Profile in ~/.aws/config and ~/.aws/credentials.", "connection",
            "boto3 default chain"),
     Option("max_connections", parse_positive_int, 32, "Concurrent S3 requests (connection pool "

@@ -37,8 +37,8 @@ SSE_C_KEY_BYTES = 32  # AES-256
 def read_sse_c_key(path: str) -> bytes:
     """The 32-byte SSE-C key in ``path``: raw, or base64 text.
 
-    Refused (ConfigError: exit 2) if the file is readable or writable by group or
-    others, as ssh refuses a private key file.
+    Refused (ConfigError: exit 2) if the file is readable or writable by
+    group or others, as ssh refuses a private key file.
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -48,7 +48,7 @@ def read_sse_c_key(path: str) -> bytes:
         st = os.fstat(fd)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(f"sse_c_key_file {path} is accessible by group or others "
-                            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
         try:
             data = os.read(fd, 4096)
         except OSError as e:   # a directory: EISDIR
