@@ -243,6 +243,47 @@ def test_mount_t_on_the_command_line(installed, s3, bucket, s3_client, workdir, 
     no_traceback(workdir / "daemon.log")
 
 
+def test_mount_n_mounts_in_another_mount_namespace(installed, s3, bucket, s3_client, workdir,
+                                                  mountpoint):
+    """mount -N PID (util-linux passes -N /proc/PID/fd/N to the helper): the mount
+    is made in that namespace only, and umount -N removes it there."""
+    s3_client.put_object(Bucket=bucket, Key="f", Body=b"inside")
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep",
+                               "600"])
+    in_ns = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt"]
+
+    def mounted_there() -> bool:
+        with open(f"/proc/{holder.pid}/mountinfo") as f:
+            return any(ln.split()[4] == str(mountpoint) for ln in f)
+
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/mnt")
+                 != os.readlink("/proc/self/ns/mnt"), what="the new namespace")
+        with mount8_cleanup(mountpoint):
+            r = subprocess.run(["mount", "-N", str(holder.pid), "-t", "objectfs", bucket,
+                                str(mountpoint), "-o", mount_opts(s3, workdir)],
+                               env=mount8_env(s3), capture_output=True, text=True,
+                               timeout=90)
+            assert r.returncode == 0, r.stderr
+            assert mounted_there()
+            assert not is_mounted(str(mountpoint)), "not in the namespace mount(8) ran in"
+            r = subprocess.run([*in_ns, "cat", str(mountpoint / "f")], capture_output=True,
+                               timeout=60)
+            assert r.stdout == b"inside", r.stderr
+            pid = daemon_pid(mountpoint)
+            r = subprocess.run(["umount", "-N", str(holder.pid), str(mountpoint)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            assert not mounted_there()
+            wait_daemon_gone(pid)
+    finally:
+        if holder.poll() is None:
+            subprocess.run([*in_ns, "umount", "-l", str(mountpoint)], capture_output=True,
+                           timeout=60)
+        reap(holder)
+    no_traceback(workdir / "daemon.log")
+
+
 @pytest.mark.parametrize("fstype", ["fuse.objectfs", "objectfs"])
 def test_mount8_with_a_bad_option_fails_with_one_clear_line(installed, s3, bucket, workdir,
                                                             mountpoint, fstype):

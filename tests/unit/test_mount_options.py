@@ -260,10 +260,14 @@ def run_helper(tmp_path, *args):
     recorder = tmp_path / "objectfs"
     recorder.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
     recorder.chmod(0o755)
+    nsenter = tmp_path / "nsenter"
+    nsenter.write_text('#!/bin/sh\necho nsenter "$1"\nshift\nexec "$@"\n')
+    nsenter.chmod(0o755)
     text = open(os.path.join(REPO, "mount_helpers", "mount.objectfs")).read()
-    assert "\nOBJECTFS=objectfs\n" in text
+    assert "\nOBJECTFS=objectfs\n" in text and "\nNSENTER=/usr/bin/nsenter\n" in text
     helper = tmp_path / "mount.objectfs"
-    helper.write_text(text.replace("\nOBJECTFS=objectfs\n", f"\nOBJECTFS={recorder}\n"))
+    helper.write_text(text.replace("\nOBJECTFS=objectfs\n", f"\nOBJECTFS={recorder}\n")
+                      .replace("\nNSENTER=/usr/bin/nsenter\n", f"\nNSENTER={nsenter}\n"))
     helper.chmod(0o755)
     r = subprocess.run([str(helper), *args], capture_output=True, text=True, timeout=30)
     return r.returncode, r.stdout.splitlines()
@@ -277,3 +281,16 @@ def test_mount_helper_translates_mount8_arguments(tmp_path):
     assert run_helper(tmp_path, "b", "/mnt") == (0, ["mount", "b", "/mnt"])
     assert run_helper(tmp_path, "b", "/mnt", "-f", "-o", "x") == (0, []), "-f: fake"
     assert run_helper(tmp_path, "b")[0] == 2
+    assert run_helper(tmp_path, "b", "/mnt", "-o", "x", "-t")[0] == 2, "-t without its type"
+    assert run_helper(tmp_path, "b", "/mnt", "-o", "x", "-t", "objectfs.s3") == \
+        (0, ["mount", "b", "/mnt", "-o", "x"])
+
+
+def test_mount_helper_enters_the_namespace_mount8_names(tmp_path):
+    """mount -N: util-linux passes the namespace as /proc/PID/fd/N after the type."""
+    assert run_helper(tmp_path, "b", "/mnt", "-o", "x", "-t", "objectfs", "-N",
+                      "/proc/7/fd/3") == \
+        (0, ["nsenter --mount=/proc/7/fd/3", "mount", "b", "/mnt", "-o", "x"])
+    assert run_helper(tmp_path, "b", "/mnt", "-N42") == \
+        (0, ["nsenter --mount=/proc/42/ns/mnt", "mount", "b", "/mnt"]), "a PID"
+    assert run_helper(tmp_path, "b", "/mnt", "-N")[0] == 2
