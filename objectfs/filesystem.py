@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -46,7 +47,7 @@ from .namespace import keys
 from .namespace.attrdisk import open_attr_disk
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
-from .config import cache_root, default_staging_dir
+from .config import cache_root, default_staging_dir, env_seconds
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
 from .tasks import open_nursery
 from .tier.tier import Tier, open_tier, tier_namespace
@@ -64,6 +65,23 @@ RENAME_CONCURRENCY = 16
 STATFS_BLOCK = 4096
 STATFS_BLOCKS = (1 << 50) // STATFS_BLOCK
 STATFS_FILES = 1 << 32
+# Seconds an inode the kernel no longer holds stays in the table (see
+# prune_inodes); OBJECTFS_INODE_IDLE sets it (tests).
+INODE_IDLE = env_seconds("OBJECTFS_INODE_IDLE", 60.0)
+
+
+def _by_name(fn):
+    """Marks an operation that finds inodes by name and holds them across
+    awaits before the kernel has a reference to them (a lookup's answer,
+    a rename's target): prune_inodes waits until none is under way."""
+    @functools.wraps(fn)
+    async def op(self, *args, **kw):
+        self._by_name += 1
+        try:
+            return await fn(self, *args, **kw)
+        finally:
+            self._by_name -= 1
+    return op
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,7 @@ class Filesystem:
         # inode -> event: renames under way (a file, or a directory and all
         # under it); uploads of what they move wait for them (_moving_tree)
         self._moving: dict[int, trio.Event] = {}
+        self._by_name = 0   # operations of _by_name under way
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -193,18 +212,50 @@ class Filesystem:
                 pass
 
     async def _release_idle(self) -> None:
-        """Memory kept for requests to come goes back once it sits unused;
+        """Memory kept for requests to come goes back once it sits unused:
+        receive buffers, and inodes the kernel has forgotten (``prune_inodes``);
         aborts the server refused are tried again once a minute."""
         ticks = 0
+        prune_every = max(1, min(30, int(INODE_IDLE / 2)))
+        prune_due = False
         while True:
             await trio.sleep(1)
             ticks += 1
             try:
                 self.store.release_idle()
+                prune_due = prune_due or ticks % prune_every == 0
+                if prune_due and not self._by_name:
+                    self.prune_inodes()
+                    prune_due = False
                 if ticks % 60 == 0 and self.ctx is not None and self.ctx.unaborted:
                     await self.ctx.abort_left()
             except Exception:  # housekeeping must never take the mount down
                 log.exception("housekeeping failed")
+
+    def prune_inodes(self) -> int:
+        """Drop the inodes the kernel has not held for INODE_IDLE seconds
+        and nothing here needs (InodeTable.prune): besides what prune checks
+        itself, an entry or listing still fresh is kept (metadata_ttl), as are
+        the entries of a directory open for reading (its readdir snapshot
+        hands them to the kernel), and anything a rename, a HEAD or a
+        write-back step is working on.  Not called while an operation that
+        finds inodes by name is under way (``_by_name``): it holds them
+        before the kernel counts them."""
+        open_dirs = {h.node.ino for h in self.handles.values() if isinstance(h, DirHandle)}
+        now = clock()
+
+        def keep(node: Inode) -> bool:
+            parent = node.parent
+            if parent.ino in open_dirs or self.ns.listing_fresh(parent, now) \
+                    or self.ns.fresh(node, now) or self.ns.filling(node) \
+                    or (node.is_dir and self.ns.listing_fresh(node, now)):
+                return True
+            lock = self._wb_locks.get(node)
+            if lock is not None and lock.locked():
+                return True
+            return bool(self._moving) and self._move_under_way(node) is not None
+
+        return self.table.prune(now - INODE_IDLE, keep)
 
     def _pending_nodes(self) -> list:
         return [node for node in list(self.table.inodes.values())
@@ -408,6 +459,19 @@ class Filesystem:
             if data.stale:   # its changes were dropped (FileData._give_up)
                 self._remote_wins(node)
             raise
+
+    async def _after_moves(self, *nodes: Inode) -> None:
+        """Wait for the renames under way of ``nodes`` and of the directories
+        above them.  The kernel locks only the parent of a directory it
+        renames, so other processes go on working inside it meanwhile; what
+        they change must reach S3 at the keys the rename gives it, not at
+        the old ones it is copying away (the change would be lost, or come
+        back at the old name)."""
+        while True:
+            ev = next((e for n in nodes if (e := self._move_under_way(n)) is not None), None)
+            if ev is None:
+                return
+            await ev.wait()
 
     def _move_under_way(self, node: Inode) -> trio.Event | None:
         """The event of a rename moving ``node`` (or a directory above it)."""
@@ -682,6 +746,7 @@ class Filesystem:
 
     # -- lookup and attributes --------------------------------------------------
 
+    @_by_name
     async def lookup(self, parent_ino: int, name: bytes) -> Inode:
         """Resolve a name and count one kernel reference to the result."""
         parent = self._dir(parent_ino)
@@ -757,6 +822,7 @@ class Filesystem:
         if meta or changes.size is not None:
             a.ctime_ns = now
         if meta:
+            await self._after_moves(node)
             await self._persist_meta(node)
         return node
 
@@ -863,6 +929,7 @@ class Filesystem:
         ``suffix``: "/" for a directory's marker) would be over S3's limit."""
         self._check_writable()
         name = keys.name_from_kernel(raw)
+        await self._after_moves(parent)
         if await self._child_or_none(parent, name) is not None:
             raise Exists(name)
         keys.check_key(self.table.key(parent) + name + suffix)
@@ -892,6 +959,7 @@ class Filesystem:
         node.lookups += 1
         return node
 
+    @_by_name
     async def mkdir(self, parent_ino: int, raw: bytes, mode: int, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
         name = await self._check_new(parent, raw, "/")
@@ -901,6 +969,7 @@ class Filesystem:
         node.listed_at = clock()  # a new directory is known to be empty
         return node
 
+    @_by_name
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
         name = await self._check_new(parent, raw)
@@ -909,6 +978,7 @@ class Filesystem:
         node.target = os.fsdecode(target)
         return await self._put_new(node, target)
 
+    @_by_name
     async def mknod(self, parent_ino: int, raw: bytes, mode: int, rdev: int,
                     caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
@@ -921,6 +991,7 @@ class Filesystem:
             attr.rdev = rdev
         return await self._put_new(self._attach(parent, name, attr))
 
+    @_by_name
     async def create(self, parent_ino: int, raw: bytes, mode: int, flags: int,
                      caller: Caller) -> tuple[FileHandle, Inode]:
         parent = self._dir(parent_ino)
@@ -948,6 +1019,7 @@ class Filesystem:
         handle = self._alloc_fh(lambda fh: FileHandle(fh, node, flags))
         return handle, node
 
+    @_by_name
     async def link(self, ino: int, new_parent_ino: int, raw: bytes) -> Inode:
         raise NotSupported("S3 has no hard links")
 
@@ -964,6 +1036,7 @@ class Filesystem:
                 node.data = None
                 await data.close()
 
+    @_by_name
     async def unlink(self, parent_ino: int, raw: bytes) -> None:
         parent = self._dir(parent_ino)
         self._check_writable()
@@ -971,6 +1044,7 @@ class Filesystem:
         node = await self._child(parent, name)
         if node.is_dir:
             raise IsADirectory(name)
+        await self._after_moves(parent)
         await self._keep_dir(parent)
         async with self._staged(node) as p:
             await self._detach_file(node)
@@ -1017,6 +1091,7 @@ class Filesystem:
         if any(o.key != prefix for o in page.objects):
             raise NotEmpty()
 
+    @_by_name
     async def rmdir(self, parent_ino: int, raw: bytes) -> None:
         parent = self._dir(parent_ino)
         self._check_writable()
@@ -1024,6 +1099,7 @@ class Filesystem:
         node = await self._child(parent, name)
         if not node.is_dir:
             raise NotADirectory(name)
+        await self._after_moves(parent)
         prefix = self.table.key(node)
         await self._ensure_empty(node)
         await self._keep_dir(parent)
@@ -1046,6 +1122,7 @@ class Filesystem:
 
     # -- rename -------------------------------------------------------------------
 
+    @_by_name
     async def rename(self, old_parent_ino: int, old_raw: bytes, new_parent_ino: int,
                      new_raw: bytes, flags: int) -> None:
         self._check_writable()
@@ -1057,6 +1134,7 @@ class Filesystem:
         new_parent = self._dir(new_parent_ino)
         old_name = keys.name_from_kernel(old_raw)
         new_name = keys.name_from_kernel(new_raw)
+        await self._after_moves(old_parent, new_parent)
         src = await self._child(old_parent, old_name)
         dst = await self._child_or_none(new_parent, new_name)
         if dst is src:
@@ -1542,6 +1620,7 @@ class Filesystem:
         node = await self._xattr_node(ino)
         if node.is_symlink:
             raise NotPermitted("user xattrs on symlinks")
+        await self._after_moves(node)
         current = dict(node.xattrs or {})
         if flags & os.XATTR_CREATE and name in current:
             raise Exists(name)
@@ -1572,6 +1651,7 @@ class Filesystem:
         self._check_writable()
         name = self._xattr_name(raw)
         node = await self._xattr_node(ino)
+        await self._after_moves(node)
         current = dict(node.xattrs or {})
         if name not in current:
             raise NoData(name)
@@ -1587,6 +1667,7 @@ class Filesystem:
 
     # -- control ------------------------------------------------------------------------------
 
+    @_by_name
     async def resolve(self, rel: str) -> Inode:
         """The inode at ``rel`` (relative to the mount root), without counting
         a kernel reference."""
@@ -1597,6 +1678,7 @@ class Filesystem:
             node = await self.ns.lookup(node, part)
         return node
 
+    @_by_name
     async def refresh(self, rel: str) -> int:
         """Forget cached metadata of ``rel`` and everything under it, in this
         process and in the kernel: the next access asks S3.  Local changes

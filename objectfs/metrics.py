@@ -56,6 +56,7 @@ HELP: dict[str, str] = {
     "objectfs_write_buffer_limit_bytes": "Write-buffer memory limit (write_buffer_memory).",
     "objectfs_receive_buffer_bytes": "Memory kept to read large GET bodies into (in use "
                                      "or free for the next one).",
+    "objectfs_inodes": "Inodes the mount holds in memory (see SEMANTICS, Resource limits).",
     "objectfs_start_time_seconds": "When the mount started (Unix time).",
 }
 

@@ -41,6 +41,7 @@ def install_gauges(fs) -> None:
                      lambda: fs.ctx.write_budget.limit if fs.ctx is not None else 0)
     metrics.gauge_fn("objectfs_receive_buffer_bytes", lambda: getattr(
         getattr(fs.store, "receive_buffers", None), "kept_bytes", 0))
+    metrics.gauge_fn("objectfs_inodes", lambda: len(fs.table))
     metrics.gauge("objectfs_start_time_seconds").set(time.time())
 
 

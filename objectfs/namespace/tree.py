@@ -7,7 +7,9 @@ kept per inode: every reply that creates a kernel reference (lookup, create,
 mkdir, mknod, symlink, each readdirplus entry) adds one, ``forget`` removes
 them, and an inode that left the tree (deleted, replaced, gone from S3) is
 dropped from the table only when the kernel has forgotten it and no handle
-has it open.
+has it open.  An inode still in the tree that the kernel has forgotten is
+pruned from it after a while (``prune``), so the table holds what the kernel
+holds plus what is open or unsaved, not every name the mount ever saw.
 
 Attributes are cached on the inode with the monotonic time they were last
 confirmed (``validated_at``); directories remember when they were last fully
@@ -156,6 +158,10 @@ class InodeTable:
         self.root.lookups = 1 << 62  # never forgotten
         self.root.meta_known = True
         self.inodes[ROOT_INODE] = self.root
+        # inodes that may hold no kernel reference, and since when: made
+        # (a listing makes inodes the kernel never hears of) or forgotten
+        self.idle: dict[int, float] = {}
+        self.prunes = 0   # how many inodes prune took out of the tree
 
     def __len__(self) -> int:
         return len(self.inodes)
@@ -179,6 +185,7 @@ class InodeTable:
         self._next += 1
         node = Inode(ino, parent, name, attr)
         self.inodes[ino] = node
+        self.idle[ino] = clock()
         parent.children[name] = node
         parent.subdirs += node.children is not None
         parent.removed.pop(name, None)
@@ -254,7 +261,44 @@ class InodeTable:
         if node is None or ino == ROOT_INODE:
             return
         node.lookups = max(0, node.lookups - n)
+        if node.lookups == 0 and node.parent is not None:
+            self.idle[ino] = clock()
         self.maybe_drop(node)
+
+    def prune(self, older_than: float, keep) -> int:
+        """Take out of the tree, and out of the table, inodes the kernel
+        has not held since before ``older_than`` (a ``clock()`` time; made
+        then and never handed to it, or forgotten) and nothing else holds:
+        not open, no changes short of S3, no children left, and
+        ``keep(node)`` false.  Their parent's listing no longer vouches for
+        its names (one of them is missing now), so it is listed again when
+        next needed; a name asked for again gets a new inode.  A directory
+        is pruned once its children are, in a later round.
+
+        Code that awaits while holding a node it found by name must check it
+        afterwards (``prunes`` changed and ``node.parent`` is None: look the
+        name up again).  Returns how many inodes were pruned."""
+        pruned = 0
+        for ino, since in list(self.idle.items()):
+            node = self.inodes.get(ino)
+            if node is None or node.lookups or node.parent is None:
+                del self.idle[ino]   # gone, or referenced again (forget puts it back)
+                continue
+            if since > older_than or node.children or node.open_count \
+                    or node.data is not None or node.pending is not None or node.local \
+                    or keep(node):
+                continue             # try again in a later round
+            parent = node.parent
+            del self.idle[ino]
+            del self.inodes[ino]
+            if parent.children is not None and parent.children.get(node.name) is node:
+                del parent.children[node.name]
+                parent.subdirs -= node.children is not None
+            node.parent = None
+            parent.listed_at = None
+            pruned += 1
+        self.prunes += pruned
+        return pruned
 
     def maybe_drop(self, node: Inode) -> None:
         """Forget ``node`` entirely if it is detached and unreferenced."""

@@ -284,3 +284,93 @@ def test_file_descriptor_exhaustion_gives_emfile_and_the_mount_recovers(mount, b
         f.write(b"Y")
     assert s3_client.get_object(Bucket=bucket, Key="e00")["Body"].read()[:1] == b"Y"
     assert m.proc.poll() is None
+
+
+# -- the inode table -----------------------------------------------------------------------
+
+def drop_kernel_caches() -> None:
+    """Have the kernel evict every dentry and inode not in use (it sends
+    FORGET for each of ours), as memory pressure would."""
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+
+
+def test_inodes_the_kernel_forgets_are_pruned_and_come_back_the_same(mount, bucket,
+                                                                      s3_client):
+    """The daemon keeps an inode while the kernel holds it, a file is open or
+    unsaved, or it was seen lately (OBJECTFS_INODE_IDLE, 1 s here; 60 s by
+    default). Once the kernel forgets the rest they leave the table, and
+    coming back to them (listings, stats, reads, renames) finds them as
+    before, also while the kernel keeps forgetting under a stat and read loop."""
+    from tests.integration.test_observability import scrape, value
+    from tests.support.s3server import free_port
+
+    names = [f"f{i:03d}" for i in range(300)]
+    for n in names:
+        s3_client.put_object(Bucket=bucket, Key=f"d/{n}", Body=n.encode() * 3)
+    for i in range(20):
+        s3_client.put_object(Bucket=bucket, Key=f"d/sub/g{i}", Body=b"g" * i)
+    port = free_port()
+    m = mount(bucket, options=[f"metrics_port={port}", "metadata_ttl=1"],
+              env={"OBJECTFS_INODE_IDLE": "1"})
+    d = Path(m.mountpoint) / "d"
+
+    def seen() -> list:
+        return sorted((p.relative_to(d).as_posix(), p.stat().st_size, p.stat().st_mode)
+                      for p in d.rglob("*"))
+
+    def inodes() -> float:
+        return value(scrape(port), "objectfs_inodes")
+
+    before = seen()
+    assert len(before) == 321 and inodes() >= 322
+    kept = open(d / "f000", "rb")            # open: stays
+    unsaved = open(d / "new", "wb")          # written, not closed: stays
+    unsaved.write(b"not in S3 yet")
+    try:
+        deadline = time.monotonic() + 60
+        while inodes() > 10:
+            assert time.monotonic() < deadline, f"{inodes()} inodes left after 60 s"
+            drop_kernel_caches()
+            time.sleep(0.5)
+        assert kept.read() == b"f000" * 3
+        unsaved.write(b", still")
+    finally:
+        kept.close()
+        unsaved.close()
+    assert s3_client.get_object(Bucket=bucket, Key="d/new")["Body"].read() == \
+        b"not in S3 yet, still"
+    assert [e for e in seen() if e[0] != "new"] == before
+    # renames and removals of names pruned since
+    drop_kernel_caches()
+    time.sleep(3)
+    os.rename(d / "f001", d / "sub" / "moved")
+    os.unlink(d / "f002")
+    os.rename(d / "sub", d / "sub2")
+    assert (d / "sub2" / "moved").read_bytes() == b"f001" * 3
+    assert sorted(os.listdir(d / "sub2")) == sorted([f"g{i}" for i in range(20)] + ["moved"])
+    assert not (d / "f002").exists() and not (d / "sub").exists()
+
+    # stats and reads while the kernel keeps forgetting and the daemon pruning
+    errors: list = []
+    stop = time.monotonic() + 8
+    rng = random.Random(3)
+
+    def reader() -> None:
+        while time.monotonic() < stop:
+            n = rng.choice(names[3:])
+            try:
+                assert os.stat(d / n).st_size == 12
+                assert (d / n).read_bytes() == n.encode() * 3
+                assert len(os.listdir(d / "sub2")) == 21
+            except (OSError, AssertionError) as e:
+                errors.append(f"{n}: {e!r}")
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(reader) for _ in range(2)]
+        while time.monotonic() < stop:
+            drop_kernel_caches()
+            time.sleep(0.2)
+        for f in futures:
+            f.result()
+    assert not errors, errors[:5]
+    assert "Traceback" not in Path(m.log_path).read_text()

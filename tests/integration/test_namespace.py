@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_for
+
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -876,3 +878,54 @@ def test_a_file_written_in_a_directory_another_client_changes_is_still_saved(
         f.write(data[50_000:])
     assert s3_client.get_object(Bucket=bucket, Key="d/f")["Body"].read() == data
     assert os.listdir(os.path.join(mp, "d")) == ["f"]
+
+
+def test_changes_inside_a_directory_being_renamed_reach_its_new_name(mount, bucket,
+                                                                     s3_client, s3):
+    """The kernel locks only the parent of a directory it renames: other
+    processes go on working inside it while its keys are being copied. Their
+    unlink, mkdir, symlink, chmod, setxattr and renames in, out and within wait
+    for the rename and land under the new name: none is lost or left at the
+    old prefix (which would come back once the cache expired)."""
+    from tests.support.faultproxy import FaultProxy
+
+    for n in ("f1", "f2", "f3", "f4", "f5", "sub/g"):
+        put(s3_client, bucket, f"d/{n}", n.encode())
+    put(s3_client, bucket, "x/zz", b"zz")
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy)
+        mp = Path(m.mountpoint)
+        assert sorted(os.listdir(mp / "d")) == ["f1", "f2", "f3", "f4", "f5", "sub"]
+        os.listdir(mp / "x")
+        proxy.hold("CopyObject", f"/{bucket}/d2/")   # the rename's copies wait
+        ops = {
+            "unlink": lambda: os.unlink(mp / "d" / "f1"),
+            "mkdir": lambda: os.mkdir(mp / "d" / "new"),
+            "symlink": lambda: os.symlink("target", mp / "d" / "link"),
+            "chmod": lambda: os.chmod(mp / "d" / "f2", 0o600),
+            "setxattr": lambda: os.setxattr(mp / "d" / "f4", "user.k", b"v"),
+            "move in": lambda: os.rename(mp / "x" / "zz", mp / "d" / "zz"),
+            "move out": lambda: os.rename(mp / "d" / "f3", mp / "x" / "f3"),
+            "rename within": lambda: os.rename(mp / "d" / "sub", mp / "d" / "sub2"),
+        }
+        with ThreadPoolExecutor(len(ops) + 1) as pool, m.watchdog(120):
+            renaming = pool.submit(os.rename, mp / "d", mp / "d2")
+            wait_for(lambda: proxy.held("CopyObject") > 0, what="the rename's copies")
+            running = {name: pool.submit(fn) for name, fn in ops.items()}
+            time.sleep(1)
+            proxy.release()
+            renaming.result()
+            for name, f in running.items():
+                f.result()
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert not [k for k in keys if k.startswith("d/")], keys
+    assert [k for k in keys if not k.endswith("/")] == [
+        "d2/f2", "d2/f4", "d2/f5", "d2/link", "d2/sub2/g", "d2/zz", "x/f3"], keys
+    assert "d2/new/" in keys
+    m2 = mount(bucket)
+    d2 = Path(m2.mountpoint) / "d2"
+    assert sorted(os.listdir(d2)) == ["f2", "f4", "f5", "link", "new", "sub2", "zz"]
+    assert stat.S_IMODE(os.stat(d2 / "f2").st_mode) == 0o600
+    assert os.getxattr(d2 / "f4", "user.k") == b"v"
+    assert os.readlink(d2 / "link") == "target"
+    assert (d2 / "zz").read_bytes() == b"zz" and (d2 / "sub2" / "g").read_bytes() == b"sub/g"

@@ -499,9 +499,12 @@ class FilesystemModel(RuleBasedStateMachine):
     async def _listing(self, ino: int):
         h = await self.fs.opendir(ino)
         try:
-            return await self.fs.readdir(h.fh, 0)
+            entries = await self.fs.readdir(h.fh, 0)
         finally:
             self.fs.releasedir(h.fh)
+        for _, node in entries:
+            node.lookups += 1   # each readdirplus entry is a kernel reference
+        return entries
 
     def check_dir(self, path: tuple[str, ...], d: MDir, *, deep: bool) -> None:
         ino = self.ino(path)
@@ -554,6 +557,25 @@ class FilesystemModel(RuleBasedStateMachine):
     def listdir(self, data):
         path, d = self.draw_dir(data)
         self.check_dir(path, d, deep=False)
+
+    @rule()
+    def kernel_forgets(self):
+        """Two minutes pass and the kernel forgets every inode it does not need
+        (all but open files and the directories above them), as under memory
+        pressure; the daemon then prunes what it may (prune_inodes). Whatever
+        follows must not notice."""
+        held = set()
+        for h in self.fs.handles.values():
+            n = h.node
+            while n is not None:
+                held.add(n.ino)
+                n = n.parent
+        self.fs.forget([(n.ino, n.lookups) for n in list(self.fs.table.inodes.values())
+                        if n.lookups and n.ino not in held and n.ino != 1])
+        self.trio.clock.jump(120)
+        before = len(self.fs.table)
+        pruned = self.fs.prune_inodes()
+        assert len(self.fs.table) == before - pruned
 
     @rule()
     def remount(self):
