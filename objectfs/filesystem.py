@@ -48,7 +48,7 @@ from .namespace.attrdisk import open_attr_disk
 from .namespace.namespace import Namespace, Notifier, clock
 from .namespace.tree import ROOT_INODE, Attr, Inode
 from .config import cache_root, default_staging_dir, env_seconds
-from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore
+from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore, bare_etag
 from .tasks import open_nursery
 from .tier.tier import Tier, open_tier, tier_namespace
 from .writeback.journal import Journal, Manifest, staged_files
@@ -883,13 +883,52 @@ class Filesystem:
         h = self.headers_for(node, content_changed=False)
         key = self.table.key(node)
         assert node.remote is not None
-        info = await self.store.copy(key, key, size=node.remote.size, metadata=h.metadata,
+        info = await self._copy_same(key, key, node.remote, metadata=h.metadata,
                                      content_type=h.content_type, headers=h.headers)
+        if info is None:
+            await self._replaced(node, key)
+            raise Stale("another client replaced the object since: its attributes are "
+                        "left as they are")
         node.remote = replace(info, metadata=h.metadata, content_type=h.content_type,
                               headers=h.headers)
         if data is not None:
             data.rebase(info.etag)
         self.ns.touch(node)
+
+    async def _copy_same(self, src: str, dst: str, remote: ObjectInfo,
+                         **kw) -> ObjectInfo | None:
+        """Copy the version ``remote`` of ``src`` to ``dst`` (``kw``: its new
+        metadata).  None if ``src`` holds another version now, put there by
+        another client since this mount last looked: then nothing was copied
+        (a server that ignores CopySourceIfMatch, as moto does, copied that
+        version instead).  Adopting the copy's ETag with ``remote``'s size
+        would show the other version cut at the old size, and let an append
+        laid on the old one overwrite it."""
+        try:
+            info = await self.store.copy(src, dst, size=remote.size, src_etag=remote.etag, **kw)
+        except PreconditionFailed:
+            return None
+        if not remote.etag or not info.etag or bare_etag(info.etag) == bare_etag(remote.etag):
+            return info
+        # a copy of a multipart or encrypted object has an ETag of its own:
+        # its size tells whether the condition was ignored and another copied
+        if (await self.store.head(dst)).size != remote.size:
+            return None
+        return info
+
+    async def _replaced(self, node: Inode, key: str) -> None:
+        """``node``'s version is gone from S3 (another client replaced it,
+        see _copy_same) and its name is at ``key``.  It keeps the old ETag,
+        so its open handles and unsaved writes meet ESTALE as with any
+        version replaced under them; its attributes are asked of S3 again,
+        the kernel's dropped before the caller answers."""
+        if node.remote is not None:
+            node.remote = replace(node.remote, key=key)
+        node.validated_at = float("-inf")
+        node.meta_known = False
+        node.cache_etag = None
+        self.ns.notifier.invalidate_inode(node.ino)
+        await self.ns.notifier.invalidate_attrs_now(node.ino)
 
     async def _persist_dir_meta(self, node: Inode) -> None:
         if node.ino == ROOT_INODE and not self.table.root_prefix:
@@ -1219,12 +1258,23 @@ class Filesystem:
             remote = src.remote
             h = self.headers_for(src, content_changed=False)
             base = staged.manifest.base_etag if staged is not None else None
+            replaced = False
             try:
-                # a staged version is based on one object: copy that one or
-                # nothing (the copy's bytes are replaced by its upload)
-                info = await self.store.copy(
-                    old_key, new_key, size=remote.size, metadata=h.metadata,
-                    content_type=h.content_type, headers=h.headers, src_etag=base)
+                if staged is None:
+                    got = await self._copy_same(old_key, new_key, remote, metadata=h.metadata,
+                                                content_type=h.content_type, headers=h.headers)
+                    if got is None:
+                        # another client's version is there now: it moves as it is
+                        now = await self.store.head(old_key)
+                        got = await self.store.copy(old_key, new_key, size=now.size)
+                        replaced = True
+                    info = got
+                else:
+                    # a staged version is based on one object: copy that one or
+                    # nothing (the copy's bytes are replaced by its upload)
+                    info = await self.store.copy(
+                        old_key, new_key, size=remote.size, metadata=h.metadata,
+                        content_type=h.content_type, headers=h.headers, src_etag=base)
                 if base is not None and "-" not in base and info.etag != base:
                     # a server that ignored the condition (moto): a copy of
                     # an object of one PUT keeps its ETag, so this was another
@@ -1243,11 +1293,14 @@ class Filesystem:
             await self.store.delete(old_key)
             if self.tier is not None:  # the old key's cached data is of no use now
                 await self.tier.forget(old_key)
-            src.remote = replace(info, key=new_key, metadata=h.metadata,
-                                 content_type=h.content_type, headers=h.headers)
-            if src.data is not None:
-                src.data.rebase(info.etag)
-            src.cache_etag = info.etag if src.cache_etag == remote.etag else None
+            if replaced:
+                await self._replaced(src, new_key)
+            else:
+                src.remote = replace(info, key=new_key, metadata=h.metadata,
+                                     content_type=h.content_type, headers=h.headers)
+                if src.data is not None:
+                    src.data.rebase(info.etag)
+                src.cache_etag = info.etag if src.cache_etag == remote.etag else None
         self.table.move(src, new_parent, new_name)
 
     async def _rename_dir(self, src: Inode, new_parent: Inode, new_name: str,
@@ -1305,6 +1358,8 @@ class Filesystem:
         await self.store.delete_many(old_keys)
         await self.ns.forget_kept(old_prefix)
         self.table.move(src, new_parent, new_name)
+        listed = {o.key: o.etag for o in objects}
+        replaced: list[tuple[Inode, str]] = []
         for node in self.table.walk(src):
             if node.legacy is not None and node.legacy.startswith(old_prefix):
                 node.legacy = new_prefix + node.legacy[len(old_prefix):]  # moved with the rest
@@ -1313,11 +1368,17 @@ class Filesystem:
             old = node.remote.key
             new_key = (new_prefix + old[len(old_prefix):] if old.startswith(old_prefix)
                        else self.table.key(node))
+            was = listed.get(old)
+            if node.remote.etag and was and bare_etag(was) != bare_etag(node.remote.etag):
+                replaced.append((node, new_key))   # another client's version moved
+                continue
             etag = new_etags.get(new_key, node.remote.etag)
             node.remote = replace(node.remote, key=new_key, etag=etag)
             if node.data is not None:
                 node.data.rebase(etag)
             node.cache_etag = None
+        for node, key in replaced:
+            await self._replaced(node, key)
 
     # -- files ----------------------------------------------------------------------
 

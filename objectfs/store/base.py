@@ -40,6 +40,12 @@ PRESERVED_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding",
                      "ContentLanguage", "Expires", "StorageClass")
 
 
+def bare_etag(etag: str) -> str:
+    """An ETag without W/ and quotes: listings and headers of some servers
+    differ in quoting."""
+    return etag.removeprefix("W/").strip('"')
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What the store told us about one object.

@@ -38,6 +38,7 @@ from ..tasks import open_nursery
 from . import lean as _lean
 from .base import (BODY_CACHE_BYTES, MAX_DELETE_BATCH, MAX_PARTS, MAX_SINGLE_COPY, MiB,
                    ListPage, ObjectInfo, Part, PRESERVED_HEADERS, etag_of_parts)
+from .base import bare_etag as _bare_etag
 from .buffers import ReceiveBuffers
 from .retry import Congestion, backoff, is_retryable, is_throttle, parse_retry_after
 from .s3options import RequestOptions
@@ -284,12 +285,6 @@ def _missing(e: "_lean.LeanError") -> None:
     return None
 
 
-def _bare_etag(etag: str) -> str:
-    """An ETag without W/ and quotes: listings and headers of some servers
-    differ in quoting."""
-    return etag.removeprefix("W/").strip('"')
-
-
 def _checked_body(r: Mapping[str, Any], data: bytes, key: str, start: int,
                   end: int | None, etag: str | None) -> bytes:
     """``data`` if it is exactly the bytes asked for, else a StoreError:
@@ -348,6 +343,9 @@ class S3Store:
         self._bodies: cachetools.LRUCache = cachetools.LRUCache(BODY_CACHE_BYTES, getsizeof=len)
         self.congestion = Congestion(self.limiter, settings.max_connections)
         self.retries = 0            # attempts repeated after a transient failure
+        # False once the server refused x-amz-copy-source-if-match on an
+        # object uploaded in parts whose ETag matched (see _copy_if)
+        self.copy_if_match_multipart = True
 
     # -- plumbing ---------------------------------------------------------
 
@@ -692,12 +690,16 @@ class S3Store:
         else:
             kw.update(self._common(metadata, content_type or "application/octet-stream", headers))
             kw["MetadataDirective"] = "REPLACE"
-        if src_etag:
-            kw["CopySourceIfMatch"] = src_etag
-        sent = self._lean_headers(kw, _COPY_OWN)
-        afn = None if sent is None else self._lean_async(lambda lean: lean.acopy(dst, src, sent))
-        r = await self._call("CopyObject", dst, functools.partial(self.client.copy_object, **kw),
-                             afn=afn)
+
+        async def copy(etag: str | None) -> dict:
+            args = dict(kw, CopySourceIfMatch=etag) if etag else kw
+            sent = self._lean_headers(args, _COPY_OWN)
+            afn = None if sent is None else self._lean_async(
+                lambda lean: lean.acopy(dst, src, sent))
+            return await self._call("CopyObject", dst,
+                                    functools.partial(self.client.copy_object, **args), afn=afn)
+
+        r = await self._copy_if("CopyObject", src, src_etag, copy)
         res = r.get("CopyObjectResult", {})
         return ObjectInfo(key=dst, size=size, etag=res.get("ETag"),
                           mtime_ns=_ms(res.get("LastModified")),
@@ -854,13 +856,45 @@ class S3Store:
                                   PartNumber=number,
                                   CopySource={"Bucket": self.bucket, "Key": src},
                                   CopySourceRange=f"bytes={start}-{end - 1}")
-        if src_etag:
-            kw["CopySourceIfMatch"] = src_etag
-        r = await self._call("UploadPartCopy", key,
-                             functools.partial(self.client.upload_part_copy, **kw),
-                             afn=self._lean_async(lambda lean: lean.aupload_part_copy(
-                                 key, upload_id, number, src, kw["CopySourceRange"], src_etag)))
+
+        async def copy(etag: str | None) -> dict:
+            args = dict(kw, CopySourceIfMatch=etag) if etag else kw
+            return await self._call("UploadPartCopy", key,
+                                    functools.partial(self.client.upload_part_copy, **args),
+                                    afn=self._lean_async(lambda lean: lean.aupload_part_copy(
+                                        key, upload_id, number, src, kw["CopySourceRange"],
+                                        etag)))
+
+        r = await self._copy_if("UploadPartCopy", src, src_etag, copy)
         return Part(number, r["CopyPartResult"]["ETag"])
+
+    async def _copy_if(self, op: str, src: str, src_etag: str | None, copy) -> dict:
+        """``copy(etag)`` (a CopyObject or UploadPartCopy of ``src``) under
+        x-amz-copy-source-if-match ``src_etag``.  Swift's s3api refuses that
+        condition on an object uploaded in parts even when its ETag matches;
+        once a refusal is contradicted by the source's HEAD, such a condition
+        is checked by a HEAD before the copy instead, for the rest of the
+        mount (a window of one request for another client to slip in)."""
+        multipart = bool(src_etag) and "-" in src_etag
+        if not multipart or self.copy_if_match_multipart:
+            try:
+                return await copy(src_etag)
+            except PreconditionFailed:
+                if not multipart:
+                    raise
+                now = await self.head(src)
+                if _bare_etag(now.etag or "") != _bare_etag(src_etag):
+                    raise
+                if self.copy_if_match_multipart:
+                    self.copy_if_match_multipart = False
+                    log.warning("this server refuses x-amz-copy-source-if-match on objects "
+                                "uploaded in parts though the ETag matches; ObjectFS checks "
+                                "their ETag with a HEAD before copying instead")
+                return await copy(None)
+        now = await self.head(src)
+        if _bare_etag(now.etag or "") != _bare_etag(src_etag):
+            raise store_error("PreconditionFailed", "the source object changed", op=op, key=src)
+        return await copy(None)
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: Sequence[Part]) -> ObjectInfo:

@@ -929,3 +929,48 @@ def test_changes_inside_a_directory_being_renamed_reach_its_new_name(mount, buck
     assert os.getxattr(d2 / "f4", "user.k") == b"v"
     assert os.readlink(d2 / "link") == "target"
     assert (d2 / "zz").read_bytes() == b"zz" and (d2 / "sub2" / "g").read_bytes() == b"sub/g"
+
+
+@pytest.mark.parametrize("op", ["rename", "rename its directory", "chmod", "utime",
+                                "setxattr"])
+def test_a_change_to_a_file_another_client_replaced_never_cuts_or_overwrites_theirs(
+        mount, bucket, s3_client, op):
+    """Another client replaces a file with a longer version while this mount
+    still trusts its cached attributes. A rename moves their version whole
+    (stat and reads show all of it, an append goes after it); a chmod, utime
+    or setxattr answers ESTALE, so the kernel looks the name up again and
+    repeats it on their version. Before, the copy's ETag was taken with the
+    old size: reads stopped at the old size and an append overwrote the rest."""
+    m = mount(bucket, options=["metadata_ttl=60"])
+    d = Path(m.mountpoint) / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"v1 short")      # written here: its attributes are known
+    assert os.stat(d / "f").st_size == 8
+    theirs = b"v2 written by the other client, 47 bytes long.."
+    put(s3_client, bucket, "d/f", theirs)
+    if op.startswith("rename"):
+        if op == "rename":
+            os.rename(d / "f", d / "g")
+            path, key = d / "g", "d/g"
+        else:
+            os.rename(d, Path(m.mountpoint) / "e")
+            path, key = Path(m.mountpoint) / "e" / "f", "e/f"
+        assert os.stat(path).st_size == len(theirs)
+        assert path.read_bytes() == theirs
+        with open(path, "ab") as f:
+            f.write(b"+appended")
+        assert s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() == \
+            theirs + b"+appended"
+        return
+    {"chmod": lambda: os.chmod(d / "f", 0o600),
+     "utime": lambda: os.utime(d / "f", (1_000_000, 1_000_000)),
+     "setxattr": lambda: os.setxattr(d / "f", "user.k", b"v")}[op]()
+    assert s3_client.get_object(Bucket=bucket, Key="d/f")["Body"].read() == theirs
+    st = os.stat(d / "f")
+    assert st.st_size == len(theirs) and (d / "f").read_bytes() == theirs
+    if op == "chmod":
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    elif op == "utime":
+        assert st.st_mtime == 1_000_000
+    else:
+        assert os.getxattr(d / "f", "user.k") == b"v"

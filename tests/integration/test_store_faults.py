@@ -212,3 +212,32 @@ def test_real_server_rejects_corrupted_upload(monkeypatch, mode):
         assert proxy.injected("PutObject", "corrupt_upload") == 1
         assert store.retries == 1  # refused by Swift, then sent again
         assert sw.client().get_object(Bucket=bucket, Key="k")["Body"].read() == body
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("OBJECTFS_SOAK") != "1" or not swift_available(),
+                    reason="needs Swift and OBJECTFS_SOAK=1 (make soak)")
+def test_appends_renames_and_chmods_of_multipart_files_on_swift(mount):
+    """Swift's s3api refuses x-amz-copy-source-if-match on an object uploaded
+    in parts whatever its ETag: appends (UploadPartCopy) and renames of such
+    files work there, the ETag checked by a HEAD instead (S3Store._copy_if)."""
+    with SwiftServer() as sw:
+        bucket = sw.new_bucket()
+        m = mount(bucket, server=sw, options=["part_size=5M"])
+        mp = m.mountpoint
+        data = os.urandom(12 << 20)
+        with open(os.path.join(mp, "f"), "wb") as f:
+            f.write(data)
+        for step in ("append", "rename", "chmod", "append again"):
+            if step == "rename":
+                os.rename(os.path.join(mp, "f"), os.path.join(mp, "g"))
+            elif step == "chmod":
+                os.chmod(os.path.join(mp, "g"), 0o600)
+            else:
+                name = "f" if step == "append" else "g"
+                with open(os.path.join(mp, name), "ab") as f:
+                    f.write(step.encode())
+                data += step.encode()
+        got = sw.client().get_object(Bucket=bucket, Key="g")["Body"].read()
+        assert got == data
+        assert "checks their ETag with a HEAD" in m.log()
