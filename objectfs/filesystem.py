@@ -115,6 +115,7 @@ class FileHandle:
     kept_cache: bool = False   # opened keeping pages the kernel had cached
     served: bool = False       # a read has returned bytes
     moves: int = 0             # times it moved to a new version (_follow)
+    flush_failed: bool = False  # its last flush failed, nothing written since
 
 
 @dataclass
@@ -778,8 +779,22 @@ class Filesystem:
         readdir did not wait for under way (the kernel must not keep them)."""
         return self.ns.filling(node)
 
+    @staticmethod
+    def _vanished(node: Inode) -> bool:
+        """A new file whose upload failed at its last close: it left the
+        tree (see flush and release), S3 never had it, and nothing can be
+        written to it any more.
+        The kernel may still hold its entry for a moment; its stat and open
+        answer ESTALE, so the kernel looks the name up again (and an open
+        with O_CREAT makes a new file) instead of writing into nothing."""
+        return node.parent is None and node.local and node.ino != ROOT_INODE \
+            and (node.data is None and node.open_count == 0
+                 or node.data is not None and node.data.broken)
+
     async def getattr(self, ino: int) -> Inode:
         node = self.table.get(ino)
+        if self._vanished(node):
+            raise Stale("its upload failed and it is gone")
         await self.ns.settle(node)
         if not self.ns.fresh(node):
             await self.ns.revalidate(node)
@@ -1384,6 +1399,8 @@ class Filesystem:
 
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> FileHandle:
         node = self.table.get(ino)
+        if self._vanished(node):
+            raise Stale("its upload failed and it is gone")
         await self.ns.settle(node)   # its ETag, if its HEAD is under way
         if node.is_dir:
             raise IsADirectory()
@@ -1553,6 +1570,7 @@ class Filesystem:
         if off + len(buf) > MAX_OBJECT_SIZE:
             raise FileTooBig("S3 objects are at most 5 TiB")
         n = await data.write(off, buf)
+        h.flush_failed = False
         node.pages = True
         now = time.time_ns()
         node.attr.mtime_ns = node.attr.ctime_ns = now
@@ -1563,7 +1581,22 @@ class Filesystem:
     async def flush(self, fh: int) -> None:
         """close(2): upload if anything changed; errors reach close()."""
         h = self._file_handle(fh)
-        await self._upload(h.node)
+        node = h.node
+        try:
+            await self._upload(node)
+        except FsError:
+            h.flush_failed = True
+            data = node.data
+            if data is not None and data.broken and node.local and node.open_count == 1 \
+                    and node.parent is not None:
+                # A new file whose streamed upload failed, closed by its last
+                # holder: it leaves now (see release), not at the release the
+                # kernel sends after close() has returned, so a program that
+                # saves again at once finds no dead name to write into.
+                parent = node.parent
+                self._remove(parent, node)
+                self.ns.notifier.invalidate_entry(parent.ino, node.name)
+            raise
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         """Return only once the data is in S3 (with write-back too)."""
@@ -1579,7 +1612,11 @@ class Filesystem:
         if h.prefetcher is not None:
             h.prefetcher.close()
         node.open_count -= 1
-        if node.data is not None and node.data.dirty and not node.data.detached:
+        if node.data is not None and node.data.dirty and not node.data.detached \
+                and not h.flush_failed:
+            # (after a failed close() the bytes wait for the next close, fsync
+            # or unmount: trying again here would hold up an unmount that
+            # comes now for retries x read_timeout, past shutdown_timeout)
             try:
                 await self._upload(node)
             except FsError as e:
@@ -1597,7 +1634,9 @@ class Filesystem:
                 # rather than show a size that reads as nothing; an existing
                 # one shows what S3 still holds
                 if node.local:
-                    self._remove(node.parent, node)
+                    parent = node.parent
+                    self._remove(parent, node)
+                    self.ns.notifier.invalidate_entry(parent.ino, node.name)
                 else:
                     self._remote_wins(node)
         self.table.maybe_drop(node)

@@ -305,3 +305,57 @@ def test_killed_daemon_leaves_upload_that_cli_aborts(mount, bucket, s3_client, o
                      "--endpoint-url", s3.endpoint)
     assert r.returncode == 0, r.stderr
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_new_file_whose_upload_failed_is_gone_and_a_new_save_reaches_s3(mount, bucket,
+                                                                         s3_client, s3):
+    """A new file streamed into a multipart upload whose parts are refused:
+    close() says EIO and the file leaves the mount. Right after, the kernel may
+    still hold its entry: an open then answers ESTALE, the kernel looks the
+    name up again (ENOENT), and a program saving again (O_CREAT) makes a new
+    file that reaches S3. Before, an O_APPEND open of the dead name succeeded and
+    write, fsync and close returned 0 for bytes that went nowhere."""
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy, options=["part_size=5M", "retries=1"])
+        path = os.path.join(m.mountpoint, "log.txt")
+        proxy.set_rates({"UploadPart": {"error": 1.0}})
+        with m.watchdog(120):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            errors = []
+            for op in (lambda: os.write(fd, os.urandom(12 * MiB)), lambda: os.close(fd)):
+                try:
+                    op()
+                except OSError as e:
+                    errors.append(e.errno)
+            assert errors and set(errors) == {errno.EIO}, errors   # at the write or the close
+            proxy.clear()
+            with pytest.raises(FileNotFoundError):
+                os.open(path, os.O_WRONLY | os.O_APPEND)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, b"hello\n")
+            os.fsync(fd)
+            os.close(fd)
+    assert s3_client.get_object(Bucket=bucket, Key="log.txt")["Body"].read() == b"hello\n"
+    assert os.listdir(m.mountpoint) == ["log.txt"]
+
+
+def test_a_failed_close_is_not_tried_again_at_release(mount, bucket, s3):
+    """close() failed with EIO: the bytes wait for the next close, fsync or
+    the unmount's bounded flush. The release that follows the close does not
+    try again (an unmount right then waited for its retries x read_timeout,
+    past shutdown_timeout)."""
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy, options=["retries=1", "shutdown_timeout=5"])
+        proxy.set_rates({"PutObject": {"error": 1.0}})
+        with m.watchdog(120):
+            f = open(os.path.join(m.mountpoint, "f"), "wb")
+            f.write(b"data")
+            with pytest.raises(OSError) as e:
+                f.close()
+            assert e.value.errno == errno.EIO
+            sent = proxy.requests["PutObject"]
+            time.sleep(2)
+            assert proxy.requests["PutObject"] == sent, "the release sent it again"
+            assert m.unmount() == 0
+        assert m.proc.wait(60) == 1
+        assert "could not upload /f at shutdown" in m.log()
