@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from urllib.parse import quote
 
@@ -48,6 +49,12 @@ log = logging.getLogger("objectfs")
 CHECK_CONNECT_TIMEOUT = 5.0
 CHECK_READ_TIMEOUT = 10.0
 CHECK_ATTEMPTS = 2
+# How long a hard stop (shutdown_timeout, a second signal) waits for the
+# aborts of the multipart uploads it cuts short.
+HARD_STOP_ABORT_SECONDS = 5.0
+# How long the exit waits for S3 requests still under way once everything
+# was uploaded or given up on (see Lifecycle._abandon_requests).
+EXIT_GRACE_SECONDS = 5.0
 
 
 # mallopt parameters and their values (see tune_malloc)
@@ -448,6 +455,13 @@ class Lifecycle:
         for path in self.fs.pending_uploads():
             log.error("not uploaded, stopped by %s: %s", reason, path)
         log.warning("stopped by %s without finishing uploads", reason)
+        abort_now = getattr(self.fs.store, "abort_open_uploads_now", None)
+        if abort_now is not None:
+            # the multipart uploads cut short would stay on the server
+            # (and be billed): aborted, waiting a few seconds at most
+            for key in abort_now(HARD_STOP_ABORT_SECONDS):
+                log.error("the multipart upload of %r is left on the server; "
+                          "`objectfs uploads s3://%s --abort` removes it", key, self.cfg.bucket)
         self._notify_stopping()
         self._final_state(self.fs.pending_uploads())
         unmount(self.cfg.mountpoint, lazy=True)
@@ -495,8 +509,24 @@ class Lifecycle:
             if self.failed:
                 log.error("%d file(s) could not be uploaded before exit", len(self.failed))
             nursery.cancel_scope.cancel()
+            # A request in a worker thread cannot be cancelled: one the server
+            # does not answer (a hung part of a write-back upload that the
+            # drain gave up on) would hold the exit for up to read_timeout.
+            watchdog = threading.Timer(EXIT_GRACE_SECONDS, self._abandon_requests)
+            watchdog.daemon = True
+            watchdog.start()
+        watchdog.cancel()
         await self._close_connections()
         self.fs.close()
+
+    def _abandon_requests(self) -> None:
+        """The exit waited EXIT_GRACE_SECONDS for S3 requests still under
+        way after everything was uploaded or given up on: exit without
+        them (what they were for is already counted as uploaded or not)."""
+        log.warning("exiting without waiting for S3 requests still under way")
+        self._final_state(sorted(self.failed))
+        logging.shutdown()
+        os._exit(1 if self.failed else 0)
 
     async def _close_connections(self) -> None:
         """Say goodbye to the server: close the kept connections (bounded:

@@ -346,6 +346,9 @@ class S3Store:
         # False once the server refused x-amz-copy-source-if-match on an
         # object uploaded in parts whose ETag matched (see _copy_if)
         self.copy_if_match_multipart = True
+        # (key, upload id) of the multipart uploads created and not yet
+        # completed or aborted (see abort_open_uploads_now)
+        self.open_uploads: set[tuple[str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -785,6 +788,7 @@ class S3Store:
             self.client.create_multipart_upload, Bucket=self.bucket, Key=key, **kw),
             retried=retried, afn=afn)
         upload_id = r["UploadId"]
+        self.open_uploads.add((key, upload_id))
         if retried:
             await self._abort_orphans(key, upload_id)
         return upload_id
@@ -914,6 +918,7 @@ class S3Store:
                     or (await self._etag_or_none(key)) != expected):
                 raise
             r = {"ETag": expected}
+        self.open_uploads.discard((key, upload_id))
         return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=0)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -925,6 +930,25 @@ class S3Store:
         except StoreError as e:
             if e.code not in ("NoSuchUpload", "404"):
                 raise
+        self.open_uploads.discard((key, upload_id))
+
+    def abort_open_uploads_now(self, timeout: float) -> list[str]:
+        """At a hard stop (the process is about to exit, its uploads cut
+        short): abort every multipart upload still open, from threads,
+        waiting at most ``timeout`` seconds.  Returns the keys of those
+        not aborted (the server refused, or did not answer in time)."""
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        todo = sorted(self.open_uploads)
+        if not todo:
+            return []
+        pool = ThreadPoolExecutor(max_workers=min(8, len(todo)))
+        futures = {pool.submit(self.client.abort_multipart_upload, Bucket=self.bucket,
+                               Key=key, UploadId=upload_id): key for key, upload_id in todo}
+        done, _ = wait(futures, timeout=timeout)
+        pool.shutdown(wait=False, cancel_futures=True)
+        return sorted(key for f, key in futures.items()
+                      if f not in done or f.exception() is not None)
 
     async def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         r = await self._call("ListMultipartUploads", prefix, functools.partial(

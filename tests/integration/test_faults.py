@@ -359,3 +359,62 @@ def test_a_failed_close_is_not_tried_again_at_release(mount, bucket, s3):
             assert m.unmount() == 0
         assert m.proc.wait(60) == 1
         assert "could not upload /f at shutdown" in m.log()
+
+
+def test_a_multipart_upload_cut_short_by_shutdown_timeout_is_aborted(mount, bucket,
+                                                                     s3_client, s3):
+    """SIGTERM while a file streams into a multipart upload whose parts hang:
+    shutdown_timeout stops the daemon (exit 1, the file named as not
+    uploaded), and the upload it cut short is aborted rather than left on
+    the server."""
+    import subprocess
+    import sys
+
+    from tests.support.wait import wait_for
+
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy, options=["part_size=5M", "shutdown_timeout=2"])
+        path = os.path.join(m.mountpoint, "f")
+        proxy.hold("UploadPart")
+        writer = subprocess.Popen([sys.executable, "-c", (
+            "import os, time\n"
+            f"fd = os.open({path!r}, os.O_WRONLY | os.O_CREAT, 0o644)\n"
+            "os.write(fd, b'z' * (12 << 20))\n"
+            "time.sleep(120)\n")])
+        try:
+            wait_for(lambda: proxy.held("UploadPart") > 0, what="a part upload")
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(60) == 1
+            assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        finally:
+            proxy.release()
+            writer.kill()
+            writer.wait()
+    log = m.log()
+    assert "not uploaded, stopped by shutdown_timeout (2 s): /f" in log
+    assert "left on the server" not in log
+
+
+def test_a_write_back_stop_does_not_wait_for_a_hung_part(mount, bucket, s3):
+    """Write-back: SIGTERM while a staged file's part upload hangs. The drain
+    gives up after writeback_drain_timeout and the file stays staged for the
+    next mount; the exit then waits at most a few seconds for the hung request
+    (before, its whole read_timeout: 120 s here)."""
+    import subprocess
+
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy, options=[
+            "part_size=5M", "writeback", "writeback_drain_timeout=2", "shutdown_timeout=5",
+            "read_timeout=120"])
+        proxy.hold("UploadPart")
+        try:
+            subprocess.run(["dd", "if=/dev/zero", f"of={m.mountpoint}/f", "bs=1M", "count=12",
+                            "status=none"], check=True, timeout=60)
+            from tests.support.wait import wait_for
+            wait_for(lambda: proxy.held("UploadPart") > 0, what="a part upload")
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(45) == 0
+        finally:
+            proxy.release()
+    log = m.log()
+    assert "stays staged" in log and "exiting without waiting for S3 requests" in log
