@@ -489,7 +489,10 @@ class Tier:
             self.store.put(ref, blocks)
         except Closed:
             pass
-        except Exception:  # a full or broken disk must not break reads
+        except (OSError, sqlite3.Error) as e:  # a full disk: one line, reads go on
+            log.warning("could not store %d block(s) of %r in the local tier: %s",
+                        len(blocks), ref.key, e)
+        except Exception:  # a broken disk must not break reads either
             log.exception("could not store %d block(s) of %r in the local tier",
                           len(blocks), ref.key)
 

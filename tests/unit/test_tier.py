@@ -1180,3 +1180,37 @@ def test_a_fill_step_failing_beside_the_fills_own_cancellation_stays_quiet(root,
     for _ in range(20):   # the order within trio's batch varies from run to run
         trio.run(main)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_full_disk_under_the_tier_is_one_warning_line_and_reads_go_on(root, caplog,
+                                                                         monkeypatch):
+    """sqlite's "database or disk is full" when blocks are recorded: one
+    warning line (no traceback), and the read is served from S3."""
+    import logging
+    import sqlite3
+
+    data = payload(5, BLOCK_SIZE + 10)
+
+    async def fetch(s, e):
+        return data[s:e]
+
+    def full(*args, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def main():
+        store = TierStore(root, 64 * MiB)
+        monkeypatch.setattr(store, "put", full)
+        tier = Tier(store, NS)
+        ref = tier.ref("k", "e", len(data))
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            assert await tier.read(ref, 0, len(data), fetch) == data
+            while tier._queued:
+                await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="objectfs.tier.tier"):
+        trio.run(main)
+    lines = [r for r in caplog.records if "could not store" in r.getMessage()]
+    assert lines and all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert "database or disk is full" in lines[0].getMessage()
