@@ -68,6 +68,9 @@ STATFS_FILES = 1 << 32
 # Seconds an inode the kernel no longer holds stays in the table (see
 # prune_inodes); OBJECTFS_INODE_IDLE sets it (tests).
 INODE_IDLE = env_seconds("OBJECTFS_INODE_IDLE", 60.0)
+# Candidates a second's prune looks at, at most (20-40 ms of the event
+# loop): a mount that saw millions of names prunes them over many seconds.
+PRUNE_BATCH = 10_000
 
 
 def _by_name(fn):
@@ -226,14 +229,14 @@ class Filesystem:
                 self.store.release_idle()
                 prune_due = prune_due or ticks % prune_every == 0
                 if prune_due and not self._by_name:
-                    self.prune_inodes()
-                    prune_due = False
+                    self.prune_inodes(PRUNE_BATCH)
+                    prune_due = self.table.prune_more   # the rest in the next second
                 if ticks % 60 == 0 and self.ctx is not None and self.ctx.unaborted:
                     await self.ctx.abort_left()
             except Exception:  # housekeeping must never take the mount down
                 log.exception("housekeeping failed")
 
-    def prune_inodes(self) -> int:
+    def prune_inodes(self, limit: int | None = None) -> int:
         """Drop the inodes the kernel has not held for INODE_IDLE seconds
         and nothing here needs (InodeTable.prune): besides what prune checks
         itself, an entry or listing still fresh is kept (metadata_ttl), as are
@@ -256,7 +259,7 @@ class Filesystem:
                 return True
             return bool(self._moving) and self._move_under_way(node) is not None
 
-        return self.table.prune(now - INODE_IDLE, keep)
+        return self.table.prune(now - INODE_IDLE, keep, limit)
 
     def _pending_nodes(self) -> list:
         return [node for node in list(self.table.inodes.values())

@@ -20,6 +20,7 @@ and the per-directory ``removed`` map guard both directions.
 
 from __future__ import annotations
 
+import itertools
 import stat
 import time
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ class InodeTable:
         # (a listing makes inodes the kernel never hears of) or forgotten
         self.idle: dict[int, float] = {}
         self.prunes = 0   # how many inodes prune took out of the tree
+        self.prune_more = False   # the last prune left candidates unseen (limit)
 
     def __len__(self) -> int:
         return len(self.inodes)
@@ -265,7 +267,7 @@ class InodeTable:
             self.idle[ino] = clock()
         self.maybe_drop(node)
 
-    def prune(self, older_than: float, keep) -> int:
+    def prune(self, older_than: float, keep, limit: int | None = None) -> int:
         """Take out of the tree, and out of the table, inodes the kernel
         has not held since before ``older_than`` (a ``clock()`` time; made
         then and never handed to it, or forgotten) and nothing else holds:
@@ -275,11 +277,17 @@ class InodeTable:
         next needed; a name asked for again gets a new inode.  A directory
         is pruned once its children are, in a later round.
 
-        Code that awaits while holding a node it found by name must check it
-        afterwards (``prunes`` changed and ``node.parent`` is None: look the
-        name up again).  Returns how many inodes were pruned."""
+        Callers must not prune while code holds, across an await, a node it
+        found by name that the kernel does not count yet (Filesystem waits
+        for such operations).  ``limit``: look at that many candidates at
+        most, those kept going to the back of the line, so a round over
+        millions of names can be spread out (``prune_more`` then says some
+        were not looked at).  Returns how many inodes were pruned."""
         pruned = 0
-        for ino, since in list(self.idle.items()):
+        todo = list(self.idle.items()) if limit is None else \
+            list(itertools.islice(self.idle.items(), limit))
+        self.prune_more = limit is not None and len(todo) < len(self.idle)
+        for ino, since in todo:
             node = self.inodes.get(ino)
             if node is None or node.lookups or node.parent is None:
                 del self.idle[ino]   # gone, or referenced again (forget puts it back)
@@ -287,7 +295,9 @@ class InodeTable:
             if since > older_than or node.children or node.open_count \
                     or node.data is not None or node.pending is not None or node.local \
                     or keep(node):
-                continue             # try again in a later round
+                del self.idle[ino]   # to the back of the line, for a later round
+                self.idle[ino] = since
+                continue
             parent = node.parent
             del self.idle[ino]
             del self.inodes[ino]

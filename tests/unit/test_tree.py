@@ -121,3 +121,18 @@ def test_prune_drops_what_nothing_holds_leaves_before_their_directory():
     t.prune(float("inf"), lambda n: False)
     assert d.ino not in t.inodes and t.root.children == {} and t.root.subdirs == 0
     assert len(t) == 1
+
+
+def test_prune_in_rounds_of_a_limited_size_reaches_every_candidate():
+    t = InodeTable("", attr(True))
+    d = t.new(t.root, "d", attr(True))
+    files = [t.new(d, f"f{i}", attr(False)) for i in range(7)]
+    held = set(files[:3])                     # keep() says no to these
+    pruned = t.prune(float("inf"), lambda n: n in held, limit=4)
+    assert t.prune_more and pruned == 0, "d (a parent) and three held files came first"
+    pruned = t.prune(float("inf"), lambda n: n in held, limit=4)
+    assert pruned == 4 and sorted(d.children) == ["f0", "f1", "f2"]
+    held.clear()
+    while t.prune(float("inf"), lambda n: False, limit=4) or t.prune_more:
+        pass
+    assert len(t) == 1 and not t.idle
