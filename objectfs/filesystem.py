@@ -901,6 +901,7 @@ class Filesystem:
         h = self.headers_for(node, content_changed=False)
         key = self.table.key(node)
         assert node.remote is not None
+        was = node.remote.etag
         info = await self._copy_same(key, key, node.remote, metadata=h.metadata,
                                      content_type=h.content_type, headers=h.headers)
         if info is None:
@@ -910,7 +911,7 @@ class Filesystem:
         node.remote = replace(info, metadata=h.metadata, content_type=h.content_type,
                               headers=h.headers)
         if data is not None:
-            data.rebase(info.etag)
+            data.rebase(info.etag, was)
         self.ns.touch(node)
 
     async def _copy_same(self, src: str, dst: str, remote: ObjectInfo,
@@ -1317,7 +1318,7 @@ class Filesystem:
                 src.remote = replace(info, key=new_key, metadata=h.metadata,
                                      content_type=h.content_type, headers=h.headers)
                 if src.data is not None:
-                    src.data.rebase(info.etag)
+                    src.data.rebase(info.etag, remote.etag)
                 src.cache_etag = info.etag if src.cache_etag == remote.etag else None
         self.table.move(src, new_parent, new_name)
 
@@ -1391,9 +1392,9 @@ class Filesystem:
                 replaced.append((node, new_key))   # another client's version moved
                 continue
             etag = new_etags.get(new_key, node.remote.etag)
-            node.remote = replace(node.remote, key=new_key, etag=etag)
             if node.data is not None:
-                node.data.rebase(etag)
+                node.data.rebase(etag, node.remote.etag)
+            node.remote = replace(node.remote, key=new_key, etag=etag)
             node.cache_etag = None
         for node, key in replaced:
             await self._replaced(node, key)

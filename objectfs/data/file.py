@@ -46,7 +46,7 @@ import trio
 
 from ..errors import (FsError, IOFailure, NoSpace, ObjectNotFound, PreconditionFailed, Stale,
                       upload_error)
-from ..store.base import MIN_PART_SIZE, MiB, ObjectInfo
+from ..store.base import MIN_PART_SIZE, MiB, ObjectInfo, bare_etag
 from .context import DataContext, ObjectHeaders
 from .extents import Extents
 from .parts import mix_layout
@@ -463,11 +463,17 @@ class FileData:
             self.base_etag, self.base_size = None, 0
             self._drop_local_base()
 
-    def rebase(self, etag: str | None) -> None:
-        """The object was copied to a new key (rename): same bytes, new ETag."""
-        if self.base_etag is not None and etag is not None:
+    def rebase(self, etag: str | None, was: str | None) -> None:
+        """Version ``was`` was copied (a rename, an attribute change): its
+        copy, the same bytes, has ETag ``etag``.  Only what pointed at
+        ``was`` moves: a file opened on an older version (another client
+        replaced it since) stays on that one, and meets ESTALE as with any
+        version replaced under it, rather than read on in the new one."""
+        if etag is None or was is None:
+            return
+        if self.base_etag is not None and bare_etag(self.base_etag) == bare_etag(was):
             self.base_etag = etag
-        if self.origin_etag is not None and etag is not None:
+        if self.origin_etag is not None and bare_etag(self.origin_etag) == bare_etag(was):
             self.origin_etag = etag
 
     async def export(self, sink: Callable[[Iterable[bytes | memoryview]],

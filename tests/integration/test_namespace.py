@@ -22,6 +22,8 @@ import pytest
 
 from tests.support.wait import wait_for
 
+MiB = 1 << 20
+
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -974,3 +976,31 @@ def test_a_change_to_a_file_another_client_replaced_never_cuts_or_overwrites_the
         assert st.st_mtime == 1_000_000
     else:
         assert os.getxattr(d / "f", "user.k") == b"v"
+
+
+@pytest.mark.parametrize("op", ["chmod", "utime"])
+def test_a_reader_of_a_replaced_version_never_reads_on_in_the_new_one_after_a_change(
+        mount, bucket, s3_client, op):
+    """A file open for reading on version A; another client replaces it with
+    B and this mount's HEAD finds B; a chmod or utime then copies B onto itself. The
+    open reader stays on A: the bytes it has not read yet give ESTALE, never
+    B's (the copy's ETag was taken for the reader's version as well)."""
+    m = mount(bucket, options=["metadata_ttl=1", "cache_size=0"])
+    path = Path(m.mountpoint) / "f"
+    path.write_bytes(b"a" * (20 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 65536, 0) == b"a" * 65536
+        put(s3_client, bucket, "f", b"b" * (20 * MiB + 5))
+        time.sleep(2)
+        os.stat(path)                     # past metadata_ttl: a HEAD finds B
+        if op == "chmod":
+            os.chmod(path, 0o600)
+        else:
+            os.utime(path, (1_000_000, 1_000_000))
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 65536, 15 * MiB)
+        assert e.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"b" * (20 * MiB + 5)
