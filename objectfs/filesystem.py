@@ -416,6 +416,10 @@ class Filesystem:
             remote = node.remote
             etag = remote.etag if remote is not None and not node.local else None
             pending: Pending | None = node.pending
+            if pending is not None and pending.finished:
+                # dropped (an unlink or a rename over it is removing it), its
+                # journal entry gone or going: nothing left to read it from
+                raise Stale("its staged copy is being removed")
             node.data = FileData(
                 self.ctx, self._key_fn(node),
                 lambda: self.headers_for(node, content_changed=True),

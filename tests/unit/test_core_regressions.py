@@ -1475,3 +1475,41 @@ def test_a_file_whose_streamed_upload_failed_shows_what_s3_holds_after_its_last_
 
     run_fs(tmp_path, body, store=store)
     assert not store.uploads
+
+
+def test_an_open_while_an_unlink_drops_the_staged_copy_is_estale_not_eio(tmp_path):
+    """Write-back: an unlink drops a staged file's journal entry; an open of
+    the same inode that comes in between (the entry gone, the inode not yet
+    told) answered EIO with a traceback (the staged copy's file was missing).
+    It is ESTALE now: the file is being removed."""
+    import threading
+
+    from objectfs.errors import Stale
+
+    removed, go_on = threading.Event(), threading.Event()
+
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", F, RW, CALLER)
+        await fs.write(h.fh, 0, b"staged")
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        assert node.pending is not None
+        remove = fs.wb.journal.remove
+
+        def slow_remove(*args):
+            remove(*args)
+            removed.set()
+            go_on.wait(20)
+
+        fs.wb.journal.remove = slow_remove
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.unlink, 1, b"f")
+                await trio.to_thread.run_sync(removed.wait, 20)
+                try:
+                    with pytest.raises(Stale):
+                        await fs.open(node.ino, os.O_RDONLY)
+                finally:
+                    go_on.set()
+
+    run_fs(tmp_path, body, "writeback=600")
