@@ -221,16 +221,17 @@ class Filesystem:
         aborts the server refused are tried again once a minute."""
         ticks = 0
         prune_every = max(1, min(30, int(INODE_IDLE / 2)))
-        prune_due = False
+        prune_left = 0   # candidates the round under way has still to look at
         while True:
             await trio.sleep(1)
             ticks += 1
             try:
                 self.store.release_idle()
-                prune_due = prune_due or ticks % prune_every == 0
-                if prune_due and not self._by_name:
-                    self.prune_inodes(PRUNE_BATCH)
-                    prune_due = self.table.prune_more   # the rest in the next second
+                if ticks % prune_every == 0 and prune_left <= 0:
+                    prune_left = len(self.table.idle)   # a round: each candidate once
+                if prune_left > 0 and not self._by_name:
+                    self.prune_inodes(min(PRUNE_BATCH, prune_left))
+                    prune_left -= PRUNE_BATCH           # the rest in the next seconds
                 if ticks % 60 == 0 and self.ctx is not None and self.ctx.unaborted:
                     await self.ctx.abort_left()
             except Exception:  # housekeeping must never take the mount down
