@@ -163,7 +163,6 @@ class InodeTable:
         # (a listing makes inodes the kernel never hears of) or forgotten
         self.idle: dict[int, float] = {}
         self.prunes = 0   # how many inodes prune took out of the tree
-        self.prune_more = False   # the last prune left candidates unseen (limit)
 
     def __len__(self) -> int:
         return len(self.inodes)
@@ -281,12 +280,11 @@ class InodeTable:
         found by name that the kernel does not count yet (Filesystem waits
         for such operations).  ``limit``: look at that many candidates at
         most, those kept going to the back of the line, so a round over
-        millions of names can be spread out (``prune_more`` then says some
-        were not looked at).  Returns how many inodes were pruned."""
+        millions of names can be spread out.  Returns how many inodes were
+        pruned."""
         pruned = 0
         todo = list(self.idle.items()) if limit is None else \
             list(itertools.islice(self.idle.items(), limit))
-        self.prune_more = limit is not None and len(todo) < len(self.idle)
         for ino, since in todo:
             node = self.inodes.get(ino)
             if node is None or node.lookups or node.parent is None:

@@ -880,25 +880,27 @@ class S3Store:
         is checked by a HEAD before the copy instead, for the rest of the
         mount (a window of one request for another client to slip in)."""
         multipart = bool(src_etag) and "-" in src_etag
-        if not multipart or self.copy_if_match_multipart:
-            try:
-                return await copy(src_etag)
-            except PreconditionFailed:
-                if not multipart:
-                    raise
-                now = await self.head(src)
-                if _bare_etag(now.etag or "") != _bare_etag(src_etag):
-                    raise
-                if self.copy_if_match_multipart:
-                    self.copy_if_match_multipart = False
-                    log.warning("this server refuses x-amz-copy-source-if-match on objects "
-                                "uploaded in parts though the ETag matches; ObjectFS checks "
-                                "their ETag with a HEAD before copying instead")
-                return await copy(None)
-        now = await self.head(src)
-        if _bare_etag(now.etag or "") != _bare_etag(src_etag):
-            raise store_error("PreconditionFailed", "the source object changed", op=op, key=src)
+        if multipart and not self.copy_if_match_multipart:
+            await self._check_source(op, src, src_etag)
+            return await copy(None)
+        try:
+            return await copy(src_etag)
+        except PreconditionFailed:
+            if not multipart:
+                raise
+            await self._check_source(op, src, src_etag)
+        if self.copy_if_match_multipart:
+            self.copy_if_match_multipart = False
+            log.warning("this server refuses x-amz-copy-source-if-match on objects "
+                        "uploaded in parts though the ETag matches; ObjectFS checks "
+                        "their ETag with a HEAD before copying instead")
         return await copy(None)
+
+    async def _check_source(self, op: str, src: str, etag: str) -> None:
+        """PreconditionFailed unless ``src``'s HEAD shows ETag ``etag``."""
+        now = await self.head(src)
+        if _bare_etag(now.etag or "") != _bare_etag(etag):
+            raise store_error("PreconditionFailed", "the source object changed", op=op, key=src)
 
     async def complete_multipart(self, key: str, upload_id: str,
                                  parts: Sequence[Part]) -> ObjectInfo:
