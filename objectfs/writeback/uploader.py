@@ -50,7 +50,7 @@ from ..data.parts import layout
 from ..data.upload import put_conditional, upload_staged
 from ..errors import FsError, NotFound, PreconditionFailed
 from ..namespace.keys import NAME_MAX
-from ..store.base import MAX_KEY_BYTES, ObjectInfo
+from ..store.base import MAX_KEY_BYTES, ObjectInfo, bare_etag
 from ..tasks import first_error
 from .journal import SPARE_BATCH, Entry, Journal, Manifest, data_multipart_etag
 
@@ -87,10 +87,6 @@ def conflict_key(key: str, wall_ns: int | None = None, n: int = 1) -> str:
         except UnicodeDecodeError:
             raw = raw[:-1]
     return (head + "/" if head else "") + name + suffix.decode()
-
-
-def _bare(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else etag
 
 
 class Pending:
@@ -445,7 +441,7 @@ class WriteBack:
             if await self._holds_ours(remote, p.entry):
                 log.info("write-back: %r already holds the staged bytes", m.key)
                 return remote, False
-            if _bare(remote.etag) not in p.entry.also_ours:
+            if bare_etag(remote.etag or "") not in p.entry.also_ours:
                 return await self._conflict(p, remote), True
             # an older version staged here, uploaded just before a crash
             log.info("write-back: %r holds an earlier version staged here; replacing it",
@@ -462,7 +458,8 @@ class WriteBack:
         m = entry.manifest
         if m.size <= self.ctx.single_put_max:
             return {m.md5}
-        return {_bare(data_multipart_etag(entry.data_path, layout(m.size, self.ctx.part_size)))}
+        parts = layout(m.size, self.ctx.part_size)
+        return {bare_etag(data_multipart_etag(entry.data_path, parts))}
 
     async def _holds_ours(self, remote: ObjectInfo, entry: Entry) -> bool:
         """Whether ``remote`` is exactly the staged bytes, uploaded by us before
@@ -470,7 +467,7 @@ class WriteBack:
         for a file ``_put`` sends as a multipart upload, the MD5 of its parts'
         MD5s (the layout follows from the size and part_size alone)."""
         m = entry.manifest
-        etag = _bare(remote.etag)
+        etag = bare_etag(remote.etag or "")
         if not etag or remote.size != m.size:
             return False
         if etag == m.md5:
