@@ -119,6 +119,7 @@ class FileHandle:
     served: bool = False       # a read has returned bytes
     moves: int = 0             # times it moved to a new version (_follow)
     flush_failed: bool = False  # its last flush failed, nothing written since
+    changes: bool = True       # opened for writing, with O_TRUNC, or created by its open
 
 
 @dataclass
@@ -1444,7 +1445,7 @@ class Filesystem:
             node.open_count -= 1
             await self._release_data(node)
             raise
-        return self._alloc_fh(lambda fh: FileHandle(fh, node, flags))
+        return self._alloc_fh(lambda fh: FileHandle(fh, node, flags, changes=bool(writing)))
 
     @staticmethod
     def _kill_suid(node: Inode, caller: Caller | None) -> None:
@@ -1588,8 +1589,16 @@ class Filesystem:
         return n
 
     async def flush(self, fh: int) -> None:
-        """close(2): upload if anything changed; errors reach close()."""
+        """close(2): upload if anything changed; errors reach close().
+
+        The close of a descriptor that could not change the file (opened
+        read-only, neither creating nor truncating it) uploads nothing, as
+        NFS's does not flush: a reader's close neither waits for the upload
+        of what a writer still has open, nor reports its failure, nor cuts a
+        streamed upload short.  fsync of any descriptor uploads."""
         h = self._file_handle(fh)
+        if not h.changes:
+            return
         node = h.node
         try:
             await self._upload(node)
@@ -1622,10 +1631,11 @@ class Filesystem:
             h.prefetcher.close()
         node.open_count -= 1
         if node.data is not None and node.data.dirty and not node.data.detached \
-                and not h.flush_failed:
+                and not h.flush_failed and (h.changes or node.open_count == 0):
             # (after a failed close() the bytes wait for the next close, fsync
             # or unmount: trying again here would hold up an unmount that
-            # comes now for retries x read_timeout, past shutdown_timeout)
+            # comes now for retries x read_timeout, past shutdown_timeout; a
+            # reader's release leaves them to the writers still open)
             try:
                 await self._upload(node)
             except FsError as e:

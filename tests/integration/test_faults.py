@@ -361,6 +361,50 @@ def test_a_failed_close_is_not_tried_again_at_release(mount, bucket, s3):
         assert "could not upload /f at shutdown" in m.log()
 
 
+def test_a_readers_close_neither_uploads_nor_reports_a_writers_failure(mount, bucket,
+                                                                       s3_client, s3):
+    """The close of a descriptor opened read-only uploads nothing: a program
+    that opens a file another descriptor is streaming (to look at its type,
+    say) does not cut the multipart upload short (before, its close completed
+    it, and the writer's next bytes cost a second upload), and a reader gets
+    no EIO for the writer's failed upload. (Reading bytes already sent does
+    complete the upload: SEMANTICS.md, Files.)"""
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy, options=["part_size=5M", "retries=1"])
+        path = os.path.join(m.mountpoint, "stream")
+        first, rest = os.urandom(12 * MiB), os.urandom(3 * MiB)
+        with m.watchdog(120):
+            w = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(w, first)
+            os.close(os.open(path, os.O_RDONLY))
+            assert proxy.requests["CompleteMultipartUpload"] == 0
+            os.write(w, rest)
+            os.close(w)
+        got = s3_client.get_object(Bucket=bucket, Key="stream")["Body"].read()
+        assert got == first + rest
+        assert proxy.requests["CreateMultipartUpload"] == 1
+        assert proxy.requests["CompleteMultipartUpload"] == 1
+
+        proxy.set_rates({"PutObject": {"error": 1.0}})
+        path = os.path.join(m.mountpoint, "small")
+        with m.watchdog(120):
+            w = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(w, b"data")
+            r = os.open(path, os.O_RDONLY)
+            with pytest.raises(OSError) as e:
+                os.close(w)
+            assert e.value.errno == errno.EIO
+            sent = proxy.requests["PutObject"]
+            assert os.read(r, 10) == b"data"
+            os.close(r)   # no EIO: it wrote nothing
+            assert proxy.requests["PutObject"] == sent
+            proxy.clear()
+            fd = os.open(path, os.O_RDONLY)
+            os.fsync(fd)   # fsync of any descriptor uploads
+            os.close(fd)
+        assert s3_client.get_object(Bucket=bucket, Key="small")["Body"].read() == b"data"
+
+
 def test_a_multipart_upload_cut_short_by_shutdown_timeout_is_aborted(mount, bucket,
                                                                      s3_client, s3):
     """SIGTERM while a file streams into a multipart upload whose parts hang:
