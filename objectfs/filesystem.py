@@ -165,6 +165,9 @@ class Filesystem:
         # inode -> event: renames under way (a file, or a directory and all
         # under it); uploads of what they move wait for them (_moving_tree)
         self._moving: dict[int, trio.Event] = {}
+        # event -> (source, new parent): renames past their lookups, which
+        # other renames of their subtrees wait for (_rename_turn)
+        self._renames: dict[trio.Event, tuple[Inode, Inode]] = {}
         self._by_name = 0   # operations of _by_name under way
 
     # -- lifecycle ------------------------------------------------------------
@@ -492,6 +495,43 @@ class Filesystem:
                 return ev
             n = n.parent
         return None
+
+    @staticmethod
+    def _within(node: Inode, top: Inode) -> bool:
+        """Is ``node`` ``top`` or under it?"""
+        n: Inode | None = node
+        while n is not None:
+            if n is top:
+                return True
+            n = n.parent
+        return False
+
+    @contextlib.asynccontextmanager
+    async def _rename_turn(self, src: Inode, new_parent: Inode):
+        """Wait for, then hold off, the renames that cannot overlap this one:
+        one moving ``src`` or ``new_parent`` (or a directory above them),
+        and one moving something into, out of or within ``src``.  The
+        kernel serializes renames between two directories, not a rename
+        within one (``mv t/p t/p2``), which may come while another process
+        moves a file into or out of t/p: each computes its keys from the
+        tree as it is and copies what it lists, so the copies of one
+        landed under a prefix the other had just moved away."""
+        def conflict() -> trio.Event | None:
+            for ev, (s, p) in self._renames.items():
+                if self._within(src, s) or self._within(new_parent, s) \
+                        or self._within(s, src) or self._within(p, src):
+                    return ev
+            return None
+
+        while (ev := conflict()) is not None:
+            await ev.wait()
+        done = trio.Event()
+        self._renames[done] = (src, new_parent)
+        try:
+            yield
+        finally:
+            del self._renames[done]
+            done.set()
 
     @contextlib.asynccontextmanager
     async def _moving_tree(self, src: Inode):
@@ -1203,6 +1243,11 @@ class Filesystem:
         dst = await self._child_or_none(new_parent, new_name)
         if dst is src:
             return
+        async with self._rename_turn(src, new_parent):
+            await self._rename_now(src, old_parent, old_name, dst, new_parent, new_name, flags)
+
+    async def _rename_now(self, src: Inode, old_parent: Inode, old_name: str, dst: Inode | None,
+                          new_parent: Inode, new_name: str, flags: int) -> None:
         if dst is not None and flags & RENAME_NOREPLACE:
             raise Exists(new_name)
         if src.is_dir:

@@ -1319,6 +1319,88 @@ def test_a_close_racing_a_rename_uploads_to_the_new_name(tmp_path, first, what):
     assert sorted(store.objects) == [target]
 
 
+class GatedCopies(MemoryStore):
+    """Copies to keys starting with ``prefix`` wait for ``gate``; ``waiting``
+    is set when the first one does."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.gate = trio.Event()
+        self.waiting = trio.Event()
+
+    async def copy(self, src, dst, **kw):
+        if dst.startswith(self.prefix) and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().copy(src, dst, **kw)
+
+
+@pytest.mark.parametrize("wb", ["", "writeback=600"])
+@pytest.mark.parametrize("what", ["dir-into", "file-into", "dir-out-of"])
+def test_a_rename_of_a_directory_above_a_rename_under_way_waits_for_it(tmp_path, what, wb):
+    """The kernel serializes renames between two directories, not a rename
+    within one directory: ``mv t/p t/p2`` may come while another process
+    moves something into (or out of) t/p.  It waits for that rename, then
+    moves what it left.  It copied t/p's keys at once: the other rename's
+    copies then landed under t/p/, a name nothing showed any more, while
+    the mount showed the file under t/p2/ where S3 had nothing (an append
+    then failed at close() with ESTALE, and the objects under t/p/ came
+    back as a directory after a remount)."""
+    # the first rename's copies wait; the file's path once both are done
+    gated, path = {
+        "dir-into": ("t/p/q/src2/", ["p2", "q", "src2", "f"]),
+        "file-into": ("t/p/q/g", ["p2", "q", "g"]),
+        "dir-out-of": ("t/o/src2/", ["o", "src2", "f"]),
+    }[what]
+    store = GatedCopies(gated)
+    d = {"mode": str(stat.S_IFDIR | 0o755)}
+    for k in ("t/", "t/src/", "t/p/", "t/p/q/", "t/o/"):
+        store.put_sync(k, b"", d)
+    if what == "dir-out-of":
+        store.put_sync("t/p/q/src/", b"", d)
+        store.put_sync("t/p/q/src/f", b"data", {"mode": str(F)})
+    else:
+        store.put_sync("t/src/f", b"data", {"mode": str(F)})
+
+    async def walk(fs, names, ino=1):
+        node = None
+        for name in names:
+            node = await fs.lookup(ino, name.encode())
+            ino = node.ino
+        return node
+
+    async def body(fs, store):
+        t = await walk(fs, ["t"])
+        if what == "dir-into":
+            old_parent, name, new_name = t, b"src", b"src2"
+        elif what == "file-into":
+            old_parent, name, new_name = await walk(fs, ["t", "src"]), b"f", b"g"
+        else:
+            old_parent, name, new_name = await walk(fs, ["t", "p", "q"]), b"src", b"src2"
+        new_parent = await walk(fs, ["t", "p", "q"] if what != "dir-out-of" else ["t", "o"])
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.rename, old_parent.ino, name, new_parent.ino, new_name, 0)
+                await store.waiting.wait()   # it is copying
+                n.start_soon(fs.rename, t.ino, b"p", t.ino, b"p2", 0)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                store.gate.set()
+        # the file is where the mount shows it, and an append to it is saved
+        node = await walk(fs, ["t", *path])
+        h = await fs.open(node.ino, os.O_WRONLY | os.O_APPEND)
+        await fs.write(h.fh, 4, b" more")
+        await fs.flush(h.fh)
+        await fs.fsync(h.fh, False)
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, *([wb] if wb else []), store=store)
+    key = "t/" + "/".join(path)
+    assert store.objects[key].data == b"data more"
+    assert not [k for k in store.objects if k.startswith(("t/p/", "t/src/f", "t/p/q/src"))]
+    assert sorted(k for k in store.objects if not k.endswith("/")) == [key]
+
+
 @pytest.mark.parametrize("change", ["chmod", "chown", "utime"])
 def test_trust_listing_stores_a_change_to_an_entry_known_from_its_listing(tmp_path, change):
     """The entry's stored attributes are fetched before the change is made,
