@@ -1006,7 +1006,20 @@ def test_a_reader_of_a_replaced_version_never_reads_on_in_the_new_one_after_a_ch
     assert path.read_bytes() == b"b" * (20 * MiB + 5)
 
 
-def _storm(mp: str, seconds: float, seed: int) -> tuple[list[str], dict[str, int]]:
+def _mode_and_xattr(path: str) -> tuple[int, bytes | None]:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return st.st_mode, None
+    try:
+        return st.st_mode, os.getxattr(path, "user.n")
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+        return st.st_mode, None
+
+
+def _storm(mp: str, seconds: float, seed: int,
+           mutators: int = 0) -> tuple[list[str], dict[str, int]]:
     """Writers create, append to and edit files all over ``mp/t`` while
     renamers move its directories (half of them within their own parent,
     which the kernel does not serialize with renames into or out of it).
@@ -1016,7 +1029,7 @@ def _storm(mp: str, seconds: float, seed: int) -> tuple[list[str], dict[str, int
 
     root = os.path.join(mp, "t")
     errors: list[str] = []
-    counts = {"closes": 0, "renames": 0}
+    counts = {"closes": 0, "renames": 0, "changes": 0}
     lock = threading.Lock()
     stop = threading.Event()
     allowed = {errno.ENOENT, errno.EINVAL, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR,
@@ -1087,8 +1100,37 @@ def _storm(mp: str, seconds: float, seed: int) -> tuple[list[str], dict[str, int
             except OSError as e:
                 failed(f"rename {src} -> {new}", e)
 
+    def mutator(i: int) -> None:
+        # unlinks, symlinks, mkdir/rmdir, chmod and xattrs among the writers
+        rng = random.Random(seed * 10000 + i)
+        while not stop.is_set():
+            d = walk(rng, 0)
+            if d is None:
+                continue
+            op = rng.randrange(6)
+            path = os.path.join(d, f"w{rng.randrange(4)}-{rng.randrange(4)}")
+            try:
+                if op == 0:
+                    os.unlink(path)
+                elif op == 1:
+                    os.chmod(path, rng.choice((0o600, 0o640, 0o644)))
+                elif op == 2:
+                    os.setxattr(path, "user.n", str(rng.randrange(100)).encode())
+                elif op == 3:
+                    os.symlink("target", os.path.join(d, f"s{rng.randrange(3)}"))
+                elif op == 4:
+                    os.mkdir(os.path.join(d, f"m{rng.randrange(3)}"))
+                else:
+                    os.rmdir(os.path.join(d, f"m{rng.randrange(3)}"))
+                with lock:
+                    counts["changes"] += 1
+            except OSError as e:
+                failed(f"change {op} {path}", e)
+
     threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(4)]
     threads += [threading.Thread(target=renamer, args=(i,), daemon=True) for i in range(3)]
+    threads += [threading.Thread(target=mutator, args=(i,), daemon=True)
+                for i in range(mutators)]
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -1107,10 +1149,12 @@ STORM_SOAK = pytest.mark.skipif(not os.environ.get("OBJECTFS_SOAK"), reason="mak
 @pytest.mark.parametrize("writeback", [False, True], ids=["direct", "writeback"])
 def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s3_client,
                                                                   seconds, writeback):
-    """Four writers (truncating, appending, editing in place) and three
-    renamers moving the directories they write in, on one mount: no call
-    fails but for the names a rename took away, no rename adds or leaves a
-    directory, and what the mount shows is what S3 holds. With write-back,
+    """Four writers (truncating, appending, editing in place), three
+    renamers moving the directories they write in, and two threads
+    unlinking, chmodding, setting xattrs, making symlinks and directories
+    among them, on one mount: no call fails but for the names a rename took
+    away, the files and directories the mount shows are what S3 holds, and a
+    remount shows the same modes and xattrs. With write-back,
     close() answered ESTALE here (renames within one directory crossed
     renames into it: c02a1d5)."""
     m = mount(bucket, options=["writeback"] if writeback else [])
@@ -1118,18 +1162,16 @@ def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s
     for a in "abcd":
         os.makedirs(os.path.join(root, a, "x"))
         os.makedirs(os.path.join(root, a, "y", "z"))
-    dirs = sum(1 for _ in os.walk(root))   # 17
     seed = int(os.environ.get("OBJECTFS_SOAK_SEED", time.time()))
     with m.watchdog(seconds + 180):
-        errors, counts = _storm(m.mountpoint, seconds, seed)
+        errors, counts = _storm(m.mountpoint, seconds, seed, mutators=2)
         assert errors == [], (seed, errors)
         assert counts["closes"] > 0 and counts["renames"] > 0, counts
         shown, shown_dirs = set(), set()
         for dp, _, fns in os.walk(root):
             shown_dirs.add(os.path.relpath(dp, m.mountpoint))
             shown |= {os.path.relpath(os.path.join(dp, f), m.mountpoint) for f in fns}
-        # (a rename over an empty directory replaces it: never more)
-        assert len(shown_dirs) <= dirs
+        attrs = {f: _mode_and_xattr(os.path.join(m.mountpoint, f)) for f in shown}
         assert m.unmount(timeout=120) == 0
     stored, stored_dirs = set(), set()
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -1139,4 +1181,8 @@ def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s
             stored_dirs |= {"/".join(key.split("/")[:i]) for i in range(1, key.count("/") + 1)}
     assert shown == stored, sorted(shown ^ stored)[:10]
     assert shown_dirs == stored_dirs, sorted(shown_dirs ^ stored_dirs)[:10]
+    again = mount(bucket)   # modes and xattrs as S3 holds them
+    with again.watchdog(120):
+        after = {f: _mode_and_xattr(os.path.join(again.mountpoint, f)) for f in shown}
+    assert after == attrs, sorted(f for f in shown if after[f] != attrs[f])[:10]
     print(f"FIGURES storm writeback={writeback} seed={seed} {counts}")
