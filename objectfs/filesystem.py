@@ -1291,23 +1291,33 @@ class Filesystem:
                                dst: Inode | None) -> None:
         old_key = self.table.key(src)
         new_key = self.table.key(new_parent) + new_name
-        if dst is not None:
-            await self._detach_file(dst)
-            dp = dst.pending
-            if dp is not None:
-                # dst's staging lock is held (_rename_file): wait for an
-                # upload in progress, then forget the replaced version
-                assert self.wb is not None
-                await self.wb.settle_older(dp)
-                async with dp.lock:
-                    if not dp.finished:
-                        await self._cancel_pending(dst, dp)
-            if src.local and not dst.local:
-                # src reaches S3 only at its first close, perhaps under yet
-                # another name: the object it replaces must go now
-                await self.store.delete(new_key)
-        async with self._moving_tree(src):
-            await self._move_file(src, new_parent, new_name, old_key, new_key)
+        async with contextlib.AsyncExitStack() as stack:
+            dp = None
+            if dst is not None:
+                await self._detach_file(dst)
+                dp = dst.pending
+                if dp is not None:
+                    # dst's staging lock is held (_rename_file): wait for an
+                    # upload in progress, and hold its entry until the move
+                    # is done
+                    assert self.wb is not None
+                    await self.wb.settle_older(dp)
+                    await stack.enter_async_context(dp.lock)
+                if src.local and not dst.local:
+                    # src reaches S3 only at its first close, perhaps under yet
+                    # another name: the object it replaces must go now
+                    await self.store.delete(new_key)
+            async with self._moving_tree(src):
+                await self._move_file(src, new_parent, new_name, old_key, new_key)
+            if dp is not None and not dp.finished:
+                # Forget the replaced version only now that dst has left the
+                # tree: until then an open of it (a reader that had just
+                # looked the name up) reads its staged bytes, as on a local
+                # disk, rather than an empty file (no staged copy, no
+                # object).  A handle opened meanwhile keeps them.
+                assert dst is not None
+                await self._detach_file(dst)
+                await self._cancel_pending(dst, dp)
 
     async def _move_file(self, src: Inode, new_parent: Inode, new_name: str, old_key: str,
                          new_key: str) -> None:

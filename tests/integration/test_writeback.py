@@ -138,6 +138,57 @@ def test_rapid_rewrites_never_conflict_with_ourselves(mount, workdir, s3_client,
     assert "conflict" not in m.log(), m.log()[-6000:]
 
 
+def test_a_reader_of_a_file_saved_by_rename_over_it_never_sees_it_empty(
+        mount, workdir, s3_client, bucket):
+    """The editor's save (temporary file, fsync, rename over the old one)
+    while another process reads the file in a loop: every read gets a whole
+    version, as on a local disk.  A rename over a staged version dropped
+    that version before it moved the new file (a copy, the new one being in
+    S3 after its fsync), and a reader's open in between read an empty file,
+    or met ESTALE twice and got it.  (Whether a run meets that window
+    depends on timing; unit:test_core_regressions.py
+    test_an_open_while_a_rename_replaces_a_staged_file_reads_its_bytes_not_nothing
+    holds it open.)"""
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    target = os.path.join(m.mountpoint, "settings.conf")
+    with open(target, "wb") as f:
+        f.write(b"v0\n" * 1000)
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(target, "rb") as f:
+                    lines = f.read().split()
+            except OSError as e:
+                bad.append(f"open or read: {e}")
+                continue
+            if len(lines) != 1000 or len(set(lines)) != 1:
+                bad.append(f"{len(lines)} lines of {sorted(set(lines))[:3]}")
+
+    t = threading.Thread(target=reader)
+    with m.watchdog(120):
+        t.start()
+        try:
+            for v in range(1, 41):
+                tmp = os.path.join(m.mountpoint, f".settings.conf.{v}")
+                with open(tmp, "wb") as f:
+                    f.write(b"v%d\n" % v * 1000)
+                    if v % 2 == 0:
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.replace(tmp, target)
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            t.join()
+        assert not bad, bad[:10]
+        assert m.unmount() == 0
+    assert keys(s3_client, bucket) == ["settings.conf"]
+    assert body(s3_client, bucket, "settings.conf") == b"v40\n" * 1000
+
+
 def test_rename_and_unlink_of_staged_files(mount, workdir, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="old.txt", Body=b"old version")
     m = mount(bucket, options=wb_options(workdir, STAY))

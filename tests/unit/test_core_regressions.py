@@ -1595,3 +1595,56 @@ def test_an_open_while_an_unlink_drops_the_staged_copy_is_estale_not_eio(tmp_pat
                     go_on.set()
 
     run_fs(tmp_path, body, "writeback=600")
+
+
+def test_an_open_while_a_rename_replaces_a_staged_file_reads_its_bytes_not_nothing(tmp_path):
+    """Write-back, the editor's save: a new version written, fsync'd (so it
+    is in S3 and the rename copies its object) and renamed over the file,
+    whose own version is still staged.  The rename dropped that staged copy
+    before it moved the new file: an open of the old inode in between (a
+    reader that had just looked the name up) found neither a staged copy nor
+    an object, and read an empty file (st_size 0).  It reads the old bytes,
+    as on a local disk; once the rename is done the old inode is ESTALE (the
+    kernel looks the name up again and finds the new file)."""
+    from objectfs.errors import Stale
+
+    async def body(fs, store):
+        h, old = await fs.create(1, b"target", F, RW, CALLER)
+        await fs.write(h.fh, 0, b"old version\n" * 100)
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        assert old.pending is not None and old.local   # staged, not in S3
+        h, new = await fs.create(1, b".target.tmp", F, RW, CALLER)
+        await fs.write(h.fh, 0, b"new version\n" * 100)
+        await fs.fsync(h.fh, False)   # in S3: the rename copies its object
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        copying, go_on = trio.Event(), trio.Event()
+        copy = store.copy
+
+        async def slow_copy(*args, **kw):
+            copying.set()
+            await go_on.wait()
+            return await copy(*args, **kw)
+
+        store.copy = slow_copy
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.rename, 1, b".target.tmp", 1, b"target", 0)
+                await copying.wait()
+                r = await fs.open(old.ino, os.O_RDONLY)
+                assert fs.visible_attr(old).size == 1200
+                go_on.set()
+            assert bytes(await fs.read(r.fh, 0, 4096)) == b"old version\n" * 100
+            await fs.release(r.fh)
+            with pytest.raises(Stale):
+                await fs.open(old.ino, os.O_RDONLY)
+            node = await fs.lookup(1, b"target")
+            assert node is new
+            r = await fs.open(node.ino, os.O_RDONLY)
+            assert bytes(await fs.read(r.fh, 0, 4096)) == b"new version\n" * 100
+            await fs.release(r.fh)
+        assert store.objects["target"].data == b"new version\n" * 100
+        assert ".target.tmp" not in store.objects
+
+    run_fs(tmp_path, body, "writeback=600")
