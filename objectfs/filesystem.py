@@ -1152,13 +1152,17 @@ class Filesystem:
         await self._keep_dir(parent)
         async with self._staged(node) as p:
             await self._detach_file(node)
-            if p is not None:
-                await self._cancel_pending(node, p)
             if not node.local:
                 key = self.table.key(node)
                 await self.store.delete(key)
                 if self.tier is not None:
                     await self.tier.forget(key)
+            if p is not None:
+                # dropped only after the DELETE: an open meanwhile reads the
+                # staged version, not the older one in S3 (a handle opened
+                # meanwhile keeps its bytes)
+                await self._detach_file(node)
+                await self._cancel_pending(node, p)
             self._remove(parent, node)
 
     async def _cancel_pending(self, node: Inode, p: Pending) -> None:

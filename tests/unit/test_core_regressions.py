@@ -1648,3 +1648,41 @@ def test_an_open_while_a_rename_replaces_a_staged_file_reads_its_bytes_not_nothi
         assert ".target.tmp" not in store.objects
 
     run_fs(tmp_path, body, "writeback=600")
+
+
+def test_an_open_while_an_unlink_deletes_a_file_with_a_staged_edit_reads_the_edit(tmp_path):
+    """Write-back: a file in S3 (v1) edited and closed (v2 staged) is
+    unlinked.  The unlink dropped the staged v2 before it sent the DELETE:
+    an open in between read v1 from S3, a version this mount had already
+    replaced.  It reads v2 now."""
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", F, RW, CALLER)
+        await fs.write(h.fh, 0, b"v1" * 100)
+        await fs.fsync(h.fh, False)   # v1 in S3
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        h = await fs.open(node.ino, os.O_RDWR)
+        await fs.write(h.fh, 0, b"v2" * 100)
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+        assert node.pending is not None and not node.local   # v2 staged
+        deleting, go_on = trio.Event(), trio.Event()
+        delete = store.delete
+
+        async def slow_delete(*args, **kw):
+            deleting.set()
+            await go_on.wait()
+            return await delete(*args, **kw)
+
+        store.delete = slow_delete
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.unlink, 1, b"f")
+                await deleting.wait()
+                r = await fs.open(node.ino, os.O_RDONLY)
+                go_on.set()
+            assert bytes(await fs.read(r.fh, 0, 4096)) == b"v2" * 100
+            await fs.release(r.fh)
+        assert "f" not in store.objects
+
+    run_fs(tmp_path, body, "writeback=600")
