@@ -830,9 +830,10 @@ class Filesystem:
 
     @staticmethod
     def _vanished(node: Inode) -> bool:
-        """A new file whose upload failed at its last close: it left the
-        tree (see flush and release), S3 never had it, and nothing can be
-        written to it any more.
+        """A new file S3 never had that left the tree: its upload failed at
+        its last close (see flush and release), or it was unlinked or
+        renamed over before it was uploaded; nothing can be written to it
+        any more.
         The kernel may still hold its entry for a moment; its stat and open
         answer ESTALE, so the kernel looks the name up again (and an open
         with O_CREAT makes a new file) instead of writing into nothing."""
@@ -843,7 +844,7 @@ class Filesystem:
     async def getattr(self, ino: int) -> Inode:
         node = self.table.get(ino)
         if self._vanished(node):
-            raise Stale("its upload failed and it is gone")
+            raise Stale("the file is gone: removed, or its upload failed")
         await self.ns.settle(node)
         if not self.ns.fresh(node):
             await self.ns.revalidate(node)
@@ -1469,7 +1470,7 @@ class Filesystem:
     async def open(self, ino: int, flags: int, caller: Caller | None = None) -> FileHandle:
         node = self.table.get(ino)
         if self._vanished(node):
-            raise Stale("its upload failed and it is gone")
+            raise Stale("the file is gone: removed, or its upload failed")
         await self.ns.settle(node)   # its ETag, if its HEAD is under way
         if node.is_dir:
             raise IsADirectory()
