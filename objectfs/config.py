@@ -381,7 +381,8 @@ OPTIONS: list[Option] = [
            "size that is read at random (a second read out of sequence in one open file) is "
            "fetched whole into the tier in the background, in 8 MiB GETs (8 at a time for "
            "all such files); reads of bytes it has not brought yet wait for it, and it "
-           "fetches those next. The reads that follow are local. 0 turns this off.",
+           "fetches those next. The reads that follow are local. Files bigger than half of "
+           "cache_size are not filled. 0 turns this off.",
            "cache", "128M"),
     # -- process
     Option("log_level", _choice("debug", "info", "warning", "error"), "warning",

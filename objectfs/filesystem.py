@@ -207,7 +207,11 @@ class Filesystem:
         if self.tier is not None:
             self.ctx.tier = self.tier
             self.ctx.whole_file_max = cfg.cache_whole_file_max
-            self.ctx.fill_max = cfg.cache_fill_max
+            # a fill evicts whatever it needs: a file that would take more
+            # than half the tier (or could not be kept at all) is not
+            # filled, or every open of it would pull it whole again and
+            # flush the rest of the tier (its random reads fetch their bytes)
+            self.ctx.fill_max = min(cfg.cache_fill_max, cfg.cache_size // 2)
             await nursery.start(self.tier.run)
         nursery.start_soon(self._release_idle)
         self.ns.background = nursery

@@ -358,6 +358,31 @@ def test_a_file_read_at_random_is_fetched_whole_in_the_background(mount, logged_
     assert gets(logged_s3, bucket, "r.bin") == before
 
 
+def test_a_file_too_big_for_half_the_tier_is_not_filled(mount, logged_s3, workdir):
+    """A fill of a file the tier cannot keep (or could keep only by evicting
+    everything else) is not started: with cache_size=16M, two random reads of
+    a 12 MiB file used to pull all 12 MiB in the background at every open,
+    evicting the rest of the tier, and the next open's reads missed again."""
+    bucket = logged_s3.new_bucket()
+    data = blob(12 * MiB + 77, 19)
+    logged_s3.client().put_object(Bucket=bucket, Key="r.bin", Body=data)
+    m = mount(bucket, server=logged_s3, options=["cache_size=16M"])
+    f = Path(m.mountpoint) / "r.bin"
+    before = m.metric("objectfs_s3_received_bytes_total")
+    for _ in range(2):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            for off in (9 * MiB + 4096, 2 * MiB + 8192, 5 * MiB):  # out of sequence
+                assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        finally:
+            os.close(fd)
+    s = settle(m)
+    assert s["fills"] == 0
+    # each random read fetched its own bytes (at least 64 KiB), not the file
+    assert m.metric("objectfs_s3_received_bytes_total") - before <= 6 * 64 * 1024
+
+
 def test_a_random_read_fetches_only_its_bytes_until_its_block_is_read_a_third_time(
         mount, logged_s3, workdir):
     bucket = logged_s3.new_bucket()
