@@ -48,6 +48,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -421,6 +422,14 @@ class TierStore:
             self.drop(ref.oid, blockno)
         except Closed:
             pass
+        except sqlite3.Error as err:
+            # The index cannot be written (a full disk, a lock held past the
+            # busy timeout): the file goes all the same, so it is never read
+            # again, and its row is a miss until stored again or reconciled.
+            # The caller refetches: a read never fails for it.
+            log.warning("could not drop corrupt block %d of %r from the index: %s",
+                        blockno, ref.key, err)
+            self._unlink(ref.oid, blockno)
 
     def cached_bytes(self, ref: ObjectRef, start: int, end: int) -> int:
         """Bytes of the blocks holding ``[start, end)`` of ``ref`` that are
@@ -511,24 +520,39 @@ class TierStore:
                     os.unlink(tmp)
                 except OSError:
                     pass
-                with self._lock, self._tx():
-                    freed = self.db.execute("DELETE FROM blocks WHERE oid=? AND blockno=? "
-                                            "RETURNING bytes", (ref.oid, blockno)).fetchall()
-                    self._set_total(self._total() - sum(r[0] for r in freed))
+                try:
+                    with self._lock, self._tx():
+                        freed = self.db.execute("DELETE FROM blocks WHERE oid=? AND blockno=? "
+                                                "RETURNING bytes", (ref.oid, blockno)).fetchall()
+                        self._set_total(self._total() - sum(r[0] for r in freed))
+                except sqlite3.Error as err:
+                    # the index is full too: the row stays, a miss (and bytes
+                    # counted) until the block is stored again, evicted or
+                    # reconciled; the blocks written before it are still
+                    # renamed into place below, not left as temporary files
+                    log.warning("cannot unindex cached block %s: %s", final, err)
                 continue
             written.append((blockno, tmp, final))
         stored = 0
-        with self._lock, self._tx():
-            for blockno, tmp, final in written:
-                # evicted by someone else meanwhile: the file must not appear
-                if self.db.execute("SELECT 1 FROM blocks WHERE oid=? AND blockno=?",
-                                   (ref.oid, blockno)).fetchone():
-                    os.replace(tmp, final)
-                    stored += 1
-                    if blockno in plain:
-                        self._checked(ref.oid, blockno)
-                else:
+        try:
+            with self._lock, self._tx():
+                for blockno, tmp, final in written:
+                    # evicted by someone else meanwhile: the file must not appear
+                    if self.db.execute("SELECT 1 FROM blocks WHERE oid=? AND blockno=?",
+                                       (ref.oid, blockno)).fetchone():
+                        os.replace(tmp, final)
+                        stored += 1
+                        if blockno in plain:
+                            self._checked(ref.oid, blockno)
+                    else:
+                        os.unlink(tmp)
+        except BaseException:
+            for _, tmp, _ in written:  # those not renamed yet
+                try:
                     os.unlink(tmp)
+                except OSError:
+                    pass
+            raise
         return stored
 
     def _write(self, path: str, pieces: list) -> None:

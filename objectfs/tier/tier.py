@@ -534,6 +534,8 @@ class Tier:
                     await trio.to_thread.run_sync(self.store.flush, limiter=self._disk)
                 except Closed:
                     return
+                except (OSError, sqlite3.Error) as e:  # a full disk: one line, as in _put
+                    log.warning("could not record block use in the local tier: %s", e)
                 except Exception:
                     log.exception("could not record block use in the local tier")
 

@@ -1214,3 +1214,105 @@ def test_a_full_disk_under_the_tier_is_one_warning_line_and_reads_go_on(root, ca
     lines = [r for r in caplog.records if "could not store" in r.getMessage()]
     assert lines and all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
     assert "database or disk is full" in lines[0].getMessage()
+
+
+def test_a_full_disk_when_block_uses_are_recorded_is_one_warning_line(root, caplog,
+                                                                      monkeypatch):
+    """sqlite's "database or disk is full" when the write-behind task records
+    block uses (every FLUSH_INTERVAL): one warning line, no traceback (the
+    flush used to log one every 2 s for as long as the disk was full)."""
+    import logging
+    import sqlite3
+
+    def full(*args, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(tier_module, "FLUSH_INTERVAL", 0.01)
+
+    async def main():
+        store = TierStore(root, 64 * MiB)
+        monkeypatch.setattr(store, "flush", full)
+        tier = Tier(store, NS)
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            await trio.sleep(0.1)
+            n.cancel_scope.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="objectfs.tier.tier"):
+        trio.run(main)
+    lines = [r for r in caplog.records if "block use" in r.getMessage()]
+    assert lines and all(r.levelno == logging.WARNING and r.exc_info is None for r in lines)
+    assert "database or disk is full" in lines[0].getMessage()
+
+
+def test_a_corrupt_block_whose_index_row_cannot_be_dropped_is_still_refetched(root,
+                                                                            monkeypatch):
+    """A corrupt block found while the index cannot be written (a full disk,
+    a lock held past the busy timeout): the read is still answered from S3,
+    not failed, and the corrupt file goes (a row without a file is a miss)."""
+    import sqlite3
+
+    data = payload(6, BLOCK_SIZE + 10)
+    ref = ObjectRef(NS, "k", '"e1"', len(data))
+    store = TierStore(root, 16 * MiB)
+    assert store.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 2
+    store.close()
+    p0 = None
+
+    async def fetch(s, e):
+        return data[s:e]
+
+    def full():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def main():
+        nonlocal p0
+        s = TierStore(root, 16 * MiB)
+        p0 = s.path(ref.oid, 0)
+        with open(p0, "r+b") as f:
+            f.seek(1000)
+            f.write(b"\0\1\2")
+        monkeypatch.setattr(s, "_tx", full)
+        tier = Tier(s, NS)
+        assert await tier.read(ref, 0, len(data), fetch) == data
+        assert await tier.peek(ref, 0, 4096) is None  # never the corrupt bytes
+        assert s.corrupt == 1
+
+    trio.run(main)
+    assert not os.path.exists(p0)
+
+
+def test_a_block_that_cannot_be_written_or_unindexed_leaves_no_temporary_file(root,
+                                                                           monkeypatch):
+    """A full disk refuses a block file, then the index the removal of its
+    row: the blocks of the same put written before it are still stored, and
+    no temporary file is left behind (only a daemon starting alone sweeps
+    them, so on a full disk they took the room blocks could have used)."""
+    import sqlite3
+
+    data = payload(7, 2 * BLOCK_SIZE)
+    ref = ObjectRef(NS, "k", '"e1"', len(data))
+    s = TierStore(root, 16 * MiB)
+    write, tx = s._write, s._tx
+    calls = []
+
+    def failing_write(path, pieces):
+        if f"{ref.oid}.1." in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, pieces)
+
+    def failing_tx():
+        calls.append(1)
+        if len(calls) == 2:  # the removal of the row of the block not written
+            raise sqlite3.OperationalError("database or disk is full")
+        return tx()
+
+    monkeypatch.setattr(s, "_write", failing_write)
+    monkeypatch.setattr(s, "_tx", failing_tx)
+    assert s.put(ref, [(0, data[:BLOCK_SIZE]), (1, data[BLOCK_SIZE:])]) == 1
+    monkeypatch.undo()
+    assert s.load(ref, 0) == data[:BLOCK_SIZE]
+    assert s.load(ref, 1) is None  # a row without a file: a miss
+    left = [f for _, _, fs in os.walk(os.path.join(root, "data")) for f in fs if ".tmp" in f]
+    assert left == []
+    s.close()
