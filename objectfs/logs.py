@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 
 REDACTED = "[REDACTED]"
 
@@ -142,3 +143,28 @@ def setup(cfg, daemon: bool) -> None:
     fuse_log = logging.getLogger("pyfuse3")
     if not any(isinstance(f, RequestGone) for f in fuse_log.filters):
         fuse_log.addFilter(RequestGone())
+
+
+class Sparse:
+    """A warning that can recur many times a second (a full disk refusing
+    every block the local tier stores) logged at most once per ``every``
+    seconds; the next line says how many were left out.  Thread-safe: the
+    tier logs from worker threads."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0):
+        self.logger, self.every = logger, every
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._left_out = 0
+
+    def warning(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.every:
+                self._left_out += 1
+                return
+            left_out, self._left_out, self._last = self._left_out, 0, now
+        if left_out:
+            msg += " (and %d more like it in the last %d s)"
+            args = (*args, left_out, int(self.every))
+        self.logger.warning(msg, *args)

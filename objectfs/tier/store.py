@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .. import sqlitedb
+from ..logs import Sparse
 from .blockfile import FLAG_ZSTD, HEADER, Corrupt, check_plain, decode, encode, header
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class TierStore:
         self.compress = compress
         self.extra_pinned = extra_pinned or (lambda ns, key: False)
         self.clock = clock
+        # a full disk refuses every block: a line a minute, not one a block
+        self._unwritable, self._unindexable = Sparse(log), Sparse(log)
         self.data_dir = os.path.join(root, "data")
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         # cached data is as private as the files it came from may be: only
@@ -515,7 +518,7 @@ class TierStore:
             try:
                 self._write(tmp, pieces)
             except OSError as e:
-                log.warning("cannot write cached block %s: %s", final, e)
+                self._unwritable.warning("cannot write cached block %s: %s", final, e)
                 try:
                     os.unlink(tmp)
                 except OSError:
@@ -530,7 +533,7 @@ class TierStore:
                     # counted) until the block is stored again, evicted or
                     # reconciled; the blocks written before it are still
                     # renamed into place below, not left as temporary files
-                    log.warning("cannot unindex cached block %s: %s", final, err)
+                    self._unindexable.warning("cannot unindex cached block %s: %s", final, err)
                 continue
             written.append((blockno, tmp, final))
         stored = 0

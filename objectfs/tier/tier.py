@@ -27,6 +27,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
+from ..logs import Sparse
 from ..tasks import leaves, open_nursery
 from .store import BLOCK_SIZE, Closed, ObjectRef, TierStore
 
@@ -122,6 +123,8 @@ class Tier:
     def __init__(self, store: TierStore, ns: str):
         self.store = store
         self.ns = ns
+        # a full disk refuses every block: a line a minute, not one a block
+        self._unstored, self._unrecorded = Sparse(log), Sparse(log)
         self.hits = 0            # blocks served from disk
         self.misses = 0          # blocks fetched from S3
         self.hit_bytes = 0
@@ -490,8 +493,8 @@ class Tier:
         except Closed:
             pass
         except (OSError, sqlite3.Error) as e:  # a full disk: one line, reads go on
-            log.warning("could not store %d block(s) of %r in the local tier: %s",
-                        len(blocks), ref.key, e)
+            self._unstored.warning("could not store %d block(s) of %r in the local tier: %s",
+                                   len(blocks), ref.key, e)
         except Exception:  # a broken disk must not break reads either
             log.exception("could not store %d block(s) of %r in the local tier",
                           len(blocks), ref.key)
@@ -535,7 +538,8 @@ class Tier:
                 except Closed:
                     return
                 except (OSError, sqlite3.Error) as e:  # a full disk: one line, as in _put
-                    log.warning("could not record block use in the local tier: %s", e)
+                    self._unrecorded.warning("could not record block use in the local tier: %s",
+                                             e)
                 except Exception:
                     log.exception("could not record block use in the local tier")
 

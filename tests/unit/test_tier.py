@@ -1316,3 +1316,32 @@ def test_a_block_that_cannot_be_written_or_unindexed_leaves_no_temporary_file(ro
     left = [f for _, _, fs in os.walk(os.path.join(root, "data")) for f in fs if ".tmp" in f]
     assert left == []
     s.close()
+
+
+def test_a_full_disk_is_a_warning_line_a_minute_not_one_a_block(root, caplog, monkeypatch):
+    """Every block the tier tries to write on a full disk is refused: one
+    warning line, then none for a minute, then one saying how many were left
+    out (a read of a big file used to log a line per block)."""
+    import logging
+
+    from objectfs import logs
+
+    clock = [1000.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    store = TierStore(root, 64 * MiB)
+
+    def full(path, pieces):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write", full)
+    ref = ObjectRef(NS, "k", '"e"', 8 * BLOCK_SIZE)
+    with caplog.at_level(logging.WARNING, logger="objectfs.tier.store"):
+        for b in range(8):
+            store.put(ref, [(b, memoryview(payload(b, BLOCK_SIZE)))])
+        clock[0] += 61
+        store.put(ref, [(0, memoryview(payload(0, BLOCK_SIZE)))])
+    lines = [r.getMessage() for r in caplog.records if "cannot write cached block" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "No space left" in lines[0] and "more like it" not in lines[0]
+    assert lines[1].endswith("(and 7 more like it in the last 60 s)")
+    assert store._total() == 0   # each refused block's row is gone
