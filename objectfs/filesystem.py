@@ -468,7 +468,12 @@ class Filesystem:
         if node.parent is None:
             data.detached = True
         if self.wb is not None:
-            await self._stage(node)
+            try:
+                await self._stage(node)
+            except FsError:
+                if data.stale:   # its changes were dropped (FileData._give_up)
+                    self._remote_wins(node)
+                raise
             return
         try:
             await data.flush()
@@ -1484,6 +1489,10 @@ class Filesystem:
         writing = accmode != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             self._check_writable()
+            await self.ns.ensure_metadata(node)
+        elif node.data is None and node.remote is None and not node.local:
+            # another client's version won over changes dropped here
+            # (_remote_wins): ask S3 for it rather than open an empty file
             await self.ns.ensure_metadata(node)
         fresh = node.data is None
         data = self._file_data(node)

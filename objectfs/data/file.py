@@ -491,7 +491,14 @@ class FileData:
             if self.stream is not None:
                 chunks: Iterable[bytes | memoryview] = [memoryview(self.stream.buf)]
             elif self.staging is not None:
-                await self._fill(0, self.size)
+                try:
+                    await self._fill(0, self.size)
+                except FsError as e:
+                    if e.errno == errno.ESTALE:
+                        # the version the changes were laid on left S3: they
+                        # can never be staged whole (as flush's upload)
+                        self._give_up(e)
+                    raise
                 chunks = self._staged_chunks(self.staging, self.size)
             else:
                 assert self.size == 0

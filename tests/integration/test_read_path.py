@@ -311,3 +311,34 @@ def test_the_first_read_of_a_file_another_client_deleted_is_estale(mount, bucket
                 assert e.value.errno == errno.ESTALE
         finally:
             os.close(fd)
+
+
+def test_a_file_opened_right_after_a_close_dropped_its_changes_reads_the_other_version(
+        mount, bucket, s3_client):
+    """Another client replaces a file this mount had looked up; an append
+    here within ``metadata_ttl`` fails at close() with ESTALE and its
+    changes are dropped. An open for reading that comes at once, before any
+    stat, reads the other client's version. Before, when the kernel's
+    release of the failed descriptor came before that open, the file had no
+    object version left to read from: the open made an empty file of it,
+    and read() and fstat() gave 0 bytes."""
+    m = mount(bucket)
+    for i in range(8):
+        key = f"f{i}"
+        s3_client.put_object(Bucket=bucket, Key=key, Body=os.urandom(MiB))  # fetched by GETs
+        path = os.path.join(m.mountpoint, key)
+        assert os.stat(path).st_size == MiB
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"theirs %d" % i)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"appended")
+        finally:
+            with pytest.raises(OSError) as e:
+                os.close(fd)
+        assert e.value.errno == errno.ESTALE
+        with open(path, "rb") as f:
+            assert f.read() == b"theirs %d" % i
+    assert m.unmount() == 0
+    assert m.proc.wait(30) == 0
+    assert sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]) \
+        == [f"f{i}" for i in range(8)]

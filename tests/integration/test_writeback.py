@@ -14,6 +14,7 @@ longer variant, OBJECTFS_SOAK_ROUNDS rounds (default 15).
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -652,3 +653,34 @@ def run_recovery_scenario(mount, workdir, s3_client, bucket, proxy, big) -> None
     log = m2.log()
     assert log.count("write-back: recovered") == 4
     assert "write-back conflict" in log
+
+
+def test_an_edit_laid_on_a_version_another_client_replaced_is_estale_once_then_theirs_shows(
+        mount, workdir, s3_client, bucket):
+    """An append staged for write-back completes the file with the bytes it
+    did not change, fetched pinned to the version it was opened from: when
+    another client replaced that version meanwhile, the close fails with
+    ESTALE, the append is dropped, and the file shows the other client's
+    version, as without write-back.  Before, the file stayed dirty: every
+    later open and read of it answered ESTALE, every close retried the fetch,
+    and the unmount could not upload it."""
+    ours = os.urandom(1 << 20)   # above small_file_prefetch: its bytes are fetched
+    s3_client.put_object(Bucket=bucket, Key="doc", Body=ours)
+    m = mount(bucket, options=wb_options(workdir, STAY))
+    path = os.path.join(m.mountpoint, "doc")
+    with m.watchdog(120):
+        assert os.stat(path).st_size == len(ours)
+        s3_client.put_object(Bucket=bucket, Key="doc", Body=b"theirs")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)   # within metadata_ttl
+        try:
+            os.write(fd, b"appended")
+        finally:
+            with pytest.raises(OSError) as e:
+                os.close(fd)
+        assert e.value.errno == errno.ESTALE
+        assert read_file(path) == b"theirs"
+        assert "changes made here were dropped" in m.log()
+        assert m.unmount() == 0
+    assert body(s3_client, bucket, "doc") == b"theirs"
+    assert keys(s3_client, bucket) == ["doc"]
+    assert journal_entries(workdir) == []
