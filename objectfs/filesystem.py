@@ -168,6 +168,10 @@ class Filesystem:
         # event -> (source, new parent): renames past their lookups, which
         # other renames of their subtrees wait for (_rename_turn)
         self._renames: dict[trio.Event, tuple[Inode, Inode]] = {}
+        # event -> nodes: changes past their wait for renames whose S3
+        # request may still be under way (_acting); a directory rename
+        # waits for those inside it before it lists its keys
+        self._acts: dict[trio.Event, tuple[Inode, ...]] = {}
         self._by_name = 0   # operations of _by_name under way
 
     # -- lifecycle ------------------------------------------------------------
@@ -495,6 +499,29 @@ class Filesystem:
                 return
             await ev.wait()
 
+    @contextlib.asynccontextmanager
+    async def _acting(self, *nodes: Inode):
+        """``_after_moves``, then hold off the directory renames that start
+        from here on until the change (made at the keys of ``nodes`` or
+        under them) is in S3: one whose request was under way as a rename
+        listed the keys to copy landed at the old prefix (a deleted file
+        came back under the new name, a chmod or a new entry was lost).
+        No rename is waited for inside (it would wait for this)."""
+        await self._after_moves(*nodes)
+        done = trio.Event()
+        self._acts[done] = nodes
+        try:
+            yield
+        finally:
+            del self._acts[done]
+            done.set()
+
+    async def _after_acts(self, top: Inode) -> None:
+        """Wait for the changes under way inside ``top`` (see _acting)."""
+        while (ev := next((e for e, nodes in self._acts.items()
+                           if any(self._within(n, top) for n in nodes)), None)) is not None:
+            await ev.wait()
+
     def _move_under_way(self, node: Inode) -> trio.Event | None:
         """The event of a rename moving ``node`` (or a directory above it)."""
         n: Inode | None = node
@@ -555,6 +582,12 @@ class Filesystem:
         done = trio.Event()
         self._moving[src.ino] = done
         try:
+            if src.is_dir:
+                # changes that came before are finished first; those that
+                # come now wait for this (a file's rename holds its staging
+                # locks here, which a change of the file waits for: it is
+                # left out, and the kernel serializes those with it anyway)
+                await self._after_acts(src)
             async with contextlib.AsyncExitStack() as stack:
                 held = sorted((n for n in self.table.walk(src) if n.data is not None),
                               key=lambda n: n.ino)
@@ -896,8 +929,8 @@ class Filesystem:
         if meta or changes.size is not None:
             a.ctime_ns = now
         if meta:
-            await self._after_moves(node)
-            await self._persist_meta(node)
+            async with self._acting(node):
+                await self._persist_meta(node)
         return node
 
     async def _truncate(self, node: Inode, size: int) -> None:
@@ -1040,10 +1073,10 @@ class Filesystem:
 
     async def _check_new(self, parent: Inode, raw: bytes, suffix: str = "") -> str:
         """The name of a new entry, refused if taken or if its key (with
-        ``suffix``: "/" for a directory's marker) would be over S3's limit."""
+        ``suffix``: "/" for a directory's marker) would be over S3's limit.
+        The caller holds ``_acting(parent)``."""
         self._check_writable()
         name = keys.name_from_kernel(raw)
-        await self._after_moves(parent)
         if await self._child_or_none(parent, name) is not None:
             raise Exists(name)
         keys.check_key(self.table.key(parent) + name + suffix)
@@ -1076,34 +1109,37 @@ class Filesystem:
     @_by_name
     async def mkdir(self, parent_ino: int, raw: bytes, mode: int, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
-        name = await self._check_new(parent, raw, "/")
-        attr = self._new_attr(parent, stat.S_IFDIR | stat.S_IMODE(mode), caller, size=4096)
-        node = self._attach(parent, name, attr)
-        await self._put_new(node)
+        async with self._acting(parent):
+            name = await self._check_new(parent, raw, "/")
+            attr = self._new_attr(parent, stat.S_IFDIR | stat.S_IMODE(mode), caller, size=4096)
+            node = self._attach(parent, name, attr)
+            await self._put_new(node)
         node.listed_at = clock()  # a new directory is known to be empty
         return node
 
     @_by_name
     async def symlink(self, parent_ino: int, raw: bytes, target: bytes, caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
-        name = await self._check_new(parent, raw)
-        attr = self._new_attr(parent, stat.S_IFLNK | 0o777, caller, size=len(target))
-        node = self._attach(parent, name, attr)
-        node.target = os.fsdecode(target)
-        return await self._put_new(node, target)
+        async with self._acting(parent):
+            name = await self._check_new(parent, raw)
+            attr = self._new_attr(parent, stat.S_IFLNK | 0o777, caller, size=len(target))
+            node = self._attach(parent, name, attr)
+            node.target = os.fsdecode(target)
+            return await self._put_new(node, target)
 
     @_by_name
     async def mknod(self, parent_ino: int, raw: bytes, mode: int, rdev: int,
                     caller: Caller) -> Inode:
         parent = self._dir(parent_ino)
-        name = await self._check_new(parent, raw)
-        ftype = stat.S_IFMT(mode) or stat.S_IFREG
-        if ftype == stat.S_IFDIR or ftype == stat.S_IFLNK:
-            raise InvalidArgument("use mkdir or symlink")
-        attr = self._new_attr(parent, ftype | stat.S_IMODE(mode), caller)
-        if ftype in (stat.S_IFCHR, stat.S_IFBLK):
-            attr.rdev = rdev
-        return await self._put_new(self._attach(parent, name, attr))
+        async with self._acting(parent):
+            name = await self._check_new(parent, raw)
+            ftype = stat.S_IFMT(mode) or stat.S_IFREG
+            if ftype == stat.S_IFDIR or ftype == stat.S_IFLNK:
+                raise InvalidArgument("use mkdir or symlink")
+            attr = self._new_attr(parent, ftype | stat.S_IMODE(mode), caller)
+            if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+                attr.rdev = rdev
+            return await self._put_new(self._attach(parent, name, attr))
 
     @_by_name
     async def create(self, parent_ino: int, raw: bytes, mode: int, flags: int,
@@ -1158,22 +1194,22 @@ class Filesystem:
         node = await self._child(parent, name)
         if node.is_dir:
             raise IsADirectory(name)
-        await self._after_moves(parent)
-        await self._keep_dir(parent)
-        async with self._staged(node) as p:
-            await self._detach_file(node)
-            if not node.local:
-                key = self.table.key(node)
-                await self.store.delete(key)
-                if self.tier is not None:
-                    await self.tier.forget(key)
-            if p is not None:
-                # dropped only after the DELETE: an open meanwhile reads the
-                # staged version, not the older one in S3 (a handle opened
-                # meanwhile keeps its bytes)
+        async with self._acting(parent):
+            await self._keep_dir(parent)
+            async with self._staged(node) as p:
                 await self._detach_file(node)
-                await self._cancel_pending(node, p)
-            self._remove(parent, node)
+                if not node.local:
+                    key = self.table.key(node)
+                    await self.store.delete(key)
+                    if self.tier is not None:
+                        await self.tier.forget(key)
+                if p is not None:
+                    # dropped only after the DELETE: an open meanwhile reads
+                    # the staged version, not the older one in S3 (a handle
+                    # opened meanwhile keeps its bytes)
+                    await self._detach_file(node)
+                    await self._cancel_pending(node, p)
+                self._remove(parent, node)
 
     async def _cancel_pending(self, node: Inode, p: Pending) -> None:
         """Drop a staged version that will never be wanted (unlinked, replaced).
@@ -1217,13 +1253,13 @@ class Filesystem:
         node = await self._child(parent, name)
         if not node.is_dir:
             raise NotADirectory(name)
-        await self._after_moves(parent)
-        prefix = self.table.key(node)
-        await self._ensure_empty(node)
-        await self._keep_dir(parent)
-        await self._delete_dir_objects(node)
-        self._remove(parent, node)
-        await self.ns.forget_kept(prefix)
+        async with self._acting(parent):
+            prefix = self.table.key(node)
+            await self._ensure_empty(node)
+            await self._keep_dir(parent)
+            await self._delete_dir_objects(node)
+            self._remove(parent, node)
+            await self.ns.forget_kept(prefix)
 
     async def _delete_dir_objects(self, node: Inode) -> None:
         prefix = self.table.key(node)
@@ -1812,16 +1848,19 @@ class Filesystem:
         node = await self._xattr_node(ino)
         if node.is_symlink:
             raise NotPermitted("user xattrs on symlinks")
-        await self._after_moves(node)
-        current = dict(node.xattrs or {})
-        if flags & os.XATTR_CREATE and name in current:
-            raise Exists(name)
-        if flags & os.XATTR_REPLACE and name not in current:
-            raise NoData(name)
-        current[name] = bytes(value)
-        self._check_xattr_size(node, current)
+        async with self._acting(node):
+            current = dict(node.xattrs or {})
+            if flags & os.XATTR_CREATE and name in current:
+                raise Exists(name)
+            if flags & os.XATTR_REPLACE and name not in current:
+                raise NoData(name)
+            current[name] = bytes(value)
+            self._check_xattr_size(node, current)
+            await self._set_xattrs(node, current)
+
+    async def _set_xattrs(self, node: Inode, xattrs: dict[str, bytes] | None) -> None:
         old = node.xattrs
-        node.xattrs = current
+        node.xattrs = xattrs
         node.attr.ctime_ns = time.time_ns()
         try:
             await self._persist_meta(node)
@@ -1843,19 +1882,12 @@ class Filesystem:
         self._check_writable()
         name = self._xattr_name(raw)
         node = await self._xattr_node(ino)
-        await self._after_moves(node)
-        current = dict(node.xattrs or {})
-        if name not in current:
-            raise NoData(name)
-        del current[name]
-        old = node.xattrs
-        node.xattrs = current or None
-        node.attr.ctime_ns = time.time_ns()
-        try:
-            await self._persist_meta(node)
-        except BaseException:
-            node.xattrs = old
-            raise
+        async with self._acting(node):
+            current = dict(node.xattrs or {})
+            if name not in current:
+                raise NoData(name)
+            del current[name]
+            await self._set_xattrs(node, current or None)
 
     # -- control ------------------------------------------------------------------------------
 

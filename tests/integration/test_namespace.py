@@ -933,6 +933,60 @@ def test_changes_inside_a_directory_being_renamed_reach_its_new_name(mount, buck
     assert (d2 / "zz").read_bytes() == b"zz" and (d2 / "sub2" / "g").read_bytes() == b"sub/g"
 
 
+def test_a_directory_rename_waits_for_changes_whose_requests_are_under_way_inside_it(
+        mount, bucket, s3_client, s3):
+    """Changes inside a directory (below its own entries, which the kernel
+    locks with a rename of it) whose S3 requests were already on their way
+    when a rename of the directory began: the rename waits for them before
+    it lists its keys. Before, it copied the keys as they were: an unlinked
+    file and a removed directory came back under the new name, and a new
+    entry, a chmod or an xattr stayed at the old prefix, which the rename
+    then deleted. (One subdirectory each: the kernel serializes the changes
+    of one directory's entries.)"""
+    from tests.support.faultproxy import FaultProxy
+
+    for key in ("d/s1/", "d/s1/f1", "d/s2/", "d/s3/", "d/s4/", "d/s4/empty/", "d/s5/",
+                "d/s5/f2", "d/s5/f3"):
+        put(s3_client, bucket, key, b"" if key.endswith("/") else key.encode())
+    with FaultProxy(s3) as proxy:
+        m = mount(bucket, server=proxy)
+        d = Path(m.mountpoint) / "d"
+        assert sorted(os.listdir(d)) == ["s1", "s2", "s3", "s4", "s5"]
+        for sub in ("s1", "s4", "s5"):
+            os.listdir(d / sub)
+        for op, target in (("DeleteObject", "/d/s1/f1"), ("PutObject", "/d/s2/new/"),
+                           ("PutObject", "/d/s3/link"), ("DeleteObject", "/d/s4/empty/"),
+                           ("CopyObject", "/d/s5/f2"), ("CopyObject", "/d/s5/f3")):
+            proxy.hold(op, target)
+        ops = [lambda: os.unlink(d / "s1" / "f1"), lambda: os.mkdir(d / "s2" / "new"),
+               lambda: os.symlink("target", d / "s3" / "link"),
+               lambda: os.rmdir(d / "s4" / "empty"), lambda: os.chmod(d / "s5" / "f2", 0o600),
+               lambda: os.setxattr(d / "s5" / "f3", "user.k", b"v")]
+        with ThreadPoolExecutor(len(ops) + 1) as pool, m.watchdog(120):
+            running = [pool.submit(fn) for fn in ops]
+            try:
+                wait_for(lambda: proxy.held() == len(ops), timeout=30,
+                         what="the six requests held")
+                renaming = pool.submit(os.rename, d, Path(m.mountpoint) / "d2")
+                time.sleep(1.5)
+                assert not renaming.done(), "the rename went on while changes were under way"
+            finally:
+                proxy.release()
+            renaming.result()
+            for f in running:
+                f.result()
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["d2/s1/", "d2/s2/", "d2/s2/new/", "d2/s3/", "d2/s3/link", "d2/s4/",
+                    "d2/s5/", "d2/s5/f2", "d2/s5/f3"], keys
+    m2 = mount(bucket)
+    d2 = Path(m2.mountpoint) / "d2"
+    assert [sorted(os.listdir(d2 / s)) for s in ("s1", "s2", "s3", "s4", "s5")] == [
+        [], ["new"], ["link"], [], ["f2", "f3"]]
+    assert stat.S_IMODE(os.stat(d2 / "s5" / "f2").st_mode) == 0o600
+    assert os.getxattr(d2 / "s5" / "f3", "user.k") == b"v"
+    assert os.readlink(d2 / "s3" / "link") == "target"
+
+
 @pytest.mark.parametrize("op", ["rename", "rename its directory", "chmod", "utime",
                                 "setxattr"])
 def test_a_change_to_a_file_another_client_replaced_never_cuts_or_overwrites_theirs(
