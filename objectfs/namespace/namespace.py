@@ -213,9 +213,17 @@ class Namespace:
 
     @staticmethod
     def type_of(info: ObjectInfo) -> int:
-        """S_IFMT of an object from a HEAD (key, Content-Type, stored mode)."""
-        return md.object_file_type(info.key, info.content_type,
-                                   md.parse_attrs(info.metadata or {}))
+        """S_IFMT of an object from a HEAD (key, Content-Type, stored mode).
+
+        An object of PATH_MAX bytes or more whose metadata says symlink, FIFO,
+        socket or device is a regular file (no such entry is that big): its
+        listing already showed it as one (``_type_settled``), and a symlink
+        target that long cannot be returned to the kernel anyway."""
+        ftype = md.object_file_type(info.key, info.content_type,
+                                    md.parse_attrs(info.metadata or {}))
+        if ftype not in (stat.S_IFDIR, stat.S_IFREG) and info.size >= PATH_MAX:
+            return stat.S_IFREG
+        return ftype
 
     def make_child(self, parent: Inode, name: str, ftype: int, info: ObjectInfo | None,
                    *, is_dir: bool) -> Inode:

@@ -15,8 +15,10 @@ character cannot be tested here; see SEMANTICS.md.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import subprocess
 import time
 import unicodedata
@@ -249,3 +251,34 @@ def test_prefix_of_100000_keys_lists_in_bounded_memory(mount, big_server, option
     m = mount(BIG_BUCKET, options=options, server=server)
     list_big_prefix(m, count, per_entry_kib=4)
     assert m.proc.poll() is None
+
+
+def test_a_symlink_or_fifo_object_of_path_max_bytes_or_more_is_a_regular_file(
+        mount, bucket, s3_client):
+    # Another tool left objects whose metadata says symlink (s3fs's "41471")
+    # or FIFO but whose bodies are PATH_MAX bytes or more.  The listing shows
+    # them as regular files (no such entry is that big); the HEAD must agree.
+    # It did not: a stat then found an inode with no links (the kernel's
+    # regular file, replaced by a symlink the kernel never saw), readlink
+    # failed with EIO (a target the kernel refuses, after a GET of the whole
+    # body) and the FIFO's bytes could not be read.
+    body = b"t" * 5000
+    s3_client.put_object(Bucket=bucket, Key="biglink", Body=body,
+                         Metadata={"mode": "41471"})
+    s3_client.put_object(Bucket=bucket, Key="bigfifo", Body=body,
+                         Metadata={"mode": str(0o10644)})
+    s3_client.put_object(Bucket=bucket, Key="link", Body=b"biglink",
+                         Metadata={"mode": "41471"})
+    m = mount(bucket)
+    mp = m.mountpoint
+    kinds = {e.name: e.is_file(follow_symlinks=False) for e in os.scandir(mp)}
+    assert kinds == {"biglink": True, "bigfifo": True, "link": False}
+    for name in ("biglink", "bigfifo"):
+        st = os.lstat(os.path.join(mp, name))
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == 5000
+        assert Path(mp, name).read_bytes() == body
+    with pytest.raises(OSError) as e:
+        os.readlink(os.path.join(mp, "biglink"))
+    assert e.value.errno == errno.EINVAL
+    assert os.readlink(os.path.join(mp, "link")) == "biglink"
+    assert "fuse_reply" not in full_log(m)
