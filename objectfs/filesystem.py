@@ -911,6 +911,8 @@ class Filesystem:
             await self.ns.ensure_metadata(node)
         meta = False
         a = node.attr
+        # what a refused change (the bucket root, S3 saying no) puts back
+        before = (a.mode, a.uid, a.gid, a.atime_ns, a.mtime_ns, a.ctime_ns)
         if changes.mode is not None:
             a.mode = stat.S_IFMT(a.mode) | stat.S_IMODE(changes.mode)
             meta = True
@@ -929,8 +931,13 @@ class Filesystem:
         if meta or changes.size is not None:
             a.ctime_ns = now
         if meta:
-            async with self._acting(node):
-                await self._persist_meta(node)
+            try:
+                async with self._acting(node):
+                    await self._persist_meta(node)
+            except BaseException:
+                # the call fails: the attributes it did not store must not show
+                (a.mode, a.uid, a.gid, a.atime_ns, a.mtime_ns, a.ctime_ns) = before
+                raise
         return node
 
     async def _truncate(self, node: Inode, size: int) -> None:

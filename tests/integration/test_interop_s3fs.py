@@ -256,3 +256,25 @@ def test_attributes_s3fs_changes_show_past_the_metadata_cache(s3fs_mount, mount,
     # c came from the cache; a and b, changed by s3fs, were asked again
     assert m2.metric("objectfs_cache_hits_total", cache="metadata_disk") == 1
     assert m2.metric("objectfs_cache_misses_total", cache="metadata_disk") == 2
+
+
+def test_a_refused_chmod_chown_utime_of_the_bucket_root_changes_nothing(mount, bucket,
+                                                                        s3_client):
+    # The bucket root has no object to hold attributes (s3fs refuses too, with
+    # EIO): chmod, chown and utime of it fail with EPERM, and what they asked
+    # for must not show afterwards (it did, at the next stat that reached the
+    # daemon: a root turned 0700 and owned by someone else locks users out).
+    m = mount(bucket)
+    mp = m.mountpoint
+    before = os.stat(mp)
+    for call in (lambda: os.chmod(mp, 0o700), lambda: os.chown(mp, 1000, 1001),
+                 lambda: os.utime(mp, ns=(MTIME2_NS, MTIME2_NS))):
+        with pytest.raises(PermissionError):
+            call()
+    Path(mp, "f").write_bytes(b"x")       # the kernel asks the daemon for the root again
+    time.sleep(1.5)
+    after = os.stat(mp)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (
+        stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid)
+    assert after.st_mtime_ns != MTIME2_NS
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == ["f"]
