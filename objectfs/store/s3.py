@@ -156,7 +156,11 @@ def make_client(settings: S3Settings, *, connect_timeout: float | None = None,
                                         aws_access_key_id=settings.access_key,
                                         aws_secret_access_key=settings.secret_key)
     except botocore.exceptions.ProfileNotFound as e:
-        raise UserError(f"AWS profile not found: {settings.profile} ({e})") from None
+        # the profile may come from AWS_PROFILE, not settings.profile: e names it
+        raise UserError(f"AWS profile not found ({e})") from None
+    except botocore.exceptions.BotoCoreError as e:
+        # a ~/.aws/config that does not parse, ...
+        raise UserError(f"AWS configuration: {e}") from None
     style = settings.addressing_style or ("path" if settings.endpoint_url else "auto")
     cfg = Config(
         s3={"addressing_style": style},
@@ -170,8 +174,13 @@ def make_client(settings: S3Settings, *, connect_timeout: float | None = None,
         tcp_keepalive=True,
     )
     region = settings.region or session.region_name or "us-east-1"
-    client = session.client("s3", endpoint_url=settings.endpoint_url, region_name=region,
-                            config=cfg, verify=settings.verify_ssl)
+    try:
+        client = session.client("s3", endpoint_url=settings.endpoint_url, region_name=region,
+                                config=cfg, verify=settings.verify_ssl)
+    except botocore.exceptions.BotoCoreError as e:
+        # credentials are resolved here: AWS_ACCESS_KEY_ID without
+        # AWS_SECRET_ACCESS_KEY, a shared config file that does not parse...
+        raise UserError(f"AWS credentials: {e}") from None
     # DeleteObjects must carry an integrity header.  New botocore sends a
     # CRC32 checksum, which Swift's s3api and older MinIO/Ceph reject with
     # "Missing required header: Content-MD5".  Content-MD5 is accepted by

@@ -348,6 +348,32 @@ def test_missing_credentials(s3, bucket, mountpoint, workdir):
     assert_clean_failure(r, t, mountpoint, 1, "credentials")
 
 
+@pytest.mark.parametrize("problem", ["partial-env", "unparsable-config"])
+@pytest.mark.parametrize("command", ["mount", "mount -f", "uploads"])
+def test_unusable_aws_configuration_is_one_line(s3, bucket, mountpoint, workdir, problem,
+                                                command):
+    """botocore resolves credentials when the client is made: a key id
+    without its secret, or a shared config file that does not parse, failed
+    there with a traceback (-f, objectfs uploads) or 'unexpected error'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(workdir / "none"),
+               AWS_CONFIG_FILE=str(workdir / "none"), AWS_EC2_METADATA_DISABLED="true")
+    if problem == "partial-env":
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key   # no AWS_SECRET_ACCESS_KEY
+        words = ("credentials", "aws_secret_access_key")
+    else:
+        (workdir / "aws-config").write_text("[default]\nregion = us-east-1\n[profile broken\n")
+        env["AWS_CONFIG_FILE"] = str(workdir / "aws-config")
+        words = ("unable to parse config file",)
+    if command == "uploads":
+        args = ["uploads", f"s3://{bucket}", "--endpoint-url", s3.endpoint]
+    else:
+        args = mount_args(s3, bucket, mountpoint, *command.split()[1:])
+    r, t = timed(lambda: run_cli(args, env=env))
+    assert "unexpected error" not in r.stderr
+    assert_clean_failure(r, t, mountpoint, 1, *words)
+
+
 @pytest.mark.parametrize("problem", ["missing", "file", "mounted"])
 def test_bad_mountpoint(objectfs_cli, s3, bucket, workdir, mountpoint, problem):
     if problem == "missing":
