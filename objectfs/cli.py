@@ -412,6 +412,13 @@ def cmd_umount(args) -> int:
         raise UserError(f"cannot unmount {args.mountpoint}: {detail}")
     pid = state.get("pid") if state else None
     if pid and _alive(int(pid)):
+        if args.lazy and not _exited_within(int(pid), LAZY_GRACE):
+            # Detached, but the daemon still serves the files open there
+            # (or is hung, which is when "umount -z" is the advice): waiting
+            # for it would take as long as they stay open.
+            print(f"objectfs: {args.mountpoint} is detached; its daemon (pid {pid}) exits "
+                  "once the files still open there are closed and uploaded", file=sys.stderr)
+            return 0
         _wait_exit(int(pid), args.timeout, args.mountpoint)
         last = read_state(mp)   # the daemon leaves one only to say what it lost
         if last is None or last.get("pid") != pid or "not_uploaded" not in last:
@@ -488,6 +495,19 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# How long "objectfs umount -z" waits for the daemon to exit after detaching.
+LAZY_GRACE = 5.0
+
+
+def _exited_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _wait_exit(pid: int, timeout: float, name: str) -> None:

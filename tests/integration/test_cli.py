@@ -119,6 +119,50 @@ def test_umount_of_busy_mount_fails_cleanly(objectfs_cli, s3, bucket, mountpoint
     assert objectfs_cli("umount", str(mountpoint)).returncode == 0
 
 
+def test_lazy_umount_of_a_busy_mount_returns_at_once(objectfs_cli, s3, bucket, s3_client,
+                                                     mountpoint):
+    """objectfs umount -z detaches at once; it used to wait (600 s) for a
+    daemon that serves an open file until it is closed, or that is hung,
+    the very case the "already mounted ... does not answer" line advises
+    umount -z for."""
+    assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+    pid = daemon_pid(mountpoint)
+    f = open(mountpoint / "open-at-umount", "w")
+    try:
+        f.write("still written")
+        r, t = timed(lambda: objectfs_cli("umount", "-z", str(mountpoint), timeout=120))
+        assert r.returncode == 0, r.stderr
+        assert t < 30, t
+        assert not is_mounted(str(mountpoint))
+        assert "detached" in r.stderr and "Traceback" not in r.stderr
+        assert alive(pid)
+    finally:
+        f.close()
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+    body = s3_client.get_object(Bucket=bucket, Key="open-at-umount")["Body"].read()
+    assert body == b"still written"
+
+
+def test_lazy_umount_of_a_hung_mount_returns_at_once(objectfs_cli, s3, bucket, mountpoint):
+    assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+    pid = daemon_pid(mountpoint)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        r, t = timed(lambda: objectfs_cli("umount", "-z", str(mountpoint), timeout=120))
+        assert r.returncode == 0, r.stderr
+        assert t < 30, t
+        assert not is_mounted(str(mountpoint))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
 def test_umount_says_what_the_daemon_could_not_upload_and_exits_1(auth_s3, mountpoint):
     """A file whose upload S3 refuses (close gave EACCES) is tried again at
     unmount; when that fails too the daemon exits 1, and objectfs umount
