@@ -14,10 +14,11 @@ the same on AWS without this command.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import trio
 
-from .config import ConfigError, parse_endpoint, parse_seconds
+from .config import ConfigError, parse_endpoint, parse_region, parse_seconds
 from .errors import StoreError, UserError
 from .store.s3 import S3Settings, S3Store
 
@@ -48,8 +49,22 @@ def run(args, bucket: str, prefix: str) -> int:
             parse_endpoint(args.endpoint_url)
         except ValueError as e:
             raise ConfigError(f"bad value for --endpoint-url: {args.endpoint_url!r}: {e}") from None
+    if args.region is not None:
+        try:
+            parse_region(args.region)
+        except ValueError as e:
+            raise ConfigError(f"bad value for --region: {args.region!r}: {e}") from None
+    # The store's warnings would reach stderr through logging's last resort,
+    # a second line beside the one below: the error says what failed.
+    logging.getLogger("objectfs").addHandler(logging.NullHandler())
+    # Bounded like the bucket check of a mount: an endpoint that accepts
+    # and never answers fails in seconds, not after 5 x read_timeout.
+    from .mount import CHECK_ATTEMPTS, CHECK_CONNECT_TIMEOUT, CHECK_READ_TIMEOUT
+
     store = S3Store(S3Settings(bucket=bucket, endpoint_url=args.endpoint_url,
-                               region=args.region, profile=args.profile))
+                               region=args.region, profile=args.profile,
+                               connect_timeout=CHECK_CONNECT_TIMEOUT,
+                               read_timeout=CHECK_READ_TIMEOUT, max_attempts=CHECK_ATTEMPTS))
     key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     now = dt.datetime.now(dt.timezone.utc)
 

@@ -384,6 +384,28 @@ def test_unreachable_endpoint(objectfs_cli, bucket, mountpoint):
     assert_clean_failure(r, t, mountpoint, 1, "cannot reach", str(port))
 
 
+def test_uploads_command_against_a_bad_endpoint_is_one_line_and_bounded(objectfs_cli, bucket,
+                                                                        mountpoint):
+    """objectfs uploads against an endpoint that refuses connections printed
+    the store's log line as well as its error (two lines), and against one
+    that accepts and never answers it took 5 x read_timeout (over 5 min)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)   # accepts (the kernel does) and never answers
+    try:
+        for port in (free_port(), silent.getsockname()[1]):
+            r, t = timed(lambda: objectfs_cli("uploads", f"s3://{bucket}", "--endpoint-url",
+                                              f"http://127.0.0.1:{port}", timeout=120))
+            assert_clean_failure(r, t, mountpoint, 1, "cannot list multipart uploads",
+                                 "unreachable")
+    finally:
+        silent.close()
+    r, t = timed(lambda: objectfs_cli("uploads", f"s3://{bucket}", "--region", "us east"))
+    assert_clean_failure(r, t, mountpoint, 2, "--region")
+
+
 def test_missing_credentials(s3, bucket, mountpoint, workdir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(workdir / "none"),
