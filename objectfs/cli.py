@@ -109,9 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("umount", help="upload pending data, unmount, wait for the daemon")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach now)")
-    u.add_argument("--timeout", type=float, default=600.0,
+    u.add_argument("--timeout", type=_wait_seconds, default=600.0,
                    help="seconds to wait for the daemon to finish uploading (default 600)")
     return p
+
+
+def _wait_seconds(text: str) -> float:
+    """umount --timeout: a number of seconds more than 0 (0, a negative
+    number or nan made the request to the daemon fail with a traceback)."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return v
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -446,7 +460,7 @@ def _drain_writeback(mp: str, timeout: float) -> None:
 
     try:
         control.request(mp, {"op": "ping"}, timeout=control.QUICK)
-        reply = control.request(mp, {"op": "drain"}, timeout=timeout)
+        reply = control.request(mp, {"op": "drain"}, timeout=min(timeout, config.MAX_TIMEOUT))
     except UserError:
         return  # no answer: the daemon drains on unmount as well, if it can
     left = reply.get("left") or []

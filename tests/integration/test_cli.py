@@ -163,6 +163,22 @@ def test_lazy_umount_of_a_hung_mount_returns_at_once(objectfs_cli, s3, bucket, m
     assert not alive(pid)
 
 
+def test_umount_with_a_bad_timeout_is_one_line_and_leaves_the_mount(objectfs_cli, s3, bucket,
+                                                                     mountpoint):
+    """--timeout 0, a negative number or nan went on to the daemon's control
+    socket and failed there with a traceback (BlockingIOError, ValueError)."""
+    assert objectfs_cli(*mount_args(s3, bucket, mountpoint)).returncode == 0
+    for value in ("0", "-1", "nan"):
+        r = objectfs_cli("umount", str(mountpoint), f"--timeout={value}")
+        assert r.returncode == 2, (value, r.stderr)
+        assert r.stderr.strip().splitlines() == [
+            f"objectfs: argument --timeout: must be more than 0 seconds: {value!r}"]
+        assert is_mounted(str(mountpoint))
+    r = objectfs_cli("umount", str(mountpoint), "--timeout", "1e12")  # past a socket's timeout
+    assert r.returncode == 0, r.stderr
+    assert not is_mounted(str(mountpoint))
+
+
 def test_umount_says_what_the_daemon_could_not_upload_and_exits_1(auth_s3, mountpoint):
     """A file whose upload S3 refuses (close gave EACCES) is tried again at
     unmount; when that fails too the daemon exits 1, and objectfs umount
