@@ -149,6 +149,8 @@ class Filesystem:
         self.ns = Namespace(store, cfg, notifier)
         self.table = self.ns.table
         self.handles: dict[int, FileHandle | DirHandle] = {}
+        # reads under way, by inode: (offset, done) (see read)
+        self._reading: dict[int, list[tuple[int, trio.Event]]] = {}
         self._next_fh = 1
         self.ctx: DataContext | None = None
         self.read_only = bool(cfg.ro)
@@ -1589,14 +1591,41 @@ class Filesystem:
         return keep
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        """A short answer (one that ends the file for the kernel) is sent only
+        after the reads of the same file at lower offsets that were under way
+        when it was ready: the kernel cuts its size at the end of the first
+        short answer it gets, and then ignores the ends that reads sent
+        before that answer give (their attribute version is older).  Two
+        read-ahead requests of a file the kernel holds a larger size for (at
+        0 and 1 MiB, of a handle that moved to a shorter version) would
+        otherwise set its size to 1 MiB when the one at 1 MiB answered
+        first, and the reader got the new bytes padded with zeros to 1 MiB."""
         h = self._file_handle(fh)
+        ino = h.node.ino
+        me = (off, trio.Event())
+        reading = self._reading.setdefault(ino, [])
+        reading.append(me)
+        try:
+            out = await self._read_moving(h, fh, off, size)
+            if len(out) < size:
+                for o, done in [r for r in reading if r[0] < off]:
+                    await done.wait()
+            return out
+        finally:
+            me[1].set()
+            reading.remove(me)
+            if not reading:
+                del self._reading[ino]
+
+    async def _read_moving(self, h: FileHandle, fh: int, off: int,
+                           size: int) -> bytes | memoryview:
         moves = h.moves
         try:
             out = await self._read(h, off, size)
         except Stale:
             if h.moves == moves and not await self._follow(h):
                 raise
-            return await self.read(fh, off, size)  # from the version it moved to
+            return await self._read_moving(h, fh, off, size)  # from the version it moved to
         if h.moves != moves:
             # bytes of the version this handle left while they were read
             raise Stale("object changed in S3 while open")

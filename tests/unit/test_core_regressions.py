@@ -812,6 +812,46 @@ def test_reads_of_a_moving_handle_under_way_together_all_read_the_new_version(tm
     _with_replace(tmp_path, body)
 
 
+def test_a_short_read_answers_after_the_reads_at_lower_offsets_under_way(tmp_path):
+    """The kernel cuts a file's size at the end of the first short answer
+    it gets and ignores the ends the reads sent before it give: a short
+    answer that overtakes a read at a lower offset leaves the kernel's size
+    there, and the bytes between the real end and it read as zeros.  Here
+    two programs read a file another client shortened (3 MiB to 100 KiB)
+    since its lookup: the read at 1 MiB, with nothing to read, used to be
+    answered before the read at 0 (whose GET is slow), and ``cat`` printed
+    the new bytes padded with zeros to 1 MiB."""
+    class SlowStart(MemoryStore):
+        async def get(self, key, start=0, end=None, **kw):
+            if start == 0:
+                await trio.sleep(0.3)
+            return await super().get(key, start, end, **kw)
+
+    old, new = os.urandom(3 * MiB), os.urandom(100 * KiB)
+    store = SlowStart()
+    store.put_sync("f", old)
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        store.put_sync("f", new)
+        a, b = await fs.open(node.ino, RO), await fs.open(node.ino, RO)
+        answered = []
+
+        async def read(h, off):
+            data = bytes(await fs.read(h.fh, off, 1 * MiB))
+            answered.append((off, data))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(read, a, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(read, b, 1 * MiB)
+        assert answered == [(0, new), (1 * MiB, b"")]
+        for h in (a, b):
+            await fs.release(h.fh)
+
+    run_fs(tmp_path, body, "metadata_ttl=60", "cache_size=0", store=store)
+
+
 def test_handles_that_have_read_nothing_move_together(tmp_path):
     """Two programs open the file in the window: the data is shared, so both
     handles move, whichever reads first, and each reads the new version.
