@@ -126,7 +126,8 @@ class FileData:
             if (self.stream is None and self.staging is None and self.size == 0
                     and self.base_size == 0 and off == 0
                     and not (self.ctx.writeback and n >= self.ctx.part_size)):
-                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn)
+                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn,
+                                              key_fn=self.key_fn)
                 self.ctx.streaming.add(self)
                 await self._append(data)
                 return n

@@ -18,6 +18,7 @@ re-uploaded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -35,9 +36,14 @@ log = logging.getLogger(__name__)
 
 
 class StreamingUpload:
-    def __init__(self, ctx: DataContext, key: str, headers_fn: Callable[[], ObjectHeaders]):
+    def __init__(self, ctx: DataContext, key: str, headers_fn: Callable[[], ObjectHeaders],
+                 key_fn: Callable[[], str] | None = None):
         self.ctx = ctx
         self.key = key
+        # the file's current key, asked again when the multipart upload is
+        # created: a rename before then (nothing sent yet, so nothing for the
+        # rename to complete) must not leave the upload at the old name
+        self.key_fn = key_fn
         # evaluated when the object's metadata is sent (CreateMultipartUpload
         # or the single PutObject), so attributes set until then are stored
         self.headers_fn = headers_fn
@@ -98,6 +104,9 @@ class StreamingUpload:
 
     async def _ship(self) -> None:
         if self.upload_id is None:
+            if self.key_fn is not None:
+                with contextlib.suppress(FsError):   # out of the tree: as before
+                    self.key = self.key_fn()
             self.headers = h = self.headers_fn()
             self.upload_id = await self.ctx.store.create_multipart(
                 self.key, metadata=h.metadata, content_type=h.content_type, headers=h.headers)

@@ -68,6 +68,45 @@ def test_rename_during_streaming_does_not_clobber_a_new_file_at_the_old_name(tmp
     assert not store.uploads
 
 
+@pytest.mark.parametrize("then", ["new-file-at-old-name", "read", "spill"])
+def test_a_stream_renamed_before_its_first_part_uploads_to_the_new_name(tmp_path, then):
+    # The rename comes while the whole file is still in the part buffer (no
+    # multipart upload yet, so the rename has nothing to complete); the part
+    # that fills after it must start the multipart upload at the new name,
+    # not the old one: there it overwrote (and the close's move then
+    # deleted) a file created at the old name, and a read that converted
+    # the stream looked for its base at the new name: ESTALE, then EIO at
+    # close, and the file never reached S3.
+    data = os.urandom(6 * MiB)
+
+    async def body(fs, store):
+        h, _ = await fs.create(1, b"app.log", F, RW, CALLER)
+        await fs.write(h.fh, 0, data[:MiB])               # buffered, nothing sent
+        await fs.rename(1, b"app.log", 1, b"app.log.1", 0)
+        await fs.write(h.fh, MiB, data[MiB:5 * MiB + 100])  # part 1 fills and ships
+        if then == "new-file-at-old-name":
+            h2, _ = await fs.create(1, b"app.log", F, RW, CALLER)
+            await fs.write(h2.fh, 0, b"new log\n")
+            await fs.flush(h2.fh)
+            await fs.release(h2.fh)
+        elif then == "read":
+            assert await fs.read(h.fh, 0, 100) == data[:100]  # converts the stream
+        else:
+            assert await h.node.data.spill()   # as the write budget does
+        await fs.write(h.fh, 5 * MiB + 100, data[5 * MiB + 100:])
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+
+    store = run_fs(tmp_path, body)
+    assert store.objects["app.log.1"].data == data
+    if then == "new-file-at-old-name":
+        assert sorted(store.objects) == ["app.log", "app.log.1"]
+        assert store.objects["app.log"].data == b"new log\n"
+    else:
+        assert sorted(store.objects) == ["app.log.1"]
+    assert not store.uploads
+
+
 @pytest.mark.parametrize("case", ["unlink-open", "unlink-after-close", "chmod", "rename-after-truncate",
                                   "rename-then-read", "dir-rename-then-write"])
 def test_a_converted_stream_is_known_to_the_namespace(tmp_path, case):
