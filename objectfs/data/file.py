@@ -126,8 +126,7 @@ class FileData:
             if (self.stream is None and self.staging is None and self.size == 0
                     and self.base_size == 0 and off == 0
                     and not (self.ctx.writeback and n >= self.ctx.part_size)):
-                self.stream = StreamingUpload(self.ctx, self.key_fn(), self.headers_fn,
-                                              key_fn=self.key_fn)
+                self.stream = StreamingUpload(self.ctx, self.key_fn, self.headers_fn)
                 self.ctx.streaming.add(self)
                 await self._append(data)
                 return n
@@ -377,8 +376,7 @@ class FileData:
             gen = self.meta_gen
             if self.stream is not None and not self.stream.started:
                 # small file, all in memory: one PutObject
-                stream = self.stream
-                stream.key = key
+                stream = self.stream   # finish() takes the current key, as key here
                 body = stream.buf  # finish() lets go of it; nothing changes it after
                 try:
                     info = await stream.finish()

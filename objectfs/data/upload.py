@@ -36,14 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class StreamingUpload:
-    def __init__(self, ctx: DataContext, key: str, headers_fn: Callable[[], ObjectHeaders],
-                 key_fn: Callable[[], str] | None = None):
+    def __init__(self, ctx: DataContext, key_fn: Callable[[], str],
+                 headers_fn: Callable[[], ObjectHeaders]):
         self.ctx = ctx
-        self.key = key
-        # the file's current key, asked again when the multipart upload is
-        # created: a rename before then (nothing sent yet, so nothing for the
-        # rename to complete) must not leave the upload at the old name
+        # the file's current key, asked again when the object is first sent
+        # (CreateMultipartUpload or the single PutObject): a rename before
+        # then (nothing sent yet, so nothing for the rename to complete)
+        # must not leave the upload at the old name
         self.key_fn = key_fn
+        self.key = key_fn()
         # evaluated when the object's metadata is sent (CreateMultipartUpload
         # or the single PutObject), so attributes set until then are stored
         self.headers_fn = headers_fn
@@ -102,11 +103,14 @@ class StreamingUpload:
             return None
         return bytes(self.buf[start - self.buf_start:end - self.buf_start])
 
+    def _renamed(self) -> None:
+        """Take the file's current key, before anything is sent."""
+        with contextlib.suppress(FsError):   # out of the tree: the last one known
+            self.key = self.key_fn()
+
     async def _ship(self) -> None:
         if self.upload_id is None:
-            if self.key_fn is not None:
-                with contextlib.suppress(FsError):   # out of the tree: as before
-                    self.key = self.key_fn()
+            self._renamed()
             self.headers = h = self.headers_fn()
             self.upload_id = await self.ctx.store.create_multipart(
                 self.key, metadata=h.metadata, content_type=h.content_type, headers=h.headers)
@@ -147,6 +151,7 @@ class StreamingUpload:
         gone.
         """
         if self.upload_id is None:
+            self._renamed()
             h = self.headers_fn()
             info = await self.ctx.store.put(
                 self.key, self.buf, metadata=h.metadata, content_type=h.content_type,
