@@ -170,6 +170,7 @@ class Namespace:
         the directory is only a prefix.  The type of an existing inode never
         changes here: callers replace the inode when the type changes.
         """
+        self._pair_etags(node, node.remote, info)
         node.remote = info
         node.validated_at = clock()
         if info is None:
@@ -210,6 +211,27 @@ class Namespace:
         if stat.S_ISLNK(node.attr.mode) and pa.symlink_target and not info.size:
             node.target = pa.symlink_target
         node.meta_known = True
+
+    @staticmethod
+    def _pair_etags(node: Inode, listed: ObjectInfo | None, info: ObjectInfo | None) -> None:
+        """Remember that a listing shows ETag ``listed.etag`` for the version
+        whose HEAD, ``info``, gives another one.  Swift's s3api does this for
+        an object copied from a multipart one (every chmod, utime or rename
+        of a large file): the listing shows the MD5 of its bytes, HEAD the
+        "-N" ETag.  Without the pair every relisting after ``metadata_ttl``
+        would take it for a new version: a HEAD, and its cached pages dropped."""
+        if (info is None or info.metadata is None or listed is None
+                or listed.metadata is not None or listed.etag == info.etag):
+            return
+        if listed.size == info.size and listed.mtime_ns == info.mtime_ns:
+            node.listed_as = (listed.etag, info.etag)
+
+    def lists_as(self, node: Inode, listed: ObjectInfo) -> bool:
+        """True if listing entry ``listed`` shows the version ``node.remote``
+        describes (its ETag, or the one a listing showed for it)."""
+        known = node.remote
+        return (known is not None and known.size == listed.size
+                and (known.etag == listed.etag or node.listed_as == (listed.etag, known.etag)))
 
     @staticmethod
     def type_of(info: ObjectInfo) -> int:
@@ -899,10 +921,11 @@ class Namespace:
                 child.meta_known = False
                 continue
             old = child.remote
-            changed = (old is None or old.etag != info.etag or old.size != info.size
+            same = self.lists_as(child, info)
+            changed = (not same
                        or (old.mtime_ns and info.mtime_ns and old.mtime_ns != info.mtime_ns))
             if changed:
-                if old is not None and old.etag != info.etag:
+                if old is not None and not (same or old.etag == info.etag):
                     self.notifier.invalidate_inode(child.ino)
                 child.remote = info
                 child.attr.size = info.size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 import os
 import stat
 
@@ -1765,3 +1766,60 @@ def test_an_open_while_an_unlink_deletes_a_file_with_a_staged_edit_reads_the_edi
         assert "f" not in store.objects
 
     run_fs(tmp_path, body, "writeback=600")
+
+
+# -- a listing that shows another ETag than HEAD for the same version --------------------
+
+class ListsByMd5(MemoryStore):
+    """Swift's s3api: an object copied from a multipart one is listed with
+    the MD5 of its bytes, while HEAD (and GET) give the "-N" ETag."""
+
+    async def list_page(self, prefix, **kw):
+        page = await super().list_page(prefix, **kw)
+        page.objects[:] = [replace(o, etag=f'"md5-of-{o.etag.strip(chr(34))}"')
+                           for o in page.objects]
+        return page
+
+
+def test_a_listing_etag_other_than_the_heads_is_not_taken_for_a_new_version(tmp_path):
+    """Once a HEAD has shown which version a listing's ETag stands for,
+    relisting the directory asks no HEAD and keeps the cached pages; a real
+    change (a new listing ETag) is still seen at the next listing."""
+    store = ListsByMd5()
+    store.put_sync("d/f", b"a" * MiB)
+    old = store.objects["d/f"].mtime_ns = store.objects["d/f"].mtime_ns - 60 * 10**9
+
+    async def relist(fs, d, f):
+        d.listed_at, d.validated_at = None, float("-inf")
+        fh = (await fs.opendir(d.ino)).fh
+        await fs.readdir(fh, 0)
+        fs.releasedir(fh)
+        await fs.getattr(f.ino)
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        f = await fs.lookup(d.ino, b"f")
+        await relist(fs, d, f)    # the listing's ETag is new here: one HEAD pairs them
+        h = await fs.open(f.ino, os.O_RDONLY)
+        fs.keep_cache(h)         # as the FUSE adapter asks at each open
+        assert await fs.read(h.fh, 0, 4) == b"aaaa"
+        await fs.release(h.fh)
+        for _ in range(3):
+            before = dict(store.calls)
+            await relist(fs, d, f)
+            assert _used(store, before) == {"ListObjectsV2": 1}
+            h = await fs.open(f.ino, os.O_RDONLY)
+            assert fs.keep_cache(h)
+            await fs.release(h.fh)
+        store.put_sync("d/f", b"b" * MiB)     # same size, another version
+        store.objects["d/f"].mtime_ns = old + 10**9
+        before = dict(store.calls)
+        await relist(fs, d, f)
+        assert _used(store, before) == {"ListObjectsV2": 1, "HeadObject": 1}
+        assert f.remote.etag == store.objects["d/f"].etag
+        h = await fs.open(f.ino, os.O_RDONLY)
+        assert not fs.keep_cache(h)
+        assert await fs.read(h.fh, 0, 4) == b"bbbb"
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, store=store)
