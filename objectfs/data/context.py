@@ -60,9 +60,10 @@ class DataContext:
         # False once the server refused an UploadPartCopy for a file up to
         # single_put_max (see upload_staged): those are sent whole then.
         self.small_copies = True
-        # False once the server refused a conditional PutObject (If-Match,
-        # If-None-Match; see upload.put_conditional)
-        self.conditional_puts = True
+        # The PutObject conditions the server refused ("If-Match",
+        # "If-None-Match"; see upload.put_conditional): each one alone, as
+        # servers added them years apart
+        self.refused_conditions: set[str] = set()
         # write-back (objectfs.writeback): files are staged whole at close,
         # never streamed into a multipart upload
         self.writeback = False

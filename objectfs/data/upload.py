@@ -258,22 +258,25 @@ async def put_conditional(ctx: DataContext, key: str, body: bytes | bytearray,
                           headers: ObjectHeaders, *, if_match: str | None = None,
                           if_none_match: bool = False) -> ObjectInfo:
     """PutObject only if S3 holds the version ``if_match`` (or, with
-    ``if_none_match``, nothing) under ``key``.  A server that refuses
-    conditional writes (Swift's s3api, older MinIO and Ceph answer 501) gets
-    the plain PUT, from then on for the mount (``ctx.conditional_puts``):
-    there the check is the caller's alone."""
+    ``if_none_match``, nothing) under ``key``.  A server that refuses the
+    condition (Swift's s3api, older MinIO and Ceph answer 501) gets the plain
+    PUT, and so does every later one with that condition for the mount
+    (``ctx.refused_conditions``): there the check is the caller's alone.  The
+    other condition is still tried: a server may take If-None-Match and not
+    If-Match (AWS added them two years apart)."""
     put = functools.partial(ctx.store.put, key, body, metadata=headers.metadata,
                             content_type=headers.content_type, headers=headers.headers)
-    if not ctx.conditional_puts:
+    kind = "If-Match" if if_match is not None else "If-None-Match" if if_none_match else None
+    if kind is None or kind in ctx.refused_conditions:
         return await put()
     try:
         return await put(if_match=if_match, if_none_match=if_none_match)
     except FsError as e:
         if e.errno != errno.EOPNOTSUPP:
             raise
-    if ctx.conditional_puts:
-        log.info("the server refuses conditional writes; uploads rely on checks before them")
-        ctx.conditional_puts = False
+    if kind not in ctx.refused_conditions:
+        log.info("the server refuses %s on PutObject; uploads rely on checks before them", kind)
+        ctx.refused_conditions.add(kind)
     return await put()
 
 

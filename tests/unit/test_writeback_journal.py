@@ -449,8 +449,49 @@ def test_uploads_fall_back_to_head_checks_without_conditional_puts():
     assert [c for _, c in done] == [False, False, True]
     assert store.objects["new"].data == b"1" and store.objects["changed"].data == b"2"
     assert store.objects["changed2"].data == b"appeared meanwhile"
-    # one refused conditional PUT, then plain PUTs (the HEAD checks still find conflicts)
-    assert store.calls["PutObject"] == 4
+    # each condition refused once (If-None-Match, If-Match), then plain PUTs
+    # (the HEAD checks still find conflicts)
+    assert store.calls["PutObject"] == 5
+
+
+class NoIfMatchPuts(MemoryStore):
+    """A server that takes If-None-Match on PutObject but not If-Match (AWS
+    S3 between August and November 2024), where keys in ``appear`` are
+    created by another client right after this mount's HEAD of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.appear: dict[str, bytes] = {}
+
+    async def head(self, key, **kw):
+        try:
+            return await super().head(key, **kw)
+        finally:
+            if key in self.appear:
+                self.put_sync(key, self.appear.pop(key))
+
+    async def put(self, key, body, *, if_match=None, **kw):
+        if if_match is not None:
+            self._count("PutObject")
+            raise store_error("NotImplemented", "If-Match is not supported.",
+                              op="PutObject", key=key, status=501)
+        return await super().put(key, body, **kw)
+
+
+def test_a_refused_if_match_leaves_if_none_match_on():
+    """Refusing one condition turns off that one only: a new file's PUT still
+    carries If-None-Match, and an object another client made between the
+    HEAD check and the PUT is kept, the upload becoming a conflict copy."""
+    store = NoIfMatchPuts()
+    store.put_sync("changed", b"base")
+    staged = [manifest("changed", base=store.objects["changed"].etag), manifest("appeared")]
+    store.appear["appeared"] = b"someone else's"
+    with tempfile.TemporaryDirectory() as root:
+        done = trio.run(run_writeback, store, root, staged, [b"1", b"2"])
+    assert [c for _, c in done] == [False, True]
+    assert store.objects["changed"].data == b"1"
+    assert store.objects["appeared"].data == b"someone else's"
+    assert [store.objects[k].data for k in store.objects if CONFLICT_INFIX in k] == [b"2"]
 
 
 def test_a_shown_recovered_entry_is_replaced_like_one_staged_here():
