@@ -13,14 +13,16 @@ the same on AWS without this command.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 
 import trio
 
+from . import credentials
 from .config import ConfigError, parse_endpoint, parse_region, parse_seconds
 from .errors import StoreError, UserError
-from .store.s3 import S3Settings, S3Store
+from .store.s3 import S3Settings, S3Store, chain_has_credentials
 
 DEFAULT_OLDER_THAN = 3600.0
 
@@ -32,6 +34,9 @@ def add_parser(sub) -> None:
     u.add_argument("--endpoint-url", help="S3 endpoint; path-style addressing is used")
     u.add_argument("--region", help="region for request signing")
     u.add_argument("--profile", help="AWS profile for credentials")
+    u.add_argument("--passwd-file", metavar="FILE",
+                   help="s3fs passwd file with the key pair (as the mount's -o passwd_file; "
+                        "~/.passwd-s3fs and /etc/passwd-s3fs are read as the mount reads them)")
     u.add_argument("--abort", action="store_true", help="abort the uploads listed")
     u.add_argument("--older-than", default=None, metavar="SECONDS",
                    help="only uploads begun at least this long ago "
@@ -61,10 +66,16 @@ def run(args, bucket: str, prefix: str) -> int:
     # and never answers fails in seconds, not after 5 x read_timeout.
     from .mount import CHECK_ATTEMPTS, CHECK_CONNECT_TIMEOUT, CHECK_READ_TIMEOUT
 
-    store = S3Store(S3Settings(bucket=bucket, endpoint_url=args.endpoint_url,
-                               region=args.region, profile=args.profile,
-                               connect_timeout=CHECK_CONNECT_TIMEOUT,
-                               read_timeout=CHECK_READ_TIMEOUT, max_attempts=CHECK_ATTEMPTS))
+    settings = S3Settings(bucket=bucket, endpoint_url=args.endpoint_url,
+                          region=args.region, profile=args.profile,
+                          connect_timeout=CHECK_CONNECT_TIMEOUT,
+                          read_timeout=CHECK_READ_TIMEOUT, max_attempts=CHECK_ATTEMPTS)
+    pair = credentials.resolve(bucket, args.passwd_file, args.profile,
+                               lambda: chain_has_credentials(settings))
+    if pair is not None:
+        settings = dataclasses.replace(settings, access_key=pair.access_key,
+                                       secret_key=pair.secret_key, credential_source=pair.source)
+    store = S3Store(settings)
     key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     now = dt.datetime.now(dt.timezone.utc)
 

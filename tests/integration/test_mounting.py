@@ -463,6 +463,26 @@ def test_home_passwd_s3fs_when_boto3_has_no_credentials(auth_s3, workdir, mountp
     assert r.returncode == 1 and "credentials were rejected" in r.stderr, r.stderr
 
 
+def test_uploads_command_takes_credentials_from_passwd_files_as_the_mount_does(auth_s3,
+                                                                               workdir):
+    bucket = auth_s3.new_bucket()
+    auth_s3.client().create_multipart_upload(Bucket=bucket, Key="left/behind")
+    env = env_without_aws(workdir)
+    args = ["uploads", f"s3://{bucket}", "--endpoint-url", auth_s3.endpoint]
+    r = run_cli(args, env=env)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    pw = write_secret(workdir / "pw", f"{bucket}:{auth_s3.access_key}:{auth_s3.secret_key}\n")
+    r = run_cli([*args, "--passwd-file", str(pw)], env=env)
+    assert r.returncode == 0 and r.stdout.startswith("left/behind\t"), (r.stdout, r.stderr)
+    os.chmod(pw, 0o644)
+    r = run_cli([*args, "--passwd-file", str(pw)], env=env)
+    assert r.returncode == 2 and "group or others" in r.stderr, r.stderr
+    write_secret(workdir / "home" / ".passwd-s3fs",
+                 f"{auth_s3.access_key}:{auth_s3.secret_key}\n")
+    r = run_cli(args, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("left/behind\t"), (r.stdout, r.stderr)
+
+
 # -- signals and dead mounts ---------------------------------------------------------------
 
 def start_foreground(server, bucket, mp, workdir, *opts) -> subprocess.Popen:
