@@ -1396,6 +1396,8 @@ class Filesystem:
                 await self.ns.ensure_metadata(src)
             remote = src.remote
             h = self.headers_for(src, content_changed=False)
+            h = replace(h, content_type=md.renamed_content_type(h.content_type, src.name,
+                                                                new_name))
             base = staged.manifest.base_etag if staged is not None else None
             replaced = False
             try:

@@ -678,6 +678,16 @@ def default_content_type(name: str) -> str:
     return "application/octet-stream"
 
 
+def renamed_content_type(content_type: str | None, old_name: str, new_name: str) -> str | None:
+    """The Content-Type of a file renamed from ``old_name`` to ``new_name``:
+    the new name's, as s3fs stores, when the old one was its name's default
+    (``notes.txt`` renamed ``notes.html`` becomes text/html); a type another
+    tool set on purpose (not its name's default) is kept."""
+    if content_type is None or content_type == default_content_type(old_name):
+        return default_content_type(new_name)
+    return content_type
+
+
 # --------------------------------------------------------------------------
 # Extended attributes: s3fs's x-amz-meta-xattr (interop.md 1.3)
 

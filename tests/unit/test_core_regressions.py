@@ -1823,3 +1823,19 @@ def test_a_listing_etag_other_than_the_heads_is_not_taken_for_a_new_version(tmp_
         await fs.release(h.fh)
 
     run_fs(tmp_path, body, store=store)
+
+
+def test_a_renamed_file_takes_its_new_names_content_type_unless_one_was_set_on_purpose(
+        tmp_path):
+    store = MemoryStore()
+    store.put_sync("a.txt", b"<p>", content_type="text/plain")
+    store.put_sync("b.txt", b"x", content_type="application/vnd.custom")
+
+    async def body(fs, store):
+        for old, new in ((b"a.txt", b"a.html"), (b"b.txt", b"b.html")):
+            await fs.lookup(1, old)
+            await fs.rename(1, old, 1, new, 0)
+        assert store.objects["a.html"].content_type == "text/html"
+        assert store.objects["b.html"].content_type == "application/vnd.custom"
+
+    run_fs(tmp_path, body, store=store)

@@ -21,6 +21,7 @@ from objectfs.metadata import (
     XATTR_KEY,
     PosixAttrs,
     default_content_type,
+    renamed_content_type,
     file_type,
     format_attrs,
     format_symlink_target,
@@ -534,6 +535,18 @@ def test_is_directory_content_type():
 ])
 def test_default_content_type(name, content_type):
     assert default_content_type(name) == content_type
+
+
+@pytest.mark.parametrize(("stored", "old", "new", "content_type"), [
+    ("text/plain", "a.txt", "a.html", "text/html"),          # s3fs: the new name's type
+    ("text/plain", "a.txt.tmp", "a.json", "application/json"),
+    (None, "a.txt", "b", "application/octet-stream"),
+    ("application/octet-stream", "x", "x.png", "image/png"),
+    ("application/vnd.custom", "a.txt", "a.html", "application/vnd.custom"),  # set on purpose
+    ("text/csv", "report.txt", "report.dat", "text/csv"),
+])
+def test_renamed_content_type(stored, old, new, content_type):
+    assert renamed_content_type(stored, old, new) == content_type
 
 
 def test_default_content_type_ignores_global_mimetypes_state():
