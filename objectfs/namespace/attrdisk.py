@@ -71,8 +71,9 @@ def trusted(info: ObjectInfo) -> bool:
 
 
 def same_version(row: ObjectInfo, listed: ObjectInfo) -> bool:
-    """Whether a listing entry shows the object a kept row describes."""
-    return (row.etag == listed.etag and row.size == listed.size
+    """Whether a listing entry shows the object a kept row describes (its
+    ETag, or the one listings show for it: ``ObjectInfo.listed_etag``)."""
+    return (listed.etag in (row.etag, row.listed_etag) and row.size == listed.size
             and row.mtime_ns // 1_000_000_000 == listed.mtime_ns // 1_000_000_000)
 
 
@@ -115,8 +116,10 @@ class AttrDisk:
             if not trusted(i):
                 continue
             d, name = _split(i.key)
-            blob = json.dumps({"m": dict(i.metadata or {}), "t": i.content_type,
-                               "h": dict(i.headers)}, separators=(",", ":"))
+            extra = {"m": dict(i.metadata or {}), "t": i.content_type, "h": dict(i.headers)}
+            if i.listed_etag:
+                extra["l"] = i.listed_etag
+            blob = json.dumps(extra, separators=(",", ":"))
             rows.append((ns, d, name, i.etag, i.size, i.mtime_ns, i.checked_ns, blob))
         if not rows:
             return
@@ -138,7 +141,8 @@ class AttrDisk:
                     extra = json.loads(blob)
                     info = ObjectInfo(key=key, size=size, etag=etag, mtime_ns=mtime_ns,
                                       metadata=dict(extra["m"]), content_type=extra["t"],
-                                      headers=dict(extra["h"]), checked_ns=checked_ns)
+                                      headers=dict(extra["h"]), checked_ns=checked_ns,
+                                      listed_etag=extra.get("l"))
                 except (ValueError, KeyError, TypeError):
                     info = None
                 if info is None or entry is None or not same_version(info, entry):

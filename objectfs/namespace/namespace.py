@@ -40,6 +40,8 @@ import logging
 import os
 import stat
 import time
+from dataclasses import replace
+
 import trio
 from cachetools import LRUCache, TTLCache
 
@@ -170,7 +172,7 @@ class Namespace:
         the directory is only a prefix.  The type of an existing inode never
         changes here: callers replace the inode when the type changes.
         """
-        self._pair_etags(node, node.remote, info)
+        info = self._paired(node.remote, info)
         node.remote = info
         node.validated_at = clock()
         if info is None:
@@ -213,25 +215,32 @@ class Namespace:
         node.meta_known = True
 
     @staticmethod
-    def _pair_etags(node: Inode, listed: ObjectInfo | None, info: ObjectInfo | None) -> None:
-        """Remember that a listing shows ETag ``listed.etag`` for the version
-        whose HEAD, ``info``, gives another one.  Swift's s3api does this for
-        an object copied from a multipart one (every chmod, utime or rename
-        of a large file): the listing shows the MD5 of its bytes, HEAD the
-        "-N" ETag.  Without the pair every relisting after ``metadata_ttl``
-        would take it for a new version: a HEAD, and its cached pages dropped."""
-        if (info is None or info.metadata is None or listed is None
-                or listed.metadata is not None or listed.etag == info.etag):
-            return
-        if listed.size == info.size and listed.mtime_ns == info.mtime_ns:
-            node.listed_as = (listed.etag, info.etag)
+    def _paired(known: ObjectInfo | None, info: ObjectInfo | None) -> ObjectInfo | None:
+        """``info`` (a HEAD's answer), with the ETag a listing shows for its
+        version when that is another (``listed_etag``): the one of
+        ``known``, the listing entry it completes, when only the ETags
+        differ, or the one ``known`` carried for the same version.  Swift's
+        s3api lists an object copied from a multipart one (every chmod,
+        utime or rename of a large file) by the MD5 of its bytes, while HEAD
+        gives the "-N" ETag; without the pair, every relisting after
+        ``metadata_ttl`` would take it for a new version: a HEAD, and its
+        cached pages dropped."""
+        if info is None or info.metadata is None or info.listed_etag or known is None:
+            return info
+        if known.metadata is None:
+            if (known.etag != info.etag and known.size == info.size
+                    and known.mtime_ns == info.mtime_ns):
+                return replace(info, listed_etag=known.etag)
+        elif known.etag == info.etag and known.listed_etag:
+            return replace(info, listed_etag=known.listed_etag)
+        return info
 
-    def lists_as(self, node: Inode, listed: ObjectInfo) -> bool:
-        """True if listing entry ``listed`` shows the version ``node.remote``
-        describes (its ETag, or the one a listing showed for it)."""
-        known = node.remote
+    @staticmethod
+    def lists_as(known: ObjectInfo | None, listed: ObjectInfo) -> bool:
+        """True if listing entry ``listed`` shows the version ``known``
+        describes (by its ETag, or the one listings show for it)."""
         return (known is not None and known.size == listed.size
-                and (known.etag == listed.etag or node.listed_as == (listed.etag, known.etag)))
+                and listed.etag in (known.etag, known.listed_etag))
 
     @staticmethod
     def type_of(info: ObjectInfo) -> int:
@@ -921,7 +930,7 @@ class Namespace:
                 child.meta_known = False
                 continue
             old = child.remote
-            same = self.lists_as(child, info)
+            same = self.lists_as(old, info)
             changed = (not same
                        or (old.mtime_ns and info.mtime_ns and old.mtime_ns != info.mtime_ns))
             if changed:
@@ -1102,9 +1111,10 @@ class Namespace:
             if ftype == stat.S_IFDIR:
                 node.legacy = info.key
         else:
+            node = child
             self.apply_info(child, info, is_dir=child.is_dir)
         if self.attr_disk is not None and ftype != stat.S_IFDIR and attrdisk.trusted(info):
-            self._to_keep.append(info)
+            self._to_keep.append(node.remote)   # info, with the listing's ETag if another
 
     def unlinked(self, node: Inode) -> bool:
         """Removed from the tree (unlinked, or replaced by a rename) while

@@ -67,7 +67,7 @@ class Inode:
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "shown_size", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
-                 "pending", "subdirs", "pages", "listed_as", "__weakref__")
+                 "pending", "subdirs", "pages", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -118,10 +118,6 @@ class Inode:
         self.pages = False
         # wall-clock time of the HEAD that gave our attributes (0: none)
         self.head_wall_ns = 0
-        # (ETag a listing showed, ETag the HEAD after it gave) when the two
-        # differ for one version: Swift lists a copied multipart object by
-        # its MD5 while HEAD keeps the "-N" ETag (see Namespace.apply_info)
-        self.listed_as: tuple[str, str] | None = None
         # write-back: the staged version not yet in S3 (writeback.Pending);
         # while set, this inode is the truth and S3 is not asked about it
         self.pending = None

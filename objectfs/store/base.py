@@ -54,7 +54,10 @@ class ObjectInfo:
     user metadata with lower-case keys and no ``x-amz-meta-`` prefix.
     ``headers`` holds the PRESERVED_HEADERS that were present.
     ``checked_ns`` is the server's time of a HEAD's answer (its ``Date``),
-    0 when unknown (listings, writes).
+    0 when unknown (listings, writes).  ``listed_etag``: the ETag listings
+    show for this version, when a HEAD's ETag is another (Swift lists an
+    object copied from a multipart one by the MD5 of its bytes; see
+    Namespace.apply_info).
     """
 
     key: str
@@ -65,6 +68,7 @@ class ObjectInfo:
     content_type: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     checked_ns: int = 0
+    listed_etag: str | None = None
 
 
 @dataclass(slots=True)

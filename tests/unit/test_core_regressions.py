@@ -1822,7 +1822,20 @@ def test_a_listing_etag_other_than_the_heads_is_not_taken_for_a_new_version(tmp_
         assert await fs.read(h.fh, 0, 4) == b"bbbb"
         await fs.release(h.fh)
 
+    async def remounted(fs, store):
+        # the pair is kept with the attributes (metadata_cache): the next
+        # mount's listing asks no HEAD either
+        d = await fs.lookup(1, b"d")
+        before = dict(store.calls)
+        fh = (await fs.opendir(d.ino)).fh
+        assert [n for n, _ in await fs.readdir(fh, 0)] == ["f"]
+        fs.releasedir(fh)
+        f = await fs.lookup(d.ino, b"f")
+        assert _used(store, before) == {"ListObjectsV2": 1}
+        assert f.remote.etag == store.objects["d/f"].etag and f.meta_known
+
     run_fs(tmp_path, body, store=store)
+    run_fs(tmp_path, remounted, store=store)
 
 
 def test_a_renamed_file_takes_its_new_names_content_type_unless_one_was_set_on_purpose(
