@@ -1552,14 +1552,14 @@ class Filesystem:
                 # attributes go first.
                 node.shown_size = None
                 await self.ns.notifier.invalidate_attrs_now(node.ino)
-            if flags & os.O_TRUNC and (data.size or data.base_size):
-                await data.truncate(0)
-                now = time.time_ns()
-                node.attr.mtime_ns = node.attr.ctime_ns = now
-                node.attr.size = 0
-                self._kill_suid(node, caller)
-            elif flags & os.O_TRUNC and not node.local:
-                data.mark_dirty()
+            if flags & os.O_TRUNC:
+                if data.size or data.base_size:
+                    await data.truncate(0)
+                    node.attr.size = 0
+                elif not node.local:
+                    data.mark_dirty()
+                # POSIX: even an empty file's times are marked for update
+                node.attr.mtime_ns = node.attr.ctime_ns = time.time_ns()
                 self._kill_suid(node, caller)
         except BaseException:
             node.open_count -= 1

@@ -197,6 +197,19 @@ def test_mtime_updates_on_truncate(workdir):
     assert abs(os.stat(p).st_mtime - time.time()) < 5, "truncate that changes the size sets mtime"
 
 
+def test_mtime_and_ctime_update_on_o_trunc_of_empty_file(workdir):
+    """POSIX: open(O_TRUNC) of an existing file marks mtime and ctime for
+    update even when it is already empty (``: > stamp``)."""
+    p = _file(workdir, content=b"")
+    os.utime(p, (PAST, PAST))
+    before = os.stat(p).st_ctime_ns
+    time.sleep(TIMESTAMP_GRANULARITY_PAUSE)
+    os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+    st = os.stat(p)
+    assert abs(st.st_mtime - time.time()) < 5, f"mtime after O_TRUNC is {st.st_mtime}, not now"
+    assert st.st_ctime_ns > before, f"ctime did not advance on O_TRUNC ({before} -> {st.st_ctime_ns})"
+
+
 def test_mtime_kept_after_close(workdir):
     """An explicit mtime set after writing must survive the close (no late flush overwrite)."""
     p = os.path.join(workdir, "f")

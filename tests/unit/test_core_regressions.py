@@ -1852,3 +1852,32 @@ def test_a_renamed_file_takes_its_new_names_content_type_unless_one_was_set_on_p
         assert store.objects["b.html"].content_type == "application/vnd.custom"
 
     run_fs(tmp_path, body, store=store)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["in-s3", "new-not-uploaded"])
+def test_an_open_with_o_trunc_of_an_empty_file_sets_and_stores_its_times(tmp_path, stored):
+    """POSIX: open(O_TRUNC) of an existing file marks its mtime and ctime for
+    update, even if it is already empty (ext4 and tmpfs do; ``: > stamp``
+    is how scripts and make rules touch one).  An empty file kept its old
+    times, in the mount and in S3."""
+    from objectfs.metadata import parse_attrs
+
+    old = 10**18
+
+    async def body(fs, store):
+        h, node = await fs.create(1, b"f", F, RW, CALLER)
+        await fs.setattr(node.ino, SetAttr(atime_ns=old, mtime_ns=old), h.fh)
+        if stored:   # else it is still open, and only in this mount
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+        t = await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
+        a = (await fs.getattr(node.ino)).attr
+        assert a.mtime_ns > old and a.ctime_ns > old
+        await fs.flush(t.fh)
+        await fs.release(t.fh)
+        if not stored:
+            await fs.release(h.fh)
+
+    store = run_fs(tmp_path, body, store=MemoryStore())
+    assert parse_attrs(store.objects["f"].metadata).mtime_ns > old
+
