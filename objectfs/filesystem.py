@@ -899,19 +899,20 @@ class Filesystem:
         await self.ns.settle(node)   # a HEAD under way would undo the change
         self._check_writable()
         now = time.time_ns()
+        meta = False
         if changes.size is not None:
             if node.is_dir:
                 raise IsADirectory()
             if not node.is_reg:
                 raise InvalidArgument("cannot truncate this file type")
-            await self._truncate(node, changes.size)
+            if not await self._truncate(node, changes.size):
+                meta = True   # the same size: only the times change, and must be stored
         if (changes.mode is not None or changes.uid is not None or changes.gid is not None
                 or changes.atime_ns is not None or changes.mtime_ns is not None) \
                 and (node.data is None or not node.data.dirty):
             # attributes known from a listing alone (trust_listing): the HEAD
             # that _persist_meta needs must not land on top of the change
             await self.ns.ensure_metadata(node)
-        meta = False
         a = node.attr
         # what a refused change (the bucket root, S3 saying no) puts back
         before = (a.mode, a.uid, a.gid, a.atime_ns, a.mtime_ns, a.ctime_ns)
@@ -942,7 +943,10 @@ class Filesystem:
                 raise
         return node
 
-    async def _truncate(self, node: Inode, size: int) -> None:
+    async def _truncate(self, node: Inode, size: int) -> bool:
+        """False if nothing is to be uploaded for it (a truncate to the
+        size the file has, of a file without other changes): then the new
+        times are the caller's to store."""
         if size > MAX_OBJECT_SIZE:
             raise FileTooBig("S3 objects are at most 5 TiB")
         data = self._file_data(node)
@@ -952,6 +956,7 @@ class Filesystem:
         try:
             await self.ns.ensure_metadata(node)
             await data.truncate(size)
+            carried = data.dirty
         except BaseException:
             node.open_count -= 1
             await self._release_data(node)
@@ -967,6 +972,7 @@ class Filesystem:
                 await self._upload(node)
             finally:
                 await self._release_data(node)
+        return carried
 
     async def _persist_meta(self, node: Inode) -> None:
         """Store ``node``'s attributes (and xattrs) in S3."""

@@ -1881,3 +1881,28 @@ def test_an_open_with_o_trunc_of_an_empty_file_sets_and_stores_its_times(tmp_pat
     store = run_fs(tmp_path, body, store=MemoryStore())
     assert parse_attrs(store.objects["f"].metadata).mtime_ns > old
 
+
+@pytest.mark.parametrize("how", ["truncate", "ftruncate"])
+def test_a_truncate_to_the_current_size_stores_the_mtime_it_shows(tmp_path, how):
+    """truncate(2) or ftruncate(2) to the size a file already has sets its
+    mtime and ctime, as on ext4 and tmpfs; nothing was uploaded, so the
+    mount showed the new mtime and S3 kept the old one, which came back
+    after a remount."""
+    from objectfs.metadata import parse_attrs
+
+    store = MemoryStore()
+    store.put_sync("f", b"abc", {"mode": str(F), "mtime": "1000000000"})
+
+    async def body(fs, store):
+        node = await fs.lookup(1, b"f")
+        h = await fs.open(node.ino, os.O_RDWR) if how == "ftruncate" else None
+        await fs.setattr(node.ino, SetAttr(size=3), h.fh if h else None)
+        if h is not None:
+            await fs.flush(h.fh)
+            await fs.release(h.fh)
+        shown = (await fs.getattr(node.ino)).attr.mtime_ns
+        assert shown > 10**18
+        assert parse_attrs(store.objects["f"].metadata).mtime_ns == shown
+
+    store = run_fs(tmp_path, body, store=store)
+    assert store.objects["f"].data == b"abc"
