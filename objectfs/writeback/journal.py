@@ -107,6 +107,9 @@ class Manifest:
     mtime_ns: int = 0
     seq: int = 0
     version: int = FORMAT_VERSION
+    # ETags of older versions of the key, on the same base, that recovery
+    # dropped (see Entry.also_ours); kept here so another crash keeps them
+    also_ours: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, default=str).encode()
@@ -118,9 +121,10 @@ class Manifest:
             raise ValueError("unknown manifest format")
         names = {f for f in cls.__dataclass_fields__}
         m = cls(**{k: v for k, v in d.items() if k in names})
-        if not isinstance(m.key, str) or not isinstance(m.size, int) or m.size < 0:
+        if not isinstance(m.key, str) or not isinstance(m.size, int) or m.size < 0 \
+                or not isinstance(m.also_ours, (list, tuple)):
             raise ValueError("bad manifest fields")
-        return m
+        return replace(m, also_ours=tuple(m.also_ours))
 
 
 @dataclass
@@ -133,7 +137,9 @@ class Entry:
     sync_s: float = 0.0     # seconds staging it spent in fsync (for the debug log)
     # ETags of older versions of its key, on the same base, that recovery
     # dropped: one of them in S3 was our own upload, which the crash kept
-    # from being recorded as this entry's base (in memory only)
+    # from being recorded as this entry's base (also in its manifest, made
+    # durable before the older entry goes, so a crash during the recovery
+    # does not lose them)
     also_ours: set[str] = field(default_factory=set, compare=False)
 
     @property
@@ -475,6 +481,7 @@ class Journal:
                          e.manifest.key)
                 if older.manifest.base_etag == e.manifest.base_etag:
                     e.also_ours |= older.also_ours | etags(older)
+                    self.rewrite(e, replace(e.manifest, also_ours=tuple(sorted(e.also_ours))))
                 self.remove(older)
             newest[e.manifest.key] = e
         return sorted(newest.values(), key=lambda e: e.manifest.seq)
@@ -492,7 +499,8 @@ class Journal:
         renamed; the old sidecar, an orphan from then on, goes last."""
         if not entries:
             return []
-        here = [Entry(self.directory, f"{_next_seq():024d}", e.manifest) for e in entries]
+        here = [Entry(self.directory, f"{_next_seq():024d}", e.manifest, also_ours=e.also_ours)
+                for e in entries]
         sidecars = [os.path.exists(e.manifest_path) for e in entries]
         moved: list[Entry] = []
         try:
@@ -552,6 +560,7 @@ class Journal:
             if not accept(manifest):
                 continue
             entry.manifest = manifest
+            entry.also_ours = set(manifest.also_ours)
             got, md5 = data_md5(entry.data_path, manifest.size)
             if got != manifest.size or md5 != manifest.md5:
                 log.error("write-back: staged data of %r is damaged (%d bytes, expected %d, "

@@ -320,6 +320,36 @@ def test_a_version_staged_while_the_previous_one_uploaded_wins_after_a_crash(siz
             old = store.objects["k"].etag
 
 
+def test_a_version_staged_while_the_previous_one_uploaded_wins_after_two_crashes():
+    """As above, and the mount that recovered v2 (and dropped v1's entry as
+    the older one) is killed too before v2's upload: the next mount still
+    knows that v1 in S3 is our own upload.  That knowledge lived only in
+    memory: the third mount took v1 for another client's change, left it at
+    the key and put v2, the version whose close() returned last, beside it
+    as a conflict copy."""
+    v1, v2 = b"version one", b"version two"
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    with tempfile.TemporaryDirectory() as root:
+        dead = Journal(os.path.join(root, "wb"))
+        dead.open()
+        dead.stage(manifest("k", base=old), [v1])
+        dead.stage(manifest("k", base=old), [v2])
+        crash(dead)
+        assert trio.run(run_writeback, store, os.path.join(root, "other"),
+                        [manifest("k", base=old)], [v1]) == [("k", False)]
+        second = Journal(os.path.join(root, "wb"))
+        second.open()
+        [got] = second.adopt(lambda m: True)   # v1's entry dropped as the older one
+        assert read(got.data_path)[:len(v2)] == v2
+        crash(second)                          # killed before v2's upload
+        done = trio.run(run_writeback, store, root, [], [])
+    assert done == [("k", False)]
+    assert [k for k in store.objects] == ["k"]
+    assert store.objects["k"].data == v2
+
+
 def test_a_recovered_entry_is_never_silently_replaced():
     """A version left by a dead mount goes up first; a version written in the
     new mount from the old object is not based on it, so it goes beside."""
