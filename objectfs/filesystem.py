@@ -51,7 +51,7 @@ from .config import cache_root, default_staging_dir, env_seconds
 from .store.base import MAX_OBJECT_SIZE, ObjectInfo, ObjectStore, bare_etag
 from .tasks import open_nursery
 from .tier.tier import Tier, open_tier, tier_namespace
-from .writeback.journal import Journal, Manifest, staged_files
+from .writeback.journal import Journal, Manifest, next_seq, staged_files
 from .writeback.uploader import Pending, WriteBack
 
 log = logging.getLogger(__name__)
@@ -1343,7 +1343,7 @@ class Filesystem:
     async def _rename_file(self, src: Inode, new_parent: Inode, new_name: str,
                            dst: Inode | None) -> None:
         async with self._staged(src, *([dst] if dst is not None else [])) as p:
-            await self._rename_file_now(src, new_parent, new_name, dst)
+            await self._rename_file_now(src, new_parent, new_name, dst, p)
             if p is not None:
                 # the staged version goes up under the new name, expecting
                 # there what the rename left: our copy of the old object, or
@@ -1353,7 +1353,7 @@ class Filesystem:
                 await self.wb.rewrite(p, key=self.table.key(src), base_etag=base)
 
     async def _rename_file_now(self, src: Inode, new_parent: Inode, new_name: str,
-                               dst: Inode | None) -> None:
+                               dst: Inode | None, p: Pending | None = None) -> None:
         old_key = self.table.key(src)
         new_key = self.table.key(new_parent) + new_name
         async with contextlib.AsyncExitStack() as stack:
@@ -1368,6 +1368,20 @@ class Filesystem:
                     assert self.wb is not None
                     await self.wb.settle_older(dp)
                     await stack.enter_async_context(dp.lock)
+                if p is not None:
+                    # src's staged version (its lock held) is what the name
+                    # will hold: the journal says so before dst's version
+                    # or object goes, so that a kill -9 from here on leaves
+                    # a file at the name (a new seq wins over dst's entry)
+                    assert self.wb is not None
+                    ours = set(p.manifest.also_ours)
+                    if not src.local and p.manifest.base_etag:
+                        ours.add(bare_etag(p.manifest.base_etag))   # our copy of it
+                    await self.wb.promise(
+                        p, key=new_key, seq=next_seq(), also_ours=tuple(sorted(ours)),
+                        base_etag=(dst.remote.etag if not dst.local and dst.remote is not None
+                                   else None))
+                    stack.push_async_exit(self._unpromise(p))
                 if src.local and not dst.local:
                     # src reaches S3 only at its first close, perhaps under yet
                     # another name: the object it replaces must go now
@@ -1383,6 +1397,16 @@ class Filesystem:
                 assert dst is not None
                 await self._detach_file(dst)
                 await self._cancel_pending(dst, dp)
+
+    def _unpromise(self, p: Pending):
+        """An exit callback: a rename that fails takes back its promise."""
+        async def undo(exc_type, exc, tb) -> bool:
+            if exc_type is not None and not p.finished:
+                assert self.wb is not None
+                with trio.CancelScope(shield=True):
+                    await self.wb.promise(p)
+            return False
+        return undo
 
     async def _move_file(self, src: Inode, new_parent: Inode, new_name: str, old_key: str,
                          new_key: str) -> None:

@@ -88,6 +88,9 @@ def _next_seq() -> int:
     return time.time_ns() * 1000 + next(_seq) % 1000
 
 
+next_seq = _next_seq
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What must reach S3 besides the bytes, and how to check the bytes."""
@@ -423,11 +426,16 @@ class Journal:
 
     def rewrite(self, entry: Entry, manifest: Manifest) -> None:
         """Replace an entry's manifest atomically (rename, key, headers, base)."""
+        self.promise(entry, manifest)
+        entry.manifest = manifest
+
+    def promise(self, entry: Entry, manifest: Manifest) -> None:
+        """Write ``manifest`` as the entry's, durably, for a recovery only:
+        the entry in memory keeps its own (see WriteBack.promise)."""
         self._write_manifest(entry, manifest)
         if not os.path.exists(entry.data_path):
             _unlink(entry.manifest_path)  # removed meanwhile: leave no orphan
         _fsync_dir(entry.directory)
-        entry.manifest = manifest
 
     def remove(self, entry: Entry, lazy: bool = False) -> None:
         """Delete an entry (uploaded or superseded); durable when this returns,

@@ -300,6 +300,15 @@ class WriteBack:
         entry.manifest = manifest
         await self._io(self.journal.rewrite, entry, manifest)
 
+    async def promise(self, p: Pending, **changes) -> None:
+        """Make a change of ``p``'s manifest durable for a recovery only, ahead
+        of the change itself (``rewrite``): a rename of a staged file over
+        another is re-targeted in the journal before the other file's staged
+        version or object goes, so a kill in between leaves a file at the
+        name.  A newer ``seq`` makes it win over the replaced version's
+        entry at recovery.  ``promise(p)`` alone takes it back."""
+        await self._io(self.journal.promise, p.entry, replace(p.manifest, **changes))
+
     async def rewrite(self, p: Pending, **changes) -> None:
         """Change the manifest (key on rename, metadata on chmod...)."""
         old_key = p.key
