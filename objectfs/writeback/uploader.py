@@ -146,6 +146,11 @@ class WriteBack:
         self._sync_done = 0
         self._sync_running = False
         self._synced = trio.Event()
+        # keys with a version being written to the journal, and the entries
+        # of those keys whose upload finished meanwhile: removed only once
+        # the new version's manifest names that upload as its base (stage)
+        self._staging: dict[str, int] = {}
+        self._uploaded_meanwhile: dict[str, list[Entry]] = {}
 
     async def _io(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args)
@@ -220,10 +225,19 @@ class WriteBack:
         the new entry before anything else can happen to it (its upload may
         finish before this returns)."""
         started = time.perf_counter()
-        entry = await self._io(self.journal.stage, manifest, chunks)
-        took = time.perf_counter() - started
-        while base_fn is not None and base_fn() != entry.manifest.base_etag:
-            await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
+        key = manifest.key
+        self._staging[key] = self._staging.get(key, 0) + 1
+        try:
+            entry = await self._io(self.journal.stage, manifest, chunks)
+            took = time.perf_counter() - started
+            while base_fn is not None and base_fn() != entry.manifest.base_etag:
+                await self._persist(entry, replace(entry.manifest, base_etag=base_fn()))
+        except BaseException:
+            await self._staged_key(key)
+            raise
+        # (no await from the last look at base_fn until the entry is pending:
+        # an upload of the key ending meanwhile corrects it, see _upload)
+        left = self._staging_done(key)
         now = trio.current_time()
         old = self.pending.get(manifest.key)
         first = old.first if old is not None else now
@@ -240,9 +254,23 @@ class WriteBack:
                 p.predecessor = old   # its upload goes on; a failure ends it
             else:
                 await self.drop(old, lazy=True)
+        await self._remove_uploaded(*left)
         self._kick()
         self._refill()
         return p
+
+    def _staging_done(self, key: str) -> list[Entry]:
+        """A version of ``key`` is staged (or failed to be): the entries of
+        the key uploaded meanwhile, which may go once no other staging of it
+        is under way."""
+        self._staging[key] -= 1
+        if self._staging[key]:
+            return []
+        del self._staging[key]
+        return self._uploaded_meanwhile.pop(key, [])
+
+    async def _staged_key(self, key: str) -> None:
+        await self._remove_uploaded(*self._staging_done(key))
 
     def _refill(self) -> None:
         """Make spare entry files in the background before they run out, so
@@ -416,14 +444,28 @@ class WriteBack:
                                                              base_etag=info.etag))
                 self.on_done(p, info, conflict)
                 with trio.CancelScope(shield=True):
-                    await self._io(self.journal.remove, p.entry, True)
-                    if p.entry.directory == self.journal.directory:
-                        await self._sync_journal()
+                    if key in self._staging and not p.recovered:
+                        # a newer version being staged still expects what
+                        # this one replaced: a crash before its manifest is
+                        # corrected must find this entry (see adopt); one
+                        # not based on a recovered entry is never corrected
+                        self._uploaded_meanwhile.setdefault(key, []).append(p.entry)
+                    else:
+                        await self._remove_uploaded(p.entry)
         finally:
             p.busy = False
             self._busy_keys.discard(key)
             p.attempted.set()
             self._kick()
+
+    async def _remove_uploaded(self, *entries: Entry) -> None:
+        """Remove the entries of finished uploads (their removal is made
+        durable by one fsync of this mount's directory for many)."""
+        with trio.CancelScope(shield=True):
+            for entry in entries:
+                await self._io(self.journal.remove, entry, True)
+            if any(e.directory == self.journal.directory for e in entries):
+                await self._sync_journal()
 
     def _failed(self, p: Pending, e: BaseException) -> None:
         """Record a failed upload of ``p`` and when to try it again; an

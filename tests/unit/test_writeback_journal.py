@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import time
 from dataclasses import replace
 
 import pytest
@@ -348,6 +349,78 @@ def test_a_version_staged_while_the_previous_one_uploaded_wins_after_two_crashes
     assert done == [("k", False)]
     assert [k for k in store.objects] == ["k"]
     assert store.objects["k"].data == v2
+
+
+def test_a_version_staged_as_the_previous_one_finished_uploading_wins_after_a_crash():
+    """v2 is being written to the journal (on v1's base) while v1's upload
+    finishes: v1's entry went at once, and v2's manifest learnt its new base
+    (v1's object) only once written.  A kill -9 in between left v2 alone,
+    expecting the object v1 replaced: the next mount took v1 for another
+    client's change and put v2, the newest version, beside it as a conflict
+    copy.  v1's entry now stays until v2's manifest is corrected."""
+    import copy
+    import shutil
+    import threading
+
+    v1, v2 = b"version one", b"version two"
+    store = MemoryStore()
+    store.put_sync("k", b"old")
+    old = store.objects["k"].etag
+    snaps: list[tuple[str, dict]] = []
+    finished = threading.Event()
+
+    async def main(root: str) -> None:
+        uploaded: dict[str, str] = {}
+        async with trio.open_nursery() as nursery:
+            ctx = DataContext(store, nursery, part_size=8 << 20, upload_concurrency=2,
+                              write_buffer_memory=16 << 20, read_part_size=1 << 20,
+                              prefetch_max=1 << 20, read_memory=1 << 20, staging_dir=root)
+            wb = WriteBack(ctx, Journal(os.path.join(root, "wb")), delay=0,
+                           accept=lambda m: True,
+                           on_done=lambda p, info, conflict: (uploaded.update(k=info.etag),
+                                                              finished.set()))
+            await wb.start(nursery)
+            journal = wb.journal
+            first = await wb.stage(manifest("k", base=old), [v1])
+
+            def stage(m, chunks):
+                # v2's bytes reach the disk while v1's upload ends (and, before,
+                # its entry went: given a second)
+                entry = Journal.stage(journal, m, chunks)
+                assert finished.wait(10)
+                deadline = time.monotonic() + 1
+                while os.path.exists(first.entry.data_path) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                return entry
+
+            def snap(*args) -> None:
+                where = os.path.join(root, f"snap{len(snaps)}")
+                shutil.copytree(journal.root, os.path.join(where, "wb"),
+                                ignore=shutil.ignore_patterns("lock"))
+                snaps.append((where, copy.deepcopy(store.objects)))
+
+            def rewrite(*args):
+                snap()   # a kill -9 here
+                return Journal.rewrite(journal, *args)
+
+            journal.stage, journal.rewrite = stage, rewrite
+            second = await wb.stage(
+                manifest("k", base=old), [v2],
+                base_fn=lambda: uploaded.get("k", old) if first.finished else old)
+            await wb.sync(second)
+            snap()
+            wb.close()
+            nursery.cancel_scope.cancel()
+
+    with tempfile.TemporaryDirectory() as root:
+        trio.run(main, root)
+        assert store.objects["k"].data == v2
+        assert len(snaps) >= 2
+        for where, objects in snaps:
+            s = MemoryStore()
+            s.objects = objects
+            trio.run(run_writeback, s, where, [], [])
+            assert sorted(s.objects) == ["k"] and s.objects["k"].data == v2
 
 
 def test_a_recovered_entry_is_never_silently_replaced():
