@@ -290,6 +290,7 @@ class Filesystem:
         wait up to ``writeback_drain_timeout`` for the uploads; what is left
         stays in the journal for the next mount (one log line per file)."""
         failed = []
+        full: list[Inode] = []   # write-back: no room to stage them yet
         for node in self._pending_nodes():
             if node.data.dirty:
                 log.warning("shutdown: uploading %s (%d bytes) before exit",
@@ -297,11 +298,25 @@ class Filesystem:
                 try:
                     await self._upload(node)
                 except FsError as e:
+                    if self.wb is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        full.append(node)   # the drain below makes room
+                        continue
                     path = self.table.path(node)
                     log.error("could not upload %s at shutdown: %s", path, e)
                     failed.append(path)
         if self.wb is not None:
             await self.drain_writeback()
+            for node in full:
+                if node.data is None or not node.data.dirty:
+                    continue
+                try:
+                    await self._upload(node)
+                except FsError as e:
+                    path = self.table.path(node)
+                    log.error("could not upload %s at shutdown: %s", path, e)
+                    failed.append(path)
+            if full:
+                await self.drain_writeback()
         if self.ctx is not None and self.ctx.unaborted:
             await self.ctx.abort_left(last=True)
         return failed
