@@ -2002,16 +2002,29 @@ class Filesystem:
         A name this mount has as missing (a cached miss, or a listing without
         it) is dropped as such: its next lookup asks S3."""
         top = self.table.root
-        for name in (p for p in rel.split("/") if p):
+        parts = [p for p in rel.split("/") if p]
+        for i, name in enumerate(parts):
             if not top.is_dir:
                 raise NotADirectory(rel)
             try:
-                top = await self.ns.lookup(top, name)
+                node = await self.ns.lookup(top, name)
+                if not node.is_dir and i < len(parts) - 1:
+                    # a file here, by what this mount saw: another client may
+                    # have made a directory of it since, so ask S3
+                    self.ns.forget_listing(top)
+                    node.validated_at = float("-inf")
+                    node = await self.ns.lookup(top, name)
             except NotFound:
                 self.ns.forget_negative(top, name)
-                top.listed_at = None
+                self.ns.forget_listing(top)
                 self.ns.notifier.invalidate_entry(top.ino, name)
                 return 1
+            top = node
+        if top.parent is not None:
+            # the parent's listing vouches for the name's type and existence:
+            # a file another client replaced by a directory (or the reverse)
+            # would show as this mount saw it, or as missing
+            self.ns.forget_listing(top.parent)
         dropped = 0
         notify = self.ns.notifier
         subtree = list(self.table.walk(top))
@@ -2021,7 +2034,7 @@ class Filesystem:
                 continue
             n.validated_at = float("-inf")
             n.meta_known = n.ino == ROOT_INODE and not self.table.root_prefix
-            n.listed_at = None
+            self.ns.forget_listing(n)
             n.cache_etag = None
             notify.invalidate_inode(n.ino)
             if n.parent is not None:

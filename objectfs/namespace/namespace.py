@@ -690,6 +690,12 @@ class Namespace:
     def forget_negative(self, parent: Inode, name: str) -> None:
         self.negative.pop((parent.ino, name), None)
 
+    def forget_listing(self, d: Inode) -> None:
+        """``d``'s listing (and a window of it, see _scan_window) no longer
+        answers for its names: the next lookup there asks S3."""
+        d.listed_at = None
+        self._scans.pop(d.ino, None)
+
     # -- revalidation -------------------------------------------------------
 
     async def revalidate(self, node: Inode) -> None:

@@ -580,6 +580,39 @@ def test_refresh_shows_a_remote_change_before_the_ttl(objectfs_cli, s3, bucket, 
         objectfs_cli("umount", str(mountpoint))
 
 
+def test_refresh_shows_a_type_another_client_changed_before_the_ttl(objectfs_cli, s3, bucket,
+                                                                   s3_client, mountpoint):
+    """The listing of PATH's directory vouched for PATH's type: a refreshed file
+    another client made a directory of showed as missing (the HEAD of the
+    file found nothing), a directory made a file stayed a directory, and a
+    path under a file made a directory was "Not a directory"."""
+    for key in ("a", "b", "d/y"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    r = objectfs_cli(*mount_args(s3, bucket, mountpoint, "-o", "metadata_ttl=3600,negative_ttl=3600"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert sorted(os.listdir(mountpoint)) == ["a", "b", "d"]
+        assert (mountpoint / "a").read_bytes() == b"a" and (mountpoint / "b").is_file()
+        assert os.listdir(mountpoint / "d") == ["y"]
+        for key in ("a", "b", "d/y"):
+            s3_client.delete_object(Bucket=bucket, Key=key)
+        for key in ("a/x", "b/x", "d"):
+            s3_client.put_object(Bucket=bucket, Key=key, Body=b"new " + key.encode())
+        r = objectfs_cli("refresh", str(mountpoint / "a"))
+        assert r.returncode == 0, r.stderr
+        assert (mountpoint / "a").is_dir()
+        assert (mountpoint / "a" / "x").read_bytes() == b"new a/x"
+        r = objectfs_cli("refresh", str(mountpoint / "b" / "x"))
+        assert r.returncode == 0, r.stderr
+        assert (mountpoint / "b" / "x").read_bytes() == b"new b/x"
+        r = objectfs_cli("refresh", str(mountpoint / "d"))
+        assert r.returncode == 0, r.stderr
+        assert (mountpoint / "d").read_bytes() == b"new d"
+        assert sorted(os.listdir(mountpoint)) == ["a", "b", "d"]
+    finally:
+        objectfs_cli("umount", str(mountpoint))
+
+
 def test_assume_role_profile_from_shared_config(auth_s3, mountpoint, workdir):
     """A profile that assumes a role (role_arn + source_profile): boto3 calls STS,
     and the mount works with the role's temporary credentials, which moto checks
