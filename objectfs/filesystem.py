@@ -1216,7 +1216,16 @@ class Filesystem:
         data = node.data
         if data is not None:
             if node.open_count:
-                await data.materialize()
+                try:
+                    await data.materialize()
+                except Stale:
+                    # The version its handles opened left S3 (another client
+                    # replaced or deleted it): there is no more of it to
+                    # keep.  They keep what they hold and get ESTALE for the
+                    # rest, as they would have anyway; the name goes.
+                    log.info("%s: the version open here is no longer in S3; its "
+                             "handles keep only what they read",
+                             self.table.path(node))
                 data.detached = True
             else:
                 node.data = None

@@ -374,3 +374,56 @@ def test_a_file_opened_right_after_a_close_dropped_its_changes_reads_the_other_v
     assert m.proc.wait(30) == 0
     assert sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]) \
         == [f"f{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("other", ["replaces", "deletes"])
+@pytest.mark.parametrize("op", ["unlink", "rename over"])
+def test_a_name_whose_open_version_another_client_replaced_can_be_removed(
+        mount, bucket, s3_client, other, op):
+    """A file is open here, partly read; another client replaces (or deletes)
+    it; `rm` of the name, or a rename over it (an editor's save), removes what
+    the name holds now.  The handle, whose version is no longer in S3, keeps
+    what it read and gets ESTALE for the rest, never the other version's
+    bytes.  Before, the unlink or rename failed with ESTALE for as long as the
+    file stayed open: it first fetched the rest of the open version, to keep
+    it for the handle, and S3 no longer had it."""
+    v1, v2 = b"1" * (3 << 20), b"2" * (4 << 20)
+    s3_client.put_object(Bucket=bucket, Key="f", Body=v1)
+    s3_client.put_object(Bucket=bucket, Key="new", Body=b"saved")
+    m = mount(bucket, options=["metadata_ttl=1", "cache_size=0", "read_part_size=64K",
+                               "prefetch_max=64K"])
+    path = os.path.join(m.mountpoint, "f")
+    with m.watchdog(60):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.read(fd, 100) == v1[:100]
+            if other == "replaces":
+                s3_client.put_object(Bucket=bucket, Key="f", Body=v2)
+            else:
+                s3_client.delete_object(Bucket=bucket, Key="f")
+            time.sleep(1.5)
+            if op == "unlink":
+                if other == "replaces":
+                    os.unlink(path)
+                else:
+                    with pytest.raises(FileNotFoundError):
+                        os.unlink(path)
+            else:
+                os.rename(os.path.join(m.mountpoint, "new"), path)
+            keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+            assert keys == ({"new"} if op == "unlink" else {"f"})
+            if op == "rename over":
+                assert s3_client.get_object(Bucket=bucket, Key="f")["Body"].read() == b"saved"
+                with open(path, "rb") as f:
+                    assert f.read() == b"saved"
+            else:
+                assert not os.path.exists(path)
+            got = b""
+            try:
+                while chunk := os.pread(fd, 1 << 20, len(got)):
+                    got += chunk
+            except OSError as e:
+                assert e.errno == errno.ESTALE
+            assert got == v1[:len(got)]
+        finally:
+            os.close(fd)
