@@ -903,8 +903,10 @@ class Namespace:
                     # a key "name" beside the prefix "name/": perhaps s3fs's
                     # legacy no-slash directory object (checked by _fill)
                     child.legacy = files[name].key
-            elif child.implicit or child.remote is None:
-                child.validated_at = clock()
+            # A directory already known stays as it is: the listing shows
+            # its prefix, not whether a marker "name/" holds attributes (one
+            # another client's chmod of a bare prefix writes), so it is
+            # checked once stale, as one with a marker is (see _fill).
         for name, info in files.items():
             if name in dirs or name in d.removed:
                 continue

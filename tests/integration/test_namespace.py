@@ -535,6 +535,33 @@ def test_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 77
 
 
+@pytest.mark.parametrize("listing", [True, False])
+def test_attributes_another_client_gives_a_bare_prefix_directory_show_after_ttl(
+        mount, bucket, s3_client, listing):
+    """A directory that is only a prefix, to which another client gives a
+    marker with attributes (its chmod of the directory, through s3fs or
+    another mount, writes one): its mode and owner show within metadata_ttl,
+    whether its parent is listed meanwhile or it is only looked up.  Before,
+    each listing of the parent (which a lookup past metadata_ttl makes) showed
+    the prefix and vouched for the directory as it was: the mount showed the
+    default mode until it was remounted."""
+    put(s3_client, bucket, "d/x", b"x")
+    m = mount(bucket, options=["metadata_ttl=1", "negative_ttl=1"])
+    d = os.path.join(m.mountpoint, "d")
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o755
+    put(s3_client, bucket, "d/", b"", ContentType="application/x-directory",
+        Metadata={"mode": str(stat.S_IFDIR | 0o700), "uid": "77"})
+
+    def changed():
+        if listing:
+            assert sorted(os.listdir(m.mountpoint)) == ["d"]
+        st = os.stat(d)
+        return stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 77
+
+    wait_for(changed, timeout=3, what="the marker's attributes", interval=0.2)
+    assert os.listdir(d) == ["x"]
+
+
 def test_type_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
     put(s3_client, bucket, "f", b"was a file")
     put(s3_client, bucket, "g", b"file g")
