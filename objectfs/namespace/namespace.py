@@ -46,7 +46,7 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from .. import metadata as md, metrics
-from ..errors import FsError, NotFound, StoreUnavailable
+from ..errors import FsError, NotFound, Stale, StoreUnavailable
 from ..store.base import BODY_CACHE_BYTES, LAST_MODIFIED_SLACK_NS, ObjectInfo, ObjectStore
 from . import attrdisk, keys
 from .tree import Attr, Inode, InodeTable, clock
@@ -1141,6 +1141,17 @@ class Namespace:
         if node.is_dir and node.remote is None:
             return  # implicit directory: nothing stored
         info = await self.store.head(node.remote.key if node.remote else self.table.key(node))
+        parent = node.parent
+        if not node.is_dir and parent is not None \
+                and self.type_of(info) != stat.S_IFMT(node.attr.mode):
+            # Known from a listing alone (trust_listing), which showed a
+            # regular file: its metadata says symlink, FIFO, device (or
+            # directory).  A new inode of that type takes the name, as at a
+            # lookup's HEAD; this one must not take the attributes with its
+            # own type (a chmod would store a symlink as a regular file).
+            # ESTALE: the kernel looks the name up again and repeats the call.
+            self._apply_head(parent, node, info)
+            raise Stale(f"{self.table.key(parent)}{node.name} is not a regular file")
         self.apply_info(node, info, is_dir=node.is_dir)
 
     def on_local_change(self, parent: Inode, name: str) -> None:

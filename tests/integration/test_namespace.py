@@ -562,6 +562,32 @@ def test_attributes_another_client_gives_a_bare_prefix_directory_show_after_ttl(
     assert os.listdir(d) == ["x"]
 
 
+def test_trust_listing_never_stores_another_clients_symlink_as_a_regular_file(
+        mount, bucket, s3_client):
+    """With trust_listing, a symlink another client stored (s3fs's form) shows
+    as the regular file its listing gives until its HEAD.  A chmod of it (or
+    an xattr call) HEADs it first: the symlink takes the name, the call is
+    answered ESTALE, and the kernel repeats it on the symlink (so a chmod
+    reaches its target).  Before, the HEAD's attributes went to the regular
+    file's inode: the chmod stored the symlink in S3 as a regular file, and a
+    listxattr left it showing as one for as long as the object was unchanged."""
+    put(s3_client, bucket, "d/f", b"the target")
+    put(s3_client, bucket, "d/ln", b"f", Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    put(s3_client, bucket, "d/ln2", b"f", Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    m = mount(bucket, options=["trust_listing"])
+    d = os.path.join(m.mountpoint, "d")
+    assert sorted(os.listdir(d)) == ["f", "ln", "ln2"]
+    assert stat.S_ISREG(os.lstat(os.path.join(d, "ln")).st_mode)   # the listing's
+    os.chmod(os.path.join(d, "ln"), 0o600)
+    assert s3_client.head_object(Bucket=bucket, Key="d/ln")["Metadata"]["mode"] == \
+        str(stat.S_IFLNK | 0o777)
+    assert s3_client.head_object(Bucket=bucket, Key="d/f")["Metadata"]["mode"] == \
+        str(stat.S_IFREG | 0o600)
+    assert os.readlink(os.path.join(d, "ln")) == "f"
+    assert os.listxattr(os.path.join(d, "ln2"), follow_symlinks=False) == []
+    assert stat.S_ISLNK(os.lstat(os.path.join(d, "ln2")).st_mode)
+
+
 def test_type_changes_by_another_client_show_after_ttl(mount, bucket, s3_client):
     put(s3_client, bucket, "f", b"was a file")
     put(s3_client, bucket, "g", b"file g")
