@@ -2049,6 +2049,16 @@ class Filesystem:
             if n.parent is not None:
                 notify.invalidate_entry(n.parent.ino, n.name)
             dropped += 1
+        if top.ino == ROOT_INODE and self.table.root_prefix:
+            # the root is never revalidated (see Namespace._ours): the
+            # attributes in the prefix's marker are asked for here, as at
+            # the mount
+            try:
+                info = await self.store.head(self.table.root_prefix)
+            except NotFound:
+                info = None
+            self.ns.apply_info(top, info, is_dir=True)
+            notify.invalidate_inode(top.ino)
         for key in [k for k in self.ns.negative if k[0] in inos]:
             self.ns.negative.pop(key, None)
         await self.ns.forget_kept(self.table.key(top))

@@ -613,6 +613,29 @@ def test_refresh_shows_a_type_another_client_changed_before_the_ttl(objectfs_cli
         objectfs_cli("umount", str(mountpoint))
 
 
+def test_refresh_of_a_prefix_mounts_root_shows_the_attributes_of_its_marker(
+        objectfs_cli, s3, bucket, s3_client, mountpoint):
+    """The root of a mount of a prefix shows the attributes of the prefix's
+    marker, read at the mount and never asked again; `objectfs refresh` of
+    the mountpoint asks for them.  Before, a chmod of the prefix by another
+    client showed only after a remount."""
+    s3_client.put_object(Bucket=bucket, Key="pfx/", Body=b"", ContentType="application/x-directory",
+                         Metadata={"mode": str(0o40755)})
+    r = objectfs_cli(*mount_args(s3, bucket + "/pfx", mountpoint, "-o", "metadata_ttl=3600"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.stat(mountpoint).st_mode == 0o40755
+        s3_client.put_object(Bucket=bucket, Key="pfx/", Body=b"",
+                             ContentType="application/x-directory",
+                             Metadata={"mode": str(0o40700), "uid": "77"})
+        r = objectfs_cli("refresh", str(mountpoint))
+        assert r.returncode == 0, r.stderr
+        st = os.stat(mountpoint)
+        assert (st.st_mode, st.st_uid) == (0o40700, 77)
+    finally:
+        objectfs_cli("umount", str(mountpoint))
+
+
 def test_assume_role_profile_from_shared_config(auth_s3, mountpoint, workdir):
     """A profile that assumes a role (role_arn + source_profile): boto3 calls STS,
     and the mount works with the role's temporary credentials, which moto checks
