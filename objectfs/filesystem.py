@@ -1248,6 +1248,7 @@ class Filesystem:
                     await self.store.delete(key)
                     if self.tier is not None:
                         await self.tier.forget(key)
+                    await self.ns.file_gone(key)
                 if p is not None:
                     # dropped only after the DELETE: an open meanwhile reads
                     # the staged version, not the older one in S3 (a handle
@@ -1494,6 +1495,7 @@ class Filesystem:
             await self.store.delete(old_key)
             if self.tier is not None:  # the old key's cached data is of no use now
                 await self.tier.forget(old_key)
+            await self.ns.file_gone(old_key)
             if replaced:
                 await self._replaced(src, new_key)
             else:

@@ -23,7 +23,8 @@ Rows a listing contradicts (changed or gone) are deleted when that
 listing is merged (the first listing of a directory in a mount, or one
 showing a name the mount does not know yet); removing or renaming a
 directory through the mount and ``objectfs refresh`` delete the rows under
-its path.
+its path, and a file deleted or renamed through the mount loses its row
+with the next batch written (``forget_files``).
 The file is only a cache: it can be deleted at any time, a row that
 cannot be read is dropped, and a file that is not a database any more is
 replaced by an empty one.  At most ``MAX_ROWS`` rows are kept (the least
@@ -167,6 +168,12 @@ class AttrDisk:
             # a range of the primary key: every dir that starts with prefix
             return self.db.execute("DELETE FROM attrs WHERE ns=? AND dir>=? AND dir<?",
                                    (ns, prefix, prefix + "\U0010ffff")).rowcount
+
+    def forget_files(self, ns: str, keys: Iterable[str]) -> None:
+        """Delete the rows of the files ``keys``, in one transaction."""
+        with self._lock, sqlitedb.transaction(self.db):
+            self.db.executemany("DELETE FROM attrs WHERE ns=? AND dir=? AND name=?",
+                                [(ns, *_split(k)) for k in keys])
 
     def close(self) -> None:
         with self._lock:

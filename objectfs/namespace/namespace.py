@@ -144,10 +144,12 @@ class Namespace:
         # until when S3 is taken to be unreachable (see _offline)
         self.unreachable_until = float("-inf")
         # attributes kept on disk across mounts (metadata_cache), under
-        # disk_ns; HEAD answers wait in _to_keep until the next write
+        # disk_ns; HEAD answers wait in _to_keep until the next write, the
+        # keys of files removed through the mount in _gone (deleted first)
         self.attr_disk: attrdisk.AttrDisk | None = None
         self.disk_ns = ""
         self._to_keep: list[ObjectInfo] = []
+        self._gone: list[str] = []
         # directory ino -> its scan (see SCAN_AFTER)
         self._scans: LRUCache = LRUCache(SCANS_KEPT)
         # where a readdir's HEADs of entries it did not wait for run (None:
@@ -830,10 +832,26 @@ class Namespace:
         return {i.key[len(prefix):]: i for i in found}
 
     async def keep_heads(self) -> None:
-        """Write the HEAD answers gathered since the last call to disk."""
+        """Write the HEAD answers gathered since the last call to disk,
+        after deleting the rows of the files removed since (``file_gone``)."""
+        gone, self._gone = self._gone, []
         todo, self._to_keep = self._to_keep, []
+        if gone:
+            await self._disk("forget_files", self.disk_ns, gone)
         if todo:
             await self._disk("save", self.disk_ns, todo)
+
+    async def file_gone(self, key: str) -> None:
+        """The file at ``key`` was deleted or moved away through the mount:
+        its kept row goes too, with the next batch (a mount that creates and
+        deletes files of new names for weeks would otherwise add a row for
+        each, never read again)."""
+        if self.attr_disk is None:
+            return
+        self._to_keep = [i for i in self._to_keep if i.key != key]
+        self._gone.append(key)
+        if len(self._gone) >= KEEP_BATCH:
+            await self.keep_heads()
 
     async def forget_kept(self, prefix: str) -> None:
         """Drop what is kept of the key ``prefix`` (of every key under it for
@@ -847,11 +865,13 @@ class Namespace:
         if disk is None:
             return
         try:
+            if self._gone:
+                disk.forget_files(self.disk_ns, self._gone)
             disk.save(self.disk_ns, self._to_keep)
             disk.close()
         except Exception as e:
             log.warning("could not write the metadata cache: %s", e)
-        self._to_keep = []
+        self._to_keep, self._gone = [], []
 
     def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
                dirs: set[str], legacy: dict[str, str],
