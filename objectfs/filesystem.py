@@ -231,8 +231,9 @@ class Filesystem:
 
     async def _release_idle(self) -> None:
         """Memory kept for requests to come goes back once it sits unused:
-        receive buffers, and inodes the kernel has forgotten (``prune_inodes``);
-        aborts the server refused are tried again once a minute."""
+        receive buffers, inodes the kernel has forgotten (``prune_inodes``),
+        and names removed that no answer under way can bring back
+        (``Namespace.trim_removed``); aborts the server refused are tried again once a minute."""
         ticks = 0
         prune_every = max(1, min(30, int(INODE_IDLE / 2)))
         prune_left = 0   # candidates the round under way has still to look at
@@ -243,6 +244,7 @@ class Filesystem:
                 self.store.release_idle()
                 if ticks % prune_every == 0 and prune_left <= 0:
                     prune_left = len(self.table.idle)   # a round: each candidate once
+                    self.ns.trim_removed()
                 if prune_left > 0 and not self._by_name:
                     self.prune_inodes(min(PRUNE_BATCH, prune_left))
                     prune_left -= PRUNE_BATCH           # the rest in the next seconds

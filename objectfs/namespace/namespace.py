@@ -36,6 +36,7 @@ an offline walk does not pay for its own retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -150,6 +151,8 @@ class Namespace:
         self.disk_ns = ""
         self._to_keep: list[ObjectInfo] = []
         self._gone: list[str] = []
+        # send time -> how many requests sent then are under way (_asking)
+        self._asked: dict[float, int] = {}
         # directory ino -> its scan (see SCAN_AFTER)
         self._scans: LRUCache = LRUCache(SCANS_KEPT)
         # where a readdir's HEADs of entries it did not wait for run (None:
@@ -328,6 +331,37 @@ class Namespace:
     def listing_fresh(self, d: Inode, now: float | None = None) -> bool:
         now = clock() if now is None else now
         return d.listed_at is not None and now - d.listed_at < self.cfg.metadata_ttl
+
+    @contextlib.contextmanager
+    def _asking(self):
+        """The time a request whose answer is checked against ``removed``
+        (a listing, a lookup's HEAD + LIST) was sent, counted while it is
+        under way (see trim_removed)."""
+        started = clock()
+        self._asked[started] = self._asked.get(started, 0) + 1
+        try:
+            yield started
+        finally:
+            if self._asked[started] == 1:
+                del self._asked[started]
+            else:
+                self._asked[started] -= 1
+
+    def trim_removed(self) -> int:
+        """Forget the names removed before every request still under way was
+        sent: only an answer to an older request could bring them back (a
+        directory never listed again kept one for every file created and
+        deleted, or renamed away, in it).  Returns how many were dropped."""
+        floor = min(self._asked, default=clock())
+        dropped = 0
+        for d in list(self.table.removing):
+            old = [n for n, t in d.removed.items() if t < floor]
+            for n in old:
+                del d.removed[n]
+            dropped += len(old)
+            if not d.removed:
+                self.table.removing.discard(d)
+        return dropped
 
     def touch(self, node: Inode) -> None:
         """Record a local change (guards it against older listings)."""
@@ -551,8 +585,11 @@ class Namespace:
         """List ``size`` entries of ``d`` from ``name`` on, and merge them: the
         names in that key range are as fresh as after a full listing.  True
         if the range holds every place of ``name`` (a file or a directory)."""
+        with self._asking() as started:
+            return await self._list_window_since(d, name, size, started)
+
+    async def _list_window_since(self, d: Inode, name: str, size: int, started: float) -> bool:
         prefix = self.table.key(d)
-        started = clock()
         lo = keys.key_before(prefix + name)
         page = await self.store.list_page(prefix, delimiter="/", max_keys=size,
                                           start_after=lo)
@@ -620,9 +657,12 @@ class Namespace:
         return node
 
     async def _resolve(self, parent: Inode, name: str) -> Inode:
+        with self._asking() as started:
+            return await self._resolve_since(parent, name, started)
+
+    async def _resolve_since(self, parent: Inode, name: str, started: float) -> Inode:
         key = self.table.key(parent) + name
         keys.check_key(key)
-        started = clock()
         head: list[ObjectInfo | None] = [None]
         folder: list[ObjectInfo | None] = [None]
         page = [None]
@@ -754,8 +794,11 @@ class Namespace:
     async def _list(self, d: Inode, max_pages: int = 0) -> bool:
         """List ``d`` and merge the result; with ``max_pages``, give up
         (returning False, changing nothing) if it takes more pages."""
+        with self._asking() as started:
+            return await self._list_since(d, max_pages, started)
+
+    async def _list_since(self, d: Inode, max_pages: int, started: float) -> bool:
         prefix = self.table.key(d)
-        started = clock()
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         legacy: dict[str, str] = {}

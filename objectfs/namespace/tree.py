@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import stat
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -162,6 +163,8 @@ class InodeTable:
         # inodes that may hold no kernel reference, and since when: made
         # (a listing makes inodes the kernel never hears of) or forgotten
         self.idle: dict[int, float] = {}
+        # directories whose ``removed`` holds names (Namespace.trim_removed)
+        self.removing: weakref.WeakSet[Inode] = weakref.WeakSet()
         self.prunes = 0   # how many inodes prune took out of the tree
 
     def __len__(self) -> int:
@@ -226,6 +229,7 @@ class InodeTable:
             parent.subdirs -= node.children is not None
             if remember:
                 parent.removed[node.name] = clock()
+                self.removing.add(parent)
         node.parent = None
         self._drop_subtree(node)
 
@@ -247,6 +251,7 @@ class InodeTable:
             del old_parent.children[node.name]
             old_parent.subdirs -= node.children is not None
             old_parent.removed[node.name] = clock()
+            self.removing.add(old_parent)
         target = new_parent.children.get(new_name)
         if target is not None and target is not node:
             self.detach(target, remember=False)

@@ -1990,3 +1990,48 @@ def test_a_save_by_rename_over_a_file_survives_a_kill_at_any_moment_of_the_renam
         names = {k: o.data for k, o in store.objects.items() if not k.endswith("/")}
         assert names.get("file") in (old, edited, new), (i, names)
         assert new in names.values(), (i, names)
+
+
+# -- names removed from a directory never listed again are not kept forever ------------
+
+def test_names_removed_in_a_directory_never_listed_are_trimmed(tmp_path):
+    # A directory of more than 16,000 entries is never listed by lookups (a
+    # HEAD alone), so nothing merged a listing into it: every file created
+    # and deleted (or renamed away) in it left its name in ``removed`` (the
+    # guard against an older listing bringing it back) for the rest of the
+    # mount, about 130 bytes each (a spool directory, atomic saves with
+    # temporary names: one per file, for weeks).  Only names an answer still
+    # under way could bring back are kept.
+    store = MemoryStore()
+    for i in range(16_100):
+        store.put_sync(f"big/e{i:05}", b"x")
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"big")
+
+        async def churn(names):
+            for name in names:
+                h, node = await fs.create(d.ino, name, F, RW, CALLER)
+                await fs.write(h.fh, 0, b"data")
+                await fs.flush(h.fh)
+                await fs.release(h.fh)
+                await fs.rename(d.ino, name, d.ino, name + b".done", 0)
+                await fs.unlink(d.ino, name + b".done")
+                fs.forget([(node.ino, 1)])
+
+        await churn([f"tmp{i}".encode() for i in range(300)])
+        assert len(d.removed) == 600
+        assert fs.ns.trim_removed() == 600 and d.removed == {}
+        # a request sent before a removal (a listing under way) keeps the
+        # name, so its answer cannot bring it back; then it goes too
+        with fs.ns._asking():
+            await trio.sleep(0.01)
+            await churn([b"late"])
+            assert fs.ns.trim_removed() == 0 and set(d.removed) == {"late", "late.done"}
+        assert fs.ns.trim_removed() == 2 and d.removed == {}
+        assert len(fs.table.removing) == 0
+        with pytest.raises(FsError) as e:
+            await fs.lookup(d.ino, b"tmp0")
+        assert e.value.errno == errno.ENOENT
+
+    run_fs(tmp_path, body, store=store)
