@@ -531,6 +531,9 @@ class Tier:
                     self._queued -= size
                     self._room.set()
                     self._room = trio.Event()
+                    # the blocks view receive buffers: holding them while
+                    # waiting for the next item kept one out of use for good
+                    item = blocks = None
             if trio.current_time() - last_flush >= FLUSH_INTERVAL:
                 last_flush = trio.current_time()
                 try:

@@ -1345,3 +1345,41 @@ def test_a_full_disk_is_a_warning_line_a_minute_not_one_a_block(root, caplog, mo
     assert "No space left" in lines[0] and "more like it" not in lines[0]
     assert lines[1].endswith("(and 7 more like it in the last 60 s)")
     assert store._total() == 0   # each refused block's row is gone
+
+
+def test_the_write_behind_task_holds_no_block_once_it_is_written(root):
+    # A fetched block is a view of the receive buffer its GET was read into;
+    # the buffer goes back to the system (or is used again) only once nothing
+    # refers to it.  The write-behind task kept the last blocks it wrote in
+    # a local variable until the next ones came: an idle mount held that
+    # buffer (1 MiB, or a whole segment) for good, though "an idle mount
+    # keeps none" (SEMANTICS: Receive buffers).
+    import gc
+    import sys
+
+    data = payload(5, 2 * BLOCK_SIZE)
+    bodies = []
+
+    async def fetch(s, e):
+        body = bytearray(data[s:e])   # as a receive buffer: the caller's to view
+        bodies.append(body)
+        return body
+
+    async def main():
+        tier = Tier(TierStore(root, 64 * MiB), NS)
+        ref = tier.ref("k", "e", len(data))
+        async with trio.open_nursery() as n:
+            await n.start(tier.run)
+            assert await tier.read(ref, 10, 20, fetch) == data[10:20]
+            while tier._queued:
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)          # idle: nothing else comes
+            gc.collect()
+            [body] = bodies
+            assert tier.store.stats()["blocks"] == 1
+            # only ``bodies`` and getrefcount's argument
+            assert sys.getrefcount(body) == 3
+            n.cancel_scope.cancel()
+        tier.store.close()
+
+    trio.run(main)
