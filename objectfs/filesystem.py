@@ -1905,10 +1905,7 @@ class Filesystem:
 
     async def _xattr_node(self, ino: int) -> Inode:
         node = self.table.get(ino)
-        await self.ns.settle(node)
-        # past metadata_ttl as a getattr does: flistxattr through a descriptor
-        # comes with no lookup (nor attribute refresh by the kernel) before it
-        if not node.meta_known or not self.ns.fresh(node):
+        if not node.meta_known:
             await self.ns.revalidate(node)
         if not node.local and node.remote is not None and node.remote.metadata is None:
             await self.ns.ensure_metadata(node)

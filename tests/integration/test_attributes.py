@@ -390,26 +390,6 @@ def test_a_change_through_a_descriptor_past_metadata_ttl_keeps_another_clients(
     assert body(s3_client, bucket, "f") == b"payload"
 
 
-def test_xattrs_another_client_sets_show_through_a_descriptor_past_metadata_ttl(
-        mount, bucket, s3_client):
-    """flistxattr reaches the daemon with no lookup or getattr before it: past
-    metadata_ttl it asks S3, as a stat does (before, a descriptor held open
-    listed the xattrs of its open for as long as nothing else looked)."""
-    put(s3_client, bucket, "f", b"payload")
-    m = mount(bucket, options=["metadata_ttl=1"])
-    fd = os.open(os.path.join(m.mountpoint, "f"), os.O_RDONLY)
-    try:
-        assert os.listxattr(fd) == []
-        s3_client.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
-                              MetadataDirective="REPLACE",
-                              Metadata={"xattr": '{"user.k":"dmFs"}'})
-        time.sleep(2.5)
-        assert os.listxattr(fd) == ["user.k"]
-        assert os.getxattr(fd, "user.k") == b"val"
-    finally:
-        os.close(fd)
-
-
 def test_only_user_xattrs_show_and_others_stay_stored(mount, bucket, s3_client):
     """Only user.* extended attributes are ours: names of other namespaces
     answer EOPNOTSUPP, as on a Linux filesystem without them, so ``ls -l``
