@@ -927,12 +927,6 @@ class Filesystem:
         if (changes.mode is not None or changes.uid is not None or changes.gid is not None
                 or changes.atime_ns is not None or changes.mtime_ns is not None) \
                 and (node.data is None or not node.data.dirty):
-            # The copy onto itself stores every attribute and xattr this
-            # mount has: past metadata_ttl (an fchmod or futimens through a
-            # descriptor, which no lookup precedes) ask S3 first, or what
-            # another client changed meanwhile would be put back.
-            if not self.ns.fresh(node):
-                await self.ns.revalidate(node)
             # attributes known from a listing alone (trust_listing): the HEAD
             # that _persist_meta needs must not land on top of the change
             await self.ns.ensure_metadata(node)
