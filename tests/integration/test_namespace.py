@@ -1286,8 +1286,8 @@ def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s
             key = o["Key"]
             (stored_dirs if key.endswith("/") else stored).add(key.rstrip("/"))
             stored_dirs |= {"/".join(key.split("/")[:i]) for i in range(1, key.count("/") + 1)}
-    assert shown == stored, sorted(shown ^ stored)[:10]
-    assert shown_dirs == stored_dirs, sorted(shown_dirs ^ stored_dirs)[:10]
+    assert shown == stored, (seed, counts, sorted(shown - stored)[:10], sorted(stored - shown)[:10])
+    assert shown_dirs == stored_dirs, (seed, sorted(shown_dirs ^ stored_dirs)[:10])
     again = mount(bucket)   # modes and xattrs as S3 holds them
     with again.watchdog(120):
         after = {f: _mode_and_xattr(os.path.join(again.mountpoint, f)) for f in shown}
