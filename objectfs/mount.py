@@ -113,7 +113,13 @@ def s3_settings(cfg: Config) -> S3Settings:
         max_attempts=cfg.retries, checksums=cfg.checksums, verify_ssl=cfg.verify_ssl,
         upload_checksum=cfg.upload_checksum, request_options=request_options(cfg),
         addressing_style="path" if cfg.path_style else None, lean_requests=cfg.lean_requests)
-    pair = credentials.resolve(cfg.bucket, cfg.passwd_file, cfg.profile,
+    return with_passwd_credentials(settings, cfg.passwd_file)
+
+
+def with_passwd_credentials(settings: S3Settings, passwd_file: str | None) -> S3Settings:
+    """``settings`` with the key pair of an s3fs passwd file when one applies
+    (see credentials.resolve), else as they are (boto3's chain)."""
+    pair = credentials.resolve(settings.bucket, passwd_file, settings.profile,
                                lambda: chain_has_credentials(settings))
     if pair is None:
         return settings

@@ -13,16 +13,14 @@ the same on AWS without this command.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 
 import trio
 
-from . import credentials
 from .config import ConfigError, parse_endpoint, parse_region, parse_seconds
 from .errors import StoreError, UserError
-from .store.s3 import S3Settings, S3Store, chain_has_credentials
+from .store.s3 import S3Settings, S3Store
 
 DEFAULT_OLDER_THAN = 3600.0
 
@@ -64,18 +62,14 @@ def run(args, bucket: str, prefix: str) -> int:
     logging.getLogger("objectfs").addHandler(logging.NullHandler())
     # Bounded like the bucket check of a mount: an endpoint that accepts
     # and never answers fails in seconds, not after 5 x read_timeout.
-    from .mount import CHECK_ATTEMPTS, CHECK_CONNECT_TIMEOUT, CHECK_READ_TIMEOUT
+    from .mount import (CHECK_ATTEMPTS, CHECK_CONNECT_TIMEOUT, CHECK_READ_TIMEOUT,
+                        with_passwd_credentials)
 
-    settings = S3Settings(bucket=bucket, endpoint_url=args.endpoint_url,
-                          region=args.region, profile=args.profile,
-                          connect_timeout=CHECK_CONNECT_TIMEOUT,
-                          read_timeout=CHECK_READ_TIMEOUT, max_attempts=CHECK_ATTEMPTS)
-    pair = credentials.resolve(bucket, args.passwd_file, args.profile,
-                               lambda: chain_has_credentials(settings))
-    if pair is not None:
-        settings = dataclasses.replace(settings, access_key=pair.access_key,
-                                       secret_key=pair.secret_key, credential_source=pair.source)
-    store = S3Store(settings)
+    store = S3Store(with_passwd_credentials(
+        S3Settings(bucket=bucket, endpoint_url=args.endpoint_url, region=args.region,
+                   profile=args.profile, connect_timeout=CHECK_CONNECT_TIMEOUT,
+                   read_timeout=CHECK_READ_TIMEOUT, max_attempts=CHECK_ATTEMPTS),
+        args.passwd_file))
     key_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     now = dt.datetime.now(dt.timezone.utc)
 
