@@ -293,30 +293,28 @@ class Filesystem:
         stays in the journal for the next mount (one log line per file)."""
         failed = []
         full: list[Inode] = []   # write-back: no room to stage them yet
+
+        async def upload(node: Inode, wait_for_room: bool) -> None:
+            try:
+                await self._upload(node)
+            except FsError as e:
+                if wait_for_room and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    full.append(node)   # the drain below makes room
+                    return
+                path = self.table.path(node)
+                log.error("could not upload %s at shutdown: %s", path, e)
+                failed.append(path)
+
         for node in self._pending_nodes():
             if node.data.dirty:
                 log.warning("shutdown: uploading %s (%d bytes) before exit",
                             self.table.path(node), node.data.size)
-                try:
-                    await self._upload(node)
-                except FsError as e:
-                    if self.wb is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                        full.append(node)   # the drain below makes room
-                        continue
-                    path = self.table.path(node)
-                    log.error("could not upload %s at shutdown: %s", path, e)
-                    failed.append(path)
+                await upload(node, wait_for_room=self.wb is not None)
         if self.wb is not None:
             await self.drain_writeback()
             for node in full:
-                if node.data is None or not node.data.dirty:
-                    continue
-                try:
-                    await self._upload(node)
-                except FsError as e:
-                    path = self.table.path(node)
-                    log.error("could not upload %s at shutdown: %s", path, e)
-                    failed.append(path)
+                if node.data is not None and node.data.dirty:
+                    await upload(node, wait_for_room=False)
             if full:
                 await self.drain_writeback()
         if self.ctx is not None and self.ctx.unaborted:
