@@ -254,6 +254,20 @@ def test_uploader_conflict_rules():
     assert [store.objects[k].data for k in conflicts] == [b"3", b"2"]
 
 
+def staged_two_then_crashed(store: MemoryStore, root: str, base: str | None,
+                            v1: bytes, v2: bytes) -> None:
+    """A mount staged v1 then v2 of "k" (both on ``base``) under ``root``/wb
+    and was killed after v1 reached S3 (put there by another uploader with
+    the same part layout)."""
+    dead = Journal(os.path.join(root, "wb"))
+    dead.open()
+    dead.stage(manifest("k", base=base), [v1])
+    dead.stage(manifest("k", base=base), [v2])
+    crash(dead)
+    assert trio.run(run_writeback, store, os.path.join(root, "other"),
+                    [manifest("k", base=base)], [v1]) == [("k", False)]
+
+
 @pytest.mark.parametrize("size", [4, 17 << 20], ids=["one-put", "multipart"])
 def test_uploader_recognises_its_own_upload_after_a_crash(size):
     """An entry uploaded just before a crash (not yet removed) is not a
@@ -297,15 +311,9 @@ def test_a_version_staged_while_the_previous_one_uploaded_wins_after_a_crash(siz
     old = store.objects["k"].etag
     with tempfile.TemporaryDirectory() as root:
         for theirs in (False, True):
-            dead = Journal(os.path.join(root, "wb"))
-            dead.open()
-            dead.stage(manifest("k", base=old), [v1])
-            dead.stage(manifest("k", base=old), [v2])
-            crash(dead)
             # v1 reached S3 before the crash (by the same uploader, so with
             # the same part layout)
-            assert trio.run(run_writeback, store, os.path.join(root, "other"),
-                            [manifest("k", base=old)], [v1]) == [("k", False)]
+            staged_two_then_crashed(store, root, old, v1, v2)
             if theirs:
                 store.put_sync("k", v1[:-1] + b"!")
             done = trio.run(run_writeback, store, root, [], [])
@@ -333,13 +341,7 @@ def test_a_version_staged_while_the_previous_one_uploaded_wins_after_two_crashes
     store.put_sync("k", b"old")
     old = store.objects["k"].etag
     with tempfile.TemporaryDirectory() as root:
-        dead = Journal(os.path.join(root, "wb"))
-        dead.open()
-        dead.stage(manifest("k", base=old), [v1])
-        dead.stage(manifest("k", base=old), [v2])
-        crash(dead)
-        assert trio.run(run_writeback, store, os.path.join(root, "other"),
-                        [manifest("k", base=old)], [v1]) == [("k", False)]
+        staged_two_then_crashed(store, root, old, v1, v2)
         second = Journal(os.path.join(root, "wb"))
         second.open()
         [got] = second.adopt(lambda m: True)   # v1's entry dropped as the older one
