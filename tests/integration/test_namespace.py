@@ -1248,6 +1248,14 @@ def _storm(mp: str, seconds: float, seed: int,
     return errors, counts
 
 
+def _log_of(m, paths: list[str]) -> str:
+    """The daemon's debug-log lines about these paths (by their last two
+    components), for a race that a storm meets once in tens of runs."""
+    tails = ["/".join(p.split("/")[-2:]) for p in paths]
+    with open(m.log_path, errors="replace") as f:
+        return "".join([line for line in f if any(t in line for t in tails)][-80:])
+
+
 STORM_SOAK = pytest.mark.skipif(not os.environ.get("OBJECTFS_SOAK"), reason="make soak runs it")
 
 
@@ -1272,7 +1280,8 @@ def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s
     seed = int(os.environ.get("OBJECTFS_SOAK_SEED", time.time()))
     with m.watchdog(seconds + 180):
         errors, counts = _storm(m.mountpoint, seconds, seed, mutators=2)
-        assert errors == [], (seed, errors)
+        assert errors == [], (seed, errors, _log_of(m, [e.split(":")[0].split()[-1]
+                                                        for e in errors]))
         assert counts["closes"] > 0 and counts["renames"] > 0, counts
         shown, shown_dirs = set(), set()
         for dp, _, fns in os.walk(root):
@@ -1289,13 +1298,9 @@ def test_a_storm_of_directory_renames_and_writers_loses_nothing(mount, bucket, s
     if shown != stored:
         # what the daemon's debug log says of the names that differ (for a
         # race that a soak run meets once in tens of runs)
-        odd = sorted(shown ^ stored)[:10]
-        tails = ["/".join(f.split("/")[-2:]) for f in odd]
-        with open(m.log_path, errors="replace") as f:
-            told = [line for line in f if any(t in line for t in tails)][-80:]
         raise AssertionError(f"seed {seed} {counts}: shown only {sorted(shown - stored)[:10]}, "
                              f"stored only {sorted(stored - shown)[:10]}; the log of "
-                             f"them:\n{''.join(told)}")
+                             f"them:\n{_log_of(m, sorted(shown ^ stored)[:10])}")
     assert shown_dirs == stored_dirs, (seed, sorted(shown_dirs ^ stored_dirs)[:10])
     again = mount(bucket)   # modes and xattrs as S3 holds them
     with again.watchdog(120):
