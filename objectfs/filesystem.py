@@ -1354,6 +1354,8 @@ class Filesystem:
             raise IsADirectory(new_name)
         suffix = "/" if src.is_dir else ""
         keys.check_key(self.table.key(new_parent) + new_name + suffix)
+        log.debug("rename %r to %r", self.table.key(src),
+                  self.table.key(new_parent) + new_name + suffix)
         if old_parent is not new_parent:
             await self._keep_dir(old_parent)
         if src.is_dir:

@@ -664,6 +664,7 @@ class S3Store:
             if not retried or (await self._etag_or_none(key)) != mine:
                 raise
             r = {"ETag": mine}
+        log.debug("S3 put %r: %d bytes, ETag %s", key, len(body), r.get("ETag"))
         # mtime_ns 0: Last-Modified is the server's to say; we did not ask
         return ObjectInfo(key=key, size=len(body), etag=r.get("ETag"), mtime_ns=0,
                           metadata=dict(metadata), content_type=content_type,
@@ -713,6 +714,7 @@ class S3Store:
 
         r = await self._copy_if("CopyObject", src, src_etag, copy)
         res = r.get("CopyObjectResult", {})
+        log.debug("S3 copy %r to %r: ETag %s", src, dst, res.get("ETag"))
         return ObjectInfo(key=dst, size=size, etag=res.get("ETag"),
                           mtime_ns=_ms(res.get("LastModified")),
                           metadata=dict(metadata) if metadata is not None else None,
@@ -755,6 +757,7 @@ class S3Store:
         except StoreError as e:
             if e.errno != errno.ENOENT:  # deleting a missing key succeeds
                 raise
+        log.debug("S3 delete %r", key)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         first_error: StoreError | None = None
@@ -770,6 +773,7 @@ class S3Store:
         keys = plain
         for i in range(0, len(keys), MAX_DELETE_BATCH):
             batch = keys[i:i + MAX_DELETE_BATCH]
+            log.debug("S3 delete %d keys: %r", len(batch), batch)
             r = await self._call("DeleteObjects", batch[0], functools.partial(
                 self.client.delete_objects, Bucket=self.bucket,
                 Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}))
@@ -930,6 +934,7 @@ class S3Store:
                 raise
             r = {"ETag": expected}
         self.open_uploads.discard((key, upload_id))
+        log.debug("S3 complete %r: ETag %s", key, r.get("ETag"))
         return ObjectInfo(key=key, size=-1, etag=r.get("ETag"), mtime_ns=0)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
