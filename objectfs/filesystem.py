@@ -174,6 +174,9 @@ class Filesystem:
         # request may still be under way (_acting); a directory rename
         # waits for those inside it before it lists its keys
         self._acts: dict[trio.Event, tuple[Inode, ...]] = {}
+        # inode -> event: files an unlink or a rename over them is removing;
+        # an open of one waits for it (_removing_file)
+        self._removing: dict[int, trio.Event] = {}
         self._by_name = 0   # operations of _by_name under way
 
     # -- lifecycle ------------------------------------------------------------
@@ -584,6 +587,26 @@ class Filesystem:
             yield
         finally:
             del self._renames[done]
+            done.set()
+
+    @contextlib.asynccontextmanager
+    async def _removing_file(self, node: Inode | None):
+        """Mark ``node`` as being removed (an unlink, or a rename over it)
+        until the removal is done or failed.  An open of it that comes
+        meanwhile (the kernel looked the name up before the removal) waits,
+        then opens the file if it stayed, or answers ESTALE if it went (see
+        open): counted in before the removal looked at its open handles, it
+        would hold a file that left the tree with nothing kept of its
+        bytes, and its writes and reads failed."""
+        if node is None or node.ino in self._removing:
+            yield
+            return
+        done = trio.Event()
+        self._removing[node.ino] = done
+        try:
+            yield
+        finally:
+            del self._removing[node.ino]
             done.set()
 
     @contextlib.asynccontextmanager
@@ -1233,7 +1256,7 @@ class Filesystem:
         node = await self._child(parent, name)
         if node.is_dir:
             raise IsADirectory(name)
-        async with self._acting(parent):
+        async with self._acting(parent), self._removing_file(node):
             await self._keep_dir(parent)
             async with self._staged(node) as p:
                 await self._detach_file(node)
@@ -1384,6 +1407,7 @@ class Filesystem:
         old_key = self.table.key(src)
         new_key = self.table.key(new_parent) + new_name
         async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._removing_file(dst))
             dp = None
             if dst is not None:
                 await self._detach_file(dst)
@@ -1599,6 +1623,14 @@ class Filesystem:
             # another client's version won over changes dropped here
             # (_remote_wins): ask S3 for it rather than open an empty file
             await self.ns.ensure_metadata(node)
+        if (removing := self._removing.get(node.ino)) is not None:
+            await removing.wait()
+            return await self.open(ino, flags, caller)   # as if it came now
+        if node.parent is None and node.ino != ROOT_INODE and node.open_count == 0:
+            # removed (by an unlink here, or another client as a lookup
+            # found) after the kernel looked the name up: ESTALE makes it
+            # look the name up again, and O_CREAT make a new file
+            raise Stale("the file was removed as it was opened")
         fresh = node.data is None
         data = self._file_data(node)
         node.open_count += 1

@@ -1668,11 +1668,14 @@ def test_an_open_while_an_unlink_drops_the_staged_copy_is_estale_not_eio(tmp_pat
             async with trio.open_nursery() as n:
                 n.start_soon(fs.unlink, 1, b"f")
                 await trio.to_thread.run_sync(removed.wait, 20)
-                try:
-                    with pytest.raises(Stale):
+
+                async def open_it():
+                    with pytest.raises(Stale):   # once the unlink is done
                         await fs.open(node.ino, os.O_RDONLY)
-                finally:
-                    go_on.set()
+
+                n.start_soon(open_it)
+                await trio.testing.wait_all_tasks_blocked()
+                go_on.set()
 
     run_fs(tmp_path, body, "writeback=600")
 
@@ -1683,9 +1686,9 @@ def test_an_open_while_a_rename_replaces_a_staged_file_reads_its_bytes_not_nothi
     whose own version is still staged.  The rename dropped that staged copy
     before it moved the new file: an open of the old inode in between (a
     reader that had just looked the name up) found neither a staged copy nor
-    an object, and read an empty file (st_size 0).  It reads the old bytes,
-    as on a local disk; once the rename is done the old inode is ESTALE (the
-    kernel looks the name up again and finds the new file)."""
+    an object, and read an empty file (st_size 0).  Such an open now waits
+    for the rename and answers ESTALE (the kernel looks the name up again and
+    opens the new file), as does one after it."""
     from objectfs.errors import Stale
 
     async def body(fs, store):
@@ -1712,11 +1715,15 @@ def test_an_open_while_a_rename_replaces_a_staged_file_reads_its_bytes_not_nothi
             async with trio.open_nursery() as n:
                 n.start_soon(fs.rename, 1, b".target.tmp", 1, b"target", 0)
                 await copying.wait()
-                r = await fs.open(old.ino, os.O_RDONLY)
+
+                async def open_old():
+                    with pytest.raises(Stale):
+                        await fs.open(old.ino, os.O_RDONLY)
+
+                n.start_soon(open_old)
+                await trio.testing.wait_all_tasks_blocked()
                 assert fs.visible_attr(old).size == 1200
                 go_on.set()
-            assert bytes(await fs.read(r.fh, 0, 4096)) == b"old version\n" * 100
-            await fs.release(r.fh)
             with pytest.raises(Stale):
                 await fs.open(old.ino, os.O_RDONLY)
             node = await fs.lookup(1, b"target")
@@ -1734,7 +1741,11 @@ def test_an_open_while_an_unlink_deletes_a_file_with_a_staged_edit_reads_the_edi
     """Write-back: a file in S3 (v1) edited and closed (v2 staged) is
     unlinked.  The unlink dropped the staged v2 before it sent the DELETE:
     an open in between read v1 from S3, a version this mount had already
-    replaced.  It reads v2 now."""
+    replaced.  Such an open now waits for the unlink and answers ESTALE (the
+    kernel looks the name up again: ENOENT); the staged v2 stays until the
+    DELETE is done."""
+    from objectfs.errors import Stale
+
     async def body(fs, store):
         h, node = await fs.create(1, b"f", F, RW, CALLER)
         await fs.write(h.fh, 0, b"v1" * 100)
@@ -1759,10 +1770,16 @@ def test_an_open_while_an_unlink_deletes_a_file_with_a_staged_edit_reads_the_edi
             async with trio.open_nursery() as n:
                 n.start_soon(fs.unlink, 1, b"f")
                 await deleting.wait()
-                r = await fs.open(node.ino, os.O_RDONLY)
+                assert node.pending is not None and not node.pending.finished
+
+                async def open_it():
+                    with pytest.raises(Stale):
+                        await fs.open(node.ino, os.O_RDONLY)
+
+                n.start_soon(open_it)
+                await trio.testing.wait_all_tasks_blocked()
                 go_on.set()
-            assert bytes(await fs.read(r.fh, 0, 4096)) == b"v2" * 100
-            await fs.release(r.fh)
+            assert node.pending is None or node.pending.finished
         assert "f" not in store.objects
 
     run_fs(tmp_path, body, "writeback=600")
@@ -2035,3 +2052,63 @@ def test_names_removed_in_a_directory_never_listed_are_trimmed(tmp_path):
         assert e.value.errno == errno.ENOENT
 
     run_fs(tmp_path, body, store=store)
+
+
+@pytest.mark.parametrize("wb", ["", "writeback=600"])
+@pytest.mark.parametrize("how", ["unlink", "rename-over"])
+def test_an_open_that_comes_during_the_removal_of_its_file_answers_estale(tmp_path, how, wb):
+    """The storm soak's ``write(): ESTALE``: a writer opened (O_TRUNC) a file
+    a mutator was unlinking, after the unlink had looked for its open
+    handles and while its DELETE was under way.  The open counted itself
+    in, the file left the tree with nothing kept for that handle, and its
+    first write failed.  Such an open now waits for the removal, then
+    answers ESTALE (the kernel looks the name up again: ENOENT, or the
+    file renamed over it), and a creating open makes a new file."""
+    store = Gated("delete")
+    store.put_sync("d/f", b"old content " * 100, {"mode": str(F)})
+    store.put_sync("d/g", b"renamed over it", {"mode": str(F)})
+
+    async def body(fs, store):
+        d = await fs.lookup(1, b"d")
+        f = await fs.lookup(d.ino, b"f")
+        await fs.lookup(d.ino, b"g")
+        opened: list[int] = []
+
+        async def remove():
+            if how == "unlink":
+                await fs.unlink(d.ino, b"f")
+            else:
+                await fs.rename(d.ino, b"g", d.ino, b"f", 0)
+
+        async def open_it():
+            with pytest.raises(FsError) as e:
+                opened.append((await fs.open(f.ino, os.O_WRONLY | os.O_TRUNC, CALLER)).fh)
+            assert e.value.errno == errno.ESTALE
+
+        store.armed = True
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(remove)
+                await store.waiting.wait()   # the removal's DELETE is under way
+                n.start_soon(open_it)
+                await trio.testing.wait_all_tasks_blocked()
+                store.gate.set()
+        assert opened == []
+        # what the kernel does next: the name again, then the file there
+        if how == "unlink":
+            with pytest.raises(FsError) as e:
+                await fs.lookup(d.ino, b"f")
+            assert e.value.errno == errno.ENOENT
+            h, node = await fs.create(d.ino, b"f", F, os.O_WRONLY | os.O_TRUNC, CALLER)
+        else:
+            node = await fs.lookup(d.ino, b"f")
+            assert node is not f
+            h = await fs.open(node.ino, os.O_WRONLY | os.O_TRUNC, CALLER)
+        await fs.write(h.fh, 0, b"written after")
+        await fs.fsync(h.fh, False)
+        await fs.flush(h.fh)
+        await fs.release(h.fh)
+
+    run_fs(tmp_path, body, *([wb] if wb else []), store=store)
+    assert store.objects["d/f"].data == b"written after"
+    assert ("d/g" in store.objects) == (how == "unlink")
