@@ -135,9 +135,11 @@ def parse_source(source: str) -> tuple[str, str]:
         # objectfs@.service with no /etc/objectfs/MOUNTPOINT.env gives SOURCE=""
         raise ConfigError("no bucket given: expected s3://BUCKET[/PREFIX] (for objectfs@.service: "
                           "SOURCE= in /etc/objectfs/MOUNTPOINT.env)")
-    if s.startswith("s3://"):
-        s = s[5:]
-        bucket, _, prefix = s.partition("/")
+    scheme, sep, rest = s.partition("://")
+    if sep and scheme.lower() == "s3":   # schemes are case-insensitive (RFC 3986)
+        bucket, _, prefix = rest.partition("/")
+    elif sep:
+        raise ConfigError(f"{scheme}:// is not S3: expected s3://BUCKET[/PREFIX]")
     elif ":" in s:
         bucket, _, prefix = s.partition(":")
     else:

@@ -94,9 +94,17 @@ def test_allow_other_with_allow_root_is_refused():
     ("bucket", ("bucket", "")), ("bucket/photos", ("bucket", "photos")),
     ("bucket:/photos", ("bucket", "photos")), ("bucket:photos/2024", ("bucket", "photos/2024")),
     ("s3://bucket/photos/", ("bucket", "photos")), ("s3://bucket", ("bucket", "")),
+    ("S3://bucket/photos", ("bucket", "photos")),
 ])
 def test_source_forms(source, expected):
     assert cli.parse_source(source) == expected
+
+
+@pytest.mark.parametrize("source", ["gs://bucket", "https://host/bucket", "s3a://bucket/x"])
+def test_a_source_of_another_scheme_is_refused_not_taken_for_bucket_colon_prefix(source):
+    # "gs://b" had meant bucket "gs", prefix "//b"
+    with pytest.raises(ConfigError, match="is not S3"):
+        cli.parse_source(source)
 
 
 @given(st.from_regex(r"[a-z0-9][a-z0-9.-]{2,20}", fullmatch=True),
