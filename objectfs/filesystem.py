@@ -621,6 +621,7 @@ class Filesystem:
             await other.wait()   # the same file renamed twice at once: in turn
         done = trio.Event()
         self._moving[src.ino] = done
+        src.moved_at = float("inf")   # see Namespace.moved_since
         try:
             if src.is_dir:
                 # changes that came before are finished first; those that
@@ -636,6 +637,7 @@ class Filesystem:
                         await stack.enter_async_context(n.data.held_for_move())
                 yield
         finally:
+            src.moved_at = clock()
             del self._moving[src.ino]
             done.set()
 

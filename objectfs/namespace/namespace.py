@@ -363,6 +363,29 @@ class Namespace:
                 self.table.removing.discard(d)
         return dropped
 
+    def moved_since(self, node: Inode, key: str, started: float) -> bool:
+        """Did a rename move ``node`` or a directory above it (or is one
+        moving it) since a request about ``key``, its key then, was sent at
+        ``started``?  The answer is about keys the rename was copying away
+        and deleting: a listing or a HEAD that came back empty or short
+        would take the entries it moves out of the tree (S3 kept them, at
+        the new keys, and the mount no longer showed them)."""
+        n: Inode | None = node
+        while n is not None:
+            if n.moved_at >= started:
+                return True
+            n = n.parent
+        try:
+            return self.table.key(node) != key
+        except NotFound:
+            return True
+
+    def _key_or_none(self, node: Inode) -> str | None:
+        try:
+            return self.table.key(node)
+        except NotFound:
+            return None
+
     def touch(self, node: Inode) -> None:
         """Record a local change (guards it against older listings)."""
         node.changed_at = clock()
@@ -604,7 +627,11 @@ class Namespace:
         legacy: dict[str, str] = {}
         self._collect(prefix, page.objects, page.prefixes, files, dirs, legacy)
         kept = await self._kept(d, prefix, files)
-        self._merge(d, started, files, dirs, legacy, kept, within=(lo[len(prefix):], end))
+        moving = self.moved_since(d, prefix, started)
+        if moving and self._key_or_none(d) != prefix:
+            return await self._list_window(d, name, size)   # again where it is now
+        self._merge(d, started, files, dirs, legacy, kept, within=(lo[len(prefix):], end),
+                    adds_only=moving)
         scan = self._scans.get(d.ino)
         if scan is not None:
             scan.listed, scan.end = started, end
@@ -685,6 +712,15 @@ class Namespace:
         current = parent.children.get(name) if parent.children is not None else None
         if current is not None and current.changed_at >= started:
             return current  # changed locally while we asked: ours is newer
+        moving = self.moved_since(parent, key[:len(key) - len(name)], started)
+        if moving:
+            # asked at keys a rename was moving: what we hold stays; else,
+            # once it has moved them, ask again where they are now (while it
+            # is under way, a node made here moves with the rest)
+            if current is not None:
+                return current
+            if self.table.key(parent) + name != key:
+                return await self._resolve(parent, name)
         if parent.removed.get(name, -1.0) >= started:
             raise NotFound(name)
 
@@ -726,7 +762,8 @@ class Namespace:
         if current is not None:
             self.notifier.invalidate_entry(parent.ino, name)
             self.table.detach(current, remember=False)
-        self.negative[(parent.ino, name)] = clock()
+        if not moving:
+            self.negative[(parent.ino, name)] = clock()
         raise NotFound(name)
 
     def forget_negative(self, parent: Inode, name: str) -> None:
@@ -814,7 +851,10 @@ class Namespace:
             if max_pages and pages >= max_pages:
                 return False
         kept = await self._kept(d, prefix, files)
-        self._merge(d, started, files, dirs, legacy, kept)
+        moving = self.moved_since(d, prefix, started)
+        if moving and self._key_or_none(d) != prefix:
+            return await self._list(d, max_pages)   # listed where it was: again where it is
+        self._merge(d, started, files, dirs, legacy, kept, adds_only=moving)
         return True
 
     def _collect(self, prefix: str, objects, prefixes, files: dict[str, ObjectInfo],
@@ -919,13 +959,18 @@ class Namespace:
     def _merge(self, d: Inode, started: float, files: dict[str, ObjectInfo],
                dirs: set[str], legacy: dict[str, str],
                kept: dict[str, ObjectInfo] | None = None,
-               within: tuple[str, str | None] | None = None) -> None:
+               within: tuple[str, str | None] | None = None, adds_only: bool = False) -> None:
         """Bring ``d``'s children in line with a listing started at
         ``started``.  ``within`` (lo, hi): the listing covers only the entries
         after ``lo`` up to ``hi`` (None: to the end), a directory being at
         ``name/`` as in a listing; names outside are left as they are, and
-        the directory does not count as freshly listed."""
+        the directory does not count as freshly listed.  ``adds_only``: a
+        listing made while a rename moved ``d`` (see moved_since), which may
+        lack what it had copied away and deleted: it adds and updates
+        entries, removes none, and does not count as a listing."""
         assert d.children is not None
+        if adds_only:
+            within = ("", None)
 
         def covered(name: str, is_dir: bool) -> bool:
             if within is None:
@@ -934,9 +979,13 @@ class Namespace:
             return within[0] < entry and (within[1] is None or entry <= within[1])
 
         for name in list(d.removed):
+            if adds_only:
+                break
             if d.removed[name] < started and (covered(name, False) or covered(name, True)):
                 del d.removed[name]
         for name, child in list(d.children.items()):
+            if adds_only:
+                break
             if name in dirs or name in files:
                 continue
             if not covered(name, child.is_dir):
@@ -1129,6 +1178,8 @@ class Namespace:
                         key, body_max=self.cfg.small_file_prefetch
                         if whole and self._small(child) else 0)
                 except NotFound:
+                    if self.moved_since(child, key, started):
+                        return   # its old key, copied away by a rename
                     if child.is_dir:
                         await self._legacy_dir(child)
                         return
@@ -1143,7 +1194,8 @@ class Namespace:
                     if child.is_dir:
                         self.apply_info(child, None, is_dir=True)
                     return
-                if child.parent is not d or child.changed_at >= started:
+                if child.parent is not d or child.changed_at >= started \
+                        or self.moved_since(child, key, started):
                     return   # gone, moved or changed here meanwhile: ours is newer
                 if info is None:
                     # deleted since the listing

@@ -68,7 +68,7 @@ class Inode:
                  "removed", "validated_at", "changed_at", "remote", "implicit", "legacy",
                  "local", "target", "xattrs", "data", "open_count", "shown_size", "meta_known",
                  "cache_etag", "head_wall_ns", "big_at", "big_listed_at", "misses",
-                 "pending", "subdirs", "pages", "__weakref__")
+                 "pending", "subdirs", "pages", "moved_at", "__weakref__")
 
     def __init__(self, ino: int, parent: "Inode | None", name: str, attr: Attr):
         self.ino = ino
@@ -94,6 +94,10 @@ class Inode:
         self.misses = 0
         self.validated_at = clock()
         self.changed_at = 0.0
+        # when a rename last moved it (inf while one is moving it): what S3
+        # answered about its old keys, or those under it, is not to be
+        # applied (Namespace.moved_since)
+        self.moved_at = float("-inf")
         # the S3 object behind this inode: a file's object, a directory's
         # "dir/" marker (None when the directory is only a prefix: implicit)
         self.remote: ObjectInfo | None = None

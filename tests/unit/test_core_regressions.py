@@ -2112,3 +2112,73 @@ def test_an_open_that_comes_during_the_removal_of_its_file_answers_estale(tmp_pa
     run_fs(tmp_path, body, *([wb] if wb else []), store=store)
     assert store.objects["d/f"].data == b"written after"
     assert ("d/g" in store.objects) == (how == "unlink")
+
+
+class GatedAsks(MemoryStore):
+    """Once ``armed``, a listing of ``prefix`` (``what`` "list") or a HEAD of
+    a key under it ("head") waits for ``gate``; ``waiting`` is set then."""
+
+    def __init__(self, what: str, prefix: str):
+        super().__init__()
+        self.what, self.prefix = what, prefix
+        self.armed = False
+        self.gate = trio.Event()
+        self.waiting = trio.Event()
+
+    async def _hold(self, what: str, key: str) -> None:
+        if self.armed and what == self.what and key.startswith(self.prefix) \
+                and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+
+    async def list_page(self, prefix, **kw):
+        if kw.get("delimiter", "/") == "/":
+            await self._hold("list", prefix)
+        return await super().list_page(prefix, **kw)
+
+    async def head(self, key, **kw):
+        await self._hold("head", key)
+        return await super().head(key, **kw)
+
+
+@pytest.mark.parametrize("what", ["list", "head"])
+def test_a_listing_or_head_answered_at_keys_a_rename_moved_away_loses_no_entry(tmp_path, what):
+    """The storm test's files in S3 that the mount no longer showed: a
+    listing of a directory (or the HEADs of its files) was sent at its keys
+    just as a rename of a directory above it copied them away and deleted
+    them.  The answer, empty (404s), took its entries out of the tree,
+    though S3 held them at their new keys.  Such an answer is not applied
+    now; the directory is listed again where it is."""
+    store = GatedAsks(what, "a/d/")
+    for name in ("f1", "f2"):
+        store.put_sync(f"a/d/{name}", name.encode() * 10, {"mode": str(F)})
+
+    async def body(fs, store):
+        a = await fs.lookup(1, b"a")
+        d = await fs.lookup(a.ino, b"d")
+        h = await fs.opendir(d.ino)
+        assert sorted(n for n, _ in await fs.readdir(h.fh, 0)) == ["f1", "f2"]
+        fs.ns.forget_listing(d)   # as metadata_ttl passing does
+        for child in d.children.values():
+            child.validated_at = float("-inf")
+        store.armed = True
+        with trio.fail_after(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(fs.readdir, h.fh, 0)
+                await store.waiting.wait()   # its listing or HEADs sent at a/d/
+                await fs.rename(1, b"a", 1, b"b", 0)
+                store.gate.set()
+        fs.releasedir(h.fh)
+        for _ in range(3):
+            await trio.testing.wait_all_tasks_blocked()
+        assert sorted(d.children) == ["f1", "f2"]
+        b = await fs.lookup(1, b"b")
+        assert b is a and (await fs.lookup(b.ino, b"d")) is d
+        h = await fs.opendir(d.ino)
+        assert sorted(n for n, _ in await fs.readdir(h.fh, 0)) == ["f1", "f2"]
+        f1 = await fs.lookup(d.ino, b"f1")
+        r = await fs.open(f1.ino, os.O_RDONLY)
+        assert bytes(await fs.read(r.fh, 0, 100)) == b"f1" * 10
+
+    run_fs(tmp_path, body, "metadata_ttl=60", store=store)
+    assert sorted(store.objects) == ["b/d/f1", "b/d/f2"]
