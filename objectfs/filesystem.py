@@ -1379,8 +1379,9 @@ class Filesystem:
             raise IsADirectory(new_name)
         suffix = "/" if src.is_dir else ""
         keys.check_key(self.table.key(new_parent) + new_name + suffix)
-        log.debug("rename %r to %r", self.table.key(src),
-                  self.table.key(new_parent) + new_name + suffix)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rename %r to %r", self.table.key(src),
+                      self.table.key(new_parent) + new_name + suffix)
         if old_parent is not new_parent:
             await self._keep_dir(old_parent)
         if src.is_dir:
@@ -1631,7 +1632,7 @@ class Filesystem:
         if node.parent is None and node.ino != ROOT_INODE and node.open_count == 0:
             # removed (by an unlink here, or another client as a lookup
             # found) after the kernel looked the name up: ESTALE makes it
-            # look the name up again, and O_CREAT make a new file
+            # look the name up again, and O_CREAT makes a new file
             raise Stale("the file was removed as it was opened")
         fresh = node.data is None
         data = self._file_data(node)
