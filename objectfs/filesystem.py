@@ -950,6 +950,12 @@ class Filesystem:
         if (changes.mode is not None or changes.uid is not None or changes.gid is not None
                 or changes.atime_ns is not None or changes.mtime_ns is not None) \
                 and (node.data is None or not node.data.dirty):
+            # The copy onto itself stores every attribute and xattr this
+            # mount has: past metadata_ttl (an fchmod or futimens through a
+            # descriptor, which no lookup precedes) ask S3 first, or what
+            # another client changed meanwhile would be put back.
+            if not self.ns.fresh(node):
+                await self.ns.revalidate(node)
             # attributes known from a listing alone (trust_listing): the HEAD
             # that _persist_meta needs must not land on top of the change
             await self.ns.ensure_metadata(node)
@@ -1934,7 +1940,10 @@ class Filesystem:
 
     async def _xattr_node(self, ino: int) -> Inode:
         node = self.table.get(ino)
-        if not node.meta_known:
+        await self.ns.settle(node)
+        # past metadata_ttl as a getattr does: flistxattr through a descriptor
+        # comes with no lookup (nor attribute refresh by the kernel) before it
+        if not node.meta_known or not self.ns.fresh(node):
             await self.ns.revalidate(node)
         if not node.local and node.remote is not None and node.remote.metadata is None:
             await self.ns.ensure_metadata(node)

@@ -356,6 +356,60 @@ def test_chmod_chown_utime_keep_foreign_metadata(mount, bucket, s3_client):
     assert st.st_mode == stat.S_IFREG | 0o600 and st.st_uid == 1000
 
 
+@pytest.mark.parametrize("call", ["fchmod", "fchown", "futimens"])
+def test_a_change_through_a_descriptor_past_metadata_ttl_keeps_another_clients(
+        mount, bucket, s3_client, call):
+    """An fchmod, fchown or futimens reaches the daemon with no lookup before
+    it: past metadata_ttl the attributes it stores beside the change are
+    asked of S3 first, not the ones this mount saw at the open (which put
+    back what another client changed meanwhile: its mode, owner, xattrs)."""
+    put(s3_client, bucket, "f", b"payload", Metadata={"mode": "33188"})
+    m = mount(bucket, options=["metadata_ttl=1"])
+    fd = os.open(os.path.join(m.mountpoint, "f"), os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_mode == stat.S_IFREG | 0o644
+        # another client: chmod 0700, chown 77, an xattr (a copy onto itself)
+        s3_client.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                              MetadataDirective="REPLACE",
+                              Metadata={"mode": "33216", "uid": "77", "gid": "77",
+                                        "xattr": '{"user.k":"dmFs"}'})
+        time.sleep(2.5)
+        if call == "fchmod":
+            os.fchmod(fd, 0o750)
+        elif call == "fchown":
+            os.fchown(fd, -1, 1000)
+        else:
+            os.utime(fd, ns=(1_600_000_000 * NS, 1_600_000_000 * NS))
+    finally:
+        os.close(fd)
+    md = meta(s3_client, bucket, "f")
+    assert md.get("xattr") == "%7B%22user.k%22%3A%22dmFs%22%7D", md
+    assert md["uid"] == "77"
+    assert md["gid"] == ("1000" if call == "fchown" else "77")
+    assert md["mode"] == str(stat.S_IFREG | (0o750 if call == "fchmod" else 0o700))
+    assert body(s3_client, bucket, "f") == b"payload"
+
+
+def test_xattrs_another_client_sets_show_through_a_descriptor_past_metadata_ttl(
+        mount, bucket, s3_client):
+    """flistxattr reaches the daemon with no lookup or getattr before it: past
+    metadata_ttl it asks S3, as a stat does (before, a descriptor held open
+    listed the xattrs of its open for as long as nothing else looked)."""
+    put(s3_client, bucket, "f", b"payload")
+    m = mount(bucket, options=["metadata_ttl=1"])
+    fd = os.open(os.path.join(m.mountpoint, "f"), os.O_RDONLY)
+    try:
+        assert os.listxattr(fd) == []
+        s3_client.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                              MetadataDirective="REPLACE",
+                              Metadata={"xattr": '{"user.k":"dmFs"}'})
+        time.sleep(2.5)
+        assert os.listxattr(fd) == ["user.k"]
+        assert os.getxattr(fd, "user.k") == b"val"
+    finally:
+        os.close(fd)
+
+
 def test_only_user_xattrs_show_and_others_stay_stored(mount, bucket, s3_client):
     """Only user.* extended attributes are ours: names of other namespaces
     answer EOPNOTSUPP, as on a Linux filesystem without them, so ``ls -l``
