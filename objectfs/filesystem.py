@@ -1635,7 +1635,7 @@ class Filesystem:
         if (removing := self._removing.get(node.ino)) is not None:
             await removing.wait()
             return await self.open(ino, flags, caller)   # as if it came now
-        if node.parent is None and node.ino != ROOT_INODE and node.open_count == 0:
+        if self.ns.unlinked(node) and node.open_count == 0:
             # removed (by an unlink here, or another client as a lookup
             # found) after the kernel looked the name up: ESTALE makes it
             # look the name up again, and O_CREAT makes a new file

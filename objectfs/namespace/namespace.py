@@ -375,10 +375,7 @@ class Namespace:
             if n.moved_at >= started:
                 return True
             n = n.parent
-        try:
-            return self.table.key(node) != key
-        except NotFound:
-            return True
+        return self._key_or_none(node) != key
 
     def _key_or_none(self, node: Inode) -> str | None:
         try:
@@ -688,7 +685,8 @@ class Namespace:
             return await self._resolve_since(parent, name, started)
 
     async def _resolve_since(self, parent: Inode, name: str, started: float) -> Inode:
-        key = self.table.key(parent) + name
+        parent_key = self.table.key(parent)
+        key = parent_key + name
         keys.check_key(key)
         head: list[ObjectInfo | None] = [None]
         folder: list[ObjectInfo | None] = [None]
@@ -712,14 +710,14 @@ class Namespace:
         current = parent.children.get(name) if parent.children is not None else None
         if current is not None and current.changed_at >= started:
             return current  # changed locally while we asked: ours is newer
-        moving = self.moved_since(parent, key[:len(key) - len(name)], started)
+        moving = self.moved_since(parent, parent_key, started)
         if moving:
             # asked at keys a rename was moving: what we hold stays; else,
             # once it has moved them, ask again where they are now (while it
             # is under way, a node made here moves with the rest)
             if current is not None:
                 return current
-            if self.table.key(parent) + name != key:
+            if self._key_or_none(parent) != parent_key:
                 return await self._resolve(parent, name)
         if parent.removed.get(name, -1.0) >= started:
             raise NotFound(name)
@@ -966,11 +964,12 @@ class Namespace:
         ``name/`` as in a listing; names outside are left as they are, and
         the directory does not count as freshly listed.  ``adds_only``: a
         listing made while a rename moved ``d`` (see moved_since), which may
-        lack what it had copied away and deleted: it adds and updates
-        entries, removes none, and does not count as a listing."""
+        lack what it had copied away and deleted: as a window that covers no
+        name, it adds and updates entries, removes none, and does not count
+        as a listing."""
         assert d.children is not None
         if adds_only:
-            within = ("", None)
+            within = ("", "")   # no entry is after "" and up to ""
 
         def covered(name: str, is_dir: bool) -> bool:
             if within is None:
@@ -979,13 +978,9 @@ class Namespace:
             return within[0] < entry and (within[1] is None or entry <= within[1])
 
         for name in list(d.removed):
-            if adds_only:
-                break
             if d.removed[name] < started and (covered(name, False) or covered(name, True)):
                 del d.removed[name]
         for name, child in list(d.children.items()):
-            if adds_only:
-                break
             if name in dirs or name in files:
                 continue
             if not covered(name, child.is_dir):
